@@ -1,0 +1,35 @@
+"""The quantized-circuit IR: the centre of latentopt.
+
+Typed immutable nodes (:mod:`.nodes`), univariate functions for table lookups
+(:mod:`.functions`), range and bit-width analysis (:mod:`.ranges`), the circuit
+graph with its report (:mod:`.circuit`) and a portable file format (:mod:`.serialize`).
+This package depends on numpy and the standard library only.
+"""
+
+from .circuit import INPUT, Circuit, CircuitReport
+from .functions import ACTIVATIONS, ExplicitTable, QuantActivation, UnivariateFunction, int_range
+from .nodes import Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .ranges import Interval, bit_width
+from .serialize import CircuitFormatError, load, save
+
+__all__ = [
+    "ACTIVATIONS",
+    "INPUT",
+    "Circuit",
+    "CircuitFormatError",
+    "CircuitReport",
+    "Dequantize",
+    "ExplicitTable",
+    "Gemm",
+    "Interval",
+    "Node",
+    "QuantActivation",
+    "QuantizeInput",
+    "Round",
+    "TableLookup",
+    "UnivariateFunction",
+    "bit_width",
+    "int_range",
+    "load",
+    "save",
+]

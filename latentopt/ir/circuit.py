@@ -1,0 +1,387 @@
+"""The quantized circuit: an ordered, validated graph of IR nodes.
+
+A :class:`Circuit` reads one float tensor ``"input"`` of shape ``(batch, n_features)``,
+quantizes it (:class:`~latentopt.ir.nodes.QuantizeInput`), runs integer nodes and ends in
+a :class:`~latentopt.ir.nodes.Dequantize`.  Everything between the quantizer and the
+dequantizer is what an FHE server evaluates on ciphertexts.
+
+Examples
+--------
+>>> import numpy as np
+>>> from latentopt.ir import Circuit, QuantizeInput, Gemm, TableLookup, Dequantize
+>>> from latentopt.ir.functions import QuantActivation
+>>> c = Circuit([
+...     QuantizeInput("q", ("input",), scale=0.5, zero_point=0, n_bits=3),
+...     Gemm("fc1", ("q",), weight=[[1, -2], [3, 0]], bias=[1, 0]),
+...     TableLookup("act1", ("fc1",), fn=QuantActivation("relu", 0.25, 0.5, n_bits=2)),
+...     Gemm("fc2", ("act1",), weight=[[1, 1]]),
+...     Dequantize("out", ("fc2",), scale=0.5, zero_point=0),
+... ], n_features=2)
+>>> [row["accumulator_bits"] for row in c.report().layers]
+[5, 3]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .nodes import Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .ranges import Interval, worst_case_ranges
+
+__all__ = ["INPUT", "Circuit", "CircuitReport"]
+
+#: Name of the circuit's float input value.
+INPUT = "input"
+
+
+class Circuit:
+    """Immutable quantized circuit.
+
+    Parameters
+    ----------
+    nodes : sequence of Node
+        In topological order; the first reads ``"input"``, the last is the output.
+    n_features : int
+        Number of input features.
+    calibration : dict of str to Interval, optional
+        Observed (data-driven) range of each integer value, see
+        :meth:`with_calibration`.
+    metadata : dict, optional
+        JSON-able free-form information (e.g. how the circuit was produced).
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        n_features: int,
+        calibration: dict[str, Interval] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._nodes: tuple[Node, ...] = tuple(nodes)
+        self._n_features = int(n_features)
+        self._by_name = {n.name: n for n in self._nodes}
+        self._calibration = dict(calibration) if calibration else None
+        self._metadata = dict(metadata or {})
+        self._widths: dict[str, int] = {}
+        self._worst: dict[str, Interval] | None = None
+        self._validate()
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return self._nodes
+
+    @property
+    def n_features(self) -> int:
+        return self._n_features
+
+    @property
+    def n_outputs(self) -> int:
+        return self._widths[self.output.name]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self._metadata)
+
+    @property
+    def calibration(self) -> dict[str, Interval] | None:
+        return None if self._calibration is None else dict(self._calibration)
+
+    @property
+    def input_quantizer(self) -> QuantizeInput:
+        node = self._nodes[0]
+        assert isinstance(node, QuantizeInput)
+        return node
+
+    @property
+    def output(self) -> Dequantize:
+        node = self._nodes[-1]
+        assert isinstance(node, Dequantize)
+        return node
+
+    def __getitem__(self, name: str) -> Node:
+        return self._by_name[name]
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self._nodes)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __repr__(self) -> str:
+        ops = ", ".join(f"{n.op}:{n.name}" for n in self._nodes)
+        return f"Circuit(n_features={self._n_features}, nodes=[{ops}])"
+
+    def width(self, name: str) -> int:
+        """Number of channels (last-axis size) of a value."""
+        return self._widths[name]
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self._nodes if name in n.inputs]
+
+    def _validate(self) -> None:
+        if self._n_features < 1:
+            raise ValueError("n_features must be >= 1")
+        if len(self._nodes) < 2:
+            raise ValueError("a circuit needs at least a QuantizeInput and a Dequantize node")
+        first, last = self._nodes[0], self._nodes[-1]
+        if not isinstance(first, QuantizeInput) or first.inputs != (INPUT,):
+            raise ValueError("the first node must be a QuantizeInput reading 'input'")
+        if not isinstance(last, Dequantize):
+            raise ValueError("the last node must be a Dequantize")
+        if len(self._by_name) != len(self._nodes) or INPUT in self._by_name:
+            raise ValueError("node names must be unique and differ from 'input'")
+        widths: dict[str, int] = {INPUT: self._n_features}
+        for node in self._nodes:
+            for src in node.inputs:
+                if src not in widths:
+                    raise ValueError(f"node {node.name!r} reads {src!r} before it is defined")
+            if isinstance(node, QuantizeInput) and node is not first:
+                raise ValueError("only the first node may be a QuantizeInput")
+            if isinstance(node, Dequantize) and node is not last:
+                raise ValueError("only the last node may be a Dequantize")
+            w_in = widths[node.inputs[0]]
+            if isinstance(node, Gemm):
+                if node.in_features != w_in:
+                    raise ValueError(
+                        f"gemm {node.name!r} expects {node.in_features} inputs, gets {w_in}"
+                    )
+                w_out = node.out_features
+            else:
+                w_out = w_in
+            for arr_name in ("scale", "zero_point"):
+                arr = getattr(node, arr_name, None)
+                if isinstance(arr, np.ndarray) and arr.ndim == 1 and arr.size != w_out:
+                    raise ValueError(f"{node.name!r}.{arr_name} has {arr.size} entries, not {w_out}")
+            if isinstance(node, TableLookup):
+                c = node.fn.n_channels
+                if c is not None and c != w_out:
+                    raise ValueError(f"{node.name!r} has {c} channel functions, not {w_out}")
+            widths[node.name] = w_out
+        self._widths = widths
+
+    # --------------------------------------------------------------- transforms
+    def replace(
+        self,
+        nodes: Sequence[Node] | None = None,
+        calibration: dict[str, Interval] | None | str = "keep",
+        metadata: dict[str, Any] | None = None,
+    ) -> Circuit:
+        """A new circuit with some attributes replaced (calibration kept by default)."""
+        cal = self._calibration if calibration == "keep" else calibration
+        return Circuit(
+            self._nodes if nodes is None else nodes,
+            self._n_features,
+            calibration=cal,  # type: ignore[arg-type]
+            metadata=self._metadata if metadata is None else metadata,
+        )
+
+    def with_calibration(self, values: dict[str, np.ndarray]) -> Circuit:
+        """Attach calibrated ranges computed from intermediate integer ``values``.
+
+        ``values`` maps node names to the integer arrays a backend produced on
+        calibration data (see ``latentopt.backends.integer.IntegerBackend.calibrate``).
+        """
+        cal = {
+            n.name: Interval.from_values(values[n.name])
+            for n in self._nodes
+            if n.name in values and not isinstance(n, Dequantize)
+        }
+        return self.replace(calibration=cal)
+
+    def with_rounding(
+        self, lsbs: int | Sequence[int] | dict[str, int], method: str = "exact"
+    ) -> Circuit:
+        """Round every table-lookup input: remove ``lsbs`` LSBs before each TLU.
+
+        ``lsbs`` is one int for all TLUs, a sequence with one entry per TLU (in order),
+        or a dict from TLU name to LSBs.  Existing :class:`Round` nodes are replaced;
+        0 removes rounding.  Calibrated ranges of the rounded values are recomputed
+        from the accumulators' calibrated ranges when available.
+        """
+        tlus = [n for n in self._nodes if isinstance(n, TableLookup)]
+        if isinstance(lsbs, dict):
+            unknown = set(lsbs) - {t.name for t in tlus}
+            if unknown:
+                raise ValueError(f"unknown table lookups: {sorted(unknown)}")
+            per = {t.name: int(lsbs.get(t.name, 0)) for t in tlus}
+        elif isinstance(lsbs, (int, np.integer)):
+            per = {t.name: int(lsbs) for t in tlus}
+        else:
+            seq = list(lsbs)
+            if len(seq) != len(tlus):
+                raise ValueError(f"expected {len(tlus)} rounding entries, got {len(seq)}")
+            per = {t.name: int(v) for t, v in zip(tlus, seq)}
+        if any(v < 0 for v in per.values()):
+            raise ValueError("lsbs must be >= 0")
+        new_nodes: list[Node] = []
+        rename: dict[str, str] = {}
+        cal = dict(self._calibration) if self._calibration else None
+        for node in self._nodes:
+            if isinstance(node, Round):  # dropped; its consumer re-reads the source
+                rename[node.name] = rename.get(node.inputs[0], node.inputs[0])
+                if cal is not None:
+                    cal.pop(node.name, None)
+                continue
+            src = tuple(rename.get(i, i) for i in node.inputs)
+            if isinstance(node, TableLookup) and per[node.name] > 0:
+                rname = f"{node.name}.round"
+                rnode = Round(rname, src, lsbs=per[node.name], method=method)
+                new_nodes.append(rnode)
+                if cal is not None and src[0] in cal:
+                    acc = cal[src[0]]
+                    cal[rname] = Interval(rnode.apply(acc.lo), rnode.apply(acc.hi))
+                src = (rname,)
+            new_nodes.append(type(node).from_dict(*_with_inputs(node, src)))
+        return self.replace(nodes=new_nodes, calibration=cal)
+
+    # ----------------------------------------------------------------- analysis
+    def worst_case_ranges(self) -> dict[str, Interval]:
+        """Worst-case interval of every value (cached)."""
+        if self._worst is None:
+            self._worst = worst_case_ranges(self)
+        return dict(self._worst)
+
+    def layers(self) -> list[dict[str, Node]]:
+        """Group nodes by layer: each :class:`Gemm` with its Round and TableLookup."""
+        groups: list[dict[str, Node]] = []
+        owner: dict[str, dict[str, Node]] = {}
+        for node in self._nodes:
+            if isinstance(node, Gemm):
+                g: dict[str, Node] = {"gemm": node}
+                groups.append(g)
+                owner[node.name] = g
+            elif isinstance(node, (Round, TableLookup)) and node.inputs[0] in owner:
+                g = owner[node.inputs[0]]
+                key = "round" if isinstance(node, Round) else "tlu"
+                if key not in g:
+                    g[key] = node
+                    owner[node.name] = g
+        return groups
+
+    def report(self) -> CircuitReport:
+        """Per-layer accumulator bits, TLU input bits and TLU count."""
+        worst = self.worst_case_ranges()
+        cal = self._calibration or {}
+        rows: list[dict[str, Any]] = []
+        for i, g in enumerate(self.layers()):
+            gemm = g["gemm"]
+            assert isinstance(gemm, Gemm)
+            rnd = g.get("round")
+            tlu = g.get("tlu")
+            lsbs = rnd.lsbs if isinstance(rnd, Round) else 0
+            row: dict[str, Any] = {
+                "layer": i,
+                "name": gemm.name,
+                "in_features": gemm.in_features,
+                "out_features": gemm.out_features,
+                "nonzero_weights": int(np.count_nonzero(gemm.weight)),
+                "accumulator_bits": worst[gemm.name].bits,
+                "accumulator_bits_calibrated": cal[gemm.name].bits if gemm.name in cal else None,
+                "rounding_lsbs": lsbs,
+                "tlu_input_bits": None,
+                "tlu_input_bits_calibrated": None,
+                "tlu_count": 0,
+                "output_bits": None,
+            }
+            if isinstance(tlu, TableLookup):
+                src = tlu.inputs[0]
+                row["tlu_input_bits"] = max(1, worst[src].bits - lsbs)
+                if src in cal:
+                    row["tlu_input_bits_calibrated"] = max(1, cal[src].bits - lsbs)
+                row["tlu_count"] = self.width(tlu.name)
+                row["output_bits"] = worst[tlu.name].bits
+            rows.append(row)
+        return CircuitReport(rows, n_features=self._n_features, input_bits=worst[
+            self.input_quantizer.name].bits)
+
+    # ------------------------------------------------------------ serialisation
+    def save(self, path: Any) -> None:
+        """Write to a portable file (see :mod:`latentopt.ir.serialize`)."""
+        from .serialize import save
+
+        save(self, path)
+
+    @staticmethod
+    def load(path: Any) -> Circuit:
+        from .serialize import load
+
+        return load(path)
+
+    def same_as(self, other: Circuit) -> bool:
+        """Structural equality (nodes, features); calibration and metadata ignored."""
+        return (
+            isinstance(other, Circuit)
+            and self._n_features == other._n_features
+            and len(self._nodes) == len(other._nodes)
+            and all(a.same_as(b) for a, b in zip(self._nodes, other._nodes))
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        from .serialize import to_bytes
+
+        return {"blob": to_bytes(self)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from .serialize import from_bytes
+
+        other = from_bytes(state["blob"])
+        self.__dict__.update(other.__dict__)
+
+
+def _with_inputs(node: Node, inputs: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    meta, arrays = node.to_dict()
+    meta = dict(meta, inputs=list(inputs))
+    return meta, arrays
+
+
+@dataclass
+class CircuitReport:
+    """Per-layer bit-width summary of a circuit; ``str()`` gives a table."""
+
+    layers: list[dict[str, Any]]
+    n_features: int = 0
+    input_bits: int = 0
+    columns: tuple[str, ...] = field(
+        default=(
+            "layer", "name", "in_features", "out_features", "accumulator_bits",
+            "accumulator_bits_calibrated", "rounding_lsbs", "tlu_input_bits",
+            "tlu_input_bits_calibrated", "tlu_count",
+        ),
+        repr=False,
+    )
+
+    @property
+    def max_tlu_input_bits(self) -> int:
+        return max((r["tlu_input_bits"] or 0 for r in self.layers), default=0)
+
+    @property
+    def max_accumulator_bits(self) -> int:
+        return max((r["accumulator_bits"] for r in self.layers), default=0)
+
+    @property
+    def tlu_count(self) -> int:
+        """Table lookups (PBS) per sample, rounding excluded."""
+        return sum(r["tlu_count"] for r in self.layers)
+
+    def __str__(self) -> str:
+        head = ["layer", "name", "in", "out", "acc_bits", "acc_bits_cal", "round",
+                "tlu_bits", "tlu_bits_cal", "tlus"]
+        body = [
+            ["-" if r[c] is None else str(r[c]) for c in self.columns] for r in self.layers
+        ]
+        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+        lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(v.rjust(w) for v, w in zip(b, widths)) for b in body]
+        lines.append(
+            f"input: {self.n_features} features x {self.input_bits} bits; "
+            f"max TLU input bits {self.max_tlu_input_bits}; TLUs/sample {self.tlu_count}"
+        )
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:  # pragma: no cover - notebook display
+        return "<pre>" + str(self) + "</pre>"
+

@@ -1,0 +1,255 @@
+"""Typed, immutable nodes of the quantized-circuit IR.
+
+Every node has a unique ``name`` and the names of the values it reads (``inputs``).
+Tensors are batch-first; the last axis is the feature/channel axis.  Integer tensors
+are ``int64`` in the reference backend.
+
+=================  ==========================================  ===================
+node               computes                                    runs (FHE)
+=================  ==========================================  ===================
+QuantizeInput      ``clip(rint(x / scale) + zp, qmin, qmax)``   client, in clear
+Gemm               ``(x - input_zero_point) @ weight.T + bias``  server, leveled
+Round              ``round(x / 2**lsbs) * 2**lsbs`` (half up)    server, PBS-based
+TableLookup        ``fn(x)`` elementwise                        server, one PBS/elt
+Dequantize         ``(x - zero_point) * scale``                 client, in clear
+=================  ==========================================  ===================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .functions import UnivariateFunction, int_range
+
+__all__ = [
+    "NODE_TYPES",
+    "Dequantize",
+    "Gemm",
+    "Node",
+    "QuantizeInput",
+    "Round",
+    "TableLookup",
+]
+
+ROUNDING_METHODS = ("exact", "approximate")
+
+
+def _frozen(a: Any, dtype: Any, name: str) -> np.ndarray:
+    arr = np.array(a, dtype=dtype, copy=True)
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite")
+    arr.setflags(write=False)
+    return arr
+
+
+def _as_int_array(a: Any, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.rint(arr)):
+            raise ValueError(f"{name} must hold integers")
+    elif arr.dtype.kind not in "iub":
+        raise ValueError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    return _frozen(arr, np.int64, name)
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """Base node: a named operation on named input values."""
+
+    op: ClassVar[str] = ""
+    name: str
+    inputs: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("node name must be a non-empty string")
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        if len(self.inputs) != 1:
+            raise ValueError(f"{self.op} node {self.name!r} takes exactly one input")
+
+    # serialisation -------------------------------------------------------------
+    def to_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Split into JSON-able metadata and named numpy arrays."""
+        meta: dict[str, Any] = {"op": self.op, "name": self.name, "inputs": list(self.inputs)}
+        arrays: dict[str, np.ndarray] = {}
+        for f in fields(self):
+            if f.name in ("name", "inputs"):
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                arrays[f.name] = value
+            elif isinstance(value, UnivariateFunction):
+                fmeta, farrays = value.to_dict()
+                meta[f.name] = fmeta
+                arrays.update({f"{f.name}.{k}": v for k, v in farrays.items()})
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                meta[f.name] = value
+            else:  # pragma: no cover - guarded by node definitions
+                raise TypeError(f"cannot serialise field {f.name} of {type(value)}")
+        return meta, arrays
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Node:
+        op = meta.get("op")
+        node_cls = NODE_TYPES.get(op)  # type: ignore[arg-type]
+        if node_cls is None:
+            raise ValueError(f"unknown node op {op!r}")
+        kwargs: dict[str, Any] = {"name": meta["name"], "inputs": tuple(meta["inputs"])}
+        for f in fields(node_cls):
+            if f.name in kwargs:
+                continue
+            if f.name in arrays:
+                kwargs[f.name] = arrays[f.name]
+            elif isinstance(meta.get(f.name), dict):
+                prefix = f"{f.name}."
+                sub = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+                kwargs[f.name] = UnivariateFunction.from_dict(meta[f.name], sub)
+            elif f.name in meta:
+                kwargs[f.name] = meta[f.name]
+        return node_cls(**kwargs)
+
+    def same_as(self, other: Node) -> bool:
+        """Structural equality: same type, fields and array values."""
+        if type(self) is not type(other):
+            return False
+        m1, a1 = self.to_dict()
+        m2, a2 = other.to_dict()
+        return m1 == m2 and a1.keys() == a2.keys() and all(
+            a1[k].shape == a2[k].shape and np.array_equal(a1[k], a2[k]) for k in a1
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizeInput(Node):
+    """Quantize float features to integers (done by the client, in the clear).
+
+    ``q = clip(rint(x / scale) + zero_point, qmin, qmax)``; ``scale`` and ``zero_point``
+    are scalars or per-feature arrays.  Out-of-range inputs are clipped (saturate).
+    """
+
+    op: ClassVar[str] = "quantize_input"
+    scale: np.ndarray
+    zero_point: np.ndarray
+    n_bits: int
+    signed: bool = True
+    narrow: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        scale = _frozen(self.scale, np.float64, "scale")
+        if np.any(scale <= 0):
+            raise ValueError("scale must be > 0")
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "zero_point", _as_int_array(self.zero_point, "zero_point"))
+        int_range(int(self.n_bits), bool(self.signed), bool(self.narrow))
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        return int_range(self.n_bits, self.signed, self.narrow)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Quantize a float array."""
+        lo, hi = self.qrange
+        q = np.rint(np.asarray(x, dtype=np.float64) / self.scale) + self.zero_point
+        return np.clip(q, lo, hi).astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class Gemm(Node):
+    """Integer matrix product with integer bias: the accumulator of a layer.
+
+    ``acc = (x - input_zero_point) @ weight.T + bias`` with ``weight`` of shape
+    ``(out_features, in_features)``.  Weights and bias are plaintext under FHE.
+    """
+
+    op: ClassVar[str] = "gemm"
+    weight: np.ndarray
+    bias: np.ndarray | None = None
+    input_zero_point: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        w = _as_int_array(self.weight, "weight")
+        if w.ndim != 2 or 0 in w.shape:
+            raise ValueError(f"weight must be a non-empty 2-D array, got shape {w.shape}")
+        object.__setattr__(self, "weight", w)
+        if self.bias is not None:
+            b = _as_int_array(self.bias, "bias")
+            if b.shape != (w.shape[0],):
+                raise ValueError(f"bias must have shape ({w.shape[0]},), got {b.shape}")
+            object.__setattr__(self, "bias", b)
+        object.__setattr__(self, "input_zero_point", int(self.input_zero_point))
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Round(Node):
+    """Remove ``lsbs`` least significant bits with rounding (``round_bit_pattern``).
+
+    The value keeps its scale: ``((x + 2**(lsbs-1)) >> lsbs) << lsbs`` (round half up),
+    so the table lookup that follows sees an input with ``lsbs`` fewer significant bits.
+    ``method`` is ``"exact"`` or ``"approximate"`` (FHE only: the approximate method may
+    be off by one step but costs less; the integer backend computes the exact value).
+    """
+
+    op: ClassVar[str] = "round"
+    lsbs: int
+    method: str = "exact"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "lsbs", int(self.lsbs))
+        if self.lsbs < 0:
+            raise ValueError("lsbs must be >= 0")
+        if self.method not in ROUNDING_METHODS:
+            raise ValueError(f"method must be one of {ROUNDING_METHODS}, got {self.method!r}")
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        if self.lsbs == 0:
+            return x
+        return ((x + (1 << (self.lsbs - 1))) >> self.lsbs) << self.lsbs
+
+
+@dataclass(frozen=True, eq=False)
+class TableLookup(Node):
+    """Elementwise univariate function: one PBS per element under FHE."""
+
+    op: ClassVar[str] = "table_lookup"
+    fn: UnivariateFunction
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.fn, UnivariateFunction):
+            raise TypeError("fn must be a UnivariateFunction")
+
+
+@dataclass(frozen=True, eq=False)
+class Dequantize(Node):
+    """Integer -> float: ``(x - zero_point) * scale`` (client side, in the clear)."""
+
+    op: ClassVar[str] = "dequantize"
+    scale: np.ndarray
+    zero_point: np.ndarray
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "scale", _frozen(self.scale, np.float64, "scale"))
+        object.__setattr__(self, "zero_point", _as_int_array(self.zero_point, "zero_point"))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self.zero_point) * self.scale
+
+
+NODE_TYPES: dict[str, type[Node]] = {
+    cls.op: cls for cls in (QuantizeInput, Gemm, Round, TableLookup, Dequantize)
+}

@@ -1,0 +1,131 @@
+"""Value-range and bit-width analysis of integer tensors.
+
+Ranges are kept per channel (last axis) as ``int64`` arrays.  The bit-width of a
+range follows concrete's convention: unsigned when ``lo >= 0``, else two's-complement
+signed.
+
+>>> bit_width(0, 7), bit_width(-4, 3), bit_width(-5, 3), bit_width(0, 0)
+(3, 3, 4, 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .nodes import Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .circuit import Circuit
+
+__all__ = ["Interval", "bit_width", "propagate", "worst_case_ranges"]
+
+
+def bit_width(lo: int, hi: int) -> int:
+    """Bits needed to hold every integer of ``[lo, hi]``."""
+    lo, hi = int(lo), int(hi)
+    if lo > hi:
+        raise ValueError(f"empty interval [{lo}, {hi}]")
+    if lo >= 0:
+        return max(1, hi.bit_length())
+    return 1 + max(hi.bit_length() if hi > 0 else 0, (-lo - 1).bit_length())
+
+
+@dataclass(frozen=True, eq=False)
+class Interval:
+    """Per-channel integer bounds ``lo <= x <= hi`` (arrays of shape ``(channels,)``)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def __post_init__(self) -> None:
+        lo = np.atleast_1d(np.asarray(self.lo, dtype=np.int64)).copy()
+        hi = np.atleast_1d(np.asarray(self.hi, dtype=np.int64)).copy()
+        if lo.shape != hi.shape:
+            raise ValueError("lo and hi must have the same shape")
+        if np.any(lo > hi):
+            raise ValueError("interval with lo > hi")
+        lo.setflags(write=False)
+        hi.setflags(write=False)
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
+
+    @property
+    def min(self) -> int:
+        return int(self.lo.min())
+
+    @property
+    def max(self) -> int:
+        return int(self.hi.max())
+
+    @property
+    def bits(self) -> int:
+        """Bit-width of the whole tensor (all channels)."""
+        return bit_width(self.min, self.max)
+
+    @property
+    def channel_bits(self) -> np.ndarray:
+        return np.array([bit_width(a, b) for a, b in zip(self.lo, self.hi)], dtype=np.int64)
+
+    @classmethod
+    def from_values(cls, values: np.ndarray) -> Interval:
+        """Observed per-channel bounds of a batch-first integer array."""
+        v = np.asarray(values)
+        if v.size == 0:
+            raise ValueError("cannot calibrate a range from an empty array")
+        flat = v.reshape(-1, v.shape[-1]) if v.ndim > 1 else v.reshape(-1, 1)
+        return cls(flat.min(axis=0), flat.max(axis=0))
+
+    def to_list(self) -> list[list[int]]:
+        return [self.lo.tolist(), self.hi.tolist()]
+
+
+def _gemm_bounds(node: Gemm, x: Interval) -> Interval:
+    w = node.weight
+    lo = x.lo - node.input_zero_point
+    hi = x.hi - node.input_zero_point
+    if lo.size == 1 and node.in_features != 1:
+        lo = np.full(node.in_features, lo[0])
+        hi = np.full(node.in_features, hi[0])
+    # Python-int (object) arithmetic: exact whatever the magnitude.
+    wpos = np.maximum(w, 0).astype(object)
+    wneg = np.minimum(w, 0).astype(object)
+    out_lo = wpos @ lo.astype(object) + wneg @ hi.astype(object)
+    out_hi = wpos @ hi.astype(object) + wneg @ lo.astype(object)
+    if node.bias is not None:
+        out_lo = out_lo + node.bias.astype(object)
+        out_hi = out_hi + node.bias.astype(object)
+    top = max(abs(int(v)) for v in np.concatenate([out_lo, out_hi]))
+    if top >= 2**62:
+        raise OverflowError(f"accumulator of {node.name!r} exceeds 62 bits")
+    return Interval(out_lo.astype(np.int64), out_hi.astype(np.int64))
+
+
+def propagate(node: Node, x: Interval, n_features: int) -> Interval:
+    """Worst-case output interval of ``node`` given its input interval."""
+    if isinstance(node, QuantizeInput):
+        lo, hi = node.qrange
+        return Interval(np.full(n_features, lo), np.full(n_features, hi))
+    if isinstance(node, Gemm):
+        return _gemm_bounds(node, x)
+    if isinstance(node, Round):
+        r = node.apply
+        return Interval(r(x.lo), r(x.hi))
+    if isinstance(node, TableLookup):
+        lo, hi = node.fn.output_bounds(x.lo, x.hi)
+        return Interval(lo, hi)
+    if isinstance(node, Dequantize):
+        return x
+    raise TypeError(f"no range rule for node type {type(node).__name__}")
+
+
+def worst_case_ranges(circuit: Circuit) -> dict[str, Interval]:
+    """Worst-case interval of every integer value, from weights and input ranges."""
+    out: dict[str, Interval] = {}
+    for node in circuit.nodes:
+        src = node.inputs[0]
+        x = out.get(src, Interval(np.zeros(1), np.zeros(1)))
+        out[node.name] = propagate(node, x, circuit.n_features)
+    return out
