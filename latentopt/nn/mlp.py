@@ -1,0 +1,181 @@
+"""Quantization-aware MLP built from brevitas layers.
+
+``QuantIdentity`` quantizes the input; each layer is a ``QuantLinear`` with an
+``Int32Bias`` (so the bias lives in the integer accumulator) followed, for hidden
+layers, by a float activation and an output quantizer.  Scales are learned floats, or
+powers of two (``power_of_two_scales=True``) so that requantization is a bit shift.
+
+Examples
+--------
+>>> import torch
+>>> m = QuantMLP(4, (8,), 3, n_w_bits=3, n_a_bits=3)
+>>> m(torch.zeros(2, 4)).shape
+torch.Size([2, 3])
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import brevitas.nn as qnn
+import torch
+from brevitas.quant import (
+    Int8ActPerTensorFixedPoint,
+    Int8ActPerTensorFloat,
+    Int8WeightPerTensorFixedPoint,
+    Int8WeightPerTensorFloat,
+    Int32Bias,
+    Uint8ActPerTensorFixedPoint,
+    Uint8ActPerTensorFloat,
+)
+from torch import nn
+
+__all__ = ["TORCH_ACTIVATIONS", "UNSIGNED_ACTIVATIONS", "QuantActivationLayer", "QuantMLP",
+           "per_layer"]
+
+#: Torch implementations of the activations known to the IR (same names).
+TORCH_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "leaky_relu": nn.LeakyReLU,  # negative slope 0.01, as in the IR
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "hardtanh": nn.Hardtanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+    "identity": nn.Identity,
+}
+#: Activations whose output is never negative: quantized unsigned.
+UNSIGNED_ACTIVATIONS = frozenset({"relu", "relu6", "sigmoid", "softplus"})
+
+
+def per_layer(value: int | Sequence[int], n: int, name: str) -> list[int]:
+    """Broadcast a scalar bit-width to ``n`` layers, or check a per-layer list.
+
+    >>> per_layer(3, 2, "n_w_bits"), per_layer([2, 4], 2, "n_w_bits")
+    ([3, 3], [2, 4])
+    """
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        values = [int(value)] * n
+    else:
+        try:
+            values = [int(v) for v in value]  # type: ignore[union-attr]
+        except TypeError as exc:
+            raise ValueError(f"{name} must be an int or a sequence of ints") from exc
+        if len(values) != n:
+            raise ValueError(f"{name} has {len(values)} entries, expected {n} (one per layer)")
+    if any(v < 1 or v > 16 for v in values):
+        raise ValueError(f"{name} values must be in [1, 16], got {values}")
+    return values
+
+
+class QuantActivationLayer(nn.Module):
+    """Float activation followed by an output quantizer (the fused TLU of the IR)."""
+
+    def __init__(self, activation: str, n_bits: int, power_of_two: bool = False) -> None:
+        super().__init__()
+        if activation not in TORCH_ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; known: {sorted(TORCH_ACTIVATIONS)}"
+            )
+        self.activation = activation
+        self.act = TORCH_ACTIVATIONS[activation]()
+        unsigned = activation in UNSIGNED_ACTIVATIONS
+        if power_of_two:
+            quant = Uint8ActPerTensorFixedPoint if unsigned else Int8ActPerTensorFixedPoint
+        else:
+            quant = Uint8ActPerTensorFloat if unsigned else Int8ActPerTensorFloat
+        self.quant = qnn.QuantIdentity(act_quant=quant, bit_width=n_bits, return_quant_tensor=True)
+
+    def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        value = x.value if hasattr(x, "value") else x
+        return self.quant(self.act(value))
+
+
+class QuantMLP(nn.Module):
+    """Fully-connected quantized network.
+
+    Parameters
+    ----------
+    n_features, hidden_sizes, n_outputs
+        Layer widths.
+    n_w_bits : int or sequence of int
+        Weight bits, one per linear layer (``len(hidden_sizes) + 1``).
+    n_a_bits : int or sequence of int
+        Activation bits, one per hidden layer.
+    n_input_bits : int, optional
+        Input quantizer bits (defaults to the first activation's bits).
+    activation : str
+        Hidden activation, a key of :data:`TORCH_ACTIVATIONS`.
+    power_of_two_scales : bool
+        Restrict every scale to a power of two.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden_sizes: Sequence[int],
+        n_outputs: int,
+        n_w_bits: int | Sequence[int] = 3,
+        n_a_bits: int | Sequence[int] = 3,
+        n_input_bits: int | None = None,
+        activation: str = "relu",
+        power_of_two_scales: bool = False,
+    ) -> None:
+        super().__init__()
+        hidden = [int(h) for h in hidden_sizes]
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"hidden sizes must be >= 1, got {hidden}")
+        w_bits = per_layer(n_w_bits, len(hidden) + 1, "n_w_bits")
+        a_bits = per_layer(n_a_bits, len(hidden), "n_a_bits") if hidden else []
+        in_bits = per_layer(
+            n_input_bits if n_input_bits is not None else (a_bits[0] if a_bits else 8), 1,
+            "n_input_bits",
+        )[0]
+        self.config = {
+            "n_features": int(n_features), "hidden_sizes": hidden, "n_outputs": int(n_outputs),
+            "n_w_bits": w_bits, "n_a_bits": a_bits, "n_input_bits": in_bits,
+            "activation": activation, "power_of_two_scales": bool(power_of_two_scales),
+        }
+        in_quant = Int8ActPerTensorFixedPoint if power_of_two_scales else Int8ActPerTensorFloat
+        w_quant = Int8WeightPerTensorFixedPoint if power_of_two_scales else Int8WeightPerTensorFloat
+        self.input_quant = qnn.QuantIdentity(
+            act_quant=in_quant, bit_width=in_bits, return_quant_tensor=True
+        )
+        sizes = [int(n_features), *hidden, int(n_outputs)]
+        self.linears = nn.ModuleList(
+            qnn.QuantLinear(
+                sizes[i], sizes[i + 1], bias=True, weight_quant=w_quant,
+                weight_bit_width=w_bits[i], bias_quant=Int32Bias, return_quant_tensor=False,
+            )
+            for i in range(len(sizes) - 1)
+        )
+        self.activations = nn.ModuleList(
+            QuantActivationLayer(activation, a_bits[i], power_of_two_scales)
+            for i in range(len(hidden))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.input_quant(x)
+        for i, linear in enumerate(self.linears):
+            h = linear(h)
+            if i < len(self.activations):
+                h = self.activations[i](h)
+        return h
+
+    def float_copy(self) -> nn.Sequential:
+        """A plain float ``nn.Sequential`` with the same (dequantized) weights.
+
+        Useful as the float baseline of a benchmark: same shapes, no quantizers.
+        """
+        layers: list[nn.Module] = []
+        for i, linear in enumerate(self.linears):
+            lin = nn.Linear(linear.in_features, linear.out_features)
+            with torch.no_grad():
+                lin.weight.copy_(linear.quant_weight().value)
+                lin.bias.copy_(linear.bias)
+            layers.append(lin)
+            if i < len(self.activations):
+                layers.append(TORCH_ACTIVATIONS[self.config["activation"]]())
+        return nn.Sequential(*layers)

@@ -1,0 +1,305 @@
+"""Quantization-aware MLP estimators: ``QuantizedMLPClassifier`` and ``QuantizedMLPRegressor``.
+
+Inputs should be standardised by the user, e.g. with a ``StandardScaler`` in a
+``Pipeline``: the input quantizer has a single learned scale for all features.
+
+Examples
+--------
+>>> from sklearn.datasets import load_wine
+>>> from sklearn.pipeline import make_pipeline
+>>> from sklearn.preprocessing import StandardScaler
+>>> X, y = load_wine(return_X_y=True)
+>>> clf = make_pipeline(StandardScaler(), QuantizedMLPClassifier(
+...     hidden_layer_sizes=(16,), max_epochs=30, random_state=0, verbose=0))
+>>> clf.fit(X, y).score(X, y) > 0.9
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.base import ClassifierMixin, RegressorMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from .base import QuantizedEstimatorBase
+
+__all__ = ["QuantizedMLPClassifier", "QuantizedMLPRegressor"]
+
+_COMMON_DOC = """
+    Parameters
+    ----------
+    hidden_layer_sizes : tuple of int, default=(64,)
+        Width of each hidden layer.  Every hidden neuron is one table lookup (one
+        programmable bootstrapping under FHE).
+    n_w_bits : int or sequence of int, default=3
+        Weight bits, scalar or one per linear layer (``len(hidden_layer_sizes) + 1``).
+    n_a_bits : int or sequence of int, default=3
+        Activation (table-lookup output) bits, scalar or one per hidden layer.
+    n_input_bits : int, default=6
+        Bits of the input quantizer.  Inputs are quantized by the client, so this only
+        widens the first accumulator (which rounding can narrow again).
+    activation : {"relu", "sigmoid", "tanh", "gelu", "silu", ...}, default="relu"
+        Hidden activation, fused with requantization into one table lookup.
+    power_of_two_scales : bool, default=False
+        Restrict quantization scales to powers of two (requantization becomes a shift).
+    max_epochs : int, default=200
+        Maximum number of training epochs.
+    lr : float, default=1e-3
+        Adam learning rate (cosine decay over ``max_epochs``).
+    batch_size : int, default=64
+        Mini-batch size.
+    weight_decay : float, default=0.0
+        Adam weight decay.
+    validation_fraction : float, default=0.1
+        Fraction of the training data held out for early stopping.
+    early_stopping : bool, default=True
+        Stop when the validation metric has not improved for ``patience`` epochs and
+        restore the best weights.
+    patience : int, default=30
+        Epochs without improvement before stopping.
+    random_state : int, RandomState or None, default=None
+        Seeds weight initialisation, batch order and the validation split.
+    verbose : int, default=1
+        0 is silent; >= 1 shows progress bars for training (and FHE work).
+    fhe_mode : {"disable", "simulate", "execute"}, default="disable"
+        Default of ``predict(X, fhe=None)``: integer backend, FHE simulation or real
+        encrypted execution (the last two need :meth:`compile`).
+"""
+
+
+class _QuantizedMLPBase(QuantizedEstimatorBase):
+    def __init__(
+        self,
+        hidden_layer_sizes: Sequence[int] = (64,),
+        n_w_bits: int | Sequence[int] = 3,
+        n_a_bits: int | Sequence[int] = 3,
+        n_input_bits: int = 6,
+        activation: str = "relu",
+        power_of_two_scales: bool = False,
+        max_epochs: int = 200,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        weight_decay: float = 0.0,
+        validation_fraction: float = 0.1,
+        early_stopping: bool = True,
+        patience: int = 30,
+        random_state: Any = None,
+        verbose: int = 1,
+        fhe_mode: str = "disable",
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.n_w_bits = n_w_bits
+        self.n_a_bits = n_a_bits
+        self.n_input_bits = n_input_bits
+        self.activation = activation
+        self.power_of_two_scales = power_of_two_scales
+        self.max_epochs = max_epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.patience = patience
+        self.random_state = random_state
+        self.verbose = verbose
+        self.fhe_mode = fhe_mode
+
+    # ------------------------------------------------------------- validation
+    def _check_params(self) -> None:
+        hidden = self.hidden_layer_sizes
+        if isinstance(hidden, (int, np.integer)):
+            hidden = (int(hidden),)
+        try:
+            hidden = tuple(int(h) for h in hidden)
+        except TypeError as exc:
+            raise ValueError("hidden_layer_sizes must be a sequence of ints") from exc
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"hidden_layer_sizes must be positive, got {hidden}")
+        self._hidden = hidden
+        for name in ("max_epochs", "batch_size", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= float(self.validation_fraction) < 1.0:
+            raise ValueError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
+            )
+        self._check_fhe(None)
+
+    def _build_module(self, config: dict[str, Any]):  # type: ignore[no-untyped-def]
+        from ..nn.mlp import QuantMLP
+
+        return QuantMLP(
+            config["n_features"], config["hidden_sizes"], config["n_outputs"],
+            n_w_bits=config["n_w_bits"], n_a_bits=config["n_a_bits"],
+            n_input_bits=config["n_input_bits"], activation=config["activation"],
+            power_of_two_scales=config["power_of_two_scales"],
+        )
+
+    # --------------------------------------------------------------------- fit
+    def _fit(self, X: np.ndarray, y: np.ndarray, n_outputs: int, stratify: bool) -> None:
+        from ..backends.integer import IntegerBackend
+        from ..nn.export import export_mlp
+        from ..nn.train import seeded, torch_threads, train_module
+
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        X_tr, y_tr, X_val, y_val = X, y, None, None
+        n_val = int(np.floor(self.validation_fraction * len(X)))
+        if self.early_stopping and n_val >= 1 and len(X) - n_val >= 2:
+            strat = y if stratify and np.min(np.bincount(y)) >= 2 else None
+            if strat is not None and n_val < len(np.unique(y)):
+                strat = None
+            try:
+                X_tr, X_val, y_tr, y_val = train_test_split(
+                    X, y, test_size=n_val, stratify=strat, random_state=seed
+                )
+            except ValueError:  # too few samples per class to stratify
+                X_tr, X_val, y_tr, y_val = train_test_split(
+                    X, y, test_size=n_val, random_state=seed
+                )
+        config = {
+            "n_features": X.shape[1], "hidden_sizes": list(self._hidden),
+            "n_outputs": n_outputs, "n_w_bits": self.n_w_bits, "n_a_bits": self.n_a_bits,
+            "n_input_bits": self.n_input_bits, "activation": self.activation,
+            "power_of_two_scales": bool(self.power_of_two_scales),
+        }
+        with seeded(seed), torch_threads(1):
+            module = self._build_module(config)
+            self.history_ = train_module(
+                module, X_tr, y_tr, self._loss, X_val=X_val, y_val=y_val,
+                score_fn=self._score_fn, max_epochs=self.max_epochs, lr=float(self.lr),
+                weight_decay=float(self.weight_decay), batch_size=int(self.batch_size),
+                patience=int(self.patience), seed=seed, verbose=int(self.verbose),
+                description=f"{type(self).__name__} QAT",
+            )
+        self.module_ = module
+        self.n_iter_ = self.history_.n_epochs
+        circuit = export_mlp(module)
+        self.circuit_ = IntegerBackend(circuit).calibrate(X)
+        self._backend = IntegerBackend(self.circuit_)
+        self._keep_calibration(X, rng)
+        self.fhe_circuit_ = None
+
+
+class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
+    __doc__ = (
+        "Multi-layer perceptron classifier trained with quantization-aware training.\n"
+        + _COMMON_DOC
+        + """
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    n_features_in_ : int
+    module_ : latentopt.nn.mlp.QuantMLP
+        The trained brevitas module.
+    circuit_ : latentopt.ir.Circuit
+        The quantized integer circuit (with calibrated ranges).
+    history_ : latentopt.nn.train.TrainingHistory
+    n_iter_ : int
+        Epochs run.
+    """
+    )
+
+    @staticmethod
+    def _loss(out, target):  # type: ignore[no-untyped-def]
+        import torch.nn.functional as F
+
+        return F.cross_entropy(out, target)
+
+    @staticmethod
+    def _score_fn(out, target) -> float:  # type: ignore[no-untyped-def]
+        return float((out.argmax(1) == target).float().mean().item())
+
+    def fit(self, X: Any, y: Any) -> QuantizedMLPClassifier:
+        """Train the quantized network on ``X`` (n_samples, n_features) and labels ``y``."""
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite=True)
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes in the data, "
+                f"but the data contains only one class: {self.classes_[0]!r}"
+            )
+        self._fit(X, y_enc.astype(np.int64), len(self.classes_), stratify=True)
+        return self
+
+    def decision_function(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Logits (n_samples, n_classes); for 2 classes the logit difference (n_samples,)."""
+        logits = self._raw_output(X, fhe)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+
+    def predict_proba(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Class probabilities: softmax of the dequantized logits (computed in the clear)."""
+        logits = self._raw_output(X, fhe)
+        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Predicted class labels; ``fhe`` overrides ``fhe_mode``."""
+        logits = self._raw_output(X, fhe)
+        return self.classes_[np.argmax(logits, axis=1)]
+
+
+class QuantizedMLPRegressor(RegressorMixin, _QuantizedMLPBase):
+    __doc__ = (
+        "Multi-layer perceptron regressor trained with quantization-aware training.\n\n"
+        "Targets are standardised internally (``y_mean_``, ``y_scale_``); outputs are\n"
+        "de-standardised in the clear after dequantization.\n"
+        + _COMMON_DOC
+        + """
+    Attributes
+    ----------
+    n_features_in_ : int
+    n_outputs_ : int
+    module_, circuit_, history_, n_iter_
+        As in :class:`QuantizedMLPClassifier`.
+    """
+    )
+
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    @staticmethod
+    def _loss(out, target):  # type: ignore[no-untyped-def]
+        import torch.nn.functional as F
+
+        return F.mse_loss(out, target)
+
+    @staticmethod
+    def _score_fn(out, target) -> float:  # type: ignore[no-untyped-def]
+        return -float(((out - target) ** 2).mean().item())
+
+    def fit(self, X: Any, y: Any) -> QuantizedMLPRegressor:
+        """Train the quantized network on ``X`` and real targets ``y`` (1-D or 2-D)."""
+        self._check_params()
+        X, y = validate_data(
+            self, X, y, dtype=np.float64, ensure_all_finite=True, multi_output=True,
+            y_numeric=True,
+        )
+        self._y_1d = y.ndim == 1
+        y2 = y.reshape(len(y), -1).astype(np.float64)
+        self.n_outputs_ = y2.shape[1]
+        self.y_mean_ = y2.mean(axis=0)
+        scale = y2.std(axis=0)
+        self.y_scale_ = np.where(scale > 0, scale, 1.0)
+        y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
+        self._fit(X, y_std, self.n_outputs_, stratify=False)
+        return self
+
+    def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Predicted targets; ``fhe`` overrides ``fhe_mode``."""
+        check_is_fitted(self, "circuit_")
+        out = self._raw_output(X, fhe) * self.y_scale_ + self.y_mean_
+        return out.ravel() if self._y_1d else out
