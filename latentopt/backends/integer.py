@@ -3,10 +3,11 @@
 Every other backend (FHE simulation and execution, ONNX) must reproduce the integers
 this backend computes.  It is vectorised over the batch and fast:
 
-* integer matrix products run on float32 BLAS when the worst-case accumulator (every
-  partial sum included) stays below 2**24, on float64 BLAS below 2**53, and on int64
-  otherwise -- all three are exact;
-* table lookups are gathers from tables materialised once over the worst-case domain.
+* integers are carried in float32 arrays when every worst-case accumulator (every
+  partial sum included) stays below 2**24, in float64 below 2**53 -- both exact, and
+  they let matrix products run on BLAS -- and in int64 otherwise;
+* table lookups are gathers from tables materialised once over the worst-case domain;
+* batches are processed in cache-sized chunks with reused buffers.
 
 Examples
 --------
@@ -25,56 +26,80 @@ Examples
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from ..ir import Circuit, Dequantize, Gemm, QuantizeInput, Round, TableLookup
+from ..ir import Circuit, Gemm, Node, QuantActivation, QuantizeInput, Round, TableLookup
 from ..ir.ranges import Interval
 
 __all__ = ["IntegerBackend"]
 
 #: Largest table (entries over all channels) materialised for a table lookup.
 MAX_TABLE_ENTRIES = 1 << 22
+#: Rows processed at once by :meth:`IntegerBackend.predict`.
+CHUNK_ROWS = 1024
 
 Kernel = Callable[[np.ndarray], np.ndarray]
 
 
-def _gemm_kernel(node: Gemm, x_range: Interval) -> Kernel:
+def _accumulator_bound(node: Gemm, x_range: Interval) -> int:
+    """Largest |partial sum| the gemm can produce (bias included)."""
     zp = node.input_zero_point
     mag = np.maximum(np.abs(x_range.lo - zp), np.abs(x_range.hi - zp)).astype(object)
     if mag.size == 1:
         mag = np.full(node.in_features, mag[0], dtype=object)
-    wabs = np.abs(node.weight).astype(object)
-    bound = int(max(wabs @ mag)) if node.weight.size else 0
+    bound = int(max(np.abs(node.weight).astype(object) @ mag))
     if node.bias is not None:
         bound += int(np.abs(node.bias).max())
-    bias = node.bias
-    if bound < 2**53:
-        dtype = np.float32 if bound < 2**24 else np.float64
-        wt = np.ascontiguousarray(node.weight.T.astype(dtype))
-        b = None if bias is None else bias.astype(dtype)
-
-        def gemm_float(x: np.ndarray) -> np.ndarray:
-            xf = x.astype(dtype, copy=False)
-            if zp:
-                xf = xf - dtype(zp)
-            acc = xf @ wt
-            if b is not None:
-                acc += b
-            return acc
-
-        return gemm_float
-    w64 = np.ascontiguousarray(node.weight.T)
-
-    def gemm_int(x: np.ndarray) -> np.ndarray:
-        acc = (x.astype(np.int64) - zp) @ w64
-        return acc if bias is None else acc + bias
-
-    return gemm_int
+    return bound
 
 
-def _tlu_kernel(node: TableLookup, x_range: Interval, lsbs: int, width: int) -> Kernel:
+def _choose_dtype(circuit: Circuit, worst: dict[str, Interval]) -> Any:
+    top = 0
+    for node in circuit.nodes:
+        if isinstance(node, Gemm):
+            top = max(top, _accumulator_bound(node, worst[node.inputs[0]]))
+        top = max(top, abs(worst[node.name].min), abs(worst[node.name].max))
+    if top < 2**24:
+        return np.float32
+    if top < 2**53:
+        return np.float64
+    return np.int64
+
+
+def _gemm_kernel(node: Gemm, dtype: Any) -> Kernel:
+    zp = node.input_zero_point
+    wt = np.ascontiguousarray(node.weight.T.astype(dtype))
+    b = None if node.bias is None else node.bias.astype(dtype)
+
+    def gemm(x: np.ndarray) -> np.ndarray:
+        if zp:
+            x = x - dtype(zp)
+        acc = np.matmul(x, wt)
+        if b is not None:
+            acc += b
+        return acc
+
+    return gemm
+
+
+def _round_kernel(node: Round, dtype: Any) -> Kernel:
+    if node.lsbs == 0:
+        return lambda x: x
+    if dtype is np.int64:
+        return node.apply
+    half, step, inv = dtype(1 << (node.lsbs - 1)), dtype(1 << node.lsbs), dtype(2.0**-node.lsbs)
+
+    def round_float(x: np.ndarray) -> np.ndarray:  # exact: scaling by 2**k is exact
+        y = np.floor((x + half) * inv)
+        y *= step
+        return y
+
+    return round_float
+
+
+def _tlu_kernel(node: TableLookup, x_range: Interval, lsbs: int, dtype: Any) -> Kernel:
     fn = node.fn
     step = 1 << lsbs
     lo, hi = x_range.min, x_range.max
@@ -83,26 +108,63 @@ def _tlu_kernel(node: TableLookup, x_range: Interval, lsbs: int, width: int) -> 
     if n * channels > MAX_TABLE_ENTRIES:
 
         def tlu_direct(x: np.ndarray) -> np.ndarray:
-            return fn(x.astype(np.int64))
+            return fn(x.astype(np.int64)).astype(dtype)
 
         return tlu_direct
     # Values at multiples of `step` (after rounding, lo and hi are multiples too).
-    table = fn.table(lo, hi, step).astype(np.float32)  # (channels, n), small ints
-    if channels == 1:
-        flat = table[0]
-        offsets = None
-    else:
-        flat = table.reshape(-1)
-        offsets = (np.arange(channels, dtype=np.int64) * n)[None, :]
+    table = fn.table(lo, hi, step).astype(dtype)  # (channels, n)
+    affine = _affine_kernel(fn, table, lo, hi, step, dtype)
+    if affine is not None:
+        return affine
+    flat = table[0] if channels == 1 else table.reshape(-1)
+    offsets = None if channels == 1 else (np.arange(channels, dtype=np.int64) * n)[None, :]
+    idx_dtype = np.int32 if n * channels < 2**31 else np.int64
 
     def tlu_gather(x: np.ndarray) -> np.ndarray:
-        xi = x.astype(np.int64, copy=False)
-        idx = (xi - lo) >> lsbs if lsbs else xi - lo
+        if dtype is np.int64:
+            idx = (x - lo) >> lsbs
+        else:
+            idx = ((x - dtype(lo)) * dtype(2.0**-lsbs) if lsbs else x - dtype(lo))
+            idx = idx.astype(idx_dtype)
         if offsets is not None:
-            idx = idx + offsets
+            idx = idx + offsets.astype(idx.dtype)
         return np.take(flat, idx)
 
     return tlu_gather
+
+
+def _affine_kernel(
+    fn: Any, table: np.ndarray, lo: int, hi: int, step: int, dtype: Any
+) -> Kernel | None:
+    """``clip(rint(x * r) + zp)`` in place, when it provably equals the table.
+
+    ReLU/identity requantization is affine before clipping.  Evaluating it in the
+    carrier dtype costs three in-place passes instead of an index conversion and a
+    gather; it is used only if it reproduces the table on the whole worst-case domain
+    (so the backend stays exact by construction).
+    """
+    if not isinstance(fn, QuantActivation) or fn.activation not in ("relu", "identity"):
+        return None
+    if dtype is np.int64:
+        return None
+    qlo, qhi = fn.qrange
+    if fn.activation == "relu" and fn.output_zero_point != qlo:
+        return None
+    ratio = (fn.input_scale / fn.output_scale).astype(dtype)
+    zp = dtype(fn.output_zero_point)
+    bounds = (dtype(qlo), dtype(qhi))
+
+    def affine(x: np.ndarray) -> np.ndarray:
+        y = np.multiply(x, ratio)
+        np.rint(y, out=y)
+        if zp:
+            y += zp
+        return np.clip(y, *bounds, out=y)
+
+    domain = np.arange(lo, hi + 1, step, dtype=np.int64).astype(dtype)
+    width = table.shape[0]
+    probe = affine(np.broadcast_to(domain[:, None], (domain.size, width)).copy())
+    return affine if np.array_equal(probe, table.T) else None
 
 
 class IntegerBackend:
@@ -111,29 +173,37 @@ class IntegerBackend:
     Parameters
     ----------
     circuit : Circuit
-        The circuit to run.  Kernels (BLAS dtype, materialised tables) are prepared
+        The circuit to run.  Kernels (carrier dtype, materialised tables) are prepared
         once here.
+
+    Attributes
+    ----------
+    dtype : numpy dtype
+        Carrier of the integers: float32, float64 or int64 (see module docstring).
     """
 
     def __init__(self, circuit: Circuit) -> None:
         self.circuit = circuit
         worst = circuit.worst_case_ranges()
-        self._worst = worst
-        self._kernels: dict[str, Kernel] = {}
+        self.dtype = _choose_dtype(circuit, worst)
+        self._steps: list[tuple[Node, Kernel]] = []
         for node in circuit.nodes[1:-1]:
             src = node.inputs[0]
             if isinstance(node, Gemm):
-                self._kernels[node.name] = _gemm_kernel(node, worst[src])
+                kernel = _gemm_kernel(node, self.dtype)
             elif isinstance(node, Round):
-                self._kernels[node.name] = _round_kernel(node)
+                kernel = _round_kernel(node, self.dtype)
             elif isinstance(node, TableLookup):
                 src_node = circuit[src]
                 lsbs = src_node.lsbs if isinstance(src_node, Round) else 0
-                self._kernels[node.name] = _tlu_kernel(
-                    node, worst[src], lsbs, circuit.width(node.name)
-                )
+                kernel = _tlu_kernel(node, worst[src], lsbs, self.dtype)
             else:
                 raise TypeError(f"integer backend cannot run {type(node).__name__}")
+            self._steps.append((node, kernel))
+        self._sequential = all(
+            node.inputs[0] == prev.name
+            for (node, _), prev in zip(self._steps, circuit.nodes[:-2])
+        ) and circuit.output.inputs[0] == circuit.nodes[-2].name
 
     # ------------------------------------------------------------------ stages
     def quantize(self, X: np.ndarray) -> np.ndarray:
@@ -144,10 +214,20 @@ class IntegerBackend:
 
     def dequantize(self, values: np.ndarray) -> np.ndarray:
         """Output integers -> floats (client side under FHE)."""
-        out: Dequantize = self.circuit.output
-        return out.apply(values)
+        return self.circuit.output.apply(values)
 
-    def run_integers(self, q: np.ndarray, return_all: bool = False):  # type: ignore[no-untyped-def]
+    def _run(self, carrier: np.ndarray, keep: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        values: dict[str, np.ndarray] = {self.circuit.input_quantizer.name: carrier}
+        current = carrier
+        for node, kernel in self._steps:
+            src = current if self._sequential else values[node.inputs[0]]
+            current = kernel(src)
+            if keep or not self._sequential:
+                values[node.name] = current
+        out = current if self._sequential else values[self.circuit.output.inputs[0]]
+        return out, values
+
+    def run_integers(self, q: np.ndarray, return_all: bool = False) -> Any:
         """Run the integer part of the circuit on quantized inputs.
 
         Parameters
@@ -156,6 +236,11 @@ class IntegerBackend:
             Quantized inputs, inside the input quantizer's range.
         return_all : bool
             Also return every intermediate value (dict name -> int64 array).
+
+        Returns
+        -------
+        out : int64 array of shape (n_samples, n_outputs)
+        values : dict, only if ``return_all``
         """
         q = np.asarray(q)
         if q.dtype.kind not in "iu":
@@ -165,17 +250,25 @@ class IntegerBackend:
         lo, hi = qnode.qrange
         if q.size and (q.min() < lo or q.max() > hi):
             raise ValueError(f"quantized inputs must lie in [{lo}, {hi}]")
-        values: dict[str, np.ndarray] = {qnode.name: q.astype(np.int64)}
-        for node in self.circuit.nodes[1:-1]:
-            values[node.name] = self._kernels[node.name](values[node.inputs[0]])
-        result = values[self.circuit.output.inputs[0]].astype(np.int64)
+        out, values = self._run(q.astype(self.dtype), keep=return_all)
+        result = out.astype(np.int64)
         if return_all:
             return result, {k: v.astype(np.int64) for k, v in values.items()}
         return result
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Quantize, run and dequantize: float in, float out."""
-        return self.dequantize(self.run_integers(self.quantize(X)))
+        """Quantize, run and dequantize, chunk by chunk: float in, float out."""
+        X = np.asarray(X)
+        self._check_width(X, self.circuit.n_features, "X")
+        qnode = self.circuit.input_quantizer
+        parts = []
+        for start in range(0, len(X), CHUNK_ROWS):
+            q = qnode.apply_float32(X[start : start + CHUNK_ROWS]).astype(self.dtype, copy=False)
+            out, _ = self._run(q, keep=False)
+            parts.append(self.circuit.output.apply(out))
+        if not parts:
+            return np.empty((0, self.circuit.n_outputs))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def calibrate(self, X: np.ndarray) -> Circuit:
         """A copy of the circuit with calibrated ranges observed on ``X``."""
@@ -186,10 +279,3 @@ class IntegerBackend:
     def _check_width(X: np.ndarray, n: int, name: str) -> None:
         if X.ndim != 2 or X.shape[1] != n:
             raise ValueError(f"{name} must have shape (n_samples, {n}), got {X.shape}")
-
-
-def _round_kernel(node: Round) -> Kernel:
-    def round_(x: np.ndarray) -> np.ndarray:
-        return node.apply(x.astype(np.int64, copy=False))
-
-    return round_

@@ -8,6 +8,7 @@ are ``int64`` in the reference backend.
 node               computes                                    runs (FHE)
 =================  ==========================================  ===================
 QuantizeInput      ``clip(rint(x / scale) + zp, qmin, qmax)``   client, in clear
+                   (float32 arithmetic, as in brevitas)
 Gemm               ``(x - input_zero_point) @ weight.T + bias``  server, leveled
 Round              ``round(x / 2**lsbs) * 2**lsbs`` (half up)    server, PBS-based
 TableLookup        ``fn(x)`` elementwise                        server, one PBS/elt
@@ -144,17 +145,34 @@ class QuantizeInput(Node):
             raise ValueError("scale must be > 0")
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", _as_int_array(self.zero_point, "zero_point"))
-        int_range(int(self.n_bits), bool(self.signed), bool(self.narrow))
+        # plain Python scalars: numpy ints/bools would not serialise
+        object.__setattr__(self, "n_bits", int(self.n_bits))
+        object.__setattr__(self, "signed", bool(self.signed))
+        object.__setattr__(self, "narrow", bool(self.narrow))
+        int_range(self.n_bits, self.signed, self.narrow)
 
     @property
     def qrange(self) -> tuple[int, int]:
         return int_range(self.n_bits, self.signed, self.narrow)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Quantize a float array."""
+        """Quantize a float array.
+
+        The division runs in float32, as in brevitas (whose inputs are float32), so the
+        integers match the QAT forward pass exactly; NaN inputs are rejected.
+        """
+        return self.apply_float32(x).astype(np.int64)
+
+    def apply_float32(self, x: np.ndarray) -> np.ndarray:
+        """Like :meth:`apply` but returns the integers as a float32 array."""
         lo, hi = self.qrange
-        q = np.rint(np.asarray(x, dtype=np.float64) / self.scale) + self.zero_point
-        return np.clip(q, lo, hi).astype(np.int64)
+        x32 = np.asarray(x, dtype=np.float32)
+        if np.isnan(x32).any():
+            raise ValueError("cannot quantize NaN inputs")
+        q = np.rint(x32 / self.scale.astype(np.float32))
+        if np.any(self.zero_point):
+            q += self.zero_point.astype(np.float32)
+        return np.clip(q, np.float32(lo), np.float32(hi))
 
 
 @dataclass(frozen=True, eq=False)

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from typing import IO, Any, Union
 
 import numpy as np
@@ -39,6 +40,12 @@ FORMAT_NAME = "latentopt.circuit"
 FORMAT_VERSION = 1
 
 PathOrFile = Union[str, "os.PathLike[str]", IO[bytes]]
+
+# What zipfile raises on damaged archives: bad deflate streams (zlib.error), flipped
+# header fields ("unsupported compression/version": NotImplementedError, "encrypted":
+# RuntimeError), besides BadZipFile and the I/O errors.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, OSError,
+               EOFError, ValueError)
 
 
 class CircuitFormatError(ValueError):
@@ -85,14 +92,14 @@ def from_bytes(data: bytes) -> Circuit:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         names = set(zf.namelist())
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise CircuitFormatError(f"not a latentopt circuit file (bad archive: {exc})") from exc
     if not {"manifest.json", "arrays.npz"} <= names:
         raise CircuitFormatError("not a latentopt circuit file (missing manifest or arrays)")
     try:
         manifest = json.loads(zf.read("manifest.json").decode("utf-8"))
         payload = zf.read("arrays.npz")
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
         raise CircuitFormatError(f"corrupt circuit file: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise CircuitFormatError(
@@ -123,7 +130,7 @@ def from_bytes(data: bytes) -> Circuit:
         return Circuit(nodes, manifest["n_features"], calibration, manifest.get("metadata"))
     except CircuitFormatError:
         raise
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
         raise CircuitFormatError(f"invalid circuit file content: {exc}") from exc
 
 

@@ -10,7 +10,7 @@ Examples
 >>> from sklearn.preprocessing import StandardScaler
 >>> X, y = load_wine(return_X_y=True)
 >>> clf = make_pipeline(StandardScaler(), QuantizedMLPClassifier(
-...     hidden_layer_sizes=(16,), max_epochs=30, random_state=0, verbose=0))
+...     hidden_layer_sizes=(16,), max_epochs=50, lr=1e-2, random_state=0, verbose=0))
 >>> clf.fit(X, y).score(X, y) > 0.9
 True
 """

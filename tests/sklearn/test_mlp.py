@@ -1,0 +1,214 @@
+"""Behaviour of QuantizedMLPClassifier / QuantizedMLPRegressor beyond sklearn's checks."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from latentopt import QuantizedMLPClassifier, QuantizedMLPRegressor
+from latentopt.backends.integer import IntegerBackend
+
+SMALL = dict(hidden_layer_sizes=(8,), max_epochs=20, lr=1e-2, verbose=0, random_state=0)
+
+
+def test_classifier_accuracy_and_outputs(fitted_wine_clf, wine):
+    _, Xte, _, yte = wine
+    clf = fitted_wine_clf
+    assert clf.score(Xte, yte) >= 0.9
+    proba = clf.predict_proba(Xte)
+    assert proba.shape == (len(Xte), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    dec = clf.decision_function(Xte)
+    np.testing.assert_array_equal(clf.classes_[dec.argmax(1)], clf.predict(Xte))
+    # predict is the integer backend's argmax on the fitted circuit
+    logits = IntegerBackend(clf.circuit_).predict(Xte)
+    np.testing.assert_array_equal(clf.predict(Xte, fhe="disable"), clf.classes_[logits.argmax(1)])
+
+
+def test_classifier_fitted_attributes(fitted_wine_clf):
+    clf = fitted_wine_clf
+    assert clf.n_features_in_ == 13
+    assert list(clf.classes_) == [0, 1, 2]
+    assert clf.circuit_.calibration is not None
+    assert clf.n_iter_ == clf.history_.n_epochs >= 1
+    assert clf.calibration_set_.shape[1] == 13
+    report = clf.report()
+    assert report.tlu_count == 16
+    assert [r["out_features"] for r in report.layers] == [16, 3]
+    # calibrated accumulator ranges never exceed worst-case ones
+    for row in report.layers:
+        assert row["accumulator_bits_calibrated"] <= row["accumulator_bits"]
+
+
+def test_binary_decision_function_and_string_labels(breast_cancer):
+    Xtr, Xte, ytr, yte = breast_cancer
+    labels = np.array(["benign", "malignant"])
+    clf = QuantizedMLPClassifier(hidden_layer_sizes=(16,), max_epochs=40, lr=5e-3,
+                                 random_state=0, verbose=0).fit(Xtr, labels[ytr])
+    assert set(clf.classes_) == {"benign", "malignant"}
+    dec = clf.decision_function(Xte)
+    assert dec.shape == (len(Xte),)
+    np.testing.assert_array_equal(np.where(dec > 0, clf.classes_[1], clf.classes_[0]),
+                                  np.where(dec > 0, clf.predict(Xte), clf.classes_[0]))
+    assert clf.score(Xte, labels[yte]) >= 0.9
+
+
+def test_regressor_quality_and_shapes(fitted_diabetes_reg, diabetes):
+    Xtr, Xte, ytr, yte = diabetes
+    reg = fitted_diabetes_reg
+    pred = reg.predict(Xte)
+    assert pred.shape == (len(Xte),)
+    assert reg.score(Xte, yte) > 0.3
+    Y = np.column_stack([ytr, -2.0 * ytr + 5.0])
+    reg2 = QuantizedMLPRegressor(hidden_layer_sizes=(16,), max_epochs=40, lr=5e-3, n_w_bits=4,
+                                 n_a_bits=4, random_state=0, verbose=0).fit(Xtr, Y)
+    assert reg2.n_outputs_ == 2
+    P = reg2.predict(Xte)
+    assert P.shape == (len(Xte), 2)
+    assert np.corrcoef(P[:, 0], P[:, 1])[0, 1] < -0.95
+
+
+def test_pipeline_gridsearch_clone(wine):
+    Xtr, Xte, ytr, yte = wine
+    pipe = make_pipeline(StandardScaler(), QuantizedMLPClassifier(**SMALL))
+    grid = GridSearchCV(pipe, {"quantizedmlpclassifier__n_w_bits": [2, 4]}, cv=2)
+    grid.fit(Xtr, ytr)
+    assert grid.best_params_["quantizedmlpclassifier__n_w_bits"] in (2, 4)
+    assert grid.score(Xte, yte) > 0.5
+    pipe.set_params(quantizedmlpclassifier__fhe_mode="disable")
+    c = clone(pipe)
+    assert c.get_params()["quantizedmlpclassifier__n_w_bits"] == 3
+    assert not hasattr(c[-1], "circuit_")
+
+
+def test_pickle_round_trip_predicts_the_same(fitted_wine_clf, fitted_diabetes_reg, wine,
+                                             diabetes):
+    for est, X in ((fitted_wine_clf, wine[1]), (fitted_diabetes_reg, diabetes[1])):
+        clone_ = pickle.loads(pickle.dumps(est))
+        np.testing.assert_array_equal(clone_.predict(X), est.predict(X))
+        assert clone_.circuit_.same_as(est.circuit_)
+        # the torch module is rebuilt and computes what the original computes
+        x = torch.as_tensor(X[:20], dtype=torch.float32)
+        with torch.no_grad():
+            torch.testing.assert_close(clone_.module_(x), est.module_(x))
+
+
+def test_same_random_state_same_model(wine):
+    Xtr, _, ytr, _ = wine
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = QuantizedMLPClassifier(**SMALL).fit(Xtr, ytr)
+    after = torch.rand(1)
+    assert torch.equal(before, after), "fit must not consume the global torch RNG"
+    b = QuantizedMLPClassifier(**SMALL).fit(Xtr, ytr)
+    assert a.circuit_.same_as(b.circuit_)
+    c = QuantizedMLPClassifier(**{**SMALL, "random_state": 1}).fit(Xtr, ytr)
+    assert not a.circuit_.same_as(c.circuit_)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.nan, "NaN"),
+        (np.inf, "infinity"),
+    ],
+)
+def test_non_finite_inputs_rejected(fitted_wine_clf, wine, bad, match):
+    X = wine[1][:5].copy()
+    X[0, 0] = bad
+    with pytest.raises(ValueError, match=match):
+        fitted_wine_clf.predict(X)
+    with pytest.raises(ValueError, match=match):
+        QuantizedMLPClassifier(**SMALL).fit(X, [0, 1, 0, 1, 0])
+
+
+def test_bad_inputs(fitted_wine_clf, wine):
+    clf = fitted_wine_clf
+    Xte = wine[1]
+    with pytest.raises(ValueError, match="features"):
+        clf.predict(Xte[:, :5])
+    with pytest.raises(ValueError):
+        clf.predict(np.array([["a"] * 13]))
+    with pytest.raises(ValueError):
+        clf.predict(np.empty((0, 13)))
+    with pytest.raises(ValueError, match="fhe must be one of"):
+        clf.predict(Xte, fhe="encrypted")
+    with pytest.raises(RuntimeError, match="compile"):
+        clf.predict(Xte, fhe="simulate")
+    with pytest.raises(NotFittedError):
+        QuantizedMLPClassifier().predict(Xte)
+    with pytest.raises(ValueError, match="class"):
+        QuantizedMLPClassifier(**SMALL).fit(Xte[:10], np.zeros(10))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        QuantizedMLPClassifier(**SMALL).fit(Xte[:10], np.linspace(0, 1, 10))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"hidden_layer_sizes": (0,)}, "hidden_layer_sizes"),
+        ({"n_w_bits": 0}, "n_w_bits"),
+        ({"n_w_bits": [3, 3, 3]}, "n_w_bits"),
+        ({"n_a_bits": 17}, "n_a_bits"),
+        ({"activation": "swish9"}, "activation"),
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"lr": -1.0}, "lr"),
+        ({"validation_fraction": 1.0}, "validation_fraction"),
+        ({"fhe_mode": "fast"}, "fhe"),
+    ],
+)
+def test_invalid_hyperparameters(wine, params, match):
+    Xtr, _, ytr, _ = wine
+    with pytest.raises(ValueError, match=match):
+        QuantizedMLPClassifier(**{**SMALL, **params}).fit(Xtr, ytr)
+
+
+def test_tiny_data_edge_cases():
+    X = np.array([[0.5, -1.0]])
+    reg = QuantizedMLPRegressor(**SMALL).fit(X, [2.0])
+    assert reg.predict(X).shape == (1,)
+    X2 = np.array([[0.0, 1.0], [1.0, 0.0]])
+    clf = QuantizedMLPClassifier(**SMALL).fit(X2, ["a", "b"])
+    assert clf.predict(X2).shape == (2,)
+
+
+def test_per_layer_bits_and_activations(wine):
+    Xtr, Xte, ytr, yte = wine
+    clf = QuantizedMLPClassifier(hidden_layer_sizes=(12, 8), n_w_bits=[4, 3, 2],
+                                 n_a_bits=[3, 2], activation="tanh", max_epochs=20,
+                                 random_state=0, verbose=0).fit(Xtr, ytr)
+    gemms = [n for n in clf.circuit_.nodes if n.op == "gemm"]
+    assert [int(np.abs(g.weight).max()) <= 2 ** (b - 1) - 1 for g, b in
+            zip(gemms, [4, 3, 2])] == [True] * 3
+    tlus = [n for n in clf.circuit_.nodes if n.op == "table_lookup"]
+    assert [t.fn.n_bits for t in tlus] == [3, 2]
+    assert all(t.fn.activation == "tanh" and t.fn.signed for t in tlus)
+
+
+def test_power_of_two_scales(wine):
+    Xtr, _, ytr, _ = wine
+    clf = QuantizedMLPClassifier(**{**SMALL, "power_of_two_scales": True}).fit(Xtr, ytr)
+    scales = [clf.circuit_.input_quantizer.scale]
+    scales += [t.fn.output_scale for t in clf.circuit_.nodes if t.op == "table_lookup"]
+    scales += [t.fn.input_scale for t in clf.circuit_.nodes if t.op == "table_lookup"]
+    for s in scales:
+        log2 = np.log2(np.asarray(s, dtype=np.float64))
+        np.testing.assert_allclose(log2, np.round(log2))
+
+
+def test_verbose_controls_progress(wine, capsys):
+    Xtr, _, ytr, _ = wine
+    QuantizedMLPClassifier(**SMALL).fit(Xtr, ytr)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+    QuantizedMLPClassifier(**{**SMALL, "verbose": 1}).fit(Xtr, ytr)
+    assert "QAT" in capsys.readouterr().err
