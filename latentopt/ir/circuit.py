@@ -238,6 +238,38 @@ class Circuit:
             new_nodes.append(type(node).from_dict(*_with_inputs(node, src)))
         return self.replace(nodes=new_nodes, calibration=cal)
 
+    def rounding_lsbs(
+        self, bits: int | Sequence[int], ranges: str = "calibrated"
+    ) -> dict[str, int]:
+        """LSBs to remove so that every TLU input has at most ``bits`` bits.
+
+        ``bits`` is one int or one per TLU (in order).  Bit-widths come from the
+        calibrated ranges (``ranges="calibrated"``, the default, falling back to the
+        worst case where a value has no calibration) or from the worst case.
+        """
+        if ranges not in ("calibrated", "worst_case"):
+            raise ValueError(f"ranges must be 'calibrated' or 'worst_case', got {ranges!r}")
+        tlus = [n for n in self._nodes if isinstance(n, TableLookup)]
+        if isinstance(bits, (int, np.integer)):
+            targets = [int(bits)] * len(tlus)
+        else:
+            targets = [int(b) for b in bits]
+            if len(targets) != len(tlus):
+                raise ValueError(f"expected {len(tlus)} rounding bit-widths, got {len(targets)}")
+        if any(b < 1 for b in targets):
+            raise ValueError(f"rounding bits must be >= 1, got {targets}")
+        worst = self.worst_case_ranges()
+        cal = self._calibration or {}
+        out: dict[str, int] = {}
+        for tlu, target in zip(tlus, targets):
+            src = tlu.inputs[0]
+            if isinstance(self._by_name[src], Round):  # measure the unrounded value
+                src = self._by_name[src].inputs[0]
+            rng = cal.get(src) if ranges == "calibrated" else None
+            width = (rng or worst[src]).bits
+            out[tlu.name] = max(0, width - target)
+        return out
+
     # ----------------------------------------------------------------- analysis
     def worst_case_ranges(self) -> dict[str, Interval]:
         """Worst-case interval of every value (cached)."""
