@@ -30,7 +30,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..ir import Circuit, Gemm, Node, QuantActivation, QuantizeInput, Round, TableLookup
+from ..ir import (
+    Circuit,
+    Gemm,
+    Node,
+    QuantActivation,
+    QuantizeInput,
+    Round,
+    TableLookup,
+    UnivariateFunction,
+)
 from ..ir.ranges import Interval
 
 __all__ = ["IntegerBackend"]
@@ -40,7 +49,7 @@ MAX_TABLE_ENTRIES = 1 << 22
 #: Rows processed at once by :meth:`IntegerBackend.predict`.
 CHUNK_ROWS = 1024
 
-Kernel = Callable[[np.ndarray], np.ndarray]
+Kernel = Callable[[np.ndarray, bool], np.ndarray]  # (x, may_overwrite_x) -> y
 
 
 def _accumulator_bound(node: Gemm, x_range: Interval) -> int:
@@ -73,7 +82,7 @@ def _gemm_kernel(node: Gemm, dtype: Any) -> Kernel:
     wt = np.ascontiguousarray(node.weight.T.astype(dtype))
     b = None if node.bias is None else node.bias.astype(dtype)
 
-    def gemm(x: np.ndarray) -> np.ndarray:
+    def gemm(x: np.ndarray, inplace: bool) -> np.ndarray:
         if zp:
             x = x - dtype(zp)
         acc = np.matmul(x, wt)
@@ -86,13 +95,15 @@ def _gemm_kernel(node: Gemm, dtype: Any) -> Kernel:
 
 def _round_kernel(node: Round, dtype: Any) -> Kernel:
     if node.lsbs == 0:
-        return lambda x: x
+        return lambda x, inplace: x
     if dtype is np.int64:
-        return node.apply
+        return lambda x, inplace: node.apply(x)
     half, step, inv = dtype(1 << (node.lsbs - 1)), dtype(1 << node.lsbs), dtype(2.0**-node.lsbs)
 
-    def round_float(x: np.ndarray) -> np.ndarray:  # exact: scaling by 2**k is exact
-        y = np.floor((x + half) * inv)
+    def round_float(x: np.ndarray, inplace: bool) -> np.ndarray:  # exact: 2**k scaling
+        y = np.add(x, half, out=x if inplace else None)
+        y *= inv
+        np.floor(y, out=y)
         y *= step
         return y
 
@@ -107,12 +118,14 @@ def _tlu_kernel(node: TableLookup, x_range: Interval, lsbs: int, dtype: Any) -> 
     channels = fn.n_channels or 1
     if n * channels > MAX_TABLE_ENTRIES:
 
-        def tlu_direct(x: np.ndarray) -> np.ndarray:
+        def tlu_direct(x: np.ndarray, inplace: bool) -> np.ndarray:
             return fn(x.astype(np.int64)).astype(dtype)
 
         return tlu_direct
     # Values at multiples of `step` (after rounding, lo and hi are multiples too).
-    table = fn.table(lo, hi, step).astype(dtype)  # (channels, n)
+    # Base-class method called explicitly: ExplicitTable's `table` field (the array)
+    # shadows the `table()` method on its instances.
+    table = UnivariateFunction.table(fn, lo, hi, step).astype(dtype)  # (channels, n)
     affine = _affine_kernel(fn, table, lo, hi, step, dtype)
     if affine is not None:
         return affine
@@ -120,7 +133,7 @@ def _tlu_kernel(node: TableLookup, x_range: Interval, lsbs: int, dtype: Any) -> 
     offsets = None if channels == 1 else (np.arange(channels, dtype=np.int64) * n)[None, :]
     idx_dtype = np.int32 if n * channels < 2**31 else np.int64
 
-    def tlu_gather(x: np.ndarray) -> np.ndarray:
+    def tlu_gather(x: np.ndarray, inplace: bool) -> np.ndarray:
         if dtype is np.int64:
             idx = (x - lo) >> lsbs
         else:
@@ -152,17 +165,21 @@ def _affine_kernel(
         return None
     ratio = (fn.input_scale / fn.output_scale).astype(dtype)
     zp = dtype(fn.output_zero_point)
-    bounds = (dtype(qlo), dtype(qhi))
+    width = table.shape[0]
+    # per-channel bound rows: numpy's maximum/minimum are much faster with an array
+    # operand than with a scalar (or np.clip), which matters for these tiny passes
+    lo_row = np.full(max(width, np.size(ratio)), qlo, dtype=dtype)
+    hi_row = np.full(max(width, np.size(ratio)), qhi, dtype=dtype)
 
-    def affine(x: np.ndarray) -> np.ndarray:
-        y = np.multiply(x, ratio)
+    def affine(x: np.ndarray, inplace: bool = False) -> np.ndarray:
+        y = np.multiply(x, ratio, out=x if inplace else None)
         np.rint(y, out=y)
         if zp:
             y += zp
-        return np.clip(y, *bounds, out=y)
+        np.maximum(y, lo_row if lo_row.size == y.shape[-1] else lo_row[0], out=y)
+        return np.minimum(y, hi_row if hi_row.size == y.shape[-1] else hi_row[0], out=y)
 
     domain = np.arange(lo, hi + 1, step, dtype=np.int64).astype(dtype)
-    width = table.shape[0]
     probe = affine(np.broadcast_to(domain[:, None], (domain.size, width)).copy())
     return affine if np.array_equal(probe, table.T) else None
 
@@ -219,9 +236,10 @@ class IntegerBackend:
     def _run(self, carrier: np.ndarray, keep: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         values: dict[str, np.ndarray] = {self.circuit.input_quantizer.name: carrier}
         current = carrier
+        inplace = self._sequential and not keep
         for node, kernel in self._steps:
             src = current if self._sequential else values[node.inputs[0]]
-            current = kernel(src)
+            current = kernel(src, inplace)
             if keep or not self._sequential:
                 values[node.name] = current
         out = current if self._sequential else values[self.circuit.output.inputs[0]]

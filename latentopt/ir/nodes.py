@@ -166,13 +166,17 @@ class QuantizeInput(Node):
     def apply_float32(self, x: np.ndarray) -> np.ndarray:
         """Like :meth:`apply` but returns the integers as a float32 array."""
         lo, hi = self.qrange
-        x32 = np.asarray(x, dtype=np.float32)
-        if np.isnan(x32).any():
+        q = np.array(x, dtype=np.float32)  # a copy: everything below is in place
+        if np.isnan(q).any():
             raise ValueError("cannot quantize NaN inputs")
-        q = np.rint(x32 / self.scale.astype(np.float32))
+        np.divide(q, self.scale.astype(np.float32), out=q)
+        np.rint(q, out=q)
         if np.any(self.zero_point):
             q += self.zero_point.astype(np.float32)
-        return np.clip(q, np.float32(lo), np.float32(hi))
+        # bounds as rows: numpy's maximum/minimum are faster with an array operand
+        width = q.shape[-1] if q.ndim else 1
+        np.maximum(q, np.full(width, lo, np.float32), out=q)
+        return np.minimum(q, np.full(width, hi, np.float32), out=q)
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,8 @@ backend (:mod:`latentopt.backends`).
 from __future__ import annotations
 
 import io
-from typing import Any
+import warnings
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -40,12 +41,20 @@ class QuantizedEstimatorBase(BaseEstimator):
             raise ValueError(f"fhe must be one of {FHE_MODES}, got {mode!r}")
         return mode
 
+    @property
+    def active_circuit_(self):  # type: ignore[no-untyped-def]
+        """The circuit predictions run: the compiled (rounded) one after :meth:`compile`."""
+        check_is_fitted(self, "circuit_")
+        compiled = getattr(self, "compiled_circuit_", None)
+        return self.circuit_ if compiled is None else compiled
+
     def _integer_backend(self):  # type: ignore[no-untyped-def]
+        circuit = self.active_circuit_
         backend = getattr(self, "_backend", None)
-        if backend is None or backend.circuit is not self.circuit_:
+        if backend is None or backend.circuit is not circuit:
             from ..backends.integer import IntegerBackend
 
-            backend = IntegerBackend(self.circuit_)
+            backend = IntegerBackend(circuit)
             self._backend = backend
         return backend
 
@@ -62,14 +71,121 @@ class QuantizedEstimatorBase(BaseEstimator):
             out = self._run_fhe(q, mode)
         return backend.dequantize(out)
 
-    def _run_fhe(self, q: np.ndarray, mode: str) -> np.ndarray:
+    def _fhe(self, action: str):  # type: ignore[no-untyped-def]
         fhe_circuit = getattr(self, "fhe_circuit_", None)
+        if fhe_circuit is None and getattr(self, "_compile_kwargs", None) is not None:
+            # unpickled estimator: compiled circuits do not pickle, recompile on demand
+            self.compile(**self._compile_kwargs)
+            fhe_circuit = self.fhe_circuit_
         if fhe_circuit is None:
             raise RuntimeError(
-                f"predict(fhe={mode!r}) needs a compiled circuit: call "
-                f"{type(self).__name__}.compile() first"
+                f"{action} needs a compiled circuit: call {type(self).__name__}.compile() first"
             )
+        return fhe_circuit
+
+    def _run_fhe(self, q: np.ndarray, mode: str) -> np.ndarray:
+        fhe_circuit = self._fhe(f"predict(fhe={mode!r})")
+        lo, hi = fhe_circuit.report["input_range"]
+        if q.size and (q.min() < lo or q.max() > hi):
+            warnings.warn(
+                f"some quantized inputs lie outside the range the circuit was compiled for "
+                f"[{lo}, {hi}]; they are clipped to it (compile with range_mode='worst_case' "
+                f"to cover the whole input range)", stacklevel=4,
+            )
+            q = np.clip(q, lo, hi)
         return fhe_circuit.simulate(q) if mode == "simulate" else fhe_circuit.execute(q)
+
+    # --------------------------------------------------------------------- FHE
+    def compile(
+        self,
+        X: Any = None,
+        *,
+        rounding_bits: int | Sequence[int] | None = None,
+        rounding_method: str = "approximate",
+        p_error: float | None = None,
+        global_p_error: float | None = None,
+        range_mode: str = "calibrated",
+        security_level: int = 128,
+        batch_size: int | None = None,
+        verbose: int | None = None,
+    ):  # type: ignore[no-untyped-def]
+        """Compile the fitted circuit to TFHE (concrete-python); returns ``self``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), optional
+            Calibration data for the compiler (value ranges, hence bit-widths).  By
+            default the subsample of the training data kept at fit
+            (``calibration_set_``).
+        rounding_bits : int or sequence of int, optional
+            Round every table-lookup input to at most this many bits (one value for all,
+            or one per hidden layer) by removing LSBs (``round_bit_pattern``).  The
+            biggest single lever on latency; ``None`` keeps exact accumulators.
+        rounding_method : {"approximate", "exact"}
+            Approximate rounding may be off by one step but costs less; exact rounding
+            adds PBS per removed bit.
+        p_error, global_p_error : float, optional
+            Error probability of one table lookup, or of one whole inference; at most one
+            (default: ``global_p_error=1e-5``).
+        range_mode : {"calibrated", "worst_case"}
+            Bit-widths from the calibration data (inputs far outside it are clipped to
+            the compiled input range and may overflow intermediate values), or from the
+            worst case (exact for any input, wider lookups).
+        security_level : int
+            128 (default) or 132 bits.
+        batch_size : int, optional
+            Samples per encrypted call (see ``FHECircuit.compile``).
+        verbose : int, optional
+            Defaults to the estimator's ``verbose``.
+
+        After compiling, ``predict(X, fhe="disable")`` runs the rounded circuit on the
+        integer backend, i.e. predicts what FHE computes (exactly, for exact rounding and
+        a negligible p_error).
+        """
+        from ..backends.fhe import FHECircuit
+        from ..backends.integer import IntegerBackend
+
+        check_is_fitted(self, "circuit_")
+        if rounding_method not in ("approximate", "exact"):
+            raise ValueError(
+                f"rounding_method must be 'approximate' or 'exact', got {rounding_method!r}"
+            )
+        verbose = int(self.verbose if verbose is None else verbose)
+        if X is None:
+            X_cal = self.calibration_set_
+            circuit = self.circuit_
+        else:
+            X_cal = self._validate_X(X, reset=False)
+            circuit = IntegerBackend(self.circuit_).calibrate(X_cal)
+        if rounding_bits is not None:
+            lsbs = circuit.rounding_lsbs(
+                rounding_bits, ranges="calibrated" if range_mode == "calibrated" else "worst_case"
+            )
+            circuit = circuit.with_rounding(lsbs, method=rounding_method)
+        q = IntegerBackend(circuit).quantize(X_cal)
+        fhe_circuit = FHECircuit.compile(
+            circuit, q, p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
+            security_level=security_level, batch_size=batch_size, verbose=verbose,
+            **self._fhe_test_options(),
+        )
+        self.fhe_circuit_ = fhe_circuit
+        self.compiled_circuit_ = circuit
+        self.compiled_report_ = dict(fhe_circuit.report)
+        self._compile_kwargs = dict(
+            X=X, rounding_bits=rounding_bits, rounding_method=rounding_method, p_error=p_error,
+            global_p_error=global_p_error, range_mode=range_mode,
+            security_level=security_level, batch_size=batch_size, verbose=verbose,
+        )
+        return self
+
+    def _fhe_test_options(self) -> dict[str, Any]:
+        # The test suite sets this class attribute to use concrete's insecure key cache.
+        location = getattr(type(self), "_insecure_key_cache", None)
+        return {} if location is None else {"insecure_key_cache": location}
+
+    def keygen(self, force: bool = False) -> float:
+        """Generate FHE keys now (otherwise the first ``fhe="execute"`` does); seconds taken."""
+        return float(self._fhe("keygen()").keygen(force=force))
 
     def _keep_calibration(self, X: np.ndarray, rng: np.random.RandomState) -> None:
         idx = rng.permutation(len(X))[:N_CALIBRATION]

@@ -186,7 +186,11 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         self.circuit_ = IntegerBackend(circuit).calibrate(X)
         self._backend = IntegerBackend(self.circuit_)
         self._keep_calibration(X, rng)
+        # a (re)fit invalidates what compile() produced
         self.fhe_circuit_ = None
+        self.compiled_circuit_ = None
+        self.compiled_report_ = None
+        self._compile_kwargs = None
 
 
 class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
