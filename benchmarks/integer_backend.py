@@ -74,7 +74,7 @@ def bench(n_features: int, hidden: tuple[int, ...], n_out: int, bits: int) -> di
 
 def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}  batch: {BATCH}")
-    print(f"{"network":18s} {'bits':>4s} {'acc bits':>8s} {'integer/s':>11s} "
+    print(f"{'network':18s} {'bits':>4s} {'acc bits':>8s} {'integer/s':>11s} "
           f"{'torch float/s':>13s} {'brevitas/s':>11s} {'int/float':>9s} {'bit-exact':>9s}")
     for args in [(30, (64,), 2, 3), (64, (64,), 10, 3), (64, (128, 128), 10, 4),
                  (784, (256, 256), 10, 4), (784, (512, 512), 10, 8)]:

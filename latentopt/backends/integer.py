@@ -69,6 +69,8 @@ def _choose_dtype(circuit: Circuit, worst: dict[str, Interval]) -> Any:
     for node in circuit.nodes:
         if isinstance(node, Gemm):
             top = max(top, _accumulator_bound(node, worst[node.inputs[0]]))
+            # the kernel subtracts the zero point in the carrier: it must be exact there too
+            top = max(top, abs(node.input_zero_point))
         top = max(top, abs(worst[node.name].min), abs(worst[node.name].max))
     if top < 2**24:
         return np.float32
@@ -125,7 +127,7 @@ def _tlu_kernel(node: TableLookup, x_range: Interval, lsbs: int, dtype: Any) -> 
     # Values at multiples of `step` (after rounding, lo and hi are multiples too).
     # Base-class method called explicitly: ExplicitTable's `table` field (the array)
     # shadows the `table()` method on its instances.
-    table = UnivariateFunction.table(fn, lo, hi, step).astype(dtype)  # (channels, n)
+    table = fn.tabulate(lo, hi, step).astype(dtype)  # (channels, n)
     affine = _affine_kernel(fn, table, lo, hi, step, dtype)
     if affine is not None:
         return affine

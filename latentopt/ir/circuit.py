@@ -265,9 +265,13 @@ class Circuit:
             src = tlu.inputs[0]
             if isinstance(self._by_name[src], Round):  # measure the unrounded value
                 src = self._by_name[src].inputs[0]
-            rng = cal.get(src) if ranges == "calibrated" else None
-            width = (rng or worst[src]).bits
-            out[tlu.name] = max(0, width - target)
+            rng = (cal.get(src) if ranges == "calibrated" else None) or worst[src]
+            lsbs = max(0, rng.bits - target)
+            # rounding up may carry into a new bit ([0, 127] >> 3 rounds to [0, 16]):
+            # remove more bits until the rounded range really fits
+            while lsbs < rng.bits and _rounded_bits(rng, lsbs) > target:
+                lsbs += 1
+            out[tlu.name] = lsbs
         return out
 
     # ----------------------------------------------------------------- analysis
@@ -362,6 +366,14 @@ class Circuit:
 
         other = from_bytes(state["blob"])
         self.__dict__.update(other.__dict__)
+
+
+def _rounded_bits(rng: Interval, lsbs: int) -> int:
+    """Bits of the TLU input after removing ``lsbs`` LSBs with rounding."""
+    if lsbs == 0:
+        return rng.bits
+    r = Round("_", ("_",), lsbs=lsbs)
+    return max(1, Interval(r.apply(rng.lo), r.apply(rng.hi)).bits - lsbs)
 
 
 def _with_inputs(node: Node, inputs: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -106,7 +106,7 @@ class UnivariateFunction:
         """Per-channel output bounds given per-channel input bounds ``[lo, hi]``."""
         raise NotImplementedError
 
-    def table(self, lo: int, hi: int, step: int = 1) -> np.ndarray:
+    def tabulate(self, lo: int, hi: int, step: int = 1) -> np.ndarray:
         """Materialise the function on ``range(lo, hi + 1, step)``.
 
         Returns an ``int64`` array of shape ``(n_channels, n)`` (``n_channels`` is 1 when

@@ -175,8 +175,15 @@ class QuantizeInput(Node):
             q += self.zero_point.astype(np.float32)
         # bounds as rows: numpy's maximum/minimum are faster with an array operand
         width = q.shape[-1] if q.ndim else 1
-        np.maximum(q, np.full(width, lo, np.float32), out=q)
-        return np.minimum(q, np.full(width, hi, np.float32), out=q)
+        # (beyond 24 bits float32 cannot hold lo/hi exactly: use the nearest inner value,
+        # so that the result always lies in the quantizer's range)
+        lo32, hi32 = np.float32(lo), np.float32(hi)
+        if int(lo32) < lo:
+            lo32 = np.nextafter(lo32, np.float32(np.inf))
+        if int(hi32) > hi:
+            hi32 = np.nextafter(hi32, np.float32(-np.inf))
+        np.maximum(q, np.full(width, lo32, np.float32), out=q)
+        return np.minimum(q, np.full(width, hi32, np.float32), out=q)
 
 
 @dataclass(frozen=True, eq=False)
