@@ -4,6 +4,8 @@
 ``Int32Bias`` (so the bias lives in the integer accumulator) followed, for hidden
 layers, by a float activation and an output quantizer.  Scales are learned floats, or
 powers of two (``power_of_two_scales=True``) so that requantization is a bit shift.
+The linear layers accept an optional fixed weight mask (:class:`MaskedQuantLinear`,
+used by ``latentopt.prune``).
 
 Examples
 --------
@@ -30,8 +32,8 @@ from brevitas.quant import (
 )
 from torch import nn
 
-__all__ = ["TORCH_ACTIVATIONS", "UNSIGNED_ACTIVATIONS", "QuantActivationLayer", "QuantMLP",
-           "per_layer"]
+__all__ = ["TORCH_ACTIVATIONS", "UNSIGNED_ACTIVATIONS", "MaskedQuantLinear",
+           "QuantActivationLayer", "QuantMLP", "per_layer"]
 
 #: Torch implementations of the activations known to the IR (same names).
 TORCH_ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -93,6 +95,63 @@ class QuantActivationLayer(nn.Module):
         return self.quant(self.act(value))
 
 
+class MaskedQuantLinear(qnn.QuantLinear):
+    """``QuantLinear`` with an optional fixed 0/1 weight mask (unstructured pruning).
+
+    Without a mask it is exactly a brevitas ``QuantLinear`` (same state dict).  With one
+    (``set_weight_mask``), the mask is a registered buffer ``weight_mask`` of the weight's
+    shape, applied to the float weight *before* quantization: masked weights are exact
+    integer zeros, receive no gradient, and the weight scale is computed from the
+    surviving weights.  ``load_state_dict`` recreates the buffer when the state holds one,
+    so ``QuantMLP(**config)`` + ``load_state_dict`` restores masks.
+
+    >>> import torch
+    >>> lin = MaskedQuantLinear(3, 2, bias=True)
+    >>> _ = torch.nn.init.constant_(lin.weight, 0.5)
+    >>> lin.set_weight_mask(torch.tensor([[1, 0, 1], [0, 1, 0]]))
+    >>> (lin.quant_weight().int() != 0).sum(1).tolist()
+    [2, 1]
+    """
+
+    weight_mask: torch.Tensor | None
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.register_buffer("weight_mask", None)
+
+    @torch.no_grad()
+    def set_weight_mask(self, mask: torch.Tensor | None) -> None:
+        """Install (or, with ``None``, remove) a mask and zero the masked float weights."""
+        if mask is None:
+            self.weight_mask = None
+            return
+        mask = torch.as_tensor(mask).to(dtype=self.weight.dtype, device=self.weight.device)
+        if mask.shape != self.weight.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape "
+                             f"{tuple(self.weight.shape)}")
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("weight mask must hold only 0 and 1")
+        self.weight_mask = mask.clone()
+        self.weight.mul_(self.weight_mask)
+
+    def quant_weight(self, quant_input=None, subtensor_slice_list=None):  # type: ignore[no-untyped-def]
+        mask = self.weight_mask
+        if mask is None:
+            return super().quant_weight(quant_input, subtensor_slice_list)
+        if subtensor_slice_list is not None:
+            raise NotImplementedError("sub-tensor weight quantization of a masked layer")
+        weight = self.weight * mask
+        if self.weight_quant.requires_quant_input:
+            return self.weight_quant(weight, quant_input)
+        return self.weight_quant(weight)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        key = prefix + "weight_mask"
+        if key in state_dict and self.weight_mask is None:
+            self.weight_mask = torch.ones_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
 class QuantMLP(nn.Module):
     """Fully-connected quantized network.
 
@@ -145,7 +204,7 @@ class QuantMLP(nn.Module):
         )
         sizes = [int(n_features), *hidden, int(n_outputs)]
         self.linears = nn.ModuleList(
-            qnn.QuantLinear(
+            MaskedQuantLinear(
                 sizes[i], sizes[i + 1], bias=True, weight_quant=w_quant,
                 weight_bit_width=w_bits[i], bias_quant=Int32Bias, return_quant_tensor=False,
             )
