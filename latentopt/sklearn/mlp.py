@@ -62,6 +62,18 @@ _COMMON_DOC = """
         restore the best weights.
     patience : int, default=30
         Epochs without improvement before stopping.
+    pruning_ratio : float in [0, 1), default=0.0
+        After training, remove this fraction of every hidden layer's neurons
+        (structured pruning with torch-pruning), then fine-tune.  Each removed neuron is
+        one table lookup less.
+    n_accum_bits : int, optional
+        After training (and structured pruning), mask the smallest weights of every
+        neuron until every accumulator provably fits in this many bits (IR worst-case
+        analysis), then fine-tune with the mask fixed.
+    prune_importance : {"l1", "l2", "taylor", "random"}, default="l1"
+        How neurons are ranked for structured pruning.
+    fine_tune_epochs : int, default=20
+        Fine-tuning epochs after each pruning step (0: none).
     random_state : int, RandomState or None, default=None
         Seeds weight initialisation, batch order and the validation split.
     verbose : int, default=1
@@ -88,6 +100,10 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         validation_fraction: float = 0.1,
         early_stopping: bool = True,
         patience: int = 30,
+        pruning_ratio: float = 0.0,
+        n_accum_bits: int | None = None,
+        prune_importance: str = "l1",
+        fine_tune_epochs: int = 20,
         random_state: Any = None,
         verbose: int = 1,
         fhe_mode: str = "disable",
@@ -105,6 +121,10 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.patience = patience
+        self.pruning_ratio = pruning_ratio
+        self.n_accum_bits = n_accum_bits
+        self.prune_importance = prune_importance
+        self.fine_tune_epochs = fine_tune_epochs
         self.random_state = random_state
         self.verbose = verbose
         self.fhe_mode = fhe_mode
@@ -132,6 +152,25 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
             )
         self._check_fhe(None)
+        self._check_pruning(self.pruning_ratio, self.n_accum_bits, self.prune_importance,
+                            self.fine_tune_epochs)
+
+    @staticmethod
+    def _check_pruning(ratio: Any, n_accum_bits: Any, importance: Any, epochs: Any) -> None:
+        from ..prune.importance import IMPORTANCES
+
+        if not isinstance(ratio, (int, float, np.number)) or not 0.0 <= float(ratio) < 1.0:
+            raise ValueError(f"pruning_ratio must be in [0, 1), got {ratio!r}")
+        if n_accum_bits is not None and (
+            not isinstance(n_accum_bits, (int, np.integer)) or n_accum_bits < 2
+        ):
+            raise ValueError(f"n_accum_bits must be an int >= 2 or None, got {n_accum_bits!r}")
+        if isinstance(importance, str) and importance not in IMPORTANCES:
+            raise ValueError(
+                f"prune_importance must be one of {IMPORTANCES}, got {importance!r}"
+            )
+        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"fine_tune_epochs must be an int >= 0, got {epochs!r}")
 
     def _build_module(self, config: dict[str, Any]):  # type: ignore[no-untyped-def]
         from ..nn.mlp import QuantMLP
@@ -144,44 +183,91 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         )
 
     # --------------------------------------------------------------------- fit
-    def _fit(self, X: np.ndarray, y: np.ndarray, n_outputs: int, stratify: bool) -> None:
-        from ..backends.integer import IntegerBackend
-        from ..nn.export import export_mlp
+    def _split(self, X: np.ndarray, y: np.ndarray, stratify: bool, seed: int):  # type: ignore[no-untyped-def]
+        """Training / validation split for early stopping (no validation if too small)."""
+        n_val = int(np.floor(self.validation_fraction * len(X)))
+        if not (self.early_stopping and n_val >= 1 and len(X) - n_val >= 2):
+            return X, y, None, None
+        strat = y if stratify and np.min(np.bincount(y)) >= 2 else None
+        if strat is not None and n_val < len(np.unique(y)):
+            strat = None
+        try:
+            X_tr, X_val, y_tr, y_val = train_test_split(
+                X, y, test_size=n_val, stratify=strat, random_state=seed
+            )
+        except ValueError:  # too few samples per class to stratify
+            X_tr, X_val, y_tr, y_val = train_test_split(X, y, test_size=n_val, random_state=seed)
+        return X_tr, y_tr, X_val, y_val
+
+    def _train(self, module, data, seed: int, max_epochs: int, lr: float, what: str):  # type: ignore[no-untyped-def]
         from ..nn.train import seeded, torch_threads, train_module
 
+        X_tr, y_tr, X_val, y_val = data
+        with seeded(seed), torch_threads(1):
+            return train_module(
+                module, X_tr, y_tr, self._loss, X_val=X_val, y_val=y_val,
+                score_fn=self._score_fn, max_epochs=max_epochs, lr=lr,
+                weight_decay=float(self.weight_decay), batch_size=int(self.batch_size),
+                patience=int(self.patience), seed=seed, verbose=int(self.verbose),
+                description=f"{type(self).__name__} {what}",
+            )
+
+    def _prune(self, module, data, seed: int, ratio: float, n_accum_bits: int | None,  # type: ignore[no-untyped-def]
+               importance: str, fine_tune_epochs: int) -> list:
+        """Structured then accumulator-budget pruning of ``module``, in place."""
+        from ..nn.train import seeded, torch_threads
+        from ..prune import prune_accumulator, prune_structured
+
+        self._check_pruning(ratio, n_accum_bits, importance, fine_tune_epochs)
+
+        def fine_tune(m):  # type: ignore[no-untyped-def]
+            if fine_tune_epochs:
+                self._train(m, data, seed, int(fine_tune_epochs), float(self.lr) * 0.5,
+                            "fine-tuning")
+
+        reports = []
+        X_tr, y_tr = data[0], data[1]
+        with seeded(seed), torch_threads(1):
+            if ratio > 0:
+                reports.append(prune_structured(
+                    module, ratio, importance=importance, fine_tune=fine_tune, X=X_tr,
+                    y=y_tr, loss_fn=self._loss, seed=seed,
+                ))
+            if n_accum_bits is not None:
+                reports.append(prune_accumulator(
+                    module, int(n_accum_bits), fine_tune=fine_tune, rounds=2,
+                ))
+        module.eval()
+        return reports
+
+    def _fit(self, X: np.ndarray, y: np.ndarray, n_outputs: int, stratify: bool) -> None:
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        X_tr, y_tr, X_val, y_val = X, y, None, None
-        n_val = int(np.floor(self.validation_fraction * len(X)))
-        if self.early_stopping and n_val >= 1 and len(X) - n_val >= 2:
-            strat = y if stratify and np.min(np.bincount(y)) >= 2 else None
-            if strat is not None and n_val < len(np.unique(y)):
-                strat = None
-            try:
-                X_tr, X_val, y_tr, y_val = train_test_split(
-                    X, y, test_size=n_val, stratify=strat, random_state=seed
-                )
-            except ValueError:  # too few samples per class to stratify
-                X_tr, X_val, y_tr, y_val = train_test_split(
-                    X, y, test_size=n_val, random_state=seed
-                )
+        data = self._split(X, y, stratify, seed)
         config = {
             "n_features": X.shape[1], "hidden_sizes": list(self._hidden),
             "n_outputs": n_outputs, "n_w_bits": self.n_w_bits, "n_a_bits": self.n_a_bits,
             "n_input_bits": self.n_input_bits, "activation": self.activation,
             "power_of_two_scales": bool(self.power_of_two_scales),
         }
-        with seeded(seed), torch_threads(1):
+        from ..nn.train import seeded
+
+        with seeded(seed):
             module = self._build_module(config)
-            self.history_ = train_module(
-                module, X_tr, y_tr, self._loss, X_val=X_val, y_val=y_val,
-                score_fn=self._score_fn, max_epochs=self.max_epochs, lr=float(self.lr),
-                weight_decay=float(self.weight_decay), batch_size=int(self.batch_size),
-                patience=int(self.patience), seed=seed, verbose=int(self.verbose),
-                description=f"{type(self).__name__} QAT",
-            )
-        self.module_ = module
+        self.history_ = self._train(module, data, seed, int(self.max_epochs), float(self.lr),
+                                    "QAT")
         self.n_iter_ = self.history_.n_epochs
+        self.pruning_reports_ = self._prune(
+            module, data, seed, float(self.pruning_ratio), self.n_accum_bits,
+            self.prune_importance, self.fine_tune_epochs,
+        )
+        self._set_module(module, X, rng)
+
+    def _set_module(self, module, X: np.ndarray, rng: np.random.RandomState) -> None:  # type: ignore[no-untyped-def]
+        from ..backends.integer import IntegerBackend
+        from ..nn.export import export_mlp
+
+        self.module_ = module
         circuit = export_mlp(module)
         self.circuit_ = IntegerBackend(circuit).calibrate(X)
         self._backend = IntegerBackend(self.circuit_)
@@ -191,6 +277,45 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         self.compiled_circuit_ = None
         self.compiled_report_ = None
         self._compile_kwargs = None
+
+    def prune(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        ratio: float = 0.0,
+        n_accum_bits: int | None = None,
+        importance: str | None = None,
+        fine_tune_epochs: int | None = None,
+    ):  # type: ignore[no-untyped-def]
+        """Prune a fitted estimator further; returns a new fitted estimator.
+
+        The original is untouched (the copy goes through pickling, like ``clone`` for
+        fitted state).  ``ratio`` removes that fraction of the remaining hidden neurons;
+        ``n_accum_bits`` then bounds every accumulator (guaranteed by the IR's worst-case
+        analysis); both fine-tune on ``(X, y)``.  The new estimator's ``pruning_ratio``
+        and ``n_accum_bits`` describe the cumulative pruning, so refitting a clone
+        reproduces a comparable model.
+        """
+        import pickle
+
+        check_is_fitted(self, "circuit_")
+        X, y_enc = self._encode_for_pruning(X, y)
+        new = pickle.loads(pickle.dumps(self))
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        data = new._split(X, y_enc, hasattr(self, "classes_"), seed)
+        new.pruning_reports_ = list(self.pruning_reports_) + new._prune(
+            new.module_, data, seed, float(ratio), n_accum_bits,
+            self.prune_importance if importance is None else importance,
+            self.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs,
+        )
+        kept = (1.0 - float(self.pruning_ratio)) * (1.0 - float(ratio))
+        budgets = [b for b in (self.n_accum_bits, n_accum_bits) if b is not None]
+        new.pruning_ratio = 1.0 - kept
+        new.n_accum_bits = min(budgets) if budgets else None
+        new._set_module(new.module_, X, rng)
+        return new
 
 
 class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
@@ -236,6 +361,14 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
             )
         self._fit(X, y_enc.astype(np.int64), len(self.classes_), stratify=True)
         return self
+
+    def _encode_for_pruning(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        X, y = validate_data(self, X, y, reset=False, dtype=np.float64, ensure_all_finite=True)
+        y = column_or_1d(y, warn=True)
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if unknown.size:
+            raise ValueError(f"y contains labels not seen at fit: {unknown.tolist()}")
+        return X, np.searchsorted(self.classes_, y).astype(np.int64)
 
     def decision_function(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Logits (n_samples, n_classes); for 2 classes the logit difference (n_samples,)."""
@@ -301,6 +434,14 @@ class QuantizedMLPRegressor(RegressorMixin, _QuantizedMLPBase):
         y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
         self._fit(X, y_std, self.n_outputs_, stratify=False)
         return self
+
+    def _encode_for_pruning(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        X, y = validate_data(self, X, y, reset=False, dtype=np.float64, ensure_all_finite=True,
+                             multi_output=True, y_numeric=True)
+        y2 = y.reshape(len(y), -1).astype(np.float64)
+        if y2.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {y2.shape[1]} targets, the model {self.n_outputs_}")
+        return X, ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
 
     def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Predicted targets; ``fhe`` overrides ``fhe_mode``."""
