@@ -12,11 +12,12 @@ are rounded are multiples of ``2**lsbs``, so ``round(v - o) == round(v) - o``.
 Centring is also what makes the ``"worst_case"`` range mode sound: concrete derives
 signedness from the inputset, so a value that is negative only in the worst case would
 be mis-encoded; a centred value is provably non-negative, and a bit-width hint then
-reserves its worst-case width.
+reserves its worst-case width.  The encrypted input stays as the client quantized it,
+unless a rounding or a lookup reads it directly: then a clear addition centres it first
+(concrete's rounding overflow protection is wrong on signed values).
 
 This module never imports concrete: :func:`build_function` receives the ``fhe`` module.
 
->>> import numpy as np
 >>> from latentopt.ir import Circuit, QuantizeInput, Gemm, Dequantize
 >>> c = Circuit([QuantizeInput("q", ("input",), 1.0, 0, 3, signed=False),
 ...              Gemm("g", ("q",), [[1, -1]], bias=[-20]), Dequantize("o", ("g",), 1.0, 0)],
@@ -28,20 +29,33 @@ This module never imports concrete: :func:`build_function` receives the ``fhe`` 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..ir import Circuit, Gemm, Round, TableLookup, bit_width
 from ..ir.ranges import Interval
 
-__all__ = ["MAX_TLU_BITS", "LoweringPlan", "Step", "ValuePlan", "build_function", "plan_lowering"]
+__all__ = [
+    "LoweringPlan",
+    "Step",
+    "ValuePlan",
+    "build_function",
+    "extreme_rows",
+    "module_report",
+    "pad_batch",
+    "plan_calls",
+    "plan_lowering",
+]
 
-#: Widest table-lookup input concrete-python supports.
-MAX_TLU_BITS = 16
 #: Largest table (entries over all channels) materialised for a lookup at compile time.
 MAX_TABLE_ENTRIES = 1 << 22
+#: A remainder of ``r`` samples runs as one padded batch when ``r >= PAD_FRACTION * B``:
+#: on 2 cores a batch of B costs about as much as 0.75 * B single-sample runs.
+PAD_FRACTION = 0.75
 
 
 @dataclass
@@ -60,12 +74,12 @@ class ValuePlan:
 class Step:
     """One server-side operation of the lowered function."""
 
-    kind: str  # "gemm" | "round" | "tlu"
+    kind: str  # "shift" | "gemm" | "round" | "tlu"
     name: str
     src: str
     layer: str
     weight_t: np.ndarray | None = None  # gemm: (in, out)
-    bias: np.ndarray | None = None  # gemm: folded bias, None if all zero
+    bias: np.ndarray | None = None  # shift, gemm: added constant (gemm: None if all zero)
     lsbs: int = 0  # round
     method: str = "exact"  # round
     table: Callable[[np.ndarray], np.ndarray] | None = None  # tlu
@@ -144,9 +158,24 @@ def plan_lowering(circuit: Circuit, ranges: dict[str, Interval], hints: bool) ->
     values = {qnode.name: ValuePlan(qnode.name, np.zeros(1, np.int64), rng.lo, rng.hi,
                                     bit_width(rng.min, rng.max))}
     steps: list[Step] = []
+    reads = {qnode.name: qnode.name}  # IR value -> plan value its consumers read
+    if any(isinstance(circuit[n], (Round, TableLookup)) and circuit[n].inputs[0] == qnode.name
+           for n in live):
+        # PBS on the raw input: centre it too (a clear addition; concrete mishandles
+        # rounding overflow on signed values)
+        width = circuit.n_features
+        lo, hi = _per_channel(rng.lo, width), _per_channel(rng.hi, width)
+        a = align.get(qnode.name, 1)
+        offset = (lo // a) * a
+        if np.any(offset):
+            name = f"{qnode.name}:centred"
+            values[name] = ValuePlan(name, offset, lo - offset, hi - offset,
+                                     bit_width(0, int((hi - offset).max())))
+            steps.append(Step("shift", name, qnode.name, qnode.name, bias=-offset))
+            reads[qnode.name] = name
     for name in live:
         node = circuit[name]
-        src = values[node.inputs[0]]
+        src = values[reads.get(node.inputs[0], node.inputs[0])]
         width = circuit.width(name)
         r = ranges[name]
         lo, hi = _per_channel(r.lo, width), _per_channel(r.hi, width)
@@ -168,24 +197,25 @@ def plan_lowering(circuit: Circuit, ranges: dict[str, Interval], hints: bool) ->
             step.bias = bias.astype(np.int64) if np.any(bias) else None
         elif isinstance(node, Round):
             step.kind, step.lsbs, step.method = "round", node.lsbs, node.method
-            # concrete keeps ``bits - lsbs`` MSBs: keep at least one.
-            if src.bits <= node.lsbs:
+            if src.bits <= node.lsbs:  # concrete keeps ``bits - lsbs`` MSBs: keep one
                 src.bits = node.lsbs + 1
                 src.hint = max(src.hint or 0, src.bits)
                 vp.bits = max(vp.bits, src.bits)
+                vp.hint = vp.bits  # else concrete sees a narrower output: an "overflow"
         elif isinstance(node, TableLookup):
             step.kind = "tlu"
-            lsbs = circuit[src.name].lsbs if isinstance(circuit[src.name], Round) else 0
-            pre = values[circuit[src.name].inputs[0]] if lsbs else src
-            step.tlu_bits = (max(src.bits, pre.bits) - lsbs) if lsbs else src.bits
+            ir_src = circuit[node.inputs[0]]
+            lsbs = ir_src.lsbs if isinstance(ir_src, Round) else 0
+            step.tlu_bits = max(src.bits - lsbs, 1)
             step.table = _table_function(node, src, offset, lsbs, width)
         else:  # pragma: no cover - circuits only hold these node types
             raise TypeError(f"cannot lower node type {type(node).__name__}")
-        if hints:
-            vp.hint = max(vp.hint or 0, vp.bits)
         values[name] = vp
         steps.append(step)
-    # hints set on a source after its step was created are read at trace time
+    if hints:  # every encrypted value but the input (its range is in the inputset)
+        for vp in values.values():
+            if vp.name != qnode.name:
+                vp.hint = max(vp.hint or 0, vp.bits)
     plan = LoweringPlan(qnode.name, circuit.output.inputs[0], values, steps)
     plan.layers = _layer_rows(circuit, plan)
     return plan
@@ -197,20 +227,16 @@ def _table_function(
     """``v -> fn(v + in_offset) - out_offset`` on centred (rounded) inputs."""
     fn = node.fn
     in_off = _per_channel(src.offset, width)
-    if int(src.lo.min()) >= 0:
-        dom_lo, size = 0, 1 << max(src.bits, 1)
-    else:  # raw signed input (a lookup straight on the quantized input)
-        dom_lo, size = -(1 << (src.bits - 1)), 1 << src.bits
     step = 1 << lsbs
-    n = max(size // step, 1)
+    n = max((1 << src.bits) // step, 1)  # the whole unsigned domain concrete enumerates
     if n * width <= MAX_TABLE_ENTRIES:
-        grid = dom_lo + np.arange(n, dtype=np.int64)[:, None] * step + in_off[None, :]
+        grid = np.arange(n, dtype=np.int64)[:, None] * step + in_off[None, :]
         table = (fn(grid) - out_offset[None, :]).T  # (width, n)
         flat = np.ascontiguousarray(table).reshape(-1)
         chan = np.arange(width, dtype=np.int64) * n
 
         def lookup(v: np.ndarray) -> np.ndarray:
-            idx = np.clip((np.asarray(v, np.int64) - dom_lo) >> lsbs, 0, n - 1)
+            idx = np.clip(np.asarray(v, np.int64) >> lsbs, 0, n - 1)
             return np.take(flat, idx + chan)
 
         return lookup
@@ -255,7 +281,9 @@ def build_function(plan: LoweringPlan, fhe: Any, name: str) -> Callable[[Any], A
             if src_hint and s.src != plan.input_name:
                 v = fhe.hint(v, bit_width=src_hint)
             with fhe.tag(s.layer):
-                if s.kind == "gemm":
+                if s.kind == "shift":
+                    r = v + s.bias
+                elif s.kind == "gemm":
                     r = v @ s.weight_t
                     if s.bias is not None:
                         r = r + s.bias
@@ -270,3 +298,78 @@ def build_function(plan: LoweringPlan, fhe: Any, name: str) -> Callable[[Any], A
 
     function.__name__ = name
     return function
+
+
+def extreme_rows(values: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+    """Samples reaching the min or max of some channel of some value.
+
+    Concrete only keeps the min and max of every traced value over the inputset; every
+    traced value is a per-channel shift of an IR value (centring, bias), whose extremes
+    are reached at these samples.  So they give concrete the same bounds as the whole
+    calibration set, at a fraction of the tracing cost.
+    """
+    rows: set[int] = set()
+    for name in names:
+        v = values[name].reshape(values[name].shape[0], -1)
+        rows.update(v.argmin(axis=0).tolist())
+        rows.update(v.argmax(axis=0).tolist())
+    return np.array(sorted(rows), dtype=np.int64)
+
+
+def plan_calls(
+    n: int, batch_size: int, pad_from: float | None = None
+) -> list[tuple[int, int, str]]:
+    """``(start, stop, function)`` calls covering ``n`` samples.
+
+    Full batches use ``"batch"``; a remainder of at least ``pad_from`` samples (default
+    ``PAD_FRACTION * batch_size``) becomes one padded batch, a smaller one single calls.
+
+    >>> plan_calls(11, 4)
+    [(0, 4, 'batch'), (4, 8, 'batch'), (8, 11, 'batch')]
+    >>> plan_calls(6, 4)
+    [(0, 4, 'batch'), (4, 5, 'single'), (5, 6, 'single')]
+    """
+    b = batch_size
+    full = n - n % b if b > 1 else 0
+    calls = [(start, start + b, "batch") for start in range(0, full, b)]
+    threshold = PAD_FRACTION * b if pad_from is None else pad_from
+    if b > 1 and n - full >= max(2, threshold):
+        return [*calls, (full, n, "batch")]
+    return calls + [(i, i + 1, "single") for i in range(full, n)]
+
+
+def pad_batch(x: np.ndarray, name: str, batch_size: int) -> np.ndarray:
+    """Pad a short ``"batch"`` call with copies of its first row."""
+    if name == "batch" and len(x) < batch_size:
+        return np.concatenate([x, np.repeat(x[:1], batch_size - len(x), axis=0)])
+    return x
+
+
+def module_report(module: Any, plan: LoweringPlan, circuit: Circuit, batch_size: int,
+                  n_calls: int) -> dict[str, Any]:
+    """Statistics of a compiled concrete module (duck-typed: no concrete import here)."""
+    single = module.functions()["single"]
+    per_tag = single.programmable_bootstrap_count_per_tag
+    bsk, ksk = int(module.size_of_bootstrap_keys), int(module.size_of_keyswitch_keys)
+    in_type = single.graph.ordered_inputs()[0].output.dtype
+    qlo, qhi = circuit.input_quantizer.qrange
+    module_global = min(float(module.global_p_error), 1 - 1e-16)
+    return {
+        "batch_size": batch_size,
+        "n_features": circuit.n_features,
+        "n_outputs": circuit.n_outputs,
+        "input_range": (max(qlo, int(in_type.min())), min(qhi, int(in_type.max()))),
+        "layers": [dict(row, pbs=int(per_tag.get(row["name"], 0))) for row in plan.layers],
+        "max_tlu_input_bits": plan.max_tlu_bits,
+        "max_bit_width": int(single.graph.maximum_integer_bit_width()),
+        "programmable_bootstrap_count": int(single.programmable_bootstrap_count),
+        "complexity": float(module.complexity) / n_calls,  # per sample
+        "size_of_secret_keys": int(module.size_of_secret_keys),
+        "size_of_bootstrap_keys": bsk,
+        "size_of_keyswitch_keys": ksk,
+        "size_of_evaluation_keys": bsk + ksk,
+        "size_of_input_ciphertexts": int(single.size_of_inputs),
+        "p_error": float(module.p_error),
+        # per sample: the module's global error spans its 1 + batch_size samples
+        "global_p_error": float(-math.expm1(math.log1p(-module_global) / n_calls)),
+    }

@@ -99,14 +99,17 @@ class QuantizedEstimatorBase(BaseEstimator):
     def compile(
         self,
         X: Any = None,
+        y: Any = None,
         *,
-        rounding_bits: int | Sequence[int] | None = None,
+        rounding_bits: int | Sequence[int] | str | None = None,
         rounding_method: str = "approximate",
-        p_error: float | None = None,
+        p_error: float | str | None = None,
         global_p_error: float | None = None,
         range_mode: str = "calibrated",
         security_level: int = 128,
         batch_size: int | None = None,
+        max_accuracy_drop: float = 0.01,
+        cost_model: Any = None,
         verbose: int | None = None,
     ):  # type: ignore[no-untyped-def]
         """Compile the fitted circuit to TFHE (concrete-python); returns ``self``.
@@ -138,6 +141,17 @@ class QuantizedEstimatorBase(BaseEstimator):
         verbose : int, optional
             Defaults to the estimator's ``verbose``.
 
+        y : array-like, optional
+            With ``X``: held-out data for ``"auto"`` knobs.
+        max_accuracy_drop : float
+            With ``rounding_bits="auto"`` and/or ``p_error="auto"``: the fastest point
+            whose FHE-simulated score on ``(X, y)`` stays within this of the unrounded
+            circuit's score is chosen (:func:`latentopt.search.inner.search_compile`;
+            the search is kept in ``inner_search_``).  Calibration then uses
+            ``calibration_set_``.
+        cost_model : latentopt.search.cost.CostModel, optional
+            Latency model for the ``"auto"`` search (default: concrete's complexity).
+
         After compiling, ``predict(X, fhe="disable")`` runs the rounded circuit on the
         integer backend, i.e. predicts what FHE computes (exactly, for exact rounding and
         a negligible p_error).
@@ -146,6 +160,32 @@ class QuantizedEstimatorBase(BaseEstimator):
         from ..backends.integer import IntegerBackend
 
         check_is_fitted(self, "circuit_")
+        if isinstance(rounding_bits, str) or isinstance(p_error, str):
+            if rounding_bits not in ("auto", None) and isinstance(rounding_bits, str):
+                raise ValueError(f"rounding_bits must be an int, a list, None or 'auto'")
+            if isinstance(p_error, str) and p_error != "auto":
+                raise ValueError("p_error must be a float, None or 'auto'")
+            if X is None or y is None:
+                raise ValueError("rounding_bits='auto' / p_error='auto' need held-out X and y")
+            if global_p_error is not None:
+                raise ValueError("p_error='auto' cannot be combined with global_p_error")
+            from ..search.inner import search_compile
+
+            X_val = self._validate_X(X, reset=False)
+            result = search_compile(
+                self, X_val, np.asarray(y), max_accuracy_drop=max_accuracy_drop,
+                rounding_bits=rounding_bits, rounding_method=rounding_method,
+                p_error=1e-3 if p_error is None else p_error, cost_model=cost_model,
+                verbose=int(self.verbose if verbose is None else verbose),
+            )
+            self.inner_search_ = result
+            if result.best is None:
+                raise ValueError(
+                    f"no rounding / p_error point keeps the score within "
+                    f"{max_accuracy_drop} of {result.reference_score:.4f}; allow a larger "
+                    f"max_accuracy_drop or retrain with more bits\n{result.table()}"
+                )
+            return self
         if rounding_method not in ("approximate", "exact"):
             raise ValueError(
                 f"rounding_method must be 'approximate' or 'exact', got {rounding_method!r}"

@@ -1,0 +1,413 @@
+"""Compile an IR circuit to TFHE with concrete-python: simulate, keygen, execute.
+
+:class:`FHECircuit` lowers everything between the circuit's quantizer and dequantizer
+(see :mod:`.fhe_lowering`) and compiles it as one concrete *module* with two functions
+sharing one key set: ``single`` (one sample) and ``batch`` (``batch_size`` samples).
+``execute`` sends full batches through ``batch``, where concrete spreads the table
+lookups of all samples over the cores, and the remainder through ``single`` (or one
+padded batch when that is cheaper), so N samples never pay N times the fixed costs and a
+single sample never pays for a padded batch.
+
+Only this module and :mod:`.fhe_deploy` import concrete, lazily: importing latentopt (or
+this module) does not.
+
+Examples
+--------
+>>> import numpy as np
+>>> from latentopt.ir import Circuit, QuantizeInput, Gemm, TableLookup, Dequantize
+>>> from latentopt.ir import QuantActivation
+>>> c = Circuit([QuantizeInput("q", ("input",), 1.0, 0, 2, signed=False),
+...              Gemm("fc1", ("q",), [[1, -1], [1, 1]]),
+...              TableLookup("act", ("fc1",), QuantActivation("relu", 1.0, 1.0, 2)),
+...              Gemm("fc2", ("act",), [[1, -1]]), Dequantize("out", ("fc2",), 1.0, 0)],
+...             n_features=2)
+>>> q = np.array([[a, b] for a in range(4) for b in range(4)])
+>>> fc = FHECircuit.compile(c, q, p_error=2**-40, batch_size=4)
+>>> fc.simulate(q[:3]).tolist()  # the integers IntegerBackend(c).run_integers gives
+[[0], [-1], [-2]]
+>>> fc.report["programmable_bootstrap_count"], fc.report["max_tlu_input_bits"]
+(2, 3)
+>>> c.report().max_tlu_input_bits  # the IR's signed width; centring saves a bit
+4
+
+``fc.execute(q)`` does the same under real encryption (keys are generated on first use).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..ir import Circuit, Interval
+from .fhe_errors import (
+    FHEBitWidthError,
+    FHECompilationError,
+    FHEParametersError,
+    check_widths,
+    translate_error,
+)
+from .fhe_lowering import (
+    LoweringPlan,
+    build_function,
+    extreme_rows,
+    module_report,
+    pad_batch,
+    plan_calls,
+    plan_lowering,
+)
+from .integer import IntegerBackend
+
+__all__ = [
+    "FHEBitWidthError",
+    "FHECircuit",
+    "FHECompilationError",
+    "FHEParametersError",
+    "RANGE_MODES",
+    "concrete_fhe",
+    "plan_calls",
+]
+
+RANGE_MODES = ("calibrated", "worst_case")
+SECURITY_LEVELS = (128, 132)
+#: Default per-sample probability of at least one wrong table lookup (concrete's default).
+DEFAULT_GLOBAL_P_ERROR = 1e-5
+#: Automatic batch size: about 128 lookups in the narrowest layer, between 8 and 16 samples.
+AUTO_BATCH_TLUS, AUTO_BATCH_MIN, AUTO_BATCH_MAX = 128, 8, 16
+
+
+def concrete_fhe() -> Any:
+    """Import and return ``concrete.fhe`` (lazily; silences its pkg_resources warning)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pkg_resources.*")
+            from concrete import fhe
+    except ImportError as exc:  # pragma: no cover - concrete is a hard dep of this module
+        raise ImportError(
+            "the FHE backend needs concrete-python (pip install concrete-python, numpy<2)"
+        ) from exc
+    return fhe
+
+
+def _security_level(level: int) -> Any:
+    from concrete.fhe.compilation.configuration import SecurityLevel
+
+    return SecurityLevel(level)
+
+
+def _check_p_error(p_error: float | None, global_p_error: float | None) -> None:
+    if p_error is not None and global_p_error is not None:
+        raise ValueError("set at most one of p_error and global_p_error")
+    for name, value in (("p_error", p_error), ("global_p_error", global_p_error)):
+        if value is not None and not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+            raise ValueError(f"{name} must be a probability in (0, 1), got {value!r}")
+
+
+def _as_q(q: np.ndarray, n_features: int) -> np.ndarray:
+    q = np.asarray(q)
+    if q.dtype.kind not in "iu":
+        raise TypeError(f"expected quantized integer inputs, got dtype {q.dtype}")
+    if q.ndim != 2 or q.shape[1] != n_features:
+        raise ValueError(f"expected shape (n_samples, {n_features}), got {q.shape}")
+    return q.astype(np.int64)
+
+
+def _lower(circuit: Circuit, inputset_q: np.ndarray,
+           range_mode: str) -> tuple[LoweringPlan, np.ndarray]:
+    """Plan the lowering; return it with the few inputset rows concrete needs."""
+    q = _as_q(inputset_q, circuit.n_features)
+    if q.shape[0] == 0:
+        raise ValueError("inputset_q is empty")
+    qlo, qhi = circuit.input_quantizer.qrange
+    if q.min() < qlo or q.max() > qhi:
+        raise ValueError(f"inputset_q must lie in the input quantizer's range [{qlo}, {qhi}]")
+    if range_mode == "worst_case":  # the encrypted input must span the quantizer's range
+        q = np.concatenate([q, np.full((1, q.shape[1]), qlo), np.full((1, q.shape[1]), qhi)])
+    _, values = IntegerBackend(circuit).run_integers(q, return_all=True)
+    if range_mode == "worst_case":
+        ranges = circuit.worst_case_ranges()
+    else:
+        ranges = {k: Interval.from_values(v) for k, v in values.items()}
+    try:
+        plan = plan_lowering(circuit, ranges, hints=range_mode == "worst_case")
+    except ValueError as exc:
+        raise FHECompilationError(str(exc)) from exc
+    check_widths(plan)
+    # Bounds are min/max over elements: the samples reaching them give the same bounds.
+    return plan, q[extreme_rows(values, [k for k in plan.values if k in values])]
+
+
+class FHECircuit:
+    """A circuit compiled to TFHE; build with :meth:`compile`.
+
+    Attributes
+    ----------
+    circuit : Circuit
+        The IR circuit.
+    plan : LoweringPlan
+        Offsets and widths of every encrypted value.
+    report : dict
+        ``layers`` (per layer: ``accumulator_bits`` and ``tlu_input_bits`` as lowered,
+        ``rounding_lsbs``, ``tlu_count``, ``pbs``), ``max_tlu_input_bits``,
+        ``max_bit_width`` (widest encrypted integer), ``programmable_bootstrap_count``
+        and ``complexity`` (per sample, known before keygen), ``size_of_*`` (bytes:
+        secret, bootstrap, keyswitch, evaluation keys, one input ciphertext),
+        ``p_error`` (per lookup) and ``global_p_error`` (per sample) as achieved, the
+        requested values, ``input_range``, ``compile_seconds`` and, once keys exist,
+        ``keygen_seconds``.
+    batch_size : int
+        Samples per call of the batched function.
+
+    Pickling keeps the circuit and the few calibration rows concrete needs and compiles
+    again on unpickling (about a second); keys are not pickled.
+    """
+
+    def __init__(self, circuit: Circuit, plan: LoweringPlan, module: Any, batch_size: int,
+                 report: dict[str, Any], verbose: int = 0) -> None:
+        self.circuit = circuit
+        self.plan = plan
+        self.module = module
+        self.batch_size = batch_size
+        self.report = report
+        self.verbose = verbose
+        self._functions = module.functions()
+        self._recompile: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self._recompile, circuit=self.circuit, verbose=self.verbose)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        other = FHECircuit.compile(state.pop("circuit"), state.pop("inputset_q"), **state)
+        self.__dict__.update(other.__dict__)
+
+    # ---------------------------------------------------------------- compile
+    @classmethod
+    def compile(
+        cls,
+        circuit: Circuit,
+        inputset_q: np.ndarray,
+        *,
+        p_error: float | None = None,
+        global_p_error: float | None = None,
+        security_level: int = 128,
+        range_mode: str = "calibrated",
+        batch_size: int | None = None,
+        compress: bool = True,
+        verbose: int = 0,
+        insecure_key_cache: str | Path | None = None,
+    ) -> FHECircuit:
+        """Lower and compile ``circuit``.
+
+        Parameters
+        ----------
+        circuit : Circuit
+        inputset_q : int array (n_samples, n_features)
+            Quantized calibration inputs (``IntegerBackend(circuit).quantize(X)``).
+        p_error, global_p_error : float, optional
+            Error probability of each table lookup, or of a whole sample's inference
+            (at most one; default: ``global_p_error=1e-5``).  The batched function gets
+            the per-lookup error of the single-sample one.
+        security_level : {128, 132}
+        range_mode : {"calibrated", "worst_case"}
+            ``"calibrated"``: bit-widths cover the values reached on ``inputset_q`` (as
+            Concrete ML does); inputs far from the calibration data may overflow an
+            accumulator and give wrong results.  ``"worst_case"``: every value gets its
+            worst-case width (``circuit.worst_case_ranges()``), exact for any input in the
+            quantizer's range, at the price of wider lookups.
+        batch_size : int, optional
+            Samples per batched call (1 disables batching); default: about 128 lookups in
+            the narrowest layer, between 8 and 16 samples.
+        compress : bool
+            Seeded (compressed) evaluation keys and input ciphertexts: about 4x smaller
+            keys and tiny inputs to ship; the server decompresses the keys once (on the
+            first run), about a second.
+        verbose : int
+            0 silent; 1 timings and progress bars; 2 also concrete's own progress.
+        insecure_key_cache : path, optional
+            **Tests only**: reuse keys from this directory (insecure).
+        """
+        fhe = concrete_fhe()
+        _check_p_error(p_error, global_p_error)
+        if security_level not in SECURITY_LEVELS:
+            raise ValueError(f"security_level must be one of {SECURITY_LEVELS}")
+        if range_mode not in RANGE_MODES:
+            raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {range_mode!r}")
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError("batch_size must be >= 1")
+        t0 = time.perf_counter()
+        plan, rows = _lower(circuit, inputset_q, range_mode)
+        if batch_size is None:
+            narrow = min((r["tlu_count"] for r in plan.layers if r["tlu_count"]), default=1)
+            batch_size = min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, -(-AUTO_BATCH_TLUS // narrow)))
+        batch_size = int(batch_size)
+        pieces = {"single": [rows[i : i + 1] for i in range(len(rows))]}
+        if batch_size > 1:
+            padded = pad_batch(rows, "batch", -(-len(rows) // batch_size) * batch_size)
+            pieces["batch"] = [padded[i : i + batch_size]
+                               for i in range(0, len(padded), batch_size)]
+        n_calls = 1 + (batch_size if batch_size > 1 else 0)  # samples in the whole module
+        if p_error is None and global_p_error is None:
+            global_p_error = DEFAULT_GLOBAL_P_ERROR
+        conf: dict[str, Any] = dict(
+            security_level=_security_level(security_level),
+            show_progress=verbose >= 2, verbose=False,
+            compress_evaluation_keys=compress, compress_input_ciphertexts=compress,
+        )
+        if p_error is not None:
+            conf["p_error"] = float(p_error)
+        else:  # concrete's global error covers every function of the module
+            conf["global_p_error"] = float(-math.expm1(n_calls * math.log1p(-global_p_error)))
+        if insecure_key_cache is not None:
+            conf.update(use_insecure_key_cache=True, enable_unsafe_features=True,
+                        insecure_key_cache_location=str(insecure_key_cache))
+        namespace: dict[str, Any] = {"composition": fhe.NotComposable()}
+        for name in pieces:
+            namespace[name] = fhe.function({"x": "encrypted"})(build_function(plan, fhe, name))
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*pkg_resources.*")
+                module = fhe.module()(type("LatentoptCircuit", (), namespace)).compile(
+                    pieces, fhe.Configuration(**conf))
+        except RuntimeError as exc:
+            raise translate_error(exc) from exc
+        report = module_report(module, plan, circuit, batch_size, n_calls)
+        report.update(range_mode=range_mode, security_level=security_level,
+                      p_error_requested=p_error,
+                      global_p_error_requested=global_p_error if p_error is None else None,
+                      compile_seconds=time.perf_counter() - t0)
+        if verbose:
+            print(f"[latentopt] FHE compile {report['compile_seconds']:.2f}s: "
+                  f"{report['programmable_bootstrap_count']} PBS/sample, max TLU input "
+                  f"{report['max_tlu_input_bits']} bits, p_error {report['p_error']:.2e}")
+        fc = cls(circuit, plan, module, batch_size, report, verbose)
+        fc._recompile = dict(
+            inputset_q=rows, p_error=p_error, global_p_error=report["global_p_error_requested"],
+            security_level=security_level, range_mode=range_mode, batch_size=batch_size,
+            compress=compress, insecure_key_cache=insecure_key_cache)
+        return fc
+
+    # -------------------------------------------------------------- keys, run
+    @property
+    def keys_generated(self) -> bool:
+        keys = self.module.keys
+        return keys is not None and keys.are_generated
+
+    def keygen(self, force: bool = False, seed: int | None = None) -> float:
+        """Generate the secret and evaluation keys; return the seconds it took."""
+        if self.keys_generated and not force:
+            return 0.0
+        t0 = time.perf_counter()
+        if self.verbose:
+            size = self.report.get("size_of_evaluation_keys", 0) / 2**20
+            print(f"[latentopt] generating keys ({size:.0f} MiB of evaluation keys) ...",
+                  flush=True)
+        self.module.keygen(force=force, seed=seed)
+        seconds = time.perf_counter() - t0
+        self.report["keygen_seconds"] = seconds
+        if self.verbose:
+            print(f"[latentopt] keygen {seconds:.2f}s", flush=True)
+        return seconds
+
+    def simulate(self, q: np.ndarray) -> np.ndarray:
+        """Simulate the encrypted computation (TLU errors included) on quantized inputs.
+
+        Returns the output integers of the circuit (what ``IntegerBackend.run_integers``
+        returns), shape ``(n_samples, n_outputs)``.  Concrete's simulation does not model
+        values overflowing their compiled bit-width (possible in ``"calibrated"`` mode for
+        inputs unlike the calibration data): :meth:`overflows` finds those samples.
+        """
+        q = self.check_inputs(q)
+        out = np.empty((q.shape[0], self.circuit.n_outputs), dtype=np.int64)
+        calls = self.chunks(q.shape[0], pad_from=2)  # padding is cheap here
+        bar = _progress(len(calls), bool(self.verbose) and len(calls) > 50, "FHE simulate")
+        for start, stop, name in calls:
+            y = self._functions[name].simulate(self._pad(q[start:stop], name))
+            out[start:stop] = np.asarray(y, dtype=np.int64)[: stop - start]
+            bar.update(1)
+        bar.close()
+        return out + self.plan.output_offset
+
+    def execute(self, q: np.ndarray, n_jobs: int = 2) -> np.ndarray:
+        """Encrypt, run under FHE and decrypt; keys are generated on first use.
+
+        Samples run in batches of ``batch_size`` (the remainder as single samples or one
+        padded batch).  Encryption and decryption happen in this thread while up to
+        ``n_jobs`` encrypted calls run concurrently (concrete releases the GIL).
+        """
+        q = self.check_inputs(q)
+        self.keygen()
+        out = np.empty((q.shape[0], self.circuit.n_outputs), dtype=np.int64)
+        calls = list(self.chunks(q.shape[0]))
+        bar = _progress(len(calls), bool(self.verbose) and len(calls) > 1, "FHE execute")
+        pending: deque[tuple[int, int, Any, Future[Any]]] = deque()
+
+        def finish() -> None:
+            start, stop, fn, future = pending.popleft()
+            y = fn.decrypt(future.result())
+            out[start:stop] = np.asarray(y, dtype=np.int64)[: stop - start]
+            bar.update(1)
+
+        with ThreadPoolExecutor(max_workers=max(1, int(n_jobs))) as pool:
+            for start, stop, name in calls:
+                fn = self._functions[name]
+                encrypted = fn.encrypt(self._pad(q[start:stop], name))
+                pending.append((start, stop, fn, pool.submit(fn.run, encrypted)))
+                if len(pending) >= max(1, int(n_jobs)):
+                    finish()
+            while pending:
+                finish()
+        bar.close()
+        return out + self.plan.output_offset
+
+    def chunks(self, n: int, pad_from: float | None = None) -> list[tuple[int, int, str]]:
+        """The calls covering ``n`` samples, see :func:`plan_calls`."""
+        return plan_calls(n, self.batch_size, pad_from)
+
+    def _pad(self, x: np.ndarray, name: str) -> np.ndarray:
+        return pad_batch(x, name, self.batch_size)
+
+    def overflows(self, q: np.ndarray) -> np.ndarray:
+        """Which samples may overflow a compiled bit-width (wrong under real execution).
+
+        Exact integer evaluation checked against the widths of the lowering; always all
+        ``False`` in ``"worst_case"`` mode.
+        """
+        q = self.check_inputs(q)
+        _, values = IntegerBackend(self.circuit).run_integers(q, return_all=True)
+        bad = np.zeros(q.shape[0], dtype=bool)
+        for name, vp in self.plan.values.items():
+            if name != self.plan.input_name and name in values:
+                centred = values[name] - vp.offset
+                bad |= ((centred < 0) | (centred >= 1 << vp.bits)).any(axis=1)
+        return bad
+
+    def save_deployment(self, directory: str | Path, via_mlir: bool = False) -> dict[str, Path]:
+        """Write the server and client artefacts, see :mod:`.fhe_deploy`."""
+        from .fhe_deploy import save_deployment
+
+        return save_deployment(self, directory, via_mlir=via_mlir)
+
+    def check_inputs(self, q: np.ndarray) -> np.ndarray:
+        """Validate quantized inputs against what the compiled circuit can encrypt."""
+        q = _as_q(q, self.circuit.n_features)
+        lo, hi = self.report["input_range"]
+        if q.size and (q.min() < lo or q.max() > hi):
+            raise ValueError(
+                f"quantized inputs must lie in [{lo}, {hi}] (the range this FHE circuit was "
+                f"compiled for, range_mode={self.report['range_mode']!r}); use "
+                f"range_mode='worst_case' or a calibration set covering the inputs"
+            )
+        return q
+
+
+def _progress(total: int, show: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="call", disable=not show)

@@ -1,0 +1,316 @@
+"""Client/server deployment of a compiled :class:`~latentopt.backends.fhe.FHECircuit`.
+
+:func:`save_deployment` writes two artefacts:
+
+* ``server.zip`` -- the compiled concrete program (no secret key), for the party that
+  computes on ciphertexts (:class:`FHEServer`);
+* ``client.zip`` -- the input quantizer and output dequantizer of the circuit, the
+  output offsets of the lowering and concrete's client specs, for the party that owns
+  the data and the keys (:class:`FHEClient`).
+
+Each artefact is a zip with a ``manifest.json`` (format name and version, library
+versions, circuit id, SHA-256 of every member).  Ciphertexts, results and evaluation
+keys travel as framed byte strings tagged with the circuit id, so a key or ciphertext
+made for another circuit is refused with a clear message instead of failing inside
+concrete.  Loading another format, a newer version or a modified file raises
+:class:`FHEArtifactError`.
+
+A round trip::
+
+    paths = save_deployment(fc, "deploy/")             # developer
+    client = FHEClient.load(paths["client"])           # data owner
+    client.keygen()
+    keys, ct = client.evaluation_keys(), client.encrypt(X)
+    server = FHEServer.load(paths["server"])           # untrusted server
+    result = server.run(ct, keys)
+    y = client.decrypt(result)                         # floats, as IntegerBackend.predict
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from ..ir.nodes import Dequantize, Node, QuantizeInput
+from .fhe import concrete_fhe, pad_batch, plan_calls
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .fhe import FHECircuit
+
+__all__ = ["FHEArtifactError", "FHEClient", "FHEServer", "save_deployment"]
+
+FORMAT_VERSION = 1
+SERVER_FORMAT, CLIENT_FORMAT = "latentopt.fhe.server", "latentopt.fhe.client"
+BLOB_FORMAT = "latentopt.fhe.blob"
+_MAGIC = b"LTOPTFHE"
+PathLike = Union[str, Path]
+
+
+class FHEArtifactError(ValueError):
+    """An artefact, ciphertext or key blob is invalid, modified or for another circuit."""
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import latentopt
+
+    return {"latentopt": latentopt.__version__, "concrete-python": version("concrete-python")}
+
+
+# ------------------------------------------------------------------ artefact zips
+def _write_artifact(path: Path, fmt: str, meta: dict[str, Any], members: dict[str, bytes]) -> None:
+    manifest = dict(meta, format=fmt, format_version=FORMAT_VERSION, versions=_versions(),
+                    sha256={k: hashlib.sha256(v).hexdigest() for k, v in members.items()})
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def _read_artifact(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+            members = {n: zf.read(n) for n in zf.namelist() if n != "manifest.json"}
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise FHEArtifactError(f"{path}: not a latentopt FHE artefact ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise FHEArtifactError(f"{path}: expected a {fmt!r} artefact, found {found!r}")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise FHEArtifactError(
+            f"{path}: {fmt} format version {version!r} is not supported (this latentopt "
+            f"reads versions 1..{FORMAT_VERSION}); re-export it or upgrade latentopt")
+    sums = manifest.get("sha256", {})
+    if set(sums) != set(members) or any(
+        hashlib.sha256(members[k]).hexdigest() != sums[k] for k in members
+    ):
+        raise FHEArtifactError(f"{path}: artefact is corrupt or was modified (checksum mismatch)")
+    built = manifest.get("versions", {}).get("concrete-python")
+    if built != _versions()["concrete-python"]:
+        raise FHEArtifactError(
+            f"{path}: built with concrete-python {built}, this environment has "
+            f"{_versions()['concrete-python']}; re-export the circuit with this version")
+    return manifest, members
+
+
+def save_deployment(fc: FHECircuit, directory: PathLike, via_mlir: bool = False) -> dict[str, Path]:
+    """Write ``server.zip`` and ``client.zip`` for ``fc`` into ``directory``.
+
+    ``via_mlir=True`` stores the MLIR program instead of the compiled library: portable
+    across machines, recompiled when the server loads it.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    server = fc.module.server
+    specs = server.client_specs.serialize()
+    circuit_id = hashlib.sha256(specs).hexdigest()
+    meta = {"circuit_id": circuit_id, "batch_size": fc.batch_size,
+            "n_features": fc.circuit.n_features, "n_outputs": fc.circuit.n_outputs}
+    with tempfile.TemporaryDirectory() as tmp:
+        server.save(Path(tmp) / "program.zip", via_mlir=via_mlir)
+        program = (Path(tmp) / "program.zip").read_bytes()
+    _write_artifact(out / "server.zip", SERVER_FORMAT, meta, {"program.zip": program})
+    nodes: list[Node] = [fc.circuit.input_quantizer, fc.circuit.output]
+    arrays, node_meta = {}, []
+    for i, node in enumerate(nodes):
+        m, a = node.to_dict()
+        node_meta.append(m)
+        arrays.update({f"n{i}/{k}": v for k, v in a.items()})
+    arrays["output_offset"] = np.asarray(fc.plan.output_offset, np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    client_meta = dict(meta, nodes=node_meta, input_range=list(fc.report["input_range"]))
+    _write_artifact(out / "client.zip", CLIENT_FORMAT, client_meta,
+                    {"client.specs": specs, "arrays.npz": buf.getvalue()})
+    return {"server": out / "server.zip", "client": out / "client.zip"}
+
+
+# ------------------------------------------------------------------------ blobs
+def _pack(kind: str, circuit_id: str, header: dict[str, Any], frames: list[bytes]) -> bytes:
+    head = dict(header, format=BLOB_FORMAT, format_version=FORMAT_VERSION, kind=kind,
+                circuit_id=circuit_id, sizes=[len(f) for f in frames],
+                sha256=hashlib.sha256(b"".join(frames)).hexdigest())
+    raw = json.dumps(head).encode()
+    return b"".join([_MAGIC, struct.pack("<Q", len(raw)), raw, *frames])
+
+
+def _unpack(data: bytes, kind: str, circuit_id: str) -> tuple[dict[str, Any], list[bytes]]:
+    try:
+        if data[:8] != _MAGIC:
+            raise ValueError("bad magic")
+        (n,) = struct.unpack("<Q", data[8:16])
+        head = json.loads(data[16 : 16 + n])
+        pos, frames = 16 + n, []
+        for size in head["sizes"]:
+            frames.append(data[pos : pos + size])
+            pos += size
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise FHEArtifactError(f"not a latentopt FHE {kind} blob ({exc})") from exc
+    if head.get("kind") != kind:
+        raise FHEArtifactError(f"expected {kind}, got a blob of {head.get('kind')!r}")
+    if head.get("format_version") != FORMAT_VERSION:
+        raise FHEArtifactError(f"unsupported {kind} blob version {head.get('format_version')!r}")
+    if head.get("circuit_id") != circuit_id:
+        raise FHEArtifactError(f"these {kind} were made for another circuit (circuit id mismatch)")
+    if pos != len(data) or hashlib.sha256(b"".join(frames)).hexdigest() != head.get("sha256"):
+        raise FHEArtifactError(f"{kind} blob is truncated or corrupt (checksum mismatch)")
+    return head, frames
+
+
+# ----------------------------------------------------------------------- server
+class FHEServer:
+    """Runs a deployed circuit on ciphertexts; never sees a secret key.
+
+    Load with :meth:`load`; call :meth:`run` with the client's ciphertext blob and
+    evaluation keys (bytes, or the object :meth:`load_evaluation_keys` returns, which
+    avoids deserialising hundreds of MB on every request).
+    """
+
+    def __init__(self, server: Any, manifest: dict[str, Any]) -> None:
+        self._server = server
+        self.manifest = manifest
+        self.circuit_id: str = manifest["circuit_id"]
+
+    @classmethod
+    def load(cls, path: PathLike) -> FHEServer:
+        fhe = concrete_fhe()
+        manifest, members = _read_artifact(path, SERVER_FORMAT)
+        with tempfile.TemporaryDirectory() as tmp:
+            program = Path(tmp) / "program.zip"
+            program.write_bytes(members["program.zip"])
+            server = fhe.Server.load(program)  # unpacks to its own directory
+        return cls(server, manifest)
+
+    def load_evaluation_keys(self, data: bytes) -> Any:
+        """Deserialise an evaluation-key blob from :meth:`FHEClient.evaluation_keys`."""
+        _, frames = _unpack(data, "evaluation keys", self.circuit_id)
+        return concrete_fhe().EvaluationKeys.deserialize(frames[0])
+
+    def run(self, ciphertexts: bytes, evaluation_keys: Any, n_jobs: int = 2) -> bytes:
+        """Evaluate encrypted inputs; return the encrypted-results blob."""
+        fhe = concrete_fhe()
+        head, frames = _unpack(ciphertexts, "ciphertexts", self.circuit_id)
+        keys = (self.load_evaluation_keys(evaluation_keys)
+                if isinstance(evaluation_keys, bytes) else evaluation_keys)
+
+        def run_one(args: tuple[list[Any], bytes]) -> bytes:
+            (_, _, name), frame = args
+            value = fhe.Value.deserialize(frame)
+            return self._server.run(value, evaluation_keys=keys, function_name=name).serialize()
+
+        with ThreadPoolExecutor(max_workers=max(1, int(n_jobs))) as pool:
+            results = list(pool.map(run_one, zip(head["calls"], frames)))
+        return _pack("results", self.circuit_id, {"n_samples": head["n_samples"],
+                                                  "calls": head["calls"]}, results)
+
+
+# ----------------------------------------------------------------------- client
+class FHEClient:
+    """Owns the keys: quantizes and encrypts inputs, decrypts and dequantizes results.
+
+    Parameters of :meth:`load`: ``insecure_key_cache`` reuses keys from a directory
+    (**tests only**: insecure).
+    """
+
+    def __init__(self, client: Any, manifest: dict[str, Any], quantizer: QuantizeInput,
+                 dequantizer: Dequantize, output_offset: np.ndarray) -> None:
+        self._client = client
+        self.manifest = manifest
+        self.circuit_id: str = manifest["circuit_id"]
+        self.batch_size = int(manifest["batch_size"])
+        self.n_features = int(manifest["n_features"])
+        self.quantizer, self.dequantizer = quantizer, dequantizer
+        self.output_offset = output_offset
+
+    @classmethod
+    def load(cls, path: PathLike, insecure_key_cache: PathLike | None = None) -> FHEClient:
+        fhe = concrete_fhe()
+        manifest, members = _read_artifact(path, CLIENT_FORMAT)
+        if hashlib.sha256(members["client.specs"]).hexdigest() != manifest["circuit_id"]:
+            raise FHEArtifactError(f"{path}: client specs do not match the circuit id")
+        with np.load(io.BytesIO(members["arrays.npz"]), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        nodes = []
+        for i, meta in enumerate(manifest["nodes"]):
+            sub = {k[len(f"n{i}/"):]: v for k, v in arrays.items() if k.startswith(f"n{i}/")}
+            nodes.append(Node.from_dict(meta, sub))
+        quantizer, dequantizer = nodes
+        if not isinstance(quantizer, QuantizeInput) or not isinstance(dequantizer, Dequantize):
+            raise FHEArtifactError(f"{path}: unexpected client nodes")
+        specs = fhe.ClientSpecs.deserialize(members["client.specs"])
+        cache = None if insecure_key_cache is None else str(insecure_key_cache)
+        client = fhe.Client(specs, keyset_cache_directory=cache)
+        return cls(client, manifest, quantizer, dequantizer, arrays["output_offset"])
+
+    # keys ---------------------------------------------------------------------
+    def keygen(self, force: bool = False, seed: int | None = None) -> None:
+        """Generate the secret and evaluation keys (seconds to minutes)."""
+        self._client.keygen(force=force, secret_seed=seed)
+
+    def evaluation_keys(self) -> bytes:
+        """Serialised evaluation keys for the server (public material)."""
+        self.keygen()
+        data = self._client.evaluation_keys.serialize()
+        return _pack("evaluation keys", self.circuit_id, {}, [data])
+
+    def save_keys(self, path: PathLike) -> None:
+        """Write all keys, **secret key included, unencrypted**, to ``path``."""
+        self.keygen()
+        Path(path).write_bytes(self._client.keys.serialize())
+
+    def load_keys(self, path: PathLike) -> None:
+        """Load keys written by :meth:`save_keys`."""
+        self._client.keys.load_from_bytes(Path(path).read_bytes())
+
+    # data ---------------------------------------------------------------------
+    def quantize(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must have shape (n_samples, {self.n_features}), got {X.shape}")
+        return self.quantizer.apply(X)
+
+    def encrypt(self, X: np.ndarray) -> bytes:
+        """Quantize and encrypt float features; returns the ciphertext blob."""
+        return self.encrypt_integers(self.quantize(X))
+
+    def encrypt_integers(self, q: np.ndarray) -> bytes:
+        q = np.asarray(q)
+        if q.dtype.kind not in "iu" or q.ndim != 2 or q.shape[1] != self.n_features:
+            raise ValueError(f"q must be an integer array of shape (n, {self.n_features})")
+        lo, hi = self.manifest["input_range"]
+        if q.size and (q.min() < lo or q.max() > hi):
+            raise ValueError(f"quantized inputs must lie in [{lo}, {hi}]")
+        self.keygen()
+        calls = plan_calls(len(q), self.batch_size)
+        frames = [
+            self._client.encrypt(pad_batch(q[a:b].astype(np.int64), name, self.batch_size),
+                                 function_name=name).serialize()
+            for a, b, name in calls
+        ]
+        return _pack("ciphertexts", self.circuit_id, {"n_samples": len(q), "calls": calls}, frames)
+
+    def decrypt_integers(self, results: bytes) -> np.ndarray:
+        """Decrypt a results blob to the circuit's output integers."""
+        fhe = concrete_fhe()
+        head, frames = _unpack(results, "results", self.circuit_id)
+        out = np.empty((head["n_samples"], int(self.manifest["n_outputs"])), dtype=np.int64)
+        for (a, b, name), frame in zip(head["calls"], frames):
+            y = self._client.decrypt(fhe.Value.deserialize(frame), function_name=name)
+            out[a:b] = np.asarray(y, dtype=np.int64)[: b - a]
+        return out + self.output_offset
+
+    def decrypt(self, results: bytes) -> np.ndarray:
+        """Decrypt and dequantize a results blob to float outputs."""
+        return self.dequantizer.apply(self.decrypt_integers(results))

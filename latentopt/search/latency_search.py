@@ -1,0 +1,396 @@
+"""Outer search: what needs retraining, multi-objective, on Optuna.
+
+:class:`LatencySearch` is a scikit-learn meta-estimator.  Each Optuna trial samples
+bit-widths, depth/width and pruning from a search space, trains a clone of the
+estimator, then runs the inner search (rounding bits and ``p_error`` with FHE
+simulation, :func:`~latentopt.search.inner.search_compile`) to find the fastest compiled
+circuit of that model within the accuracy budget.  The two objectives are latency
+(predicted by the cost model, or concrete's complexity) and the validation metric;
+the budget is an Optuna constraint (NSGA-II).
+
+Studies persist to any Optuna storage (``"sqlite:///search.db"``, a PostgreSQL URL for
+several machines, or a path ending in ``.journal`` for a file journal that several local
+processes share safely) and resume: finished trials are never redone, and trained
+models are cached on disk by parameters so that repeated configurations and the final
+refit reuse them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
+from sklearn.model_selection import train_test_split
+from sklearn.utils.validation import check_is_fitted
+
+from .inner import search_compile
+from .space import DEFAULT_SPACE, sample_params, validate_space
+
+__all__ = ["LatencySearch", "make_storage"]
+
+#: Objective value of trials with no compilable point (Optuna rejects inf).
+_NO_LATENCY = 1e30
+
+
+def make_storage(storage: Any) -> Any:
+    """An Optuna storage from a URL, a ``.journal`` path, a storage object or None."""
+    import optuna
+
+    if storage is None or not isinstance(storage, (str, os.PathLike)):
+        return storage
+    s = os.fspath(storage)
+    if s.endswith(".journal") or s.startswith("journal:///"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = s[len("journal:///"):] if s.startswith("journal:///") else s
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    return s
+
+
+def _data_key(X: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(X), np.ascontiguousarray(y)):
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Objective:
+    """Picklable trial objective (workers in other processes run it too)."""
+
+    def __init__(self, search: LatencySearch, data: tuple, reference: float,
+                 cost_model: Any, cache_dir: Path) -> None:
+        self.search = search
+        self.data = data
+        self.reference = reference
+        self.cost_model = cost_model
+        self.cache_dir = cache_dir
+        self.data_key = _data_key(data[0], data[1])
+
+    def _fit(self, params: dict[str, Any]) -> tuple[Any, bool]:
+        X_tr, y_tr = self.data[0], self.data[1]
+        est = clone(self.search.estimator).set_params(**params, verbose=0)
+        key = hashlib.sha256(repr((sorted(params.items()), self.data_key,
+                                   est.get_params().get("random_state"))).encode()).hexdigest()
+        path = self.cache_dir / f"model-{key[:20]}.pkl"
+        if path.exists():
+            try:
+                with open(path, "rb") as fh:
+                    return pickle.load(fh), True
+            except Exception:  # a corrupt cache entry is retrained
+                path.unlink(missing_ok=True)
+        est.fit(X_tr, y_tr)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(est, fh)
+        os.replace(tmp, path)
+        return est, False
+
+    def __call__(self, trial: Any) -> tuple[float, float]:
+        s = self.search
+        params = sample_params(trial, s.param_space or DEFAULT_SPACE)
+        trial.set_user_attr("params", {k: (list(v) if isinstance(v, tuple) else v)
+                                       for k, v in params.items()})
+        est, cached = self._fit(params)
+        trial.set_user_attr("cached_model", cached)
+        inner = search_compile(
+            est, self.data[2], self.data[3], max_accuracy_drop=s.max_accuracy_drop,
+            reference_score=self.reference, n_repeats=s.n_repeats, cost_model=self.cost_model,
+        )
+        compiled = [c for c in inner.candidates if c.error is None]
+        point = inner.best or (max(compiled, key=lambda c: c.score) if compiled else None)
+        score = point.score if point is not None else float(est.score(self.data[2], self.data[3]))
+        latency = point.latency if point is not None else _NO_LATENCY
+        trial.set_user_attr("constraint", [float(inner.threshold - score)])
+        if point is not None:
+            trial.set_user_attr("compile", {"rounding_bits": point.rounding_bits,
+                                            "rounding_method": point.rounding_method,
+                                            "p_error": point.p_error})
+            trial.set_user_attr("pbs", point.pbs)
+            trial.set_user_attr("max_tlu_bits", point.max_tlu_bits)
+        trial.set_user_attr("tlus", int(est.report().tlu_count))
+        return float(latency), float(score)
+
+
+def _constraints(trial: Any) -> list[float]:
+    return list(trial.user_attrs.get("constraint", [1.0]))
+
+
+def _worker(study_name: str, storage: Any, objective: _Objective, n_trials: int,
+            timeout: float | None, seed: int | None) -> None:  # pragma: no cover - subprocess
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.NSGAIISampler(constraints_func=_constraints, seed=seed)
+    study = optuna.load_study(study_name=study_name, storage=make_storage(storage),
+                              sampler=sampler)
+    study.optimize(objective, timeout=timeout, callbacks=[optuna.study.MaxTrialsCallback(
+        n_trials, states=(optuna.trial.TrialState.COMPLETE,))])
+
+
+class LatencySearch(MetaEstimatorMixin, BaseEstimator):
+    """Find the fastest encrypted model within an accuracy budget, and the Pareto front.
+
+    Parameters
+    ----------
+    estimator : QuantizedMLPClassifier or QuantizedMLPRegressor
+        Template; sampled parameters are set on clones.
+    param_space : dict, optional
+        See :mod:`latentopt.search.space`; default :data:`~latentopt.search.space.DEFAULT_SPACE`.
+    max_accuracy_drop : float, default=0.01
+        Allowed drop of the validation metric below the reference.
+    reference_score : float, optional
+        Default: a float scikit-learn MLP's validation score (same split).
+    n_trials : int, default=20
+        Completed trials the study should hold (a resumed study runs only the rest).
+    timeout : float, optional
+        Seconds after which no new trial starts.
+    storage : str or optuna storage, optional
+        Persist/resume/share the study (see module docstring).
+    study_name : str, optional
+        Default: derived from the data and the settings.
+    n_jobs : int, default=1
+        Worker processes (>1 needs, or creates, a storage they share).
+    validation_fraction : float, default=0.2
+        Held-out share of ``X`` for the metric.
+    n_repeats : int, default=2
+        FHE simulations per inner-search candidate.
+    cost_model : CostModel, "auto" or None
+        Latency predictor; "auto" loads the cached calibration if there is one;
+        None (or no calibration) ranks by concrete's complexity.
+    cache_dir : path, optional
+        Where trained models are cached (default: a temporary directory, or one next
+        to a file storage).
+    refit : bool, default=True
+        Refit the fastest feasible configuration on all of ``X`` as ``best_estimator_``.
+    random_state : int, optional
+    verbose : int, default=1
+    """
+
+    def __init__(self, estimator: Any, *, param_space: Mapping[str, Any] | None = None,
+                 max_accuracy_drop: float = 0.01, reference_score: float | None = None,
+                 n_trials: int = 20, timeout: float | None = None, storage: Any = None,
+                 study_name: str | None = None, n_jobs: int = 1,
+                 validation_fraction: float = 0.2, n_repeats: int = 2,
+                 cost_model: Any = "auto", cache_dir: Any = None, refit: bool = True,
+                 random_state: int | None = None, verbose: int = 1) -> None:
+        self.estimator = estimator
+        self.param_space = param_space
+        self.max_accuracy_drop = max_accuracy_drop
+        self.reference_score = reference_score
+        self.n_trials = n_trials
+        self.timeout = timeout
+        self.storage = storage
+        self.study_name = study_name
+        self.n_jobs = n_jobs
+        self.validation_fraction = validation_fraction
+        self.n_repeats = n_repeats
+        self.cost_model = cost_model
+        self.cache_dir = cache_dir
+        self.refit = refit
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ----------------------------------------------------------------- helpers
+    def _reference(self, X_tr: np.ndarray, y_tr: np.ndarray, X_val: np.ndarray,
+                   y_val: np.ndarray) -> float:
+        if self.reference_score is not None:
+            return float(self.reference_score)
+        from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+        cls = MLPClassifier if is_classifier(self.estimator) else MLPRegressor
+        ref = cls(max_iter=1000, random_state=self.random_state).fit(X_tr, y_tr)
+        return float(ref.score(X_val, y_val))
+
+    def _resolve_cost_model(self) -> Any:
+        if self.cost_model != "auto":
+            return self.cost_model
+        try:
+            from .cost import CostModel
+
+            return CostModel.load()
+        except Exception:  # no calibration cached: rank by complexity
+            return None
+
+    # --------------------------------------------------------------------- fit
+    def fit(self, X: Any, y: Any) -> LatencySearch:
+        """Run (or resume) the search; refit the fastest feasible point."""
+        import optuna
+        from sklearn.utils.validation import check_X_y
+
+        X, y = check_X_y(X, y, dtype=np.float64, y_numeric=not is_classifier(self.estimator))
+        if self.param_space is not None:
+            validate_space(self.param_space, self.estimator)
+        if self.n_trials < 1 or self.n_jobs < 1:
+            raise ValueError("n_trials and n_jobs must be >= 1")
+        strat = y if is_classifier(self.estimator) else None
+        X_tr, X_val, y_tr, y_val = train_test_split(
+            X, y, test_size=self.validation_fraction, stratify=strat,
+            random_state=self.random_state,
+        )
+        self.reference_score_ = self._reference(X_tr, y_tr, X_val, y_val)
+        self.threshold_ = self.reference_score_ - self.max_accuracy_drop
+        storage = self.storage
+        if self.n_jobs > 1 and storage is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="latentopt-search-")
+            storage = os.path.join(self._tmp.name, "study.journal")
+        cache = Path(self.cache_dir) if self.cache_dir is not None else (
+            Path(os.fspath(storage)).parent / "latentopt-models"
+            if isinstance(storage, (str, os.PathLike)) and not str(storage).startswith(
+                ("sqlite", "postgresql", "mysql")) else None)
+        if cache is None and isinstance(storage, str) and storage.startswith("sqlite:///"):
+            cache = Path(storage[len("sqlite:///"):]).parent / "latentopt-models"
+        if cache is None:
+            self._tmp_cache = tempfile.TemporaryDirectory(prefix="latentopt-models-")
+            cache = Path(self._tmp_cache.name)
+        cache.mkdir(parents=True, exist_ok=True)
+        name = self.study_name or f"latentopt-{_data_key(X, y)}-{self.max_accuracy_drop}"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.NSGAIISampler(constraints_func=_constraints,
+                                                seed=self.random_state)
+        study = optuna.create_study(
+            study_name=name, storage=make_storage(storage), sampler=sampler,
+            directions=["minimize", "maximize"], load_if_exists=True,
+        )
+        objective = _Objective(self, (X_tr, y_tr, X_val, y_val), self.reference_score_,
+                               self._resolve_cost_model(), cache)
+        self._optimize(study, objective, storage, name)
+        self.study_ = study
+        self._collect(study)
+        if self.refit and self.best_trial_ is not None:
+            params = self.best_params_
+            best = clone(self.estimator).set_params(**params)
+            if self.verbose <= 1:
+                best.set_params(verbose=0)
+            best.fit(X, y)
+            best.compile(**self.best_compile_kwargs_, verbose=0)
+            self.best_estimator_ = best
+        return self
+
+    def _optimize(self, study: Any, objective: _Objective, storage: Any, name: str) -> None:
+        import optuna
+        from tqdm.auto import tqdm
+
+        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        remaining = max(0, self.n_trials - done)
+        bar = tqdm(total=remaining, desc="latency search", unit="trial",
+                   disable=self.verbose <= 0 or remaining == 0)
+        threshold = self.threshold_
+
+        def progress(study: Any, trial: Any) -> None:
+            bar.update(1)
+            ok = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                  and t.user_attrs.get("constraint", [1])[0] <= 0]
+            if ok:
+                best = min(ok, key=lambda t: t.values[0])
+                bar.set_postfix(best_latency=f"{best.values[0]:.4g}",
+                                score=f"{best.values[1]:.4f}", threshold=f"{threshold:.4f}")
+
+        stop = optuna.study.MaxTrialsCallback(self.n_trials,
+                                              states=(optuna.trial.TrialState.COMPLETE,))
+        procs = []
+        if self.n_jobs > 1 and remaining > 0:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            for i in range(self.n_jobs - 1):
+                seed = None if self.random_state is None else self.random_state + 1 + i
+                p = ctx.Process(target=_worker, args=(name, storage, objective, self.n_trials,
+                                                      self.timeout, seed))
+                p.start()
+                procs.append(p)
+        try:
+            if remaining > 0:
+                study.optimize(objective, timeout=self.timeout, callbacks=[stop, progress])
+        finally:
+            for p in procs:
+                p.join()
+            bar.close()
+
+    def _collect(self, study: Any) -> None:
+        import optuna
+
+        rows = []
+        for t in study.trials:
+            if t.state != optuna.trial.TrialState.COMPLETE:
+                continue
+            rows.append({
+                "trial": t.number, **t.user_attrs.get("params", {}),
+                "latency": t.values[0], "score": t.values[1],
+                "feasible": t.user_attrs.get("constraint", [1])[0] <= 0,
+                "pbs": t.user_attrs.get("pbs"), "max_tlu_bits": t.user_attrs.get("max_tlu_bits"),
+                "tlus": t.user_attrs.get("tlus"), **(t.user_attrs.get("compile") or {}),
+            })
+        self.results_ = rows
+        feasible = [r for r in rows if r["feasible"] and r["latency"] < _NO_LATENCY]
+        self.pareto_front_ = sorted(
+            [r for r in feasible if not any(
+                o["latency"] <= r["latency"] and o["score"] >= r["score"]
+                and (o["latency"] < r["latency"] or o["score"] > r["score"]) for o in feasible)],
+            key=lambda r: r["latency"])
+        best = min(feasible, key=lambda r: (r["latency"], -r["score"])) if feasible else None
+        self.best_trial_ = best
+        if best is None:
+            self.best_params_ = None
+            self.best_compile_kwargs_ = None
+            return
+        trial = study.trials[best["trial"]]
+        params = dict(trial.user_attrs["params"])
+        if "hidden_layer_sizes" in params:
+            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        self.best_params_ = params
+        self.best_compile_kwargs_ = dict(trial.user_attrs["compile"])
+
+    # ------------------------------------------------------------ use and show
+    def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        check_is_fitted(self, "best_estimator_")
+        return self.best_estimator_.predict(X, fhe=fhe)
+
+    def score(self, X: Any, y: Any) -> float:
+        check_is_fitted(self, "best_estimator_")
+        return float(self.best_estimator_.score(X, y))
+
+    def summary(self) -> str:
+        """The results table: every trial, Pareto points marked with ``*``."""
+        check_is_fitted(self, "results_")
+        front = {r["trial"] for r in self.pareto_front_}
+        keys = ["trial", "hidden_layer_sizes", "n_w_bits", "n_a_bits", "pruning_ratio", "lr",
+                "rounding_bits", "p_error", "pbs", "max_tlu_bits", "latency", "score"]
+        lines = [" ".join(f"{k[:12]:>12s}" for k in keys) + "  feasible"]
+        for r in sorted(self.results_, key=lambda r: r["latency"]):
+            cells = []
+            for k in keys:
+                v = r.get(k)
+                cells.append(f"{v:12.4g}" if isinstance(v, float) else f"{str(v):>12s}")
+            mark = "*" if r["trial"] in front else " "
+            lines.append(" ".join(cells) + f"  {r['feasible']}{mark}")
+        lines.append(f"reference score {self.reference_score_:.4f}, threshold "
+                     f"{self.threshold_:.4f}; * = Pareto front")
+        return "\n".join(lines)
+
+    def plot_pareto(self, ax: Any = None) -> Any:
+        """Matplotlib scatter of every trial, the Pareto front and the threshold."""
+        import matplotlib.pyplot as plt
+
+        check_is_fitted(self, "results_")
+        if ax is None:
+            _, ax = plt.subplots(figsize=(6, 4))
+        ok = [r for r in self.results_ if r["latency"] < _NO_LATENCY]
+        ax.scatter([r["latency"] for r in ok], [r["score"] for r in ok],
+                   c=["tab:blue" if r["feasible"] else "tab:gray" for r in ok], s=18,
+                   label="trials")
+        front = self.pareto_front_
+        ax.plot([r["latency"] for r in front], [r["score"] for r in front], "o-",
+                color="tab:red", label="Pareto front")
+        ax.axhline(self.threshold_, ls="--", color="k", lw=0.8, label="accuracy budget")
+        ax.set_xscale("log")
+        ax.set_xlabel("predicted latency" if self._resolve_cost_model() else "complexity")
+        ax.set_ylabel("validation score")
+        ax.legend(loc="lower right")
+        return ax

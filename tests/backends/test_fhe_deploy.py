@@ -1,0 +1,132 @@
+"""Tests of latentopt.backends.fhe_deploy: artefacts, blobs and a cross-process round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latentopt.backends.fhe import FHECircuit
+from latentopt.backends.fhe_deploy import FHEArtifactError, FHEClient, FHEServer
+from latentopt.backends.integer import IntegerBackend
+
+SERVER_SCRIPT = """
+import sys
+from latentopt.backends.fhe_deploy import FHEServer
+server_zip, ct, keys, out = sys.argv[1:]
+server = FHEServer.load(server_zip)
+keys = server.load_evaluation_keys(open(keys, "rb").read())
+result = server.run(open(ct, "rb").read(), keys)
+open(out, "wb").write(result)
+"""
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory, make_mlp, sample_q):  # type: ignore[no-untyped-def]
+    circuit = make_mlp(seed=11, hidden=3).with_rounding(1, "exact")
+    fc = FHECircuit.compile(circuit, sample_q(circuit, 100), p_error=2.0**-40,
+                            range_mode="worst_case", batch_size=4)
+    paths = fc.save_deployment(tmp_path_factory.mktemp("deploy"))
+    return circuit, fc, paths
+
+
+def _rewrite(src: Path, dst: Path, edit_manifest=None, edit_member=None) -> Path:  # type: ignore[no-untyped-def]
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name == "manifest.json" and edit_manifest is not None:
+                manifest = json.loads(data)
+                edit_manifest(manifest)
+                data = json.dumps(manifest).encode()
+            elif name != "manifest.json" and edit_member is not None:
+                data = edit_member(data)
+            zout.writestr(name, data)
+    return dst
+
+
+def test_artefacts_hold_no_secret_and_describe_the_circuit(deployed):
+    circuit, fc, paths = deployed
+    with zipfile.ZipFile(paths["server"]) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        assert sorted(zf.namelist()) == ["manifest.json", "program.zip"]
+    assert manifest["format"] == "latentopt.fhe.server" and manifest["format_version"] == 1
+    assert manifest["batch_size"] == 4 and manifest["n_features"] == circuit.n_features
+    client = FHEClient.load(paths["client"])
+    assert client.circuit_id == manifest["circuit_id"]
+    assert client.quantizer.same_as(circuit.input_quantizer)
+    assert client.dequantizer.same_as(circuit.output)
+    X = np.random.default_rng(0).normal(0, 2, (5, circuit.n_features))
+    np.testing.assert_array_equal(client.quantize(X), IntegerBackend(circuit).quantize(X))
+
+
+@pytest.mark.parametrize("which", ["server", "client"])
+def test_tampered_or_foreign_artefacts_are_refused(deployed, tmp_path, which):
+    _, _, paths = deployed
+    load = FHEServer.load if which == "server" else FHEClient.load
+    other = "client" if which == "server" else "server"
+    flip = lambda data: data[:-1] + bytes([data[-1] ^ 1])  # noqa: E731
+
+    with pytest.raises(FHEArtifactError, match="modified"):
+        load(_rewrite(paths[which], tmp_path / "a.zip", edit_member=flip))
+
+    def newer(m): m["format_version"] = 99  # noqa: E306, E704
+    with pytest.raises(FHEArtifactError, match="version 99 is not supported"):
+        load(_rewrite(paths[which], tmp_path / "b.zip", edit_manifest=newer))
+
+    def old_concrete(m): m["versions"]["concrete-python"] = "2.5.0"  # noqa: E306, E704
+    with pytest.raises(FHEArtifactError, match="concrete-python 2.5.0"):
+        load(_rewrite(paths[which], tmp_path / "c.zip", edit_manifest=old_concrete))
+
+    with pytest.raises(FHEArtifactError, match="expected a 'latentopt.fhe"):
+        load(paths[other])
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(FHEArtifactError, match="not a latentopt FHE artefact"):
+        load(tmp_path / "junk.zip")
+
+
+def test_blobs_for_another_circuit_or_corrupt_are_refused(deployed):
+    from latentopt.backends.fhe_deploy import _pack
+
+    _, _, paths = deployed
+    server = FHEServer.load(paths["server"])
+    client = FHEClient.load(paths["client"])
+    foreign = _pack("ciphertexts", "0" * 64, {"n_samples": 0, "calls": []}, [])
+    with pytest.raises(FHEArtifactError, match="another circuit"):
+        server.run(foreign, b"")
+    mine = _pack("ciphertexts", server.circuit_id, {"n_samples": 1, "calls": []}, [b"abc"])
+    with pytest.raises(FHEArtifactError, match="corrupt"):
+        server.run(mine[:-1], b"")
+    with pytest.raises(FHEArtifactError, match="expected results"):
+        client.decrypt(mine)
+    with pytest.raises(FHEArtifactError, match="not a latentopt FHE evaluation keys blob"):
+        server.load_evaluation_keys(b"garbage")
+
+
+@pytest.mark.fhe
+def test_round_trip_across_processes(deployed, key_cache, tmp_path):
+    circuit, _, paths = deployed
+    client = FHEClient.load(paths["client"], insecure_key_cache=key_cache)
+    client.keygen()
+    X = np.random.default_rng(3).normal(0, 2, (6, circuit.n_features))  # 4 + padded 2
+    (tmp_path / "keys").write_bytes(client.evaluation_keys())
+    (tmp_path / "ct").write_bytes(client.encrypt(X))
+    subprocess.run(
+        [sys.executable, "-c", SERVER_SCRIPT, str(paths["server"]), str(tmp_path / "ct"),
+         str(tmp_path / "keys"), str(tmp_path / "out")],
+        check=True,
+    )
+    result = (tmp_path / "out").read_bytes()
+    backend = IntegerBackend(circuit)
+    np.testing.assert_array_equal(client.decrypt_integers(result),
+                                  backend.run_integers(backend.quantize(X)))
+    np.testing.assert_array_equal(client.decrypt(result), backend.predict(X))
+    # keys saved by the client decrypt the same results after a reload
+    client.save_keys(tmp_path / "secret.keys")
+    again = FHEClient.load(paths["client"])
+    again.load_keys(tmp_path / "secret.keys")
+    np.testing.assert_array_equal(again.decrypt(result), backend.predict(X))
