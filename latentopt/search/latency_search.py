@@ -99,6 +99,7 @@ class _Objective:
                                        for k, v in params.items()})
         est, cached = self._fit(params)
         trial.set_user_attr("cached_model", cached)
+        trial.set_user_attr("pid", os.getpid())
         inner = search_compile(
             est, self.data[2], self.data[3], max_accuracy_drop=s.max_accuracy_drop,
             reference_score=self.reference, n_repeats=s.n_repeats, cost_model=self.cost_model,
@@ -107,7 +108,9 @@ class _Objective:
         point = inner.best or (max(compiled, key=lambda c: c.score) if compiled else None)
         score = point.score if point is not None else float(est.score(self.data[2], self.data[3]))
         latency = point.latency if point is not None else _NO_LATENCY
-        trial.set_user_attr("constraint", [float(inner.threshold - score)])
+        violation = float(inner.threshold - score)
+        trial.set_user_attr("constraint", [violation])
+        trial.set_constraint("accuracy_budget", violation)  # <= 0: feasible (NSGA-II)
         if point is not None:
             trial.set_user_attr("compile", {"rounding_bits": point.rounding_bits,
                                             "rounding_method": point.rounding_method,
@@ -118,16 +121,12 @@ class _Objective:
         return float(latency), float(score)
 
 
-def _constraints(trial: Any) -> list[float]:
-    return list(trial.user_attrs.get("constraint", [1.0]))
-
-
 def _worker(study_name: str, storage: Any, objective: _Objective, n_trials: int,
             timeout: float | None, seed: int | None) -> None:  # pragma: no cover - subprocess
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.NSGAIISampler(constraints_func=_constraints, seed=seed)
+    sampler = optuna.samplers.NSGAIISampler(seed=seed)
     study = optuna.load_study(study_name=study_name, storage=make_storage(storage),
                               sampler=sampler)
     study.optimize(objective, timeout=timeout, callbacks=[optuna.study.MaxTrialsCallback(
@@ -252,8 +251,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         cache.mkdir(parents=True, exist_ok=True)
         name = self.study_name or f"latentopt-{_data_key(X, y)}-{self.max_accuracy_drop}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.NSGAIISampler(constraints_func=_constraints,
-                                                seed=self.random_state)
+        sampler = optuna.samplers.NSGAIISampler(seed=self.random_state)
         study = optuna.create_study(
             study_name=name, storage=make_storage(storage), sampler=sampler,
             directions=["minimize", "maximize"], load_if_exists=True,

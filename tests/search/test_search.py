@@ -1,0 +1,147 @@
+"""Inner (rounding / p_error) and outer (Optuna) searches on tiny problems."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from latentopt import QuantizedMLPClassifier
+from latentopt.search import DEFAULT_SPACE, LatencySearch, search_compile
+from latentopt.search.space import sample_params, validate_space
+
+TINY = dict(hidden_layer_sizes=(6,), n_w_bits=3, n_a_bits=3, n_input_bits=4, max_epochs=30,
+            lr=1e-2, random_state=0, verbose=0)
+SPACE = {"n_w_bits": (2, 3), "width": ("log", 3, 8), "n_layers": (1, 1)}
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    X = rng.randn(240, 5)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    return X[:160], y[:160], X[160:], y[160:]
+
+
+def test_inner_search_finds_fast_feasible_point(data):
+    Xtr, ytr, Xv, yv = data
+    est = QuantizedMLPClassifier(**TINY).fit(Xtr, ytr)
+    res = search_compile(est, Xv, yv, max_accuracy_drop=0.05, n_repeats=2)
+    assert res.best is not None and res.best.feasible
+    assert res.best.score >= res.threshold
+    # the chosen point is the cheapest feasible candidate evaluated
+    feasible = [c for c in res.candidates if c.feasible]
+    assert res.best.latency == min(c.latency for c in feasible)
+    # it rounds below the widest TLU input and the estimator is compiled at that point
+    assert res.best.rounding_bits < est.circuit_.report().max_tlu_input_bits
+    assert est.compiled_report_["max_tlu_input_bits"] <= res.best.rounding_bits
+    assert "feasible" in res.table()
+
+
+def test_inner_search_budget_zero_and_infeasible(data):
+    Xtr, ytr, Xv, yv = data
+    est = QuantizedMLPClassifier(**TINY).fit(Xtr, ytr)
+    impossible = search_compile(est, Xv, yv, reference_score=1.01, max_accuracy_drop=0.0,
+                                n_repeats=1)
+    assert impossible.best is None
+    with pytest.raises(RuntimeError):
+        impossible.compile_kwargs
+
+
+def test_compile_auto(data):
+    Xtr, ytr, Xv, yv = data
+    est = QuantizedMLPClassifier(**TINY).fit(Xtr, ytr)
+    est.compile(Xv, yv, rounding_bits="auto", p_error="auto", max_accuracy_drop=0.05)
+    assert est.inner_search_.best is not None
+    assert est.compiled_report_["p_error"] > 0
+    with pytest.raises(ValueError, match="held-out"):
+        est.compile(rounding_bits="auto")
+    with pytest.raises(ValueError, match="max_accuracy_drop"):
+        est.compile(Xv, yv, rounding_bits="auto", max_accuracy_drop=-0.1)
+
+
+def test_compile_auto_reports_infeasibility(data, monkeypatch):
+    import latentopt.search.inner as inner
+
+    Xtr, ytr, Xv, yv = data
+    est = QuantizedMLPClassifier(**TINY).fit(Xtr, ytr)
+    monkeypatch.setattr(inner, "search_compile",
+                        lambda *a, **k: inner.InnerResult(None, 0.9, 0.89))
+    with pytest.raises(ValueError, match="within 0.01"):
+        est.compile(Xv, yv, rounding_bits="auto")
+
+
+def test_space_sampling_and_validation():
+    study = optuna.create_study()
+    trial = study.ask()
+    params = sample_params(trial, DEFAULT_SPACE)
+    assert isinstance(params["hidden_layer_sizes"], tuple)
+    assert 1 <= len(params["hidden_layer_sizes"]) <= 2
+    assert 4 <= params["hidden_layer_sizes"][0] <= 64
+    est = QuantizedMLPClassifier()
+    with pytest.raises(ValueError, match="not a parameter"):
+        validate_space({"depth": (1, 2)}, est)
+    with pytest.raises(ValueError, match="go together"):
+        validate_space({"width": (2, 8)}, est)
+    with pytest.raises(ValueError, match="malformed"):
+        validate_space({"n_w_bits": (4, 2)}, est)
+
+
+def _search(tmp_path, **kw):
+    kw.setdefault("n_trials", 2)
+    return LatencySearch(QuantizedMLPClassifier(**TINY), param_space=SPACE,
+                         max_accuracy_drop=0.1, reference_score=0.9, n_repeats=1,
+                         cost_model=None, random_state=0, verbose=0, **kw)
+
+
+def test_search_results_front_and_refit(data, tmp_path):
+    Xtr, ytr, Xv, yv = data
+    s = _search(tmp_path, n_trials=3).fit(Xtr, ytr)
+    assert len(s.results_) == 3
+    front = s.pareto_front_
+    assert front and all(r["feasible"] for r in front)
+    # no front point is dominated by any feasible trial
+    for r in front:
+        for o in s.results_:
+            if o["feasible"]:
+                assert not (o["latency"] < r["latency"] and o["score"] > r["score"])
+    assert s.best_trial_["latency"] == min(r["latency"] for r in s.results_ if r["feasible"])
+    assert s.best_estimator_.compiled_report_ is not None
+    assert s.predict(Xv, fhe="simulate").shape == (len(Xv),)
+    assert "Pareto" in s.summary()
+    ax = s.plot_pareto()
+    assert ax.get_xscale() == "log"
+
+
+def test_search_resumes_without_redoing_trials(data, tmp_path):
+    Xtr, ytr, _, _ = data
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = _search(tmp_path, n_trials=2, storage=storage, study_name="s", refit=False)
+    first.fit(Xtr, ytr)
+    numbers = {r["trial"] for r in first.results_}
+    second = _search(tmp_path, n_trials=3, storage=storage, study_name="s", refit=False)
+    second.fit(Xtr, ytr)
+    assert len(second.results_) == 3
+    assert numbers < {r["trial"] for r in second.results_}
+    # the finished trials kept their values: nothing was recomputed
+    old = {r["trial"]: (r["latency"], r["score"]) for r in first.results_}
+    for r in second.results_:
+        if r["trial"] in old:
+            assert old[r["trial"]] == (r["latency"], r["score"])
+    # trained models are cached next to the storage and reused for repeated configs
+    assert list((tmp_path / "latentopt-models").glob("model-*.pkl"))
+    third = _search(tmp_path, n_trials=3, storage=storage, study_name="s", refit=False)
+    third.fit(Xtr, ytr)
+    assert len(third.results_) == 3  # already complete: no new trial
+
+
+def test_two_worker_processes_share_a_study(data, tmp_path):
+    Xtr, ytr, _, _ = data
+    storage = str(tmp_path / "study.journal")
+    s = _search(tmp_path, n_trials=4, storage=storage, study_name="par", n_jobs=2,
+                refit=False).fit(Xtr, ytr)
+    trials = s.study_.trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert 4 <= len(done) <= 5
+    assert len({t.number for t in done}) == len(done)
+    assert len({t.user_attrs["pid"] for t in done}) == 2
