@@ -35,9 +35,12 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 import time
 import warnings
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -45,22 +48,21 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import Circuit, Interval
-from .fhe_errors import (
+from ..ir import Circuit
+from .fhe_diagnostics import (
     FHEBitWidthError,
     FHECompilationError,
     FHEParametersError,
-    check_widths,
+    module_report,
     translate_error,
 )
 from .fhe_lowering import (
     LoweringPlan,
+    as_quantized,
     build_function,
-    extreme_rows,
-    module_report,
+    lower,
     pad_batch,
     plan_calls,
-    plan_lowering,
 )
 from .integer import IntegerBackend
 
@@ -109,40 +111,6 @@ def _check_p_error(p_error: float | None, global_p_error: float | None) -> None:
             raise ValueError(f"{name} must be a probability in (0, 1), got {value!r}")
 
 
-def _as_q(q: np.ndarray, n_features: int) -> np.ndarray:
-    q = np.asarray(q)
-    if q.dtype.kind not in "iu":
-        raise TypeError(f"expected quantized integer inputs, got dtype {q.dtype}")
-    if q.ndim != 2 or q.shape[1] != n_features:
-        raise ValueError(f"expected shape (n_samples, {n_features}), got {q.shape}")
-    return q.astype(np.int64)
-
-
-def _lower(circuit: Circuit, inputset_q: np.ndarray,
-           range_mode: str) -> tuple[LoweringPlan, np.ndarray]:
-    """Plan the lowering; return it with the few inputset rows concrete needs."""
-    q = _as_q(inputset_q, circuit.n_features)
-    if q.shape[0] == 0:
-        raise ValueError("inputset_q is empty")
-    qlo, qhi = circuit.input_quantizer.qrange
-    if q.min() < qlo or q.max() > qhi:
-        raise ValueError(f"inputset_q must lie in the input quantizer's range [{qlo}, {qhi}]")
-    if range_mode == "worst_case":  # the encrypted input must span the quantizer's range
-        q = np.concatenate([q, np.full((1, q.shape[1]), qlo), np.full((1, q.shape[1]), qhi)])
-    _, values = IntegerBackend(circuit).run_integers(q, return_all=True)
-    if range_mode == "worst_case":
-        ranges = circuit.worst_case_ranges()
-    else:
-        ranges = {k: Interval.from_values(v) for k, v in values.items()}
-    try:
-        plan = plan_lowering(circuit, ranges, hints=range_mode == "worst_case")
-    except ValueError as exc:
-        raise FHECompilationError(str(exc)) from exc
-    check_widths(plan)
-    # Bounds are min/max over elements: the samples reaching them give the same bounds.
-    return plan, q[extreme_rows(values, [k for k in plan.values if k in values])]
-
-
 class FHECircuit:
     """A circuit compiled to TFHE; build with :meth:`compile`.
 
@@ -178,6 +146,8 @@ class FHECircuit:
         self.verbose = verbose
         self._functions = module.functions()
         self._recompile: dict[str, Any] = {}
+        # concrete leaves each compiled library in a temporary directory: remove them
+        self._cleanup = weakref.finalize(self, remove_library_dirs, module)
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self._recompile, circuit=self.circuit, verbose=self.verbose)
@@ -185,7 +155,9 @@ class FHECircuit:
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         other = FHECircuit.compile(state.pop("circuit"), state.pop("inputset_q"), **state)
+        other._cleanup.detach()
         self.__dict__.update(other.__dict__)
+        self._cleanup = weakref.finalize(self, remove_library_dirs, self.module)
 
     # ---------------------------------------------------------------- compile
     @classmethod
@@ -242,7 +214,7 @@ class FHECircuit:
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError("batch_size must be >= 1")
         t0 = time.perf_counter()
-        plan, rows = _lower(circuit, inputset_q, range_mode)
+        plan, rows = lower(circuit, inputset_q, range_mode)
         if batch_size is None:
             narrow = min((r["tlu_count"] for r in plan.layers if r["tlu_count"]), default=1)
             batch_size = min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, -(-AUTO_BATCH_TLUS // narrow)))
@@ -396,7 +368,7 @@ class FHECircuit:
 
     def check_inputs(self, q: np.ndarray) -> np.ndarray:
         """Validate quantized inputs against what the compiled circuit can encrypt."""
-        q = _as_q(q, self.circuit.n_features)
+        q = as_quantized(q, self.circuit.n_features)
         lo, hi = self.report["input_range"]
         if q.size and (q.min() < lo or q.max() > hi):
             raise ValueError(
@@ -405,6 +377,15 @@ class FHECircuit:
                 f"range_mode='worst_case' or a calibration set covering the inputs"
             )
         return q
+
+
+def remove_library_dirs(module: Any) -> None:
+    """Delete the temporary directories of a concrete module's compiled libraries."""
+    for runtime in (module.execution_runtime, module.simulation_runtime):
+        if runtime.initialized:
+            with contextlib.suppress(AttributeError):
+                shutil.rmtree(runtime.val.server._library.get_output_dir_path(),
+                              ignore_errors=True)
 
 
 def _progress(total: int, show: bool, desc: str) -> Any:

@@ -28,12 +28,17 @@ A round trip::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import shutil
 import struct
 import tempfile
+import warnings
+import weakref
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -57,6 +62,14 @@ PathLike = Union[str, Path]
 
 class FHEArtifactError(ValueError):
     """An artefact, ciphertext or key blob is invalid, modified or for another circuit."""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence concrete's jsonpickle deprecation warnings (MLIR artefacts)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*jsonpickle.*", category=DeprecationWarning)
+        yield
 
 
 def _versions() -> dict[str, str]:
@@ -118,7 +131,7 @@ def save_deployment(fc: FHECircuit, directory: PathLike, via_mlir: bool = False)
     circuit_id = hashlib.sha256(specs).hexdigest()
     meta = {"circuit_id": circuit_id, "batch_size": fc.batch_size,
             "n_features": fc.circuit.n_features, "n_outputs": fc.circuit.n_outputs}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
         server.save(Path(tmp) / "program.zip", via_mlir=via_mlir)
         program = (Path(tmp) / "program.zip").read_bytes()
     _write_artifact(out / "server.zip", SERVER_FORMAT, meta, {"program.zip": program})
@@ -182,12 +195,14 @@ class FHEServer:
         self._server = server
         self.manifest = manifest
         self.circuit_id: str = manifest["circuit_id"]
+        library_dir = server._library.get_output_dir_path()  # concrete's temporary copy
+        self._cleanup = weakref.finalize(self, shutil.rmtree, library_dir, ignore_errors=True)
 
     @classmethod
     def load(cls, path: PathLike) -> FHEServer:
         fhe = concrete_fhe()
         manifest, members = _read_artifact(path, SERVER_FORMAT)
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, _quiet():
             program = Path(tmp) / "program.zip"
             program.write_bytes(members["program.zip"])
             server = fhe.Server.load(program)  # unpacks to its own directory

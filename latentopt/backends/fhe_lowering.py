@@ -29,7 +29,6 @@ This module never imports concrete: :func:`build_function` receives the ``fhe`` 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,14 +37,17 @@ import numpy as np
 
 from ..ir import Circuit, Gemm, Round, TableLookup, bit_width
 from ..ir.ranges import Interval
+from .fhe_diagnostics import FHECompilationError, check_widths
+from .integer import IntegerBackend
 
 __all__ = [
     "LoweringPlan",
+    "as_quantized",
+    "lower",
     "Step",
     "ValuePlan",
     "build_function",
     "extreme_rows",
-    "module_report",
     "pad_batch",
     "plan_calls",
     "plan_lowering",
@@ -345,31 +347,37 @@ def pad_batch(x: np.ndarray, name: str, batch_size: int) -> np.ndarray:
     return x
 
 
-def module_report(module: Any, plan: LoweringPlan, circuit: Circuit, batch_size: int,
-                  n_calls: int) -> dict[str, Any]:
-    """Statistics of a compiled concrete module (duck-typed: no concrete import here)."""
-    single = module.functions()["single"]
-    per_tag = single.programmable_bootstrap_count_per_tag
-    bsk, ksk = int(module.size_of_bootstrap_keys), int(module.size_of_keyswitch_keys)
-    in_type = single.graph.ordered_inputs()[0].output.dtype
+def as_quantized(q: np.ndarray, n_features: int) -> np.ndarray:
+    """Validate a batch of quantized inputs; return it as int64."""
+    q = np.asarray(q)
+    if q.dtype.kind not in "iu":
+        raise TypeError(f"expected quantized integer inputs, got dtype {q.dtype}")
+    if q.ndim != 2 or q.shape[1] != n_features:
+        raise ValueError(f"expected shape (n_samples, {n_features}), got {q.shape}")
+    return q.astype(np.int64)
+
+
+def lower(circuit: Circuit, inputset_q: np.ndarray,
+          range_mode: str) -> tuple[LoweringPlan, np.ndarray]:
+    """Check the calibration set, plan the lowering from its ranges (calibrated) or the
+    worst case, and return the plan with the few inputset rows concrete needs."""
+    q = as_quantized(inputset_q, circuit.n_features)
+    if q.shape[0] == 0:
+        raise ValueError("inputset_q is empty")
     qlo, qhi = circuit.input_quantizer.qrange
-    module_global = min(float(module.global_p_error), 1 - 1e-16)
-    return {
-        "batch_size": batch_size,
-        "n_features": circuit.n_features,
-        "n_outputs": circuit.n_outputs,
-        "input_range": (max(qlo, int(in_type.min())), min(qhi, int(in_type.max()))),
-        "layers": [dict(row, pbs=int(per_tag.get(row["name"], 0))) for row in plan.layers],
-        "max_tlu_input_bits": plan.max_tlu_bits,
-        "max_bit_width": int(single.graph.maximum_integer_bit_width()),
-        "programmable_bootstrap_count": int(single.programmable_bootstrap_count),
-        "complexity": float(module.complexity) / n_calls,  # per sample
-        "size_of_secret_keys": int(module.size_of_secret_keys),
-        "size_of_bootstrap_keys": bsk,
-        "size_of_keyswitch_keys": ksk,
-        "size_of_evaluation_keys": bsk + ksk,
-        "size_of_input_ciphertexts": int(single.size_of_inputs),
-        "p_error": float(module.p_error),
-        # per sample: the module's global error spans its 1 + batch_size samples
-        "global_p_error": float(-math.expm1(math.log1p(-module_global) / n_calls)),
-    }
+    if q.min() < qlo or q.max() > qhi:
+        raise ValueError(f"inputset_q must lie in the input quantizer's range [{qlo}, {qhi}]")
+    if range_mode == "worst_case":  # the encrypted input must span the quantizer's range
+        q = np.concatenate([q, np.full((1, q.shape[1]), qlo), np.full((1, q.shape[1]), qhi)])
+    _, values = IntegerBackend(circuit).run_integers(q, return_all=True)
+    if range_mode == "worst_case":
+        ranges = circuit.worst_case_ranges()
+    else:
+        ranges = {k: Interval.from_values(v) for k, v in values.items()}
+    try:
+        plan = plan_lowering(circuit, ranges, hints=range_mode == "worst_case")
+    except ValueError as exc:
+        raise FHECompilationError(str(exc)) from exc
+    check_widths(plan)
+    # Bounds are min/max over elements: the samples reaching them give the same bounds.
+    return plan, q[extreme_rows(values, [k for k in plan.values if k in values])]

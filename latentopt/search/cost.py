@@ -213,14 +213,16 @@ def calibration_circuit(bits: int, width: int, n_features: int = 4, seed: int = 
     ], n_features=n_features)
 
 
-def _time_execute(fc: Any, q: np.ndarray, n: int, repeats: int) -> list[float]:
+def _time_execute(fc: Any, q: np.ndarray, n: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU seconds (all threads) of ``repeats`` executions of ``n`` samples."""
     rows = np.resize(q, (n, q.shape[1]))
-    out = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fc.execute(rows)
-        out.append(time.perf_counter() - t0)
-    return out
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
 
 
 def measure_point(bits: int, p_error: float, width: int, *, batch_size: int = CALIBRATION_BATCH,
@@ -243,12 +245,13 @@ def measure_point(bits: int, p_error: float, width: int, *, batch_size: int = CA
     fc.keygen()
     fc.execute(q[:1])  # first run: decompresses the evaluation keys
     counts = [1, batch_size]
-    probe = min(_time_execute(fc, q, 1, 1))
+    probe = min(_time_execute(fc, q, 1, 1)[0])
     if probe * batch_size < 1.0:  # cheap enough to also time concurrent calls
         counts += [2, 2 * batch_size]
     records = []
     for n in counts:
         reps = repeats if probe * n < 2.0 else max(1, repeats - 1)
+        wall, cpu = _time_execute(fc, q, n, reps)
         records.append({"bits": bits, "p_error": p_error, "width": width, "n_samples": n,
-                        "profile": profile, "seconds": _time_execute(fc, q, n, reps)})
+                        "profile": profile, "seconds": wall, "cpu_seconds": cpu})
     return records

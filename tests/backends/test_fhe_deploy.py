@@ -64,6 +64,14 @@ def test_artefacts_hold_no_secret_and_describe_the_circuit(deployed):
     np.testing.assert_array_equal(client.quantize(X), IntegerBackend(circuit).quantize(X))
 
 
+def test_portable_server_artefact_loads(deployed, tmp_path):
+    _, fc, paths = deployed
+    portable = fc.save_deployment(tmp_path, via_mlir=True)  # MLIR, compiled on load
+    assert portable["server"].stat().st_size < paths["server"].stat().st_size
+    server = FHEServer.load(portable["server"])
+    assert server.circuit_id == FHEServer.load(paths["server"]).circuit_id
+
+
 @pytest.mark.parametrize("which", ["server", "client"])
 def test_tampered_or_foreign_artefacts_are_refused(deployed, tmp_path, which):
     _, _, paths = deployed

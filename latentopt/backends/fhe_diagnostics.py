@@ -1,16 +1,20 @@
-"""Errors of the FHE backend, with the remedy in the message.
+"""Diagnostics of the FHE backend: errors with their remedy, and the compiled report.
 
 Compilation problems are :class:`FHECompilationError` (a ``ValueError``): a lookup
 input wider than concrete's 16 bits (:class:`FHEBitWidthError`, raised before concrete
 runs, naming the layer and the rounding that fixes it) or no cryptographic parameters
 for the requested error probability (:class:`FHEParametersError`).
+:func:`module_report` reads the statistics concrete gives after compilation, before
+any key exists: PBS count, complexity, key sizes, error probabilities.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..ir import Circuit
     from .fhe_lowering import LoweringPlan
 
 __all__ = [
@@ -19,6 +23,7 @@ __all__ = [
     "FHECompilationError",
     "FHEParametersError",
     "check_widths",
+    "module_report",
     "translate_error",
 ]
 
@@ -64,3 +69,33 @@ def translate_error(exc: RuntimeError) -> FHECompilationError:
     if "used as an input to a table lookup" in msg:
         return FHEBitWidthError(f"a table-lookup input is too wide for concrete:\n{msg}")
     return FHECompilationError(f"concrete failed to compile the circuit: {msg}")
+
+
+def module_report(module: Any, plan: LoweringPlan, circuit: Circuit, batch_size: int,
+                  n_calls: int) -> dict[str, Any]:
+    """Statistics of a compiled concrete module (duck-typed: no concrete import here)."""
+    single = module.functions()["single"]
+    per_tag = single.programmable_bootstrap_count_per_tag
+    bsk, ksk = int(module.size_of_bootstrap_keys), int(module.size_of_keyswitch_keys)
+    in_type = single.graph.ordered_inputs()[0].output.dtype
+    qlo, qhi = circuit.input_quantizer.qrange
+    module_global = min(float(module.global_p_error), 1 - 1e-16)
+    return {
+        "batch_size": batch_size,
+        "n_features": circuit.n_features,
+        "n_outputs": circuit.n_outputs,
+        "input_range": (max(qlo, int(in_type.min())), min(qhi, int(in_type.max()))),
+        "layers": [dict(row, pbs=int(per_tag.get(row["name"], 0))) for row in plan.layers],
+        "max_tlu_input_bits": plan.max_tlu_bits,
+        "max_bit_width": int(single.graph.maximum_integer_bit_width()),
+        "programmable_bootstrap_count": int(single.programmable_bootstrap_count),
+        "complexity": float(module.complexity) / n_calls,  # per sample
+        "size_of_secret_keys": int(module.size_of_secret_keys),
+        "size_of_bootstrap_keys": bsk,
+        "size_of_keyswitch_keys": ksk,
+        "size_of_evaluation_keys": bsk + ksk,
+        "size_of_input_ciphertexts": int(single.size_of_inputs),
+        "p_error": float(module.p_error),
+        # per sample: the module's global error spans its 1 + batch_size samples
+        "global_p_error": float(-math.expm1(math.log1p(-module_global) / n_calls)),
+    }
