@@ -231,6 +231,8 @@ class FHECircuit:
             security_level=_security_level(security_level),
             show_progress=verbose >= 2, verbose=False,
             compress_evaluation_keys=compress, compress_input_ciphertexts=compress,
+            # failures become latentopt errors; don't litter the cwd with .artifacts/
+            dump_artifacts_on_unexpected_failures=False,
         )
         if p_error is not None:
             conf["p_error"] = float(p_error)
