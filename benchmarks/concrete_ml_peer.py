@@ -1,0 +1,69 @@
+"""Concrete ML 1.9 NeuralNetClassifier on breast_cancer, wine, digits (the peer).
+
+Runs inside its own virtualenv (concrete-ml 1.9.0 pins torch 2.3.1, brevitas 0.10.2,
+scikit-learn 1.5.0); ``benchmarks/search_vs_concrete_ml.py`` creates it and calls this
+script, which prints one JSON object per data set.  Settings follow Concrete ML's own
+notebooks: 3 layers, 3-bit weights and activations, width = n_features.
+
+    python concrete_ml_peer.py --n-execute 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+
+import numpy as np
+from sklearn import datasets
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+warnings.filterwarnings("ignore")
+
+
+def main() -> None:
+    import torch
+    from concrete.ml.sklearn import NeuralNetClassifier
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n-execute", type=int, default=5)
+    parser.add_argument("--datasets", nargs="+", default=["breast_cancer", "wine", "digits"])
+    args = parser.parse_args()
+    for name in args.datasets:
+        X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+        sc = StandardScaler().fit(Xtr)
+        Xtr, Xte = sc.transform(Xtr).astype(np.float32), sc.transform(Xte).astype(np.float32)
+        torch.manual_seed(0)
+        model = NeuralNetClassifier(
+            module__n_layers=3, module__n_w_bits=3, module__n_a_bits=3,
+            module__n_hidden_neurons_multiplier=1, module__activation_function=torch.nn.ReLU,
+            max_epochs=100, verbose=0,
+        )
+        model.fit(Xtr, ytr.astype(np.int64))
+        t0 = time.perf_counter()
+        model.compile(Xtr)
+        compile_s = time.perf_counter() - t0
+        circuit = model.fhe_circuit
+        acc = float(np.mean(model.predict(Xte, fhe="simulate") == yte))
+        t0 = time.perf_counter()
+        circuit.keygen()
+        keygen_s = time.perf_counter() - t0
+        n = min(args.n_execute, len(Xte))
+        times = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            model.predict(Xte[i : i + 1], fhe="execute")
+            times.append(time.perf_counter() - t0)
+        print(json.dumps({
+            "dataset": name, "accuracy": acc, "latency_s": float(np.median(times)),
+            "keygen_s": keygen_s, "compile_s": compile_s,
+            "pbs": int(circuit.programmable_bootstrap_count),
+            "max_bit_width": int(circuit.graph.maximum_integer_bit_width()),
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Validate the FHE latency cost model against measured encrypted latency.
+
+Trains small QuantizedMLPClassifier models on breast_cancer / wine / digits
+(StandardScaler, 25% stratified split, seed 0), compiles them at several rounding bits
+and p_error values, predicts the latency per sample *before* keygen, then generates keys
+and measures ``execute``: one sample (a ``single`` call) and one full batch (a ``batch``
+call), medians over ``--repeats`` runs after a warm-up run (which decompresses the keys).
+Prints predicted vs measured wall-clock seconds per sample and the relative errors; the
+CPU columns (CPU seconds of all threads) show the model without the noise of other
+processes sharing the cores.
+
+    python benchmarks/cost_model.py [--grid default|quick] [--force] [--repeats 3]
+                                    [--only N] [--raw results.json]
+    python benchmarks/cost_model.py --from-raw results.json   # re-predict, no FHE runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+
+import numpy as np
+from sklearn import datasets
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from latentopt import QuantizedMLPClassifier
+from latentopt.backends.integer import IntegerBackend
+from latentopt.search.cost import CostModel, circuit_profile, time_execute
+
+warnings.filterwarnings("ignore")
+
+#: (dataset, hidden_layer_sizes, rounding_bits, p_error)
+CONFIGS = [
+    ("breast_cancer", (8,), 3, 1e-2),
+    ("breast_cancer", (16,), 5, 1e-5),
+    ("breast_cancer", (32,), 4, 1e-3),
+    ("wine", (16,), 6, 1e-2),
+    ("wine", (32,), 3, 1e-5),
+    ("wine", (64,), 5, 1e-3),
+    ("digits", (32,), 4, 1e-2),
+    ("digits", (64,), 3, 1e-3),
+    ("digits", (16, 16), 5, 1e-4),
+    ("digits", (24,), 6, 1e-5),
+]
+
+
+def _data(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+    sc = StandardScaler().fit(Xtr)
+    return sc.transform(Xtr), sc.transform(Xte), ytr, yte
+
+
+def measure(config: tuple, repeats: int) -> dict:
+    name, hidden, rounding_bits, p_error = config
+    Xtr, Xte, ytr, yte = _data(name)
+    clf = QuantizedMLPClassifier(hidden_layer_sizes=hidden, max_epochs=80, random_state=0,
+                                 verbose=0).fit(Xtr, ytr)
+    clf.compile(rounding_bits=rounding_bits, p_error=p_error, verbose=0)
+    fc = clf.fhe_circuit_
+    row = {"dataset": name, "hidden": list(hidden), "rounding_bits": rounding_bits,
+           "p_error": p_error, "batch_size": fc.batch_size,
+           "pbs": fc.report["programmable_bootstrap_count"],
+           "max_tlu_input_bits": fc.report["max_tlu_input_bits"],
+           "profile": circuit_profile(fc), "report": _jsonable(fc.report),
+           "accuracy": float(clf.score(Xte, yte))}
+    row["keygen_seconds"] = fc.keygen()
+    q = IntegerBackend(clf.compiled_circuit_).quantize(Xte)
+    q = np.clip(q, *fc.report["input_range"])
+    fc.execute(q[:1])  # warm-up: decompresses the evaluation keys
+    row["load_before"] = os.getloadavg()[0]
+    for n, key in ((1, "single"), (fc.batch_size, "batch")):
+        walls, cpus = [], []
+        for r in range(repeats):
+            start = (r * n) % max(len(q) - n, 1)
+            w, c = time_execute(fc, q[start : start + n], 1)
+            walls.append(w[0] / n)
+            cpus.append(c[0] / n)
+        row[key] = {"n_samples": n, "seconds": walls, "cpu_seconds": cpus}
+    row["load_after"] = os.getloadavg()[0]
+    return row
+
+
+def _jsonable(report: dict) -> dict:
+    return json.loads(json.dumps(report, default=lambda o: list(o) if isinstance(o, tuple)
+                                 else float(o)))
+
+
+def table(rows: list[dict], model: CostModel) -> list[float]:
+    print(f"{'dataset':13s} {'hidden':8s} {'rb':>2s} {'p_error':>7s} {'B':>3s} {'PBS':>4s} "
+          f"{'params N,k,n,l':>16s} | {'1 sample: pred':>14s} {'meas':>7s} {'err':>5s} | "
+          f"{'batch/sample: pred':>18s} {'meas':>7s} {'err':>5s} | {'CPU err 1/B':>11s} "
+          f"{'load':>4s}")
+    errors = []
+    for row in rows:
+        if "error" in row:
+            print(f"{row['dataset']:13s} {str(tuple(row['hidden'])):8s} "
+                  f"{row['rounding_bits']:2d} {row['p_error']:7.0e}  failed: {row['error']}")
+            continue
+        prof = row["profile"]
+        ops = prof["functions"]["single"]["ops"]
+        params = ";".join(",".join(str(v) for v in op[:4]) for op in ops)
+        cells, cpu_cells = [], []
+        for key in ("single", "batch"):
+            m = row[key]
+            pred = model.predict(prof, m["n_samples"])
+            meas = float(np.median(m["seconds"]))
+            err = pred / meas - 1
+            errors.append(err)
+            cells.append(f"{pred:7.3f}s {meas:7.3f}s {err:+5.0%}")
+            cpu_pred = model.predict(prof, m["n_samples"], cpu=True)
+            cpu_cells.append(f"{cpu_pred / float(np.median(m['cpu_seconds'])) - 1:+4.0%}")
+        print(f"{row['dataset']:13s} {str(tuple(row['hidden'])):8s} {row['rounding_bits']:2d} "
+              f"{row['p_error']:7.0e} {row['batch_size']:3d} {row['pbs']:4d} {params:>16s} | "
+              f"      {cells[0]} |          {cells[1]} | {'/'.join(cpu_cells):>11s} "
+              f"{row['load_before']:4.1f}")
+    e = np.abs(errors)
+    print(f"|relative error|: median {np.median(e):.0%}, max {np.max(e):.0%}, "
+          f"within 25%: {np.mean(e <= 0.25):.0%} of {len(e)} predictions")
+    return errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--grid", default="default", choices=["default", "quick"])
+    parser.add_argument("--force", action="store_true", help="recalibrate the cost model")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", type=int, default=None, help="first N configurations")
+    parser.add_argument("--raw", default=None, help="write measurements to this JSON file")
+    parser.add_argument("--from-raw", default=None, help="re-predict stored measurements")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    model = CostModel.load_or_calibrate(verbose=1, grid=args.grid, cache_dir=args.cache_dir,
+                                        force=args.force)
+    info = model.info
+    print(f"cost model: grid {info.get('grid')}, calibrated in "
+          f"{info.get('calibration_seconds', float('nan')):.0f}s on {info.get('created')} "
+          f"(load {info.get('load_average')}), effective cores {model.speedup:.2f}, "
+          f"obtained in {time.perf_counter() - t0:.1f}s now")
+    if args.from_raw:
+        rows = json.loads(open(args.from_raw).read())
+    else:
+        rows = []
+        for config in CONFIGS[: args.only]:
+            t = time.perf_counter()
+            try:
+                rows.append(measure(config, args.repeats))
+            except Exception as exc:  # report the configuration and go on
+                name, hidden, rb, pe = config
+                rows.append({"dataset": name, "hidden": list(hidden), "rounding_bits": rb,
+                             "p_error": pe, "error": f"{type(exc).__name__}: {exc}"[:120]})
+            print(f"  measured {config} in {time.perf_counter() - t:.0f}s", flush=True)
+            if args.raw:
+                with open(args.raw, "w") as fh:
+                    json.dump(rows, fh)
+    table(rows, model)
+    print("Timings share 2 cores with other processes: wall-clock errors include that noise "
+          "(load = 1-min load average before the timed runs).")
+
+
+if __name__ == "__main__":
+    main()
