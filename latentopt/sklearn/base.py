@@ -223,6 +223,17 @@ class QuantizedEstimatorBase(BaseEstimator):
         location = getattr(type(self), "_insecure_key_cache", None)
         return {} if location is None else {"insecure_key_cache": location}
 
+    def save_deployment(self, directory: Any, via_mlir: bool = False) -> dict[str, Any]:
+        """Write the server artefact (no secret key) and the client artefact.
+
+        The client (:class:`latentopt.backends.fhe_deploy.FHEClient`) quantizes, encrypts,
+        decrypts and dequantizes; the server (:class:`~latentopt.backends.fhe_deploy.FHEServer`)
+        runs on serialised ciphertexts with serialised evaluation keys.  The client
+        returns the network's dequantized outputs (logits for a classifier, standardised
+        targets for a regressor).  Returns ``{"server": path, "client": path}``.
+        """
+        return self._fhe("save_deployment()").save_deployment(directory, via_mlir=via_mlir)
+
     def keygen(self, force: bool = False) -> float:
         """Generate FHE keys now (otherwise the first ``fhe="execute"`` does); seconds taken."""
         return float(self._fhe("keygen()").keygen(force=force))

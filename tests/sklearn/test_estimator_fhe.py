@@ -134,3 +134,19 @@ def test_regressor_compiles_and_simulates():
     reg = QuantizedMLPRegressor(**TINY).fit(X, y)
     reg.compile(rounding_bits=3, rounding_method="exact", p_error=2**-40)
     np.testing.assert_allclose(reg.predict(X, fhe="simulate"), reg.predict(X))
+
+
+@pytest.mark.fhe
+def test_save_deployment_round_trip(tiny_clf, tmp_path):
+    from latentopt.backends.fhe_deploy import FHEClient, FHEServer
+
+    clf, _, Xte, _ = tiny_clf
+    clf.compile(rounding_bits=3, rounding_method="exact", p_error=2**-40)
+    paths = clf.save_deployment(tmp_path)
+    client = FHEClient.load(paths["client"],
+                            insecure_key_cache=type(clf)._insecure_key_cache)
+    client.keygen()
+    server = FHEServer.load(paths["server"])
+    keys = server.load_evaluation_keys(client.evaluation_keys())
+    out = client.decrypt(server.run(client.encrypt(Xte[:3]), keys))
+    np.testing.assert_array_equal(clf.classes_[out.argmax(1)], clf.predict(Xte[:3]))
