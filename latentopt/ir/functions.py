@@ -82,6 +82,17 @@ def int_range(n_bits: int, signed: bool, narrow: bool = False) -> tuple[int, int
     return 0, 2**n_bits - 1 - (1 if narrow else 0)
 
 
+def same_parts(a: Any, b: Any) -> bool:
+    """Equality of two objects by type and ``to_dict()`` parts (metadata and arrays)."""
+    if type(a) is not type(b):
+        return False
+    m1, a1 = a.to_dict()
+    m2, a2 = b.to_dict()
+    return m1 == m2 and a1.keys() == a2.keys() and all(
+        a1[k].shape == a2[k].shape and np.array_equal(a1[k], a2[k]) for k in a1
+    )
+
+
 def _frozen(a: Any, dtype: Any) -> np.ndarray:
     arr = np.array(a, dtype=dtype, copy=True)
     arr.setflags(write=False)
@@ -141,13 +152,7 @@ class UnivariateFunction:
 
     def same_as(self, other: UnivariateFunction) -> bool:
         """Structural equality (same kind, same parameters)."""
-        if type(self) is not type(other):
-            return False
-        m1, a1 = self.to_dict()
-        m2, a2 = other.to_dict()
-        return m1 == m2 and a1.keys() == a2.keys() and all(
-            a1[k].shape == a2[k].shape and np.array_equal(a1[k], a2[k]) for k in a1
-        )
+        return same_parts(self, other)
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .functions import UnivariateFunction, int_range
+from .functions import UnivariateFunction, int_range, same_parts
 
 __all__ = [
     "NODE_TYPES",
@@ -114,13 +114,7 @@ class Node:
 
     def same_as(self, other: Node) -> bool:
         """Structural equality: same type, fields and array values."""
-        if type(self) is not type(other):
-            return False
-        m1, a1 = self.to_dict()
-        m2, a2 = other.to_dict()
-        return m1 == m2 and a1.keys() == a2.keys() and all(
-            a1[k].shape == a2[k].shape and np.array_equal(a1[k], a2[k]) for k in a1
-        )
+        return same_parts(self, other)
 
 
 @dataclass(frozen=True, eq=False)
