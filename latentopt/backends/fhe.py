@@ -170,6 +170,7 @@ class FHECircuit:
         global_p_error: float | None = None,
         security_level: int = 128,
         range_mode: str = "calibrated",
+        range_margin: float = 0.0,
         batch_size: int | None = None,
         compress: bool = True,
         verbose: int = 0,
@@ -193,6 +194,10 @@ class FHECircuit:
             accumulator and give wrong results.  ``"worst_case"``: every value gets its
             worst-case width (``circuit.worst_case_ranges()``), exact for any input in the
             quantizer's range, at the price of wider lookups.
+        range_margin : float
+            With ``"calibrated"``: widen every calibrated range by this fraction of its
+            span on each side (capped at the worst case) and enforce the widths with
+            hints, so inputs a little beyond the calibration data do not overflow.
         batch_size : int, optional
             Samples per batched call (1 disables batching); default: about 128 lookups in
             the narrowest layer, between 8 and 16 samples.
@@ -214,7 +219,9 @@ class FHECircuit:
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError("batch_size must be >= 1")
         t0 = time.perf_counter()
-        plan, rows = lower(circuit, inputset_q, range_mode)
+        if not 0.0 <= float(range_margin) <= 10.0:
+            raise ValueError(f"range_margin must be in [0, 10], got {range_margin!r}")
+        plan, rows = lower(circuit, inputset_q, range_mode, float(range_margin))
         if batch_size is None:
             narrow = min((r["tlu_count"] for r in plan.layers if r["tlu_count"]), default=1)
             batch_size = min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, -(-AUTO_BATCH_TLUS // narrow)))

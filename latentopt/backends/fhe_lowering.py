@@ -357,10 +357,36 @@ def as_quantized(q: np.ndarray, n_features: int) -> np.ndarray:
     return q.astype(np.int64)
 
 
-def lower(circuit: Circuit, inputset_q: np.ndarray,
-          range_mode: str) -> tuple[LoweringPlan, np.ndarray]:
-    """Check the calibration set, plan the lowering from its ranges (calibrated) or the
-    worst case, and return the plan with the few inputset rows concrete needs."""
+def widen_ranges(circuit: Circuit, ranges: dict[str, Interval], margin: float) -> dict[str, Interval]:
+    """Calibrated ranges widened by ``margin`` x their span on each side (never past the
+    worst case); rounded and table-lookup ranges follow from their widened inputs.
+
+    A margin lets unseen inputs slightly beyond the calibration data through without
+    overflowing an accumulator, at the price of (often) one more bit.
+    """
+    worst = circuit.worst_case_ranges()
+    out: dict[str, Interval] = {}
+    for node in circuit.nodes:
+        if node.name not in ranges:
+            continue
+        src = out.get(node.inputs[0])
+        if isinstance(node, Round) and src is not None:
+            out[node.name] = Interval(node.apply(src.lo), node.apply(src.hi))
+        elif isinstance(node, TableLookup) and src is not None:
+            lo, hi = node.fn.output_bounds(src.lo, src.hi)
+            out[node.name] = Interval(lo, hi)
+        else:
+            r, w = ranges[node.name], worst[node.name]
+            pad = np.ceil(margin * (r.hi - r.lo)).astype(np.int64)
+            out[node.name] = Interval(np.maximum(r.lo - pad, w.lo), np.minimum(r.hi + pad, w.hi))
+    return out
+
+
+def lower(circuit: Circuit, inputset_q: np.ndarray, range_mode: str,
+          range_margin: float = 0.0) -> tuple[LoweringPlan, np.ndarray]:
+    """Check the calibration set, plan the lowering from its ranges (calibrated, widened by
+    ``range_margin``) or the worst case, and return the plan with the few inputset rows
+    concrete needs."""
     q = as_quantized(inputset_q, circuit.n_features)
     if q.shape[0] == 0:
         raise ValueError("inputset_q is empty")
@@ -374,8 +400,11 @@ def lower(circuit: Circuit, inputset_q: np.ndarray,
         ranges = circuit.worst_case_ranges()
     else:
         ranges = {k: Interval.from_values(v) for k, v in values.items()}
+        if range_margin > 0:
+            ranges = widen_ranges(circuit, ranges, range_margin)
     try:
-        plan = plan_lowering(circuit, ranges, hints=range_mode == "worst_case")
+        plan = plan_lowering(circuit, ranges,
+                             hints=range_mode == "worst_case" or range_margin > 0)
     except ValueError as exc:
         raise FHECompilationError(str(exc)) from exc
     check_widths(plan)

@@ -13,6 +13,7 @@ _LAZY = {
     "InnerResult": "latentopt.search.inner",
     "DEFAULT_SPACE": "latentopt.search.space",
     "CostModel": "latentopt.search.cost",
+    "FingerprintMismatchError": "latentopt.search.cost",
 }
 
 __all__ = sorted(_LAZY)

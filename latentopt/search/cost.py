@@ -1,65 +1,57 @@
 """Latency cost model of compiled FHE circuits, calibrated per machine.
 
-Predicts the encrypted latency (seconds per sample: encrypt, run and decrypt, as
+Predicts the encrypted latency (seconds per sample: encrypt, run and decrypt as
 :meth:`FHECircuit.execute <latentopt.backends.fhe.FHECircuit.execute>` does it) of a
-compiled circuit *before key generation*, from the statistics concrete reports at
-compile time: programmable bootstrappings (PBS) and key switches per crypto parameter
-set and per layer.
+compiled circuit *before key generation*, from what concrete reports at compile time:
+programmable bootstrappings (PBS) and key switches per crypto parameter set and layer.
 
-Model (per call of a compiled function, ``single`` or ``batch``)::
+Model.  One call of a compiled function (``single`` or ``batch``) costs, in seconds of
+one core::
 
-    work = c_call + sum over table-lookup ops [ c_op(N) + count * t_pbs(params) ]
-                  + c_in * input ciphertexts                       (CPU seconds)
-    wall = work, with each op's ``count * t_pbs`` divided by min(count, P)
-    t_pbs = n * [a_fft * (k+1)(l+1) N log2 N + a_mac * (k+1)^2 l N]
-            + a_ks * (k N) l_ks n                                  (PBS + key switch)
-    c_op  = o_0 + o_1 * N
+    serial = c_call + c_setup * sum_ops N + c_in * input ciphertexts * their LWE dimension
+    pbs    = count * n * (c_fft * (k+1) (l+1) N log2 N + c_mac * (k+1)^2 l N)
+    ks     = count * c_ks * dim_in * level * dim_out
 
-with ``N`` the polynomial size, ``k`` the GLWE dimension, ``n`` the LWE dimension and
-``l`` the decomposition level concrete picked.  The PBS cost is the operation count of
-a Fourier-domain bootstrapping (forward and inverse FFTs, then multiply-accumulates with
-the bootstrapping key); ``c_op`` is the per-op set-up the runtime pays once per lookup
-tensor and per call (it grows with ``N``: a lone PBS costs 2-4x a PBS within a tensor);
-``P`` is the effective number of cores.  ``execute`` runs up to two calls at once, so
-``n`` samples cost ``max(sum work / P, sum wall / jobs)``.  The coefficients are fitted
-(log-space least squares, robust loss) on micro-benchmarks of tiny IR circuits (one
-gemm and one table lookup layer) executed with real keys; see :meth:`CostModel.calibrate`.
+for each lookup op (a layer's PBS with one parameter set: polynomial size ``N``, GLWE
+dimension ``k``, LWE dimension ``n``, level ``l``) and key switch: the operation counts of
+a Fourier-domain bootstrapping (FFTs, then multiply-accumulates with the bootstrapping
+key, which dominate) and of a key switch.  Its wall time spreads the PBS and key switches
+over ``min(S, count)`` cores, ``S`` the effective cores (about the core count on an idle
+machine, less on a shared one); ``execute`` overlaps two calls, so ``n`` samples take
+``max(sum work / S, sum wall / 2)``.  The coefficients and ``S`` are fitted to wall time
+(robust least squares in log space, shrunk towards a prior) on timings of small
+one-layer MLP circuits run with real keys (:meth:`CostModel.calibrate`).  CPU time is
+recorded but not fitted: idle OpenMP threads spin, so it is not the work done.
 
-Calibration results are cached as JSON in ``$LATENTOPT_CACHE_DIR``, else
-``$XDG_CACHE_HOME/latentopt``, else ``~/.cache/latentopt``, together with the machine's
-fingerprint (CPU model, core count, concrete-python version): a model calibrated
-elsewhere is never used silently.
+Calibrations are cached as JSON in ``$LATENTOPT_CACHE_DIR``, else
+``$XDG_CACHE_HOME/latentopt``, else ``~/.cache/latentopt``, with the machine's fingerprint
+(CPU model, core count, concrete-python version): a model from another machine or
+version is never used silently.
 
 Examples
 --------
->>> model = CostModel.load_or_calibrate(grid="quick", verbose=0)   # doctest: +SKIP
->>> model.predict(fhe_circuit)        # seconds per sample, no keygen    # doctest: +SKIP
-0.41
+>>> model = CostModel.load_or_calibrate(grid="quick", verbose=0)  # doctest: +SKIP
+>>> model.predict(fhe_circuit)  # seconds per sample, before keygen  # doctest: +SKIP
+0.085
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "CACHE_ENV",
-    "GRIDS",
-    "CostModel",
-    "FingerprintMismatchError",
-    "cache_dir",
-    "circuit_profile",
-    "machine_fingerprint",
-]
+__all__ = ["CACHE_ENV", "GRIDS", "CostModel", "FingerprintMismatchError", "cache_dir",
+           "calibration_circuit", "circuit_profile", "machine_fingerprint"]
 
 #: Environment variable overriding the cache directory.
 CACHE_ENV = "LATENTOPT_CACHE_DIR"
@@ -67,22 +59,28 @@ CACHE_ENV = "LATENTOPT_CACHE_DIR"
 FORMAT_VERSION = 1
 #: Fingerprint entries that must match for a stored model to be used.
 FINGERPRINT_KEYS = ("cpu_model", "cpu_count", "concrete_python", "format_version")
-#: Concurrent encrypted calls in ``FHECircuit.execute`` (its default ``n_jobs``).
+#: Concurrent encrypted calls of ``FHECircuit.execute`` (its default ``n_jobs``).
 EXECUTE_JOBS = 2
-
-#: Calibration grids: (TLU input bits, p_error, lookups per sample), run with batch size 4.
-#: "quick" covers the small parameter sets (N <= 2048) in about 20 s; "default" also
-#: the large ones (N up to 8192) in a few minutes.
-GRIDS: dict[str, list[tuple[int, float, int]]] = {
-    "quick": [(3, 1e-2, 1), (3, 1e-2, 16), (6, 1e-2, 8), (5, 1e-5, 4)],
+#: CPU seconds per call, per lookup op and 10^4 N, per 10^6 input ciphertext-dimensions,
+#: per 10^9 FFT, multiply-accumulate and key-switch operations.
+COEFFICIENTS = ("call", "setup", "inputs", "fft", "mac", "ks")
+#: Prior (2-core AMD EPYC, 2024): the fit shrinks towards it where data are scarce.
+PRIOR = dict(call=0.03, setup=0.03, inputs=0.05, fft=0.04, mac=0.6, ks=0.4)
+#: Calibration grids: (TLU input bits, p_error, lookups per sample, input features), run
+#: with batch size 4.  "quick": N <= 2048, under 30 s; "default": N up to 8192 and more
+#: parameter sets, a few minutes (keygen included).
+GRIDS: dict[str, list[tuple[int, float, int, int]]] = {
+    "quick": [(3, 1e-2, 1, 8), (3, 1e-5, 16, 8), (5, 1e-2, 8, 32), (6, 1e-2, 16, 8)],
     "default": [
-        (2, 1e-2, 1), (2, 1e-2, 24), (3, 1e-2, 8), (4, 1e-2, 1), (4, 1e-2, 16),
-        (5, 1e-2, 8), (6, 1e-2, 1), (6, 1e-2, 12), (7, 1e-2, 4), (8, 1e-1, 1),
-        (8, 1e-1, 4), (3, 1e-5, 1), (3, 1e-5, 16), (4, 1e-5, 8), (5, 1e-5, 8),
-        (6, 1e-5, 1), (6, 1e-5, 8), (7, 1e-5, 2),
+        (2, 1e-2, 1, 8), (2, 1e-5, 16, 8), (3, 1e-2, 24, 32), (3, 1e-5, 16, 8),
+        (4, 1e-2, 1, 8), (4, 1e-3, 16, 8), (4, 1e-5, 4, 32), (5, 1e-2, 8, 8),
+        (5, 1e-3, 16, 32), (6, 1e-2, 4, 8), (6, 1e-2, 16, 8), (6, 1e-3, 1, 8),
+        (6, 1e-3, 4, 8), (6, 1e-5, 16, 8), (7, 1e-2, 4, 8), (7, 1e-5, 2, 8),
     ],
 }
 CALIBRATION_BATCH = 4
+
+Terms = tuple[float, list[tuple[float, float]]]  # serial s, [(parallel s, items)]
 
 
 class FingerprintMismatchError(RuntimeError):
@@ -120,13 +118,22 @@ def cache_dir(path: str | Path | None = None) -> Path:
         return Path(path)
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "latentopt"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latentopt"
 
 
-def _mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    return [f"{k}: {stored.get(k)!r} (stored) != {current.get(k)!r} (here)"
-            for k in FINGERPRINT_KEYS if stored.get(k) != current.get(k)]
+def _cache_file(name: str, directory: str | Path | None) -> Path:
+    return cache_dir(directory) / f"cost_model_{name}.json"
+
+
+def _grid(grid: str | Sequence[Sequence[float]]) -> tuple[str, list[tuple[int, float, int, int]]]:
+    if isinstance(grid, str):
+        if grid not in GRIDS:
+            raise ValueError(f"grid must be one of {sorted(GRIDS)} or a list of points")
+        return grid, GRIDS[grid]
+    points = [(int(p[0]), float(p[1]), int(p[2]), int(p[3]) if len(p) > 3 else 8) for p in grid]
+    if not points:
+        raise ValueError("empty calibration grid")
+    return "custom-" + hashlib.sha1(repr(points).encode()).hexdigest()[:10], points
 
 
 # --------------------------------------------------------------------------- profiles
@@ -135,123 +142,414 @@ def _get(obj: Any, name: str) -> int:
     return int(value() if callable(value) else value)
 
 
-def _function_profile(stats: dict[str, Any], dims: list[int]) -> dict[str, Any]:
-    """JSON-able summary of one compiled function: its PBS ops and key switches."""
-    ops: list[list[int]] = []  # [N, k, n, l, count] per (tag, parameter set)
-    seen = 0
-    for per_param in stats.get("programmable_bootstrap_count_per_tag_per_parameter", {}).values():
-        for p, count in per_param.items():
-            ops.append([_get(p, "polynomial_size"), _get(p, "glwe_dimension"),
-                        _get(p, "input_lwe_dimension"), _get(p, "level"), int(count)])
-            seen += int(count)
-    if seen < int(stats.get("programmable_bootstrap_count", 0)):  # untagged lookups
-        for p, count in stats.get("programmable_bootstrap_count_per_parameter", {}).items():
-            tagged = sum(o[4] for o in ops if o[:4] == [
-                _get(p, "polynomial_size"), _get(p, "glwe_dimension"),
-                _get(p, "input_lwe_dimension"), _get(p, "level")])
-            if int(count) > tagged:
-                ops.append([_get(p, "polynomial_size"), _get(p, "glwe_dimension"),
-                            _get(p, "input_lwe_dimension"), _get(p, "level"),
-                            int(count) - tagged])
-    ks: list[list[int]] = []  # [input dim, output dim, level, count]
-    for p, count in stats.get("key_switch_count_per_parameter", {}).items():
-        try:
-            d_in, d_out = dims[_get(p, "input_secret_key_id")], dims[_get(p, "output_secret_key_id")]
-        except (AttributeError, IndexError, TypeError):  # pragma: no cover - older concrete
-            d_in, d_out = max(dims, default=0), min(dims, default=0)
-        ks.append([int(d_in), int(d_out), _get(p, "level"), int(count)])
-    return {"ops": ops, "ks": ks, "inputs": int(stats.get("size_of_inputs", 0))}
+def _params(p: Any) -> list[int]:
+    return [_get(p, a) for a in ("polynomial_size", "glwe_dimension", "input_lwe_dimension",
+                                 "level")]
 
 
 def circuit_profile(fhe_circuit: Any) -> dict[str, Any]:
     """What the cost model reads from a compiled :class:`FHECircuit` (no keys needed).
 
-    Returns ``{"batch_size": B, "n_features": F, "functions": {"single": ..., "batch":
-    ...}}`` where each function lists its lookup ops ``[N, k, n, l, count]`` (one per
-    layer and crypto parameter set) and key switches ``[dim_in, dim_out, level, count]``.
+    ``{"batch_size": B, "functions": {"single": f, "batch": f}}``, each ``f`` with its
+    lookup ops ``[N, k, n, l, count]`` (one per layer and parameter set), key switches
+    ``[dim_in, dim_out, level, count]``, input ciphertexts and their LWE dimension.
     """
-    module = fhe_circuit.module
-    try:
-        dims = [_get(s, "dimension")
-                for s in module.server.program_info.get_keyset_info().secret_keys()]
-    except Exception:  # pragma: no cover - keyset layout not exposed
-        dims = []
-    functions = {name: _function_profile(stats, dims)
-                 for name, stats in module.statistics["functions"].items()}
-    return {"batch_size": int(fhe_circuit.batch_size),
-            "n_features": int(fhe_circuit.circuit.n_features), "functions": functions}
+    module, batch = fhe_circuit.module, int(fhe_circuit.batch_size)
+    info = module.server.program_info
+    dims = [_get(s, "dimension") for s in info.get_keyset_info().secret_keys()]
+    functions = {}
+    for name, st in module.statistics["functions"].items():
+        ops = [[*_params(p), int(c)]
+               for per_param in st["programmable_bootstrap_count_per_tag_per_parameter"].values()
+               for p, c in per_param.items()]
+        for p, count in st["programmable_bootstrap_count_per_parameter"].items():
+            rest = int(count) - sum(o[4] for o in ops if o[:4] == _params(p))
+            if rest > 0:  # untagged lookups
+                ops.append([*_params(p), rest])
+        ks = [[dims[_get(p, "input_secret_key_id")], dims[_get(p, "output_secret_key_id")],
+               _get(p, "level"), int(c)] for p, c in st["key_switch_count_per_parameter"].items()]
+        m = batch if name == "batch" else 1
+        functions[name] = {"ops": ops, "ks": ks,
+                           "inputs": m * int(fhe_circuit.circuit.n_features),
+                           "input_dim": dims[info.input_keyid_at(0, name)]}
+    return {"batch_size": batch, "functions": functions}
 
 
-def _calls(n: int, batch_size: int) -> list[str]:
-    """Function names of the calls ``execute`` makes for ``n`` samples."""
-    from ..backends.fhe_lowering import plan_calls  # numpy only, no concrete
+def _op_work(op: Sequence[float]) -> np.ndarray:
+    """(FFT, multiply-accumulate) operations of ``count`` PBS, in 10^9."""
+    N, k, n, level, count = op
+    return count * 1e-9 * np.array([n * (k + 1) * (level + 1) * N * math.log2(N),
+                                    n * (k + 1) ** 2 * level * N])
 
-    return [name for _, _, name in plan_calls(n, batch_size)]
+
+def _profile_terms(f: dict[str, Any], theta: np.ndarray) -> Terms:
+    serial = theta[0] + theta[1] * sum(op[0] for op in f["ops"]) * 1e-4
+    serial += theta[2] * f["inputs"] * f["input_dim"] * 1e-6
+    groups = [(float(_op_work(op) @ theta[3:5]), float(op[4])) for op in f["ops"]]
+    groups += [(theta[5] * c * d_in * lv * d_out * 1e-9, float(c))
+               for d_in, d_out, lv, c in f["ks"]]
+    return float(serial), groups
+
+
+def _combine(terms: dict[str, Terms], batch: int, n_samples: int | None,
+             speedup: float) -> float:
+    """Seconds per sample of ``execute`` on ``n_samples``, from each function's terms."""
+    from ..backends.fhe_lowering import plan_calls  # numpy only
+
+    n = batch if n_samples is None else int(n_samples)
+    if n < 1:
+        raise ValueError("n_samples must be >= 1")
+    calls = [name for _, _, name in plan_calls(n, batch)]
+    work = wall = 0.0
+    for name in calls:
+        serial, groups = terms[name]
+        work += serial + sum(g for g, _ in groups)
+        wall += serial / min(speedup, 1.0) + sum(g / min(speedup, max(items, 1.0))
+                                                 for g, items in groups)
+    return max(work / speedup, wall / min(EXECUTE_JOBS, len(calls))) / n
+
+
+def _predict(profile: dict[str, Any], n_samples: int | None, theta: np.ndarray,
+             speedup: float) -> float:
+    terms = {name: _profile_terms(f, theta) for name, f in profile["functions"].items()}
+    return _combine(terms, int(profile["batch_size"]), n_samples, speedup)
+
+
+# ------------------------------------------------------------------------- the model
+class CostModel:
+    """Encrypted latency predictor (seconds per sample) for compiled FHE circuits.
+
+    Build with :meth:`load_or_calibrate` (or :meth:`calibrate`, :meth:`load`,
+    :meth:`from_file`, :meth:`fit`).
+
+    Attributes
+    ----------
+    coefficients : dict
+        CPU seconds per unit of each feature of :data:`COEFFICIENTS`.
+    speedup : float
+        Effective cores ``S`` seen at calibration.
+    fingerprint : dict
+        Machine and versions it was calibrated on (:func:`machine_fingerprint`).
+    info : dict
+        Grid, calibration seconds, load average, fit errors, date, raw ``records``.
+    """
+
+    def __init__(self, coefficients: dict[str, float], speedup: float,
+                 fingerprint: dict[str, Any], info: dict[str, Any] | None = None) -> None:
+        self.coefficients = {k: float(coefficients[k]) for k in COEFFICIENTS}
+        self.speedup = float(speedup)
+        self.fingerprint = dict(fingerprint)
+        self.info = dict(info or {})
+
+    def __repr__(self) -> str:
+        return (f"CostModel(grid={self.info.get('grid')!r}, speedup={self.speedup:.2f}, "
+                f"cpu={self.fingerprint.get('cpu_model')!r})")
+
+    @property
+    def _theta(self) -> np.ndarray:
+        return np.array([self.coefficients[k] for k in COEFFICIENTS])
+
+    # ------------------------------------------------------------- prediction
+    def predict(self, circuit: Any, n_samples: int | None = None,
+                speedup: float | None = None) -> float:
+        """Seconds per sample of ``execute`` on ``n_samples`` samples (no keys needed).
+
+        ``circuit``: a compiled :class:`FHECircuit` or its :func:`circuit_profile`.
+        ``n_samples`` defaults to one full batch (``batch_size``).  ``speedup``: effective
+        cores to assume instead of the calibrated :attr:`speedup` (e.g. the core count,
+        for an idle machine).
+        """
+        profile = circuit if isinstance(circuit, dict) else circuit_profile(circuit)
+        return _predict(profile, n_samples, self._theta, speedup or self.speedup)
+
+    def predict_report(self, report: dict[str, Any], n_samples: int | None = None,
+                       speedup: float | None = None) -> float:
+        """Like :meth:`predict`, from an ``FHECircuit.report`` alone (approximate).
+
+        The report names no crypto parameters: each layer's per-PBS cost and ``N`` are
+        interpolated log-linearly in its TLU input bits and ``log(1/p_error)`` between the
+        calibration circuits (non-decreasing in both).
+        """
+        table = self.info.get("pbs_table")
+        if not table:
+            raise ValueError("this model has no calibration table (calibrate it first)")
+        theta = self._theta
+        z = np.array([[1.0, t[0], -math.log10(t[1])] for t in table])
+        y = {"pbs": [math.log(float(_op_work([*t[2:6], 1]) @ theta[3:5]) + theta[5] * t[6] * 1e-9)
+                     for t in table], "N": [math.log(t[2]) for t in table]}
+        beta = {}
+        for key, values in y.items():
+            b = np.linalg.lstsq(z, values, rcond=None)[0] if len(table) >= 3 else np.zeros(3)
+            b[1:] = np.maximum(b[1:], 0.0)  # monotone in bits and 1/p_error
+            b[0] = float(np.mean(values - z[:, 1:] @ b[1:]))
+            beta[key] = b
+        log_p = -math.log10(min(max(float(report.get("p_error", 1e-5)), 1e-300), 0.5))
+        batch, input_dim = int(report.get("batch_size", 1)), float(np.median([t[7] for t in table]))
+        terms = {}
+        for name, m in (("single", 1), ("batch", batch)):
+            layers = [(np.array([1.0, layer["tlu_input_bits"], log_p]), int(layer["pbs"]) * m)
+                      for layer in report["layers"]
+                      if layer.get("tlu_input_bits") and layer.get("pbs")]
+            serial = theta[0] + theta[2] * m * int(report["n_features"]) * input_dim * 1e-6
+            serial += theta[1] * sum(math.exp(zl @ beta["N"]) for zl, _ in layers) * 1e-4
+            terms[name] = (serial, [(c * math.exp(zl @ beta["pbs"]), float(c)) for zl, c in layers])
+        return _combine(terms, batch, n_samples, speedup or self.speedup)
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, records: list[dict[str, Any]], prior_weight: float = 0.05,
+            fingerprint: dict[str, Any] | None = None,
+            info: dict[str, Any] | None = None) -> CostModel:
+        """Fit a model to timing records (what :meth:`calibrate` measures).
+
+        Each record holds a ``profile`` (:func:`circuit_profile`), ``n_samples`` and the
+        wall-clock ``seconds`` of each ``execute`` (their median is used).  Robust
+        (soft-L1) least squares on log time, the coefficients shrunk towards
+        :data:`PRIOR` by ``prior_weight``, the effective cores bounded by the core count.
+        """
+        from scipy.optimize import least_squares
+
+        if not records:
+            raise ValueError("no calibration records")
+        profiles, ns = [r["profile"] for r in records], [int(r["n_samples"]) for r in records]
+        wall = np.array([np.median(r["seconds"]) / n for r, n in zip(records, ns)])
+        cores = (fingerprint or {}).get("cpu_count") or os.cpu_count() or 1
+        z0 = np.r_[np.log([PRIOR[k] for k in COEFFICIENTS]), math.log(cores) - 0.1]
+
+        def residuals(z: np.ndarray) -> np.ndarray:
+            theta, speedup = np.exp(z[:-1]), math.exp(z[-1])
+            pred = [_predict(p, n, theta, speedup) for p, n in zip(profiles, ns)]
+            return np.r_[np.log(np.array(pred) / wall), prior_weight * (z[:-1] - z0[:-1])]
+
+        lower = np.r_[np.full(len(COEFFICIENTS), -np.inf), math.log(0.25)]
+        upper = np.r_[np.full(len(COEFFICIENTS), np.inf), math.log(cores)]
+        z = least_squares(residuals, z0, bounds=(lower, upper), loss="soft_l1", f_scale=0.1).x
+        err = np.abs(np.expm1(residuals(z)[: len(records)]))
+        info = dict(info or {}, records=records, pbs_table=_pbs_table(records),
+                    fit={"median_abs_rel_error": float(np.median(err)),
+                         "max_abs_rel_error": float(np.max(err))})
+        return cls(dict(zip(COEFFICIENTS, np.exp(z[:-1]))), math.exp(z[-1]),
+                   fingerprint or machine_fingerprint(), info)
+
+    # -------------------------------------------------------------- calibration
+    @classmethod
+    def calibrate(cls, grid: str | Sequence[Sequence[float]] = "default", verbose: int = 1,
+                  cache_dir: str | Path | None = None, force: bool = False, save: bool = True,
+                  repeats: int | None = None,
+                  insecure_key_cache: str | Path | None = None) -> CostModel:
+        """Time the grid's circuits on this machine (real keys) and fit a model.
+
+        Unless ``force``, a valid cached model of this grid (or of a finer one) is
+        returned instead.  ``grid``: ``"quick"`` (under 30 s), ``"default"`` (a few
+        minutes) or a list of ``(tlu_bits, p_error, width[, n_features])``.  The model is
+        saved in the cache directory unless ``save=False``.  ``insecure_key_cache``:
+        **tests only**, reuse keys from this directory.
+        """
+        name, points = _grid(grid)
+        if not force:
+            cached = cls._from_cache(name, cache_dir, verbose)
+            if cached is not None:
+                return cached
+        bar = None
+        if verbose:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(points), desc="cost model calibration", unit="circuit")
+        records: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        for bits, p_error, width, n_features in points:
+            if bar is not None:
+                bar.set_postfix_str(f"{bits}-bit TLU, p_error={p_error:g}, width {width}")
+            records += measure_point(bits, p_error, width, n_features,
+                                     repeats=repeats or (2 if name == "quick" else 3),
+                                     concurrent=name != "quick",
+                                     insecure_key_cache=insecure_key_cache)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        model = cls.fit(records, prior_weight=0.05 if len(points) >= 8 else 0.3,
+                        info={"grid": name, "points": [list(p) for p in points],
+                              "calibration_seconds": seconds,
+                              "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                              "load_average": os.getloadavg()[0]
+                              if hasattr(os, "getloadavg") else None})
+        if verbose:
+            print(f"[latentopt] cost model calibrated in {seconds:.0f}s ({len(records)} timings"
+                  f"): effective cores {model.speedup:.2f}, median error "
+                  f"{model.info['fit']['median_abs_rel_error']:.0%}", flush=True)
+        if save:
+            model.save(_cache_file(name, cache_dir))
+        return model
+
+    @classmethod
+    def load_or_calibrate(cls, verbose: int = 1, grid: str | Sequence[Sequence[float]] = "default",
+                          cache_dir: str | Path | None = None, force: bool = False,
+                          **kwargs: Any) -> CostModel:
+        """This machine's cached model, calibrated (and cached) first if needed.
+
+        A cached model from another machine or concrete version is not used: it is
+        recalibrated, with a warning.  ``force=True`` always recalibrates.  Other keyword
+        arguments go to :meth:`calibrate`.
+        """
+        return cls.calibrate(grid=grid, verbose=verbose, cache_dir=cache_dir, force=force,
+                             **kwargs)
+
+    @classmethod
+    def load(cls, cache_dir: str | Path | None = None,
+             path: str | Path | None = None) -> CostModel:
+        """This machine's cached model (or the file ``path``), without calibrating.
+
+        Raises :class:`FileNotFoundError` if none is cached, and
+        :class:`FingerprintMismatchError` if it was calibrated elsewhere.
+        """
+        if path is not None:
+            return cls.from_file(path)
+        files = [f for f in (_cache_file(g, cache_dir) for g in ("default", "quick")) if f.exists()]
+        for i, file in enumerate(files):
+            try:
+                return cls.from_file(file)
+            except FingerprintMismatchError:
+                if i == len(files) - 1:
+                    raise
+        raise FileNotFoundError(f"no cost model in {_cache_file('', cache_dir).parent}: "
+                                "calibrate one with CostModel.load_or_calibrate()")
+
+    @classmethod
+    def _from_cache(cls, name: str, directory: str | Path | None,
+                    verbose: int) -> CostModel | None:
+        names = {"default": ["default"], "quick": ["default", "quick"]}.get(name, [name])
+        for candidate in names:
+            path = _cache_file(candidate, directory)
+            if not path.exists():
+                continue
+            try:
+                model = cls.from_file(path)
+            except FingerprintMismatchError as exc:
+                warnings.warn(f"not using the cached cost model {path}: {exc}; recalibrating",
+                              stacklevel=3)
+                continue
+            if verbose:
+                print(f"[latentopt] cost model loaded from {path}", flush=True)
+            return model
+        return None
+
+    # ------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the model and its calibration records as JSON (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
+                "coefficients": self.coefficients, "speedup": self.speedup, "info": self.info}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_file(cls, path: str | Path, check: bool = True) -> CostModel:
+        """Load a saved model.
+
+        Raises :class:`FingerprintMismatchError` if it was calibrated on another machine
+        or concrete-python version (``check=False``: warn and load it anyway, unless its
+        format is not this version's).
+        """
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or "coefficients" not in data:
+            raise ValueError(f"{path} is not a latentopt cost model")
+        stored = dict(data.get("fingerprint", {}), format_version=data.get("format_version"))
+        here = machine_fingerprint()
+        problems = [f"{k}: {stored.get(k)!r} != {here[k]!r} here"
+                    for k in FINGERPRINT_KEYS if stored.get(k) != here[k]]
+        if problems:
+            message = f"calibrated elsewhere ({'; '.join(problems)})"
+            if check or data.get("format_version") != FORMAT_VERSION:
+                raise FingerprintMismatchError(message)
+            warnings.warn(f"using cost model {path} {message}", stacklevel=2)
+        return cls(data["coefficients"], data["speedup"], data["fingerprint"], data.get("info"))
+
+
+def _pbs_table(records: list[dict[str, Any]]) -> list[list[float]]:
+    """Per calibration circuit: bits, p_error, N, k, n, l, key-switch ops/PBS, input dim."""
+    rows, seen = [], set()
+    for r in records:
+        f, key = r["profile"]["functions"]["single"], (r["bits"], r["p_error"], r["width"])
+        if key in seen or not f["ops"]:
+            continue
+        seen.add(key)
+        op = max(f["ops"], key=lambda o: o[4])
+        ks = sum(d_in * lv * d_out * c for d_in, d_out, lv, c in f["ks"]) / max(op[4], 1)
+        rows.append([r["bits"], r["p_error"], *op[:4], ks, f["input_dim"]])
+    return rows
 
 
 # ------------------------------------------------------------------------ calibration
-def calibration_circuit(bits: int, width: int, n_features: int = 4, seed: int = 0) -> Any:
-    """One gemm + one table-lookup layer whose lookups read exactly ``bits``-bit inputs.
+def calibration_circuit(bits: int, width: int, n_features: int = 8,
+                        seed: int = 0) -> tuple[Any, np.ndarray]:
+    """A one-hidden-layer MLP circuit whose ``width`` lookups read ``bits``-bit inputs.
 
-    Channel ``i`` of the gemm copies feature ``i % n_features`` (unsigned ``bits``-bit
-    inputs), a per-channel ReLU table (2-bit outputs) follows, a second gemm sums it.
+    5-bit inputs, random 3-bit weights, a ~9-bit accumulator rounded (approximately) to
+    ``bits`` bits, a per-channel ReLU table with 3-bit outputs, a 2-output gemm: the shape
+    of what the estimators compile, so concrete picks the same kinds of parameter sets.
+    Returns the circuit and quantized calibration inputs.
     """
+    from ..backends.integer import IntegerBackend
     from ..ir import Circuit, Dequantize, Gemm, QuantActivation, QuantizeInput, TableLookup
 
     rng = np.random.default_rng(seed)
-    w1 = np.zeros((width, n_features), dtype=np.int64)
-    w1[np.arange(width), np.arange(width) % n_features] = 1
-    top = float(2**bits - 1)
-    act = QuantActivation("relu", input_scale=rng.uniform(0.5, 1.0, width) * 3.0 / top,
-                          output_scale=1.0, n_bits=2, signed=False)
-    return Circuit([
-        QuantizeInput("q", ("input",), 1.0, 0, bits, signed=False),
-        Gemm("fc1", ("q",), w1),
+    act = QuantActivation("relu", input_scale=rng.uniform(0.05, 0.1, width), output_scale=0.5,
+                          n_bits=3, signed=False)
+    circuit = Circuit([
+        QuantizeInput("q", ("input",), 0.25, 0, 5, signed=True),
+        Gemm("fc1", ("q",), rng.integers(-3, 4, (width, n_features))),
         TableLookup("act", ("fc1",), act),
-        Gemm("fc2", ("act",), np.ones((2, width), dtype=np.int64)),
+        Gemm("fc2", ("act",), rng.integers(-3, 4, (2, width))),
         Dequantize("out", ("fc2",), 1.0, 0),
     ], n_features=n_features)
+    X = rng.normal(0.0, 2.0, (200, n_features))
+    circuit = IntegerBackend(circuit).calibrate(X)
+    circuit = circuit.with_rounding(circuit.rounding_lsbs(bits), method="approximate")
+    return circuit, IntegerBackend(circuit).quantize(X)
 
 
-def _time_execute(fc: Any, q: np.ndarray, n: int, repeats: int) -> tuple[list[float], list[float]]:
-    """Wall-clock and CPU seconds (all threads) of ``repeats`` executions of ``n`` samples."""
-    rows = np.resize(q, (n, q.shape[1]))
+def time_execute(fhe_circuit: Any, q: np.ndarray, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU seconds (all threads) of ``repeats`` runs of ``execute(q)``."""
     wall, cpu = [], []
     for _ in range(repeats):
         c0, t0 = time.process_time(), time.perf_counter()
-        fc.execute(rows)
+        fhe_circuit.execute(q)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return wall, cpu
 
 
-def measure_point(bits: int, p_error: float, width: int, *, batch_size: int = CALIBRATION_BATCH,
-                  repeats: int = 3, insecure_key_cache: str | Path | None = None
-                  ) -> list[dict[str, Any]]:
-    """Compile, keygen and time one calibration circuit; one record per sample count.
+def measure_point(bits: int, p_error: float, width: int, n_features: int = 8, *,
+                  repeats: int = 3, concurrent: bool = True,
+                  insecure_key_cache: str | Path | None = None) -> list[dict[str, Any]]:
+    """Compile, keygen and time one calibration circuit: one record per sample count.
 
-    ``execute`` is timed on 1 sample (one ``single`` call), on ``batch_size`` samples
-    (one ``batch`` call) and, for cheap circuits, on 2 and ``2 * batch_size`` samples
-    (two concurrent calls).  Keys are decompressed by a first, untimed run.
+    ``execute`` runs 1 sample (one ``single`` call) and 4 samples (one ``batch`` call)
+    and, if ``concurrent`` and cheap, 2 and 8 samples (two calls at once), after a first
+    untimed run that decompresses the evaluation keys.
     """
     from ..backends.fhe import FHECircuit
 
-    circuit = calibration_circuit(bits, width)
-    top = 2**bits
-    q = np.repeat(np.arange(top, dtype=np.int64)[:, None], circuit.n_features, axis=1)
-    fc = FHECircuit.compile(circuit, q, p_error=p_error, batch_size=batch_size,
+    circuit, q = calibration_circuit(bits, width, n_features)
+    fc = FHECircuit.compile(circuit, q, p_error=p_error, batch_size=CALIBRATION_BATCH,
                             insecure_key_cache=insecure_key_cache)
     profile = circuit_profile(fc)
     fc.keygen()
-    fc.execute(q[:1])  # first run: decompresses the evaluation keys
-    counts = [1, batch_size]
-    probe = min(_time_execute(fc, q, 1, 1)[0])
-    if probe * batch_size < 1.0:  # cheap enough to also time concurrent calls
-        counts += [2, 2 * batch_size]
+    fc.execute(q[:1])
+    probe = min(time_execute(fc, q[:1], 1)[0])
+    counts = [1, CALIBRATION_BATCH]
+    if concurrent and probe * CALIBRATION_BATCH < 1.0:
+        counts += [2, 2 * CALIBRATION_BATCH]
     records = []
     for n in counts:
-        reps = repeats if probe * n < 2.0 else max(1, repeats - 1)
-        wall, cpu = _time_execute(fc, q, n, reps)
-        records.append({"bits": bits, "p_error": p_error, "width": width, "n_samples": n,
-                        "profile": profile, "seconds": wall, "cpu_seconds": cpu})
+        wall, cpu = time_execute(fc, np.resize(q, (n, n_features)),
+                                 repeats if probe * n < 2.0 else max(1, repeats - 1))
+        records.append({"bits": bits, "p_error": p_error, "width": width,
+                        "n_features": n_features, "n_samples": n, "profile": profile,
+                        "seconds": wall, "cpu_seconds": cpu})
     return records

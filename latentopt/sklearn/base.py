@@ -106,6 +106,7 @@ class QuantizedEstimatorBase(BaseEstimator):
         p_error: float | str | None = None,
         global_p_error: float | None = None,
         range_mode: str = "calibrated",
+        range_margin: float = 0.25,
         security_level: int = 128,
         batch_size: int | None = None,
         max_accuracy_drop: float = 0.01,
@@ -134,6 +135,12 @@ class QuantizedEstimatorBase(BaseEstimator):
             Bit-widths from the calibration data (inputs far outside it are clipped to
             the compiled input range and may overflow intermediate values), or from the
             worst case (exact for any input, wider lookups).
+        range_margin : float
+            With ``"calibrated"``: every calibrated range is widened by this fraction of
+            its span on each side (at most to the worst case).  Test data a little
+            beyond the training data then does not overflow; measured on wine, the
+            default 0.25 removed every overflow at the same TLU widths (0.0 overflowed
+            4 of 45 test samples and cost 7 points of simulated accuracy).
         security_level : int
             128 (default) or 132 bits.
         batch_size : int, optional
@@ -198,13 +205,20 @@ class QuantizedEstimatorBase(BaseEstimator):
             X_cal = self._validate_X(X, reset=False)
             circuit = IntegerBackend(self.circuit_).calibrate(X_cal)
         if rounding_bits is not None:
-            lsbs = circuit.rounding_lsbs(
+            rounded_from = circuit
+            if range_mode == "calibrated" and range_margin > 0 and circuit.calibration:
+                from ..backends.fhe_lowering import widen_ranges
+
+                rounded_from = circuit.replace(
+                    calibration=widen_ranges(circuit, circuit.calibration, range_margin))
+            lsbs = rounded_from.rounding_lsbs(
                 rounding_bits, ranges="calibrated" if range_mode == "calibrated" else "worst_case"
             )
             circuit = circuit.with_rounding(lsbs, method=rounding_method)
         q = IntegerBackend(circuit).quantize(X_cal)
         fhe_circuit = FHECircuit.compile(
             circuit, q, p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
+            range_margin=range_margin,
             security_level=security_level, batch_size=batch_size, verbose=verbose,
             **self._fhe_test_options(),
         )
@@ -213,7 +227,7 @@ class QuantizedEstimatorBase(BaseEstimator):
         self.compiled_report_ = dict(fhe_circuit.report)
         self._compile_kwargs = dict(
             X=X, rounding_bits=rounding_bits, rounding_method=rounding_method, p_error=p_error,
-            global_p_error=global_p_error, range_mode=range_mode,
+            global_p_error=global_p_error, range_mode=range_mode, range_margin=range_margin,
             security_level=security_level, batch_size=batch_size, verbose=verbose,
         )
         return self

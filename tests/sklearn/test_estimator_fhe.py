@@ -150,3 +150,17 @@ def test_save_deployment_round_trip(tiny_clf, tmp_path):
     keys = server.load_evaluation_keys(client.evaluation_keys())
     out = client.decrypt(server.run(client.encrypt(Xte[:3]), keys))
     np.testing.assert_array_equal(clf.classes_[out.argmax(1)], clf.predict(Xte[:3]))
+
+
+def test_range_margin_prevents_overflow_beyond_calibration(tiny_clf):
+    clf, Xtr, Xte, _ = tiny_clf
+    # calibrate on a narrow slice of the data: the rest lies beyond its ranges
+    narrow = Xtr[:15]
+    q = clf._integer_backend().quantize(Xte)
+    clf.compile(narrow, p_error=2**-40, range_margin=0.0)
+    tight = int(clf.fhe_circuit_.overflows(clf._integer_backend().quantize(Xte)).sum())
+    clf.compile(narrow, p_error=2**-40, range_margin=1.0)
+    wide = int(clf.fhe_circuit_.overflows(q).sum())
+    assert wide < tight
+    with pytest.raises(ValueError, match="range_margin"):
+        clf.compile(range_margin=-1.0)
