@@ -16,12 +16,12 @@ for each lookup op (a layer's PBS with one parameter set: polynomial size ``N``,
 dimension ``k``, LWE dimension ``n``, level ``l``) and key switch: the operation counts of
 a Fourier-domain bootstrapping (FFTs, then multiply-accumulates with the bootstrapping
 key, which dominate) and of a key switch.  Its wall time spreads the PBS and key switches
-over ``min(S, count)`` cores, ``S`` the effective cores (about the core count on an idle
-machine, less on a shared one); ``execute`` overlaps two calls, so ``n`` samples take
-``max(sum work / S, sum wall / 2)``.  The coefficients and ``S`` are fitted to wall time
-(robust least squares in log space, shrunk towards a prior) on timings of small
-one-layer MLP circuits run with real keys (:meth:`CostModel.calibrate`).  CPU time is
-recorded but not fitted: idle OpenMP threads spin, so it is not the work done.
+over ``min(S, count)`` cores, ``S`` the effective cores; ``execute`` overlaps two calls,
+so ``n`` samples take ``max(sum work / S, sum wall / 2)``.  Calibration
+(:meth:`CostModel.calibrate`) times small one-layer MLP circuits with real keys: ``S`` is
+the CPU / wall time of its busy calls (about the core count on an idle machine, about 1
+on this 2-core one when other jobs compete: wall times on a shared machine follow its
+load), the coefficients are fitted to wall time by robust least squares in log space.
 
 Calibrations are cached as JSON in ``$LATENTOPT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/latentopt``, else ``~/.cache/latentopt``, with the machine's fingerprint
@@ -61,14 +61,14 @@ FORMAT_VERSION = 1
 FINGERPRINT_KEYS = ("cpu_model", "cpu_count", "concrete_python", "format_version")
 #: Concurrent encrypted calls of ``FHECircuit.execute`` (its default ``n_jobs``).
 EXECUTE_JOBS = 2
-#: CPU seconds per call, per lookup op and 10^4 N, per 10^6 input ciphertext-dimensions,
-#: per 10^9 FFT, multiply-accumulate and key-switch operations.
+#: Seconds of one core per call, per lookup op and 10^4 N, per 10^6 input
+#: ciphertext-dimensions, per 10^9 FFT, multiply-accumulate and key-switch operations.
 COEFFICIENTS = ("call", "setup", "inputs", "fft", "mac", "ks")
 #: Prior (2-core AMD EPYC, 2024): the fit shrinks towards it where data are scarce.
-PRIOR = dict(call=0.03, setup=0.03, inputs=0.05, fft=0.04, mac=0.6, ks=0.4)
-#: Calibration grids: (TLU input bits, p_error, lookups per sample, input features), run
-#: with batch size 4.  "quick": N <= 2048, under 30 s; "default": N up to 8192 and more
-#: parameter sets, a few minutes (keygen included).
+PRIOR = dict(call=0.035, setup=0.05, inputs=0.05, fft=0.05, mac=0.6, ks=0.3)
+#: Calibration grids: (TLU input bits, p_error, lookups per sample, input features).
+#: "quick": N <= 2048, under 30 s; "default": N up to 8192 and more parameter sets, a
+#: few minutes (keygen included).
 GRIDS: dict[str, list[tuple[int, float, int, int]]] = {
     "quick": [(3, 1e-2, 1, 8), (3, 1e-5, 16, 8), (5, 1e-2, 8, 32), (6, 1e-2, 16, 8)],
     "default": [
@@ -78,7 +78,6 @@ GRIDS: dict[str, list[tuple[int, float, int, int]]] = {
         (6, 1e-3, 4, 8), (6, 1e-5, 16, 8), (7, 1e-2, 4, 8), (7, 1e-5, 2, 8),
     ],
 }
-CALIBRATION_BATCH = 4
 
 Terms = tuple[float, list[tuple[float, float]]]  # serial s, [(parallel s, items)]
 
@@ -191,15 +190,20 @@ def _profile_terms(f: dict[str, Any], theta: np.ndarray) -> Terms:
     return float(serial), groups
 
 
+def _calls(n: int, batch: int) -> list[str]:
+    """The functions ``execute`` calls for ``n`` samples."""
+    from ..backends.fhe_lowering import plan_calls  # numpy only
+
+    return [name for _, _, name in plan_calls(n, batch)]
+
+
 def _combine(terms: dict[str, Terms], batch: int, n_samples: int | None,
              speedup: float) -> float:
     """Seconds per sample of ``execute`` on ``n_samples``, from each function's terms."""
-    from ..backends.fhe_lowering import plan_calls  # numpy only
-
     n = batch if n_samples is None else int(n_samples)
     if n < 1:
         raise ValueError("n_samples must be >= 1")
-    calls = [name for _, _, name in plan_calls(n, batch)]
+    calls = _calls(n, batch)
     work = wall = 0.0
     for name in calls:
         serial, groups = terms[name]
@@ -225,7 +229,7 @@ class CostModel:
     Attributes
     ----------
     coefficients : dict
-        CPU seconds per unit of each feature of :data:`COEFFICIENTS`.
+        Seconds of one core per unit of each feature of :data:`COEFFICIENTS`.
     speedup : float
         Effective cores ``S`` seen at calibration.
     fingerprint : dict
@@ -303,9 +307,11 @@ class CostModel:
         """Fit a model to timing records (what :meth:`calibrate` measures).
 
         Each record holds a ``profile`` (:func:`circuit_profile`), ``n_samples`` and the
-        wall-clock ``seconds`` of each ``execute`` (their median is used).  Robust
-        (soft-L1) least squares on log time, the coefficients shrunk towards
-        :data:`PRIOR` by ``prior_weight``, the effective cores bounded by the core count.
+        wall-clock ``seconds`` and ``cpu_seconds`` (all threads) of each ``execute``
+        (medians are used).  The effective cores ``S`` are the CPU/wall ratio of the
+        calls busy with at least 16 PBS (where no thread idles); the coefficients are
+        then fitted to wall time by robust (soft-L1) least squares in log space, shrunk
+        towards :data:`PRIOR` by ``prior_weight``.
         """
         from scipy.optimize import least_squares
 
@@ -314,21 +320,23 @@ class CostModel:
         profiles, ns = [r["profile"] for r in records], [int(r["n_samples"]) for r in records]
         wall = np.array([np.median(r["seconds"]) / n for r, n in zip(records, ns)])
         cores = (fingerprint or {}).get("cpu_count") or os.cpu_count() or 1
-        z0 = np.r_[np.log([PRIOR[k] for k in COEFFICIENTS]), math.log(cores) - 0.1]
+        busy = [np.median(r["cpu_seconds"]) / np.median(r["seconds"]) for r, n in zip(records, ns)
+                if "cpu_seconds" in r and min(
+                    sum(op[4] for op in r["profile"]["functions"][name]["ops"])
+                    for name in _calls(n, r["profile"]["batch_size"])) >= 16]
+        speedup = float(np.clip(np.median(busy), 0.25, cores)) if busy else float(cores)
+        z0 = np.log([PRIOR[k] for k in COEFFICIENTS])
 
         def residuals(z: np.ndarray) -> np.ndarray:
-            theta, speedup = np.exp(z[:-1]), math.exp(z[-1])
-            pred = [_predict(p, n, theta, speedup) for p, n in zip(profiles, ns)]
-            return np.r_[np.log(np.array(pred) / wall), prior_weight * (z[:-1] - z0[:-1])]
+            pred = [_predict(p, n, np.exp(z), speedup) for p, n in zip(profiles, ns)]
+            return np.r_[np.log(np.array(pred) / wall), prior_weight * (z - z0)]
 
-        lower = np.r_[np.full(len(COEFFICIENTS), -np.inf), math.log(0.25)]
-        upper = np.r_[np.full(len(COEFFICIENTS), np.inf), math.log(cores)]
-        z = least_squares(residuals, z0, bounds=(lower, upper), loss="soft_l1", f_scale=0.1).x
+        z = least_squares(residuals, z0, loss="soft_l1", f_scale=0.1).x
         err = np.abs(np.expm1(residuals(z)[: len(records)]))
         info = dict(info or {}, records=records, pbs_table=_pbs_table(records),
                     fit={"median_abs_rel_error": float(np.median(err)),
                          "max_abs_rel_error": float(np.max(err))})
-        return cls(dict(zip(COEFFICIENTS, np.exp(z[:-1]))), math.exp(z[-1]),
+        return cls(dict(zip(COEFFICIENTS, np.exp(z))), speedup,
                    fingerprint or machine_fingerprint(), info)
 
     # -------------------------------------------------------------- calibration
@@ -527,28 +535,26 @@ def time_execute(fhe_circuit: Any, q: np.ndarray, repeats: int) -> tuple[list[fl
 def measure_point(bits: int, p_error: float, width: int, n_features: int = 8, *,
                   repeats: int = 3, concurrent: bool = True,
                   insecure_key_cache: str | Path | None = None) -> list[dict[str, Any]]:
-    """Compile, keygen and time one calibration circuit: one record per sample count.
+    """Compile (automatic batch size ``B``, as the estimators do), keygen and time one
+    calibration circuit: one record per sample count.
 
-    ``execute`` runs 1 sample (one ``single`` call) and 4 samples (one ``batch`` call)
-    and, if ``concurrent`` and cheap, 2 and 8 samples (two calls at once), after a first
-    untimed run that decompresses the evaluation keys.
+    ``execute`` runs 1 sample (one ``single`` call) and ``B`` samples (one ``batch``
+    call) and, if ``concurrent`` and cheap, 2 and ``2 B`` samples (two calls at once),
+    after a first untimed run that decompresses the evaluation keys.
     """
     from ..backends.fhe import FHECircuit
 
     circuit, q = calibration_circuit(bits, width, n_features)
-    fc = FHECircuit.compile(circuit, q, p_error=p_error, batch_size=CALIBRATION_BATCH,
-                            insecure_key_cache=insecure_key_cache)
-    profile = circuit_profile(fc)
+    fc = FHECircuit.compile(circuit, q, p_error=p_error, insecure_key_cache=insecure_key_cache)
+    profile, batch = circuit_profile(fc), fc.batch_size
     fc.keygen()
     fc.execute(q[:1])
     probe = min(time_execute(fc, q[:1], 1)[0])
-    counts = [1, CALIBRATION_BATCH]
-    if concurrent and probe * CALIBRATION_BATCH < 1.0:
-        counts += [2, 2 * CALIBRATION_BATCH]
+    counts = [1, batch] + ([2, 2 * batch] if concurrent and probe * batch < 0.5 else [])
     records = []
     for n in counts:
         wall, cpu = time_execute(fc, np.resize(q, (n, n_features)),
-                                 repeats if probe * n < 2.0 else max(1, repeats - 1))
+                                 repeats if probe * n < 1.5 else max(1, repeats - 1))
         records.append({"bits": bits, "p_error": p_error, "width": width,
                         "n_features": n_features, "n_samples": n, "profile": profile,
                         "seconds": wall, "cpu_seconds": cpu})

@@ -111,6 +111,15 @@ def test_search_results_front_and_refit(data, tmp_path):
     assert "Pareto" in s.summary()
     ax = s.plot_pareto()
     assert ax.get_xscale() == "log"
+    # refit=False: the trial's own (cached, validated) model at its chosen point
+    assert s.best_estimator_.compiled_report_["max_tlu_input_bits"] <= (
+        s.best_compile_kwargs_["rounding_bits"] or 99)
+    assert s.best_estimator_.module_.config["hidden_sizes"] == list(
+        s.best_params_["hidden_layer_sizes"])
+    # refit=True retrains on all data and searches the compile point again
+    r = _search(tmp_path, n_trials=3, refit=True).fit(Xtr, ytr)
+    assert r.best_estimator_.n_features_in_ == Xtr.shape[1]
+    assert r.best_estimator_.fhe_circuit_ is not None
 
 
 def test_search_resumes_without_redoing_trials(data, tmp_path):
