@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CACHE_ENV", "GRIDS", "CostModel", "FingerprintMismatchError", "cache_dir",
-           "calibration_circuit", "circuit_profile", "machine_fingerprint"]
+           "calibration_circuit", "circuit_profile", "machine_fingerprint", "measure_point",
+           "time_execute"]
 
 #: Environment variable overriding the cache directory.
 CACHE_ENV = "LATENTOPT_CACHE_DIR"
