@@ -36,3 +36,9 @@ def test_readme_commands_match_ci():
     assert "python -m latentopt" in run_cmd
     assert test_cmd in (ROOT / ".ci" / "run").read_text()
     assert "pytest" in test_cmd
+
+
+def test_ruff_clean():
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "latentopt", "tests",
+                          "benchmarks"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

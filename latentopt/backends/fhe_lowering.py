@@ -357,7 +357,9 @@ def as_quantized(q: np.ndarray, n_features: int) -> np.ndarray:
     return q.astype(np.int64)
 
 
-def widen_ranges(circuit: Circuit, ranges: dict[str, Interval], margin: float) -> dict[str, Interval]:
+def widen_ranges(
+    circuit: Circuit, ranges: dict[str, Interval], margin: float
+) -> dict[str, Interval]:
     """Calibrated ranges widened by ``margin`` x their span on each side (never past the
     worst case); rounded and table-lookup ranges follow from their widened inputs.
 

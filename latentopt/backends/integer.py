@@ -26,7 +26,8 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,6 @@ from ..ir import (
     QuantizeInput,
     Round,
     TableLookup,
-    UnivariateFunction,
 )
 from ..ir.ranges import Interval
 

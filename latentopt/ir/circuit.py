@@ -23,8 +23,9 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -155,7 +156,9 @@ class Circuit:
             for arr_name in ("scale", "zero_point"):
                 arr = getattr(node, arr_name, None)
                 if isinstance(arr, np.ndarray) and arr.ndim == 1 and arr.size != w_out:
-                    raise ValueError(f"{node.name!r}.{arr_name} has {arr.size} entries, not {w_out}")
+                    raise ValueError(
+                        f"{node.name!r}.{arr_name} has {arr.size} entries, not {w_out}"
+                    )
             if isinstance(node, TableLookup):
                 c = node.fn.n_channels
                 if c is not None and c != w_out:

@@ -17,7 +17,7 @@ torch.Size([2, 3])
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import brevitas.nn as qnn
 import torch

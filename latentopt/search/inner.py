@@ -22,8 +22,9 @@ Strategy (each evaluation = one compile + ``n_repeats`` simulations):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

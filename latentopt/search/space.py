@@ -17,7 +17,8 @@ hidden layer gets the same width; depth is a dimension of the search).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = ["DEFAULT_SPACE", "sample_params", "validate_space"]
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -169,7 +170,7 @@ class QuantizedEstimatorBase(BaseEstimator):
         check_is_fitted(self, "circuit_")
         if isinstance(rounding_bits, str) or isinstance(p_error, str):
             if rounding_bits not in ("auto", None) and isinstance(rounding_bits, str):
-                raise ValueError(f"rounding_bits must be an int, a list, None or 'auto'")
+                raise ValueError("rounding_bits must be an int, a list, None or 'auto'")
             if isinstance(p_error, str) and p_error != "auto":
                 raise ValueError("p_error must be a float, None or 'auto'")
             if X is None or y is None:

@@ -45,7 +45,7 @@ def test_inner_search_budget_zero_and_infeasible(data):
                                 n_repeats=1)
     assert impossible.best is None
     with pytest.raises(RuntimeError):
-        impossible.compile_kwargs
+        _ = impossible.compile_kwargs
 
 
 def test_compile_auto(data):
