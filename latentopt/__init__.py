@@ -16,9 +16,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "QuantizedMLPClassifier": "latentopt.sklearn.mlp",
     "QuantizedMLPRegressor": "latentopt.sklearn.mlp",
+    "LatencySearch": "latentopt.search.latency_search",
 }
 
-__all__ = ["QuantizedMLPClassifier", "QuantizedMLPRegressor", "__version__"]
+__all__ = ["LatencySearch", "QuantizedMLPClassifier", "QuantizedMLPRegressor", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
