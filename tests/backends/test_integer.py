@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from circuit_reference import reference_run
 
 from latentopt.backends import integer
 from latentopt.backends.integer import IntegerBackend
@@ -25,25 +26,6 @@ from latentopt.ir import (
 
 
 # ----------------------------------------------------------------------- helpers
-def reference_run(circuit: Circuit, q: np.ndarray) -> dict[str, np.ndarray]:
-    """Every integer value from the node definitions, Python-int arithmetic."""
-    vals: dict[str, np.ndarray] = {circuit.nodes[0].name: np.asarray(q, dtype=np.int64)}
-    for node in circuit.nodes[1:-1]:
-        x = vals[node.inputs[0]].astype(object)
-        if isinstance(node, Gemm):
-            out = (x - node.input_zero_point) @ node.weight.T.astype(object)
-            if node.bias is not None:
-                out = out + node.bias.astype(object)
-        elif isinstance(node, Round):
-            step = 1 << node.lsbs
-            out = x if node.lsbs == 0 else ((x + step // 2) // step) * step
-        else:
-            assert isinstance(node, TableLookup)
-            out = node.fn(x.astype(np.int64))
-        vals[node.name] = np.asarray(out).astype(np.int64)
-    return vals
-
-
 def inputs_for(circuit: Circuit, rng: np.random.Generator, n: int = 64) -> np.ndarray:
     lo, hi = circuit.input_quantizer.qrange
     rand = rng.integers(lo, hi + 1, (n, circuit.n_features))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
+import circuit_reference
 import numpy as np
 import pytest
 
@@ -112,29 +113,6 @@ def _random_circuit(
     return Circuit(nodes, n_features)
 
 
-def _reference_run(circuit: Circuit, q: np.ndarray) -> dict[str, np.ndarray]:
-    """Every integer value of ``circuit`` on quantized inputs ``q``, from the node
-    definitions with Python-int arithmetic (independent of the integer backend)."""
-    vals: dict[str, np.ndarray] = {circuit.nodes[0].name: np.asarray(q, dtype=np.int64)}
-    for node in circuit.nodes[1:-1]:
-        x = vals[node.inputs[0]].astype(object)
-        if isinstance(node, Gemm):
-            acc = (x - node.input_zero_point) @ node.weight.T.astype(object)
-            if node.bias is not None:
-                acc = acc + node.bias.astype(object)
-            out = acc
-        elif isinstance(node, Round):
-            step = 1 << node.lsbs
-            out = x if node.lsbs == 0 else ((x + step // 2) // step) * step
-        elif isinstance(node, TableLookup):
-            out = node.fn(x.astype(np.int64))
-        else:  # pragma: no cover
-            raise TypeError(node)
-        assert all(abs(int(v)) < 2**62 for v in np.ravel(out))
-        vals[node.name] = np.asarray(out).astype(np.int64)
-    return vals
-
-
 def _quantized_inputs(circuit: Circuit, rng: np.random.Generator, n: int = 64) -> np.ndarray:
     """Random quantized inputs plus every corner of the input box (small n_features)."""
     lo, hi = circuit.input_quantizer.qrange
@@ -172,7 +150,7 @@ def random_circuit() -> Callable[..., Circuit]:
 
 @pytest.fixture
 def reference_run() -> Callable[[Circuit, np.ndarray], dict[str, np.ndarray]]:
-    return _reference_run
+    return circuit_reference.reference_run
 
 
 @pytest.fixture
