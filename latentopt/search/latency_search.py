@@ -54,6 +54,17 @@ def make_storage(storage: Any) -> Any:
     return s
 
 
+def _local_storage_dir(storage: Any) -> Path | None:
+    """Directory of a file-backed storage (sqlite URL, journal path), else None."""
+    if not isinstance(storage, (str, os.PathLike)):
+        return None
+    s = os.fspath(storage)
+    for prefix in ("sqlite:///", "journal:///"):
+        if s.startswith(prefix):
+            return Path(s[len(prefix):]).parent
+    return None if "://" in s else Path(s).parent  # a server URL has no local directory
+
+
 def _data_key(X: np.ndarray, y: np.ndarray) -> str:
     h = hashlib.sha256()
     for a in (np.ascontiguousarray(X), np.ascontiguousarray(y)):
@@ -244,12 +255,11 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if self.n_jobs > 1 and storage is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="latentopt-search-")
             storage = os.path.join(self._tmp.name, "study.journal")
-        cache = Path(self.cache_dir) if self.cache_dir is not None else (
-            Path(os.fspath(storage)).parent / "latentopt-models"
-            if isinstance(storage, (str, os.PathLike)) and not str(storage).startswith(
-                ("sqlite", "postgresql", "mysql")) else None)
-        if cache is None and isinstance(storage, str) and storage.startswith("sqlite:///"):
-            cache = Path(storage[len("sqlite:///"):]).parent / "latentopt-models"
+        if self.cache_dir is not None:
+            cache: Path | None = Path(self.cache_dir)
+        else:
+            local = _local_storage_dir(storage)
+            cache = None if local is None else local / "latentopt-models"
         if cache is None:
             self._tmp_cache = tempfile.TemporaryDirectory(prefix="latentopt-models-")
             cache = Path(self._tmp_cache.name)

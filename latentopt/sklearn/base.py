@@ -216,7 +216,7 @@ class QuantizedEstimatorBase(BaseEstimator):
                 rounding_bits, ranges="calibrated" if range_mode == "calibrated" else "worst_case"
             )
             circuit = circuit.with_rounding(lsbs, method=rounding_method)
-        q = IntegerBackend(circuit).quantize(X_cal)
+        q = circuit.input_quantizer.apply(X_cal)
         fhe_circuit = FHECircuit.compile(
             circuit, q, p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
             range_margin=range_margin,
