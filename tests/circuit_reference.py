@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from latentopt.ir import Circuit, Gemm, Round, TableLookup
+from latentopt.ir import Add, Circuit, Gemm, Round, TableLookup
 
 
 def reference_run(circuit: Circuit, q: np.ndarray) -> dict[str, np.ndarray]:
@@ -17,7 +17,9 @@ def reference_run(circuit: Circuit, q: np.ndarray) -> dict[str, np.ndarray]:
     vals: dict[str, np.ndarray] = {circuit.nodes[0].name: np.asarray(q, dtype=np.int64)}
     for node in circuit.nodes[1:-1]:
         x = vals[node.inputs[0]].astype(object)
-        if isinstance(node, Gemm):
+        if isinstance(node, Add):
+            out = x + vals[node.inputs[1]].astype(object)
+        elif isinstance(node, Gemm):
             acc = (x - node.input_zero_point) @ node.weight.T.astype(object)
             if node.bias is not None:
                 acc = acc + node.bias.astype(object)

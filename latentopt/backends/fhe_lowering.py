@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import Circuit, Gemm, Round, TableLookup, bit_width
+from ..ir import Add, Circuit, Gemm, Round, TableLookup, bit_width
+from ..ir.circuit import layer_name
 from ..ir.ranges import Interval
 from .fhe_diagnostics import FHECompilationError, check_widths
 from .integer import IntegerBackend
@@ -76,10 +77,11 @@ class ValuePlan:
 class Step:
     """One server-side operation of the lowered function."""
 
-    kind: str  # "shift" | "gemm" | "round" | "tlu"
+    kind: str  # "shift" | "gemm" | "round" | "tlu" | "add"
     name: str
     src: str
     layer: str
+    src2: str | None = None  # add: second operand
     weight_t: np.ndarray | None = None  # gemm: (in, out)
     bias: np.ndarray | None = None  # shift, gemm: added constant (gemm: None if all zero)
     lsbs: int = 0  # round
@@ -113,15 +115,16 @@ def _live_nodes(circuit: Circuit) -> list[str]:
     needed = {circuit.output.inputs[0]}
     for node in reversed(circuit.nodes[1:-1]):
         if node.name in needed:
-            needed.add(node.inputs[0])
+            needed.update(node.inputs)
     return [n.name for n in circuit.nodes[1:-1] if n.name in needed]
 
 
 def _layer_names(circuit: Circuit) -> dict[str, str]:
     out: dict[str, str] = {}
     for group in circuit.layers():
-        for node in group.values():
-            out[node.name] = group["gemm"].name
+        for key, node in group.items():
+            if key != "source":
+                out[node.name] = layer_name(group)
     return out
 
 
@@ -204,6 +207,13 @@ def plan_lowering(circuit: Circuit, ranges: dict[str, Interval], hints: bool) ->
                 src.hint = max(src.hint or 0, src.bits)
                 vp.bits = max(vp.bits, src.bits)
                 vp.hint = vp.bits  # else concrete sees a narrower output: an "overflow"
+        elif isinstance(node, Add):
+            other = values[reads.get(node.inputs[1], node.inputs[1])]
+            # (a - oa) + (b - ob) + bias == (a + b) - offset
+            bias = (_per_channel(src.offset, width) + _per_channel(other.offset, width)
+                    - offset)
+            step.kind, step.src2 = "add", other.name
+            step.bias = bias.astype(np.int64) if np.any(bias) else None
         elif isinstance(node, TableLookup):
             step.kind = "tlu"
             ir_src = circuit[node.inputs[0]]
@@ -252,15 +262,16 @@ def _table_function(
 def _layer_rows(circuit: Circuit, plan: LoweringPlan) -> list[dict[str, Any]]:
     rows = []
     for i, group in enumerate(circuit.layers()):
-        gemm = group["gemm"]
-        if gemm.name not in plan.values:
+        acc = group["gemm"] if "gemm" in group else group["source"]
+        name = layer_name(group)
+        if name not in plan.values or acc.name not in plan.values:
             continue
         rnd, tlu = group.get("round"), group.get("tlu")
         tlu_step = next((s for s in plan.steps if tlu is not None and s.name == tlu.name), None)
         rows.append({
             "layer": i,
-            "name": gemm.name,
-            "accumulator_bits": plan.values[gemm.name].bits,
+            "name": name,
+            "accumulator_bits": plan.values[acc.name].bits,
             "rounding_lsbs": rnd.lsbs if isinstance(rnd, Round) else 0,
             "rounding_method": rnd.method if isinstance(rnd, Round) else None,
             "tlu": tlu.name if tlu_step is not None else None,
@@ -287,6 +298,14 @@ def build_function(plan: LoweringPlan, fhe: Any, name: str) -> Callable[[Any], A
                     r = v + s.bias
                 elif s.kind == "gemm":
                     r = v @ s.weight_t
+                    if s.bias is not None:
+                        r = r + s.bias
+                elif s.kind == "add":
+                    w = vals[s.src2]
+                    w_hint = plan.values[s.src2].hint
+                    if w_hint and s.src2 != plan.input_name:
+                        w = fhe.hint(w, bit_width=w_hint)
+                    r = v + w
                     if s.bias is not None:
                         r = r + s.bias
                 elif s.kind == "round":

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..ir import (
+    Add,
     Circuit,
     Gemm,
     Node,
@@ -186,6 +187,11 @@ def _affine_kernel(
     return affine if np.array_equal(probe, table.T) else None
 
 
+def _add_kernel(xs: Any, inplace: bool) -> np.ndarray:
+    a, b = xs
+    return a + b
+
+
 class IntegerBackend:
     """Executes a :class:`~latentopt.ir.Circuit` exactly on integers.
 
@@ -216,11 +222,13 @@ class IntegerBackend:
                 src_node = circuit[src]
                 lsbs = src_node.lsbs if isinstance(src_node, Round) else 0
                 kernel = _tlu_kernel(node, worst[src], lsbs, self.dtype)
+            elif isinstance(node, Add):
+                kernel = _add_kernel  # reads two values: see _run
             else:
                 raise TypeError(f"integer backend cannot run {type(node).__name__}")
             self._steps.append((node, kernel))
         self._sequential = all(
-            node.inputs[0] == prev.name
+            node.arity == 1 and node.inputs[0] == prev.name
             for (node, _), prev in zip(self._steps, circuit.nodes[:-2])
         ) and circuit.output.inputs[0] == circuit.nodes[-2].name
 
@@ -240,8 +248,11 @@ class IntegerBackend:
         current = carrier
         inplace = self._sequential and not keep
         for node, kernel in self._steps:
-            src = current if self._sequential else values[node.inputs[0]]
-            current = kernel(src, inplace)
+            if node.arity == 2:
+                current = kernel((values[node.inputs[0]], values[node.inputs[1]]), False)
+            else:
+                src = current if self._sequential else values[node.inputs[0]]
+                current = kernel(src, inplace)
             if keep or not self._sequential:
                 values[node.name] = current
         out = current if self._sequential else values[self.circuit.output.inputs[0]]

@@ -8,13 +8,14 @@ This package depends on numpy and the standard library only.
 
 from .circuit import INPUT, Circuit, CircuitReport
 from .functions import ACTIVATIONS, ExplicitTable, QuantActivation, UnivariateFunction, int_range
-from .nodes import Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval, bit_width
 from .serialize import CircuitFormatError, load, save
 
 __all__ = [
     "ACTIVATIONS",
     "INPUT",
+    "Add",
     "Circuit",
     "CircuitFormatError",
     "CircuitReport",

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from .nodes import Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval, worst_case_ranges
 
-__all__ = ["INPUT", "Circuit", "CircuitReport"]
+__all__ = ["INPUT", "Circuit", "CircuitReport", "layer_name"]
 
 #: Name of the circuit's float input value.
 INPUT = "input"
@@ -145,6 +145,11 @@ class Circuit:
             if isinstance(node, Dequantize) and node is not last:
                 raise ValueError("only the last node may be a Dequantize")
             w_in = widths[node.inputs[0]]
+            if isinstance(node, Add) and widths[node.inputs[1]] != w_in:
+                raise ValueError(
+                    f"add {node.name!r} reads values of widths {w_in} and "
+                    f"{widths[node.inputs[1]]}"
+                )
             if isinstance(node, Gemm):
                 if node.in_features != w_in:
                     raise ValueError(
@@ -285,7 +290,12 @@ class Circuit:
         return dict(self._worst)
 
     def layers(self) -> list[dict[str, Node]]:
-        """Group nodes by layer: each :class:`Gemm` with its Round and TableLookup."""
+        """Group nodes by layer: each :class:`Gemm` with its Round and TableLookup.
+
+        A table lookup that does not follow a gemm (e.g. an activation after a residual
+        :class:`Add`) forms a layer of its own, keyed ``"tlu"`` (and ``"round"``), with
+        ``"source"`` the value it reads.
+        """
         groups: list[dict[str, Node]] = []
         owner: dict[str, dict[str, Node]] = {}
         for node in self._nodes:
@@ -299,6 +309,16 @@ class Circuit:
                 if key not in g:
                     g[key] = node
                     owner[node.name] = g
+                elif isinstance(node, TableLookup):  # a second lookup of the same value
+                    g = {"source": self._by_name[node.inputs[0]], "tlu": node}
+                    groups.append(g)
+            elif isinstance(node, Round):
+                g = {"source": self._by_name[node.inputs[0]], "round": node}
+                groups.append(g)
+                owner[node.name] = g
+            elif isinstance(node, TableLookup):
+                g = {"source": self._by_name[node.inputs[0]], "tlu": node}
+                groups.append(g)
         return groups
 
     def report(self) -> CircuitReport:
@@ -307,19 +327,27 @@ class Circuit:
         cal = self._calibration or {}
         rows: list[dict[str, Any]] = []
         for i, g in enumerate(self.layers()):
-            gemm = g["gemm"]
-            assert isinstance(gemm, Gemm)
             rnd = g.get("round")
             tlu = g.get("tlu")
             lsbs = rnd.lsbs if isinstance(rnd, Round) else 0
+            gemm = g.get("gemm")
+            if isinstance(gemm, Gemm):
+                acc, n_in, n_out = gemm.name, gemm.in_features, gemm.out_features
+                nonzero = int(np.count_nonzero(gemm.weight))
+                name = gemm.name
+            else:  # a lookup of a value that no gemm produced (e.g. after an Add)
+                acc = g["source"].name
+                n_in = n_out = self.width(acc)
+                nonzero = 0
+                name = layer_name(g)
             row: dict[str, Any] = {
                 "layer": i,
-                "name": gemm.name,
-                "in_features": gemm.in_features,
-                "out_features": gemm.out_features,
-                "nonzero_weights": int(np.count_nonzero(gemm.weight)),
-                "accumulator_bits": worst[gemm.name].bits,
-                "accumulator_bits_calibrated": cal[gemm.name].bits if gemm.name in cal else None,
+                "name": name,
+                "in_features": n_in,
+                "out_features": n_out,
+                "nonzero_weights": nonzero,
+                "accumulator_bits": worst[acc].bits,
+                "accumulator_bits_calibrated": cal[acc].bits if acc in cal else None,
                 "rounding_lsbs": lsbs,
                 "tlu_input_bits": None,
                 "tlu_input_bits_calibrated": None,
@@ -369,6 +397,12 @@ class Circuit:
 
         other = from_bytes(state["blob"])
         self.__dict__.update(other.__dict__)
+
+
+def layer_name(group: dict[str, Node]) -> str:
+    """Name of a layer of :meth:`Circuit.layers`: its gemm, else its lookup or rounding."""
+    node = group.get("gemm") or group.get("tlu") or group["round"]
+    return node.name
 
 
 def _rounded_bits(rng: Interval, lsbs: int) -> int:

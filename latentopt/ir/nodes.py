@@ -12,8 +12,13 @@ QuantizeInput      ``clip(rint(x / scale) + zp, qmin, qmax)``   client, in clear
 Gemm               ``(x - input_zero_point) @ weight.T + bias``  server, leveled
 Round              ``round(x / 2**lsbs) * 2**lsbs`` (half up)    server, PBS-based
 TableLookup        ``fn(x)`` elementwise                        server, one PBS/elt
+Add                ``a + b`` elementwise (two inputs)            server, leveled
 Dequantize         ``(x - zero_point) * scale``                 client, in clear
 =================  ==========================================  ===================
+
+Values are flat: convolutions and pooling are lowered to :class:`Gemm` over the
+row-major flattened ``(channels, *spatial)`` tensor by the importers, so every node
+sees a ``(batch, features)`` array.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .functions import UnivariateFunction, int_range, same_parts
 
 __all__ = [
     "NODE_TYPES",
+    "Add",
     "Dequantize",
     "Gemm",
     "Node",
@@ -61,6 +67,8 @@ class Node:
     """Base node: a named operation on named input values."""
 
     op: ClassVar[str] = ""
+    #: Number of input values the node reads.
+    arity: ClassVar[int] = 1
     name: str
     inputs: tuple[str, ...]
 
@@ -68,8 +76,13 @@ class Node:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError("node name must be a non-empty string")
         object.__setattr__(self, "inputs", tuple(self.inputs))
-        if len(self.inputs) != 1:
-            raise ValueError(f"{self.op} node {self.name!r} takes exactly one input")
+        if len(self.inputs) != self.arity or not all(
+            isinstance(i, str) and i for i in self.inputs
+        ):
+            raise ValueError(
+                f"{self.op} node {self.name!r} takes exactly {self.arity} input name(s), "
+                f"got {self.inputs!r}"
+            )
 
     # serialisation -------------------------------------------------------------
     def to_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -257,6 +270,21 @@ class TableLookup(Node):
 
 
 @dataclass(frozen=True, eq=False)
+class Add(Node):
+    """Elementwise sum of two integer values of the same width (residual connections).
+
+    The IR has no notion of scale: whoever builds the circuit makes both operands share
+    one scale (and zero point 0), so that the integer sum is the sum of the real values.
+    """
+
+    op: ClassVar[str] = "add"
+    arity: ClassVar[int] = 2
+
+    def apply(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a + b
+
+
+@dataclass(frozen=True, eq=False)
 class Dequantize(Node):
     """Integer -> float: ``(x - zero_point) * scale`` (client side, in the clear)."""
 
@@ -274,5 +302,5 @@ class Dequantize(Node):
 
 
 NODE_TYPES: dict[str, type[Node]] = {
-    cls.op: cls for cls in (QuantizeInput, Gemm, Round, TableLookup, Dequantize)
+    cls.op: cls for cls in (QuantizeInput, Gemm, Round, TableLookup, Add, Dequantize)
 }

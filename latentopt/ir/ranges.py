@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .nodes import Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 
 if TYPE_CHECKING:  # pragma: no cover
     from .circuit import Circuit
 
-__all__ = ["Interval", "bit_width", "propagate", "worst_case_ranges"]
+__all__ = ["Interval", "add_bounds", "bit_width", "propagate", "worst_case_ranges"]
 
 
 def bit_width(lo: int, hi: int) -> int:
@@ -121,10 +121,22 @@ def propagate(node: Node, x: Interval, n_features: int) -> Interval:
     raise TypeError(f"no range rule for node type {type(node).__name__}")
 
 
+def add_bounds(a: Interval, b: Interval) -> Interval:
+    """Interval of ``a + b`` (per channel; a one-channel interval broadcasts)."""
+    lo = a.lo.astype(object) + b.lo.astype(object)
+    hi = a.hi.astype(object) + b.hi.astype(object)
+    if max(abs(int(v)) for v in np.concatenate([np.ravel(lo), np.ravel(hi)])) >= 2**62:
+        raise OverflowError("sum exceeds 62 bits")
+    return Interval(lo.astype(np.int64), hi.astype(np.int64))
+
+
 def worst_case_ranges(circuit: Circuit) -> dict[str, Interval]:
     """Worst-case interval of every integer value, from weights and input ranges."""
     out: dict[str, Interval] = {}
     for node in circuit.nodes:
+        if isinstance(node, Add):
+            out[node.name] = add_bounds(out[node.inputs[0]], out[node.inputs[1]])
+            continue
         src = node.inputs[0]
         x = out.get(src, Interval(np.zeros(1), np.zeros(1)))
         out[node.name] = propagate(node, x, circuit.n_features)

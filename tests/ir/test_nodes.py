@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from latentopt.ir import (
+    Add,
     Dequantize,
     ExplicitTable,
     Gemm,
@@ -37,7 +38,7 @@ ALL_NODES = {
 # --------------------------------------------------------------------- base Node
 def test_node_types_registry():
     assert NODE_TYPES == {"quantize_input": QuantizeInput, "gemm": Gemm, "round": Round,
-                          "table_lookup": TableLookup, "dequantize": Dequantize}
+                          "table_lookup": TableLookup, "add": Add, "dequantize": Dequantize}
 
 
 @pytest.mark.parametrize("name", ["", None, 3])
@@ -48,7 +49,7 @@ def test_node_name_must_be_non_empty_string(name):
 
 @pytest.mark.parametrize("inputs", [(), ("a", "b")])
 def test_node_takes_exactly_one_input(inputs):
-    with pytest.raises(ValueError, match="exactly one input"):
+    with pytest.raises(ValueError, match="exactly 1 input"):
         Round("r", inputs, lsbs=1)
 
 
