@@ -17,9 +17,20 @@ _LAZY = {
     "QuantizedMLPClassifier": "latentopt.sklearn.mlp",
     "QuantizedMLPRegressor": "latentopt.sklearn.mlp",
     "LatencySearch": "latentopt.search.latency_search",
+    "QuantizedTorchModel": "latentopt.sklearn.torch_model",
+    "compile_torch_model": "latentopt.sklearn.torch_model",
+    "compile_brevitas_qat_model": "latentopt.sklearn.torch_model",
 }
 
-__all__ = ["LatencySearch", "QuantizedMLPClassifier", "QuantizedMLPRegressor", "__version__"]
+__all__ = [
+    "LatencySearch",
+    "QuantizedMLPClassifier",
+    "QuantizedMLPRegressor",
+    "QuantizedTorchModel",
+    "__version__",
+    "compile_brevitas_qat_model",
+    "compile_torch_model",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -116,6 +116,10 @@ class QuantizedEstimatorBase(BaseEstimator):
     ):  # type: ignore[no-untyped-def]
         """Compile the fitted circuit to TFHE (concrete-python); returns ``self``.
 
+        After compiling, ``predict(X, fhe="disable")`` runs the rounded circuit on the
+        integer backend, i.e. predicts what FHE computes (exactly, for exact rounding and
+        a negligible p_error).
+
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features), optional
@@ -159,10 +163,6 @@ class QuantizedEstimatorBase(BaseEstimator):
             ``calibration_set_``.
         cost_model : latentopt.search.cost.CostModel, optional
             Latency model for the ``"auto"`` search (default: concrete's complexity).
-
-        After compiling, ``predict(X, fhe="disable")`` runs the rounded circuit on the
-        integer backend, i.e. predicts what FHE computes (exactly, for exact rounding and
-        a negligible p_error).
         """
         from ..backends.fhe import FHECircuit
         from ..backends.integer import IntegerBackend
@@ -248,6 +248,17 @@ class QuantizedEstimatorBase(BaseEstimator):
         targets for a regressor).  Returns ``{"server": path, "client": path}``.
         """
         return self._fhe("save_deployment()").save_deployment(directory, via_mlir=via_mlir)
+
+    def to_onnx(self, path: Any) -> Any:
+        """Write the integer network as a standard ONNX model (run it with onnxruntime).
+
+        The circuit predictions run is exported: the rounded one after :meth:`compile`.
+        Its outputs equal the integer backend's (see
+        :mod:`latentopt.backends.onnx_export`).
+        """
+        from ..backends.onnx_export import save_onnx
+
+        return save_onnx(self.active_circuit_, path)
 
     def keygen(self, force: bool = False) -> float:
         """Generate FHE keys now (otherwise the first ``fhe="execute"`` does); seconds taken."""

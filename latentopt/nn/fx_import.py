@@ -1,0 +1,308 @@
+"""Reading a torch model as a graph of supported operations, through ``torch.fx``.
+
+Why ``torch.fx`` and not ``torch.onnx`` export: fx keeps every ``nn.Module`` with its
+parameters and configuration (a convolution's stride and groups, a batch norm's running
+statistics, brevitas quantizers with their learned scales), needs no exporter
+dependency, and lets the calibration pass run the very same graph on data to record
+every intermediate tensor.  An ONNX export would flatten brevitas quantizers into
+opaque custom ops and lose the module boundaries we need to read bit-widths.
+
+:func:`read_graph` traces the model (brevitas layers stay leaves), folds batch norms
+into the convolution or linear layer before them, and classifies every node as one
+:class:`Op`.  Unsupported operations raise :class:`UnsupportedOpError`, which names the
+operation and lists what is supported.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = ["SUPPORTED", "Op", "UnsupportedOpError", "read_graph", "record_values"]
+
+#: Human-readable list of what the importers support (used in error messages).
+SUPPORTED = (
+    "nn.Linear, nn.Conv1d, nn.Conv2d (zero padding; lowered to an integer gemm), "
+    "nn.BatchNorm1d/2d (folded into the layer before it, else a per-channel affine), "
+    "activations (nn.ReLU, ReLU6, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, ELU, SELU, CELU, "
+    "Softplus, Hardtanh, Hardswish, Hardsigmoid, Mish, Softsign, LogSigmoid, Tanhshrink, "
+    "and their torch / torch.nn.functional / tensor-method forms: one table lookup each), "
+    "nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d, torch.mean over non-batch dims, "
+    "nn.Flatten, torch.flatten, Tensor.view/reshape/flatten, nn.Dropout, nn.Identity, "
+    "residual `a + b` / torch.add of two tensors; brevitas QuantIdentity, QuantLinear, "
+    "QuantConv1d/2d, QuantReLU, QuantSigmoid, QuantTanh, QuantHardTanh"
+)
+
+#: torch activation modules -> IR activation name (parametric table) or None (explicit
+#: table evaluated with the module itself).
+_ACT_MODULES: dict[type, str | None] = {
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
+    nn.GELU: "gelu", nn.SiLU: "silu", nn.Identity: None, nn.LeakyReLU: None, nn.ELU: None,
+    nn.SELU: None, nn.CELU: None, nn.Softplus: None, nn.Hardtanh: None, nn.Hardswish: None,
+    nn.Hardsigmoid: None, nn.Mish: None, nn.Softsign: None, nn.LogSigmoid: None,
+    nn.Tanhshrink: None, nn.Softshrink: None, nn.Hardshrink: None, nn.Threshold: None,
+}
+_ACT_FUNCTIONS: dict[Any, str | None] = {
+    torch.relu: "relu", F.relu: "relu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+    torch.tanh: "tanh", F.tanh: "tanh", F.gelu: "gelu", F.silu: "silu", F.relu6: "relu6",
+    F.leaky_relu: None, F.elu: None, F.selu: None, F.celu: None, F.softplus: None,
+    F.hardtanh: None, F.hardswish: None, F.hardsigmoid: None, F.mish: None,
+    F.softsign: None, F.logsigmoid: None, F.tanhshrink: None, torch.exp: None,
+}
+_ACT_METHODS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "exp": None}
+#: Names of the IR activations that equal the torch ones exactly (default arguments).
+_PLAIN = {"relu", "relu6", "sigmoid", "tanh", "gelu", "silu"}
+
+_POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_POOL_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
+                   torch.mean}
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
+_DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+
+
+class UnsupportedOpError(TypeError):
+    """A model uses an operation the importers cannot lower."""
+
+    def __init__(self, what: str, node: str) -> None:
+        super().__init__(
+            f"unsupported operation {what} (graph node {node!r}). Supported: {SUPPORTED}."
+        )
+
+
+@dataclass
+class Op:
+    """One node of the imported graph.
+
+    ``kind`` is one of ``"input"``, ``"linear"``, ``"conv"``, ``"affine"`` (batch norm
+    not folded), ``"act"``, ``"pool"``, ``"reshape"``, ``"add"``, ``"quant"`` (a brevitas
+    quantizer, possibly with an activation), ``"output"``.
+    """
+
+    name: str
+    kind: str
+    inputs: list[str]
+    target: str = ""  # module path for module ops (bit-width overrides, messages)
+    module: nn.Module | None = None
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # act / pool: float function
+    act_name: str | None = None  # act: IR activation name when one matches exactly
+    shape: tuple[int, ...] = ()  # output shape without the batch axis
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_brevitas(m: nn.Module) -> bool:
+    return type(m).__module__.startswith("brevitas")
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:  # noqa: D102
+        return _is_brevitas(m) or super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # fx raises many kinds of errors on dynamic control flow
+        raise TypeError(
+            f"torch.fx could not trace the model ({type(exc).__name__}: {exc}). Models "
+            f"with data-dependent control flow are not supported; supported operations: "
+            f"{SUPPORTED}."
+        ) from exc
+    return fx.GraphModule(model, graph)
+
+
+def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    parent_name, _, leaf = target.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    setattr(parent, leaf, module)
+
+
+def _fold_batch_norms(gm: fx.GraphModule) -> list[str]:
+    """Fold every batch norm that directly follows a conv / linear used once."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    folded = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        bn = gm.get_submodule(node.target)
+        if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or not bn.track_running_stats:
+            continue
+        prev = node.args[0]
+        if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
+            continue
+        layer = gm.get_submodule(prev.target)
+        if _is_brevitas(layer):
+            continue
+        if type(layer) in (nn.Conv1d, nn.Conv2d):
+            fused = fuse_conv_bn_eval(layer, bn)
+        elif type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
+            fused = fuse_linear_bn_eval(layer, bn)
+        else:
+            continue
+        _set_module(gm, prev.target, fused)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        folded.append(str(node.target))
+    gm.graph.lint()
+    gm.recompile()
+    return folded
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.args if isinstance(a, fx.Node)]
+
+
+def _check_single_tensor_input(node: fx.Node, what: str) -> None:
+    extra = [a for a in node.args[1:] if isinstance(a, fx.Node)]
+    if extra or any(isinstance(v, fx.Node) for v in node.kwargs.values()):
+        raise UnsupportedOpError(f"{what} with more than one tensor operand", node.name)
+
+
+def _function_op(node: fx.Node, fn: Callable[..., Any]) -> Callable[[torch.Tensor], Any]:
+    args, kwargs = node.args[1:], dict(node.kwargs)
+    return lambda x: fn(x, *args, **kwargs)
+
+
+def _method_op(node: fx.Node) -> Callable[[torch.Tensor], Any]:
+    args, kwargs, name = node.args[1:], dict(node.kwargs), str(node.target)
+    return lambda x: getattr(x, name)(*args, **kwargs)
+
+
+def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one switch
+    name, ins = node.name, [a.name for a in _tensor_args(node)]
+    if node.op == "placeholder":
+        return Op(name, "input", [])
+    if node.op == "output":
+        out = node.args[0]
+        if not isinstance(out, fx.Node):
+            raise UnsupportedOpError("a model output that is not a single tensor", name)
+        return Op(name, "output", [out.name])
+    if node.op == "get_attr":
+        raise UnsupportedOpError(f"parameter access {node.target!r} inside forward", name)
+    if node.op == "call_module":
+        target = str(node.target)
+        m = gm.get_submodule(target)
+        _check_single_tensor_input(node, type(m).__name__)
+        kind = _module_kind(m)
+        if kind is None:
+            raise UnsupportedOpError(f"module {type(m).__name__} ({target!r})", name)
+        op = Op(name, kind, ins, target=target, module=m)
+        if kind == "act":
+            op.act_name = _ACT_MODULES[type(m)]
+            if isinstance(m, nn.Identity):
+                op.kind = "reshape"
+            op.fn = m
+        elif kind == "pool":
+            op.fn = m
+        return op
+    if node.op == "call_function":
+        fn = node.target
+        if fn in (operator.add, torch.add):
+            if len(ins) != 2 or node.kwargs or len(node.args) != 2:
+                raise UnsupportedOpError("addition of a constant (only tensor + tensor)", name)
+            return Op(name, "add", ins)
+        if fn in _ACT_FUNCTIONS:
+            _check_single_tensor_input(node, getattr(fn, "__name__", str(fn)))
+            simple = len(node.args) == 1 and not node.kwargs
+            return Op(name, "act", ins[:1], fn=_function_op(node, fn),
+                      act_name=_ACT_FUNCTIONS[fn] if simple else None)
+        if fn in _POOL_FUNCTIONS:
+            _check_single_tensor_input(node, getattr(fn, "__name__", str(fn)))
+            return Op(name, "pool", ins[:1], fn=_function_op(node, fn))
+        if fn in _RESHAPE_FUNCTIONS:
+            return Op(name, "reshape", ins[:1])
+        if fn in (F.dropout, F.dropout1d, F.dropout2d):
+            return Op(name, "reshape", ins[:1])
+        raise UnsupportedOpError(f"function {getattr(fn, '__name__', fn)!r}", name)
+    if node.op == "call_method":
+        meth = str(node.target)
+        if meth == "size" or meth == "dim":
+            return Op(name, "shape_query", ins[:1])
+        if meth in _RESHAPE_METHODS:
+            return Op(name, "reshape", ins[:1])
+        if meth in _ACT_METHODS:
+            _check_single_tensor_input(node, f"Tensor.{meth}")
+            simple = len(node.args) == 1 and not node.kwargs
+            return Op(name, "act", ins[:1], fn=_method_op(node),
+                      act_name=_ACT_METHODS[meth] if simple else None)
+        if meth == "mean":
+            return Op(name, "pool", ins[:1], fn=_method_op(node))
+        raise UnsupportedOpError(f"tensor method .{meth}()", name)
+    raise UnsupportedOpError(f"graph node kind {node.op!r}", name)  # pragma: no cover
+
+
+def _module_kind(m: nn.Module) -> str | None:
+    t = type(m)
+    if _is_brevitas(m):
+        import brevitas.nn as qnn
+
+        if isinstance(m, qnn.QuantLinear):
+            return "linear"
+        if isinstance(m, (qnn.QuantConv1d, qnn.QuantConv2d)):
+            return "conv"
+        if isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU, qnn.QuantSigmoid, qnn.QuantTanh,
+                          qnn.QuantHardTanh)):
+            return "quant"
+        return None
+    if t is nn.Linear:
+        return "linear"
+    if t in (nn.Conv1d, nn.Conv2d):
+        if m.padding_mode != "zeros":
+            return None
+        return "conv"
+    if t in (nn.BatchNorm1d, nn.BatchNorm2d):
+        return "affine"
+    if t in _ACT_MODULES:
+        return "act"
+    if isinstance(m, _POOL_MODULES):
+        return "pool"
+    if isinstance(m, nn.Flatten) or isinstance(m, _DROPOUT):
+        return "reshape"
+    return None
+
+
+def read_graph(model: nn.Module) -> tuple[fx.GraphModule, list[Op], list[str]]:
+    """Trace ``model`` (a copy, in eval mode), fold batch norms, classify every node.
+
+    Returns the traced (folded) graph module, the operations in topological order and
+    the names of the folded batch norms.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = copy.deepcopy(model).eval().to(dtype=torch.float32)
+    if _Tracer().is_leaf_module(model, ""):  # a bare layer: trace it as a one-layer model
+        model = nn.Sequential(model)
+    gm = _trace(model)
+    folded = _fold_batch_norms(gm)
+    ops = [_classify(gm, node) for node in gm.graph.nodes]
+    inputs = [op for op in ops if op.kind == "input"]
+    if len(inputs) != 1:
+        raise UnsupportedOpError(f"a model with {len(inputs)} inputs (exactly one)", "forward")
+    return gm, ops, folded
+
+
+@torch.no_grad()
+def record_values(gm: fx.GraphModule, X: np.ndarray) -> dict[str, np.ndarray]:
+    """Every tensor-valued node's float output on ``X`` (float64 numpy, batch first)."""
+    values: dict[str, np.ndarray] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                values[n.name] = out.detach().double().numpy()
+            elif hasattr(out, "value") and isinstance(out.value, torch.Tensor):  # QuantTensor
+                values[n.name] = out.value.detach().double().numpy()
+            return out
+
+    _Recorder(gm).run(torch.as_tensor(np.asarray(X), dtype=torch.float32))
+    return values

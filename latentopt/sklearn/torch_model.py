@@ -1,0 +1,287 @@
+"""Custom torch models: post-training quantization and brevitas QAT import.
+
+:func:`compile_torch_model` quantizes a float ``torch.nn.Module`` after training
+(static PTQ, calibrated on data); :func:`compile_brevitas_qat_model` imports a network
+trained with brevitas quantizers, reading its bit-widths and scales.  Both return a
+:class:`QuantizedTorchModel` with the estimators' inference API: ``predict(X,
+fhe=...)``, ``report()``, ``compile()``, ``keygen()``, ``save_deployment()`` and
+``to_onnx()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import FHE_MODES, QuantizedEstimatorBase
+
+__all__ = ["QuantizedTorchModel", "compile_brevitas_qat_model", "compile_torch_model"]
+
+TASKS = (None, "classification", "regression")
+
+
+class QuantizedTorchModel(QuantizedEstimatorBase):
+    """A quantized torch model: an IR circuit with the estimators' inference API.
+
+    Build one with :func:`compile_torch_model` or :func:`compile_brevitas_qat_model`.
+
+    Parameters
+    ----------
+    task : {None, "classification", "regression"}
+        ``None``: :meth:`predict` returns the network's outputs (like calling the torch
+        model); ``"classification"``: :meth:`predict` returns the argmax class index
+        and :meth:`predict_proba` the softmax.
+    fhe_mode : {"disable", "simulate", "execute"}
+        Default of the ``fhe`` argument of the prediction methods.
+    verbose : int
+        Progress bars of compilation and encrypted execution.
+
+    Attributes
+    ----------
+    circuit_ : latentopt.ir.Circuit
+        The calibrated integer circuit.
+    input_shape_, output_shape_ : tuple of int
+        Shapes of one sample (without the batch axis).
+    n_features_in_ : int
+        Number of input values per sample (``prod(input_shape_)``).
+    calibration_set_ : ndarray
+        Calibration rows (flattened) used by :meth:`compile` without ``X``.
+    import_report_ : dict
+        What the importer did: folded batch norms, bit-widths, supported-op summary.
+    """
+
+    def __init__(self, task: str | None = None, fhe_mode: str = "disable",
+                 verbose: int = 1) -> None:
+        self.task = task
+        self.fhe_mode = fhe_mode
+        self.verbose = verbose
+
+    def fit(self, X: Any, y: Any = None) -> QuantizedTorchModel:
+        """Re-calibrate the circuit's value ranges (FHE bit-widths) on ``X``.
+
+        Weights and quantizers are fixed at import; this only replaces the calibration
+        data that :meth:`compile` uses by default.  Drops any compiled FHE circuit.
+        """
+        from ..backends.integer import IntegerBackend
+
+        X = self._validate_X(X, reset=False)
+        self.circuit_ = IntegerBackend(self.circuit_).calibrate(X)
+        self.calibration_set_ = X
+        for attr in ("fhe_circuit_", "compiled_circuit_", "compiled_report_", "_backend",
+                     "_compile_kwargs"):
+            self.__dict__.pop(attr, None)
+        return self
+
+    # ------------------------------------------------------------- validation
+    def _check_built(self) -> None:
+        if "circuit_" not in self.__dict__:
+            raise RuntimeError(
+                "this QuantizedTorchModel has no circuit: build it with "
+                "compile_torch_model() or compile_brevitas_qat_model()")
+
+    def _raw_output(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        self._check_built()
+        return super()._raw_output(X, fhe)
+
+    def _validate_X(self, X: Any, reset: bool) -> np.ndarray:
+        self._check_built()
+        if hasattr(X, "detach"):  # torch tensor
+            X = X.detach().cpu().numpy()
+        X = np.asarray(X)
+        if X.dtype.kind not in "fiub":
+            raise ValueError(f"X must be numeric, got dtype {X.dtype}")
+        shape = tuple(self.input_shape_)
+        if X.ndim == len(shape) + 1 and X.shape[1:] == shape:
+            X = X.reshape(len(X), -1)
+        elif not (X.ndim == 2 and X.shape[1] == self.n_features_in_):
+            raise ValueError(
+                f"X must have shape (n_samples, {', '.join(map(str, shape))}) or "
+                f"(n_samples, {self.n_features_in_}), got {X.shape}")
+        if len(X) == 0:
+            raise ValueError("X has 0 samples")
+        X = X.astype(np.float64)
+        if not np.all(np.isfinite(X)):
+            raise ValueError("X contains NaN or infinity")
+        return X
+
+    # ------------------------------------------------------------- inference
+    def forward(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """The network's outputs, shaped ``(n_samples, *output_shape_)``."""
+        out = self._raw_output(X, fhe)
+        return out.reshape((len(out), *self.output_shape_))
+
+    def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Outputs (``task=None`` / ``"regression"``) or class indices (classification)."""
+        out = self._raw_output(X, fhe)
+        if self.task == "classification":
+            return np.argmax(out, axis=1)
+        return out.reshape((len(out), *self.output_shape_))
+
+    def predict_proba(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Softmax of the outputs (``task="classification"`` only)."""
+        if self.task != "classification":
+            raise AttributeError("predict_proba needs task='classification'")
+        z = self._raw_output(X, fhe)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    def score(self, X: Any, y: Any, fhe: str | None = None) -> float:
+        """Accuracy (classification) or R^2 of :meth:`predict`."""
+        pred = self.predict(X, fhe)
+        y = np.asarray(y)
+        if self.task == "classification":
+            return float(np.mean(pred == y))
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(y.reshape(len(y), -1), pred.reshape(len(pred), -1)))
+
+
+def _check_common(task: Any, fhe_mode: Any) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if fhe_mode not in FHE_MODES:
+        raise ValueError(f"fhe_mode must be one of {FHE_MODES}, got {fhe_mode!r}")
+
+
+def _calibration_array(model: Any, X_calib: Any) -> np.ndarray:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if hasattr(X_calib, "detach"):
+        X_calib = X_calib.detach().cpu().numpy()
+    X = np.asarray(X_calib)
+    if X.dtype.kind not in "fiub":
+        raise ValueError(f"X_calib must be numeric, got dtype {X.dtype}")
+    if X.ndim < 2 or len(X) == 0:
+        raise ValueError(f"X_calib must be a non-empty batch (n_samples, ...), got {X.shape}")
+    X = X.astype(np.float32)
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X_calib contains NaN or infinity")
+    return X
+
+
+def _finish(circuit: Any, X: np.ndarray, report: dict[str, Any], task: Any, fhe_mode: str,
+            verbose: int, compile_kwargs: dict[str, Any] | None) -> QuantizedTorchModel:
+    from ..backends.integer import IntegerBackend
+
+    est = QuantizedTorchModel(task=task, fhe_mode=fhe_mode, verbose=verbose)
+    flat = X.reshape(len(X), -1).astype(np.float64)
+    est.input_shape_ = tuple(X.shape[1:])
+    est.output_shape_ = tuple(circuit.metadata["output_shape"])
+    est.n_features_in_ = int(flat.shape[1])
+    est.circuit_ = IntegerBackend(circuit).calibrate(flat)
+    est.calibration_set_ = flat
+    est.import_report_ = report
+    if task == "classification":
+        est.classes_ = np.arange(int(np.prod(est.output_shape_)))
+    if compile_kwargs is not None:
+        est.compile(**compile_kwargs)
+    return est
+
+
+def compile_torch_model(
+    model: Any,
+    X_calib: Any,
+    *,
+    n_bits: int | dict[str, Any] = 8,
+    calibration: str = "minmax",
+    percentile: float = 99.99,
+    task: str | None = None,
+    rounding_bits: int | Sequence[int] | None = None,
+    rounding_method: str = "approximate",
+    p_error: float | None = None,
+    global_p_error: float | None = None,
+    range_mode: str = "calibrated",
+    security_level: int = 128,
+    fhe: bool = True,
+    fhe_mode: str = "disable",
+    verbose: int = 1,
+) -> QuantizedTorchModel:
+    """Quantize a trained float torch model (static PTQ) and compile it.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A float model made of supported operations (see
+        :data:`latentopt.nn.fx_import.SUPPORTED`); it is traced with ``torch.fx`` on a
+        copy, in eval mode; the model itself is not modified.
+    X_calib : array-like of shape (n_samples, *input_shape)
+        Representative inputs: ranges of every tensor are calibrated on them, and FHE
+        bit-widths too.  A few hundred rows are enough.
+    n_bits : int or dict
+        Bit-widths: one for inputs, weights and activations, or a dict with keys
+        ``"inputs"``, ``"weights"``, ``"activations"`` and per-layer entries (module or
+        graph-node name -> int or ``{"weights": .., "activations": ..}``).
+    calibration : {"minmax", "percentile"}
+        Range of each activation: its observed min/max, or the ``100 - percentile`` and
+        ``percentile`` percentiles (clips rare outliers; finer steps elsewhere).
+    task : {None, "classification", "regression"}
+        See :class:`QuantizedTorchModel`.
+    rounding_bits, rounding_method, p_error, global_p_error, range_mode, security_level
+        FHE compilation options, as in ``QuantizedMLPClassifier.compile``.
+    fhe : bool
+        Compile to FHE now (``False``: integer backend only; call ``compile`` later).
+
+    Returns
+    -------
+    QuantizedTorchModel
+    """
+    from ..nn.fx_import import read_graph, record_values
+    from ..nn.graph_lowering import lower_graph
+    from ..nn.ptq import PTQPolicy, parse_bits
+
+    _check_common(task, fhe_mode)
+    X = _calibration_array(model, X_calib)
+    gm, ops, folded = read_graph(model)
+    bits = parse_bits(n_bits, ops)
+    values = record_values(gm, X)
+    shapes = {k: tuple(v.shape[1:]) for k, v in values.items()}
+    policy = PTQPolicy(ops, values, bits, calibration=calibration, percentile=percentile)
+    report = {"method": "ptq", "calibration": calibration, "n_bits": bits.to_dict(),
+              "folded_batch_norms": folded, "ops": [(op.name, op.kind) for op in ops]}
+    circuit = lower_graph(ops, shapes, policy, metadata={"source": "compile_torch_model",
+                                                        "n_bits": bits.to_dict()})
+    kwargs = None
+    if fhe:
+        kwargs = dict(rounding_bits=rounding_bits, rounding_method=rounding_method,
+                      p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
+                      security_level=security_level)
+    return _finish(circuit, X, report, task, fhe_mode, verbose, kwargs)
+
+
+def compile_brevitas_qat_model(
+    model: Any,
+    X_calib: Any,
+    *,
+    task: str | None = None,
+    rounding_bits: int | Sequence[int] | None = None,
+    rounding_method: str = "approximate",
+    p_error: float | None = None,
+    global_p_error: float | None = None,
+    range_mode: str = "calibrated",
+    security_level: int = 128,
+    fhe: bool = True,
+    fhe_mode: str = "disable",
+    verbose: int = 1,
+) -> QuantizedTorchModel:
+    """Import a network trained with brevitas quantizers (QAT) and compile it.
+
+    Bit-widths, scales and zero points are read from the brevitas modules, so the
+    integer circuit computes what brevitas computes (see
+    :mod:`latentopt.nn.brevitas_import` for the supported patterns).  ``X_calib`` only
+    calibrates FHE bit-widths.  Other parameters as in :func:`compile_torch_model`.
+    """
+    from ..nn.brevitas_import import import_brevitas
+
+    _check_common(task, fhe_mode)
+    X = _calibration_array(model, X_calib)
+    circuit, report = import_brevitas(model, X)
+    kwargs = None
+    if fhe:
+        kwargs = dict(rounding_bits=rounding_bits, rounding_method=rounding_method,
+                      p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
+                      security_level=security_level)
+    return _finish(circuit, X, report, task, fhe_mode, verbose, kwargs)

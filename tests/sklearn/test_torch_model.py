@@ -1,0 +1,310 @@
+"""compile_torch_model (PTQ of float torch models) and the QuantizedTorchModel API.
+
+Every supported operation gets a tiny model and three checks: 8-bit PTQ outputs track
+the float model (the importer's semantics), FHE simulation reproduces the integer
+backend bit for bit (exact rounding, negligible p_error), and onnxruntime reproduces the
+integer backend's integers.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentopt import QuantizedTorchModel, compile_torch_model
+from latentopt.nn.fx_import import UnsupportedOpError
+
+TINY_P = 2.0**-40
+
+
+@pytest.fixture(autouse=True)
+def _key_cache(monkeypatch, tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "torch_model_keys"
+    path.mkdir(exist_ok=True)
+    monkeypatch.setattr(QuantizedTorchModel, "_insecure_key_cache", str(path), raising=False)
+
+
+class Fn(nn.Module):
+    """Wraps a forward function so fx sees functions and tensor methods."""
+
+    def __init__(self, body, *modules: nn.Module) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(modules)
+        self.body = body
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.body(self.layers, x)
+
+
+class Residual(nn.Module):
+    def __init__(self, c: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return torch.relu(x + self.bn(self.conv(x)))
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model.eval()
+
+
+def _seq(*mods: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return _randomize_bn(nn.Sequential(*mods))
+
+
+VEC = (6,)
+IMG = (2, 6, 6)
+SEQ = (2, 8)
+
+
+def _cases():  # name -> (model factory, input shape)
+    torch.manual_seed(0)
+    return {
+        "linear_relu": (lambda: _seq(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), VEC),
+        "sigmoid": (lambda: _seq(nn.Linear(6, 5), nn.Sigmoid(), nn.Linear(5, 3)), VEC),
+        "tanh": (lambda: _seq(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)), VEC),
+        "gelu": (lambda: _seq(nn.Linear(6, 5), nn.GELU(), nn.Linear(5, 3)), VEC),
+        "leaky_relu_table": (lambda: _seq(nn.Linear(6, 5), nn.LeakyReLU(0.2),
+                                          nn.Linear(5, 3)), VEC),
+        "elu_softplus_hardswish": (lambda: _seq(nn.Linear(6, 5), nn.ELU(), nn.Linear(5, 5),
+                                                nn.Softplus(), nn.Linear(5, 4), nn.Hardswish(),
+                                                nn.Linear(4, 2)), VEC),
+        "functional_and_method_acts": (lambda: Fn(
+            lambda L, x: L[1](F.silu(L[0](x)).sigmoid()), nn.Linear(6, 5), nn.Linear(5, 2)),
+            VEC),
+        "conv1d": (lambda: _seq(nn.Conv1d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                                nn.Linear(24, 2)), SEQ),
+        "conv2d_stride_groups_dilation": (lambda: _seq(
+            nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2), nn.ReLU(),
+            nn.Conv2d(4, 4, 2, dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(4, 3)), IMG),
+        "batchnorm_folded": (lambda: _seq(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(),
+                                          nn.Flatten(), nn.Linear(48, 4), nn.BatchNorm1d(4),
+                                          nn.ReLU(), nn.Linear(4, 2)), IMG),
+        "batchnorm_standalone": (lambda: _seq(nn.BatchNorm1d(6), nn.Linear(6, 3)), VEC),
+        "avgpool_and_adaptive": (lambda: _seq(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(),
+                                              nn.AvgPool2d(2), nn.Conv2d(3, 3, 1), nn.ReLU(),
+                                              nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                              nn.Linear(3, 2)), IMG),
+        "avgpool1d_mean": (lambda: Fn(lambda L, x: L[1](torch.mean(
+            F.relu(L[0](x)), dim=2)), nn.Conv1d(2, 3, 3), nn.Linear(3, 2)), SEQ),
+        "view_reshape_dropout": (lambda: Fn(
+            lambda L, x: L[2](L[1](F.relu(L[0](x))).view(x.size(0), -1).reshape(x.size(0), 27)),
+            nn.Conv2d(2, 3, 4), nn.Dropout(0.3), nn.Linear(27, 2)), IMG),
+        "residual_add": (lambda: _seq(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), Residual(),
+                                      nn.Flatten(), nn.Linear(108, 2)), IMG),
+        "torch_add_chain": (lambda: Fn(
+            lambda L, x: L[2](torch.add(F.relu(L[0](x)), L[1](F.relu(L[0](x))))),
+            nn.Linear(6, 4), nn.Linear(4, 4), nn.Linear(4, 2)), VEC),
+    }
+
+
+CASES = _cases()
+
+
+def _data(shape, n=200, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, *shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_ptq_tracks_the_float_model(name):
+    factory, shape = CASES[name]
+    model = factory().eval()
+    X = _data(shape)
+    q = compile_torch_model(model, X, n_bits=8, fhe=False, verbose=0)
+    with torch.no_grad():
+        ref = model(torch.as_tensor(X)).numpy()
+    out = q.forward(X)
+    assert out.shape == ref.shape
+    err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-6)
+    assert err < 0.06, f"{name}: relative error {err:.3f}"
+    # 4 bits is coarser: the error grows (and stays bounded)
+    q4 = compile_torch_model(model, X, n_bits=4, fhe=False, verbose=0)
+    err4 = np.abs(q4.forward(X) - ref).max() / max(np.abs(ref).max(), 1e-6)
+    assert err <= err4 + 1e-9 and err4 < 1.0
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fhe_simulation_and_onnx_equal_the_integer_backend(name, tmp_path):
+    factory, shape = CASES[name]
+    model = factory().eval()
+    X = _data(shape, 120)
+    q = compile_torch_model(model, X, n_bits=4, rounding_bits=6, rounding_method="exact",
+                            p_error=TINY_P, verbose=0)
+    expected = q.forward(X)  # the rounded circuit on the integer backend
+    np.testing.assert_array_equal(q.forward(X, fhe="simulate"), expected)
+    pytest.importorskip("onnxruntime")
+    from latentopt.backends.onnx_export import OnnxRunner
+
+    path = q.to_onnx(tmp_path / f"{name}.onnx")
+    np.testing.assert_array_equal(OnnxRunner(path).predict(X.reshape(len(X), -1)),
+                                  expected.reshape(len(X), -1))
+
+
+def test_batchnorm_is_folded_and_reported():
+    factory, shape = CASES["batchnorm_folded"]
+    q = compile_torch_model(factory(), _data(shape), n_bits=6, fhe=False, verbose=0)
+    assert q.import_report_["folded_batch_norms"] == ["1", "5"]
+    assert all(kind != "affine" for _, kind in q.import_report_["ops"])
+    # the folded model has one gemm per conv / linear layer, no extra node
+    assert [n.name for n in q.circuit_.nodes if n.op == "gemm"] == ["_0", "_4", "_7"] or len(
+        [n for n in q.circuit_.nodes if n.op == "gemm"]) == 3
+
+
+def test_residual_add_shares_one_quantizer_and_reports_the_lookup():
+    factory, shape = CASES["residual_add"]
+    q = compile_torch_model(factory(), _data(shape), n_bits=5, fhe=False, verbose=0)
+    adds = [n for n in q.circuit_.nodes if n.op == "add"]
+    assert len(adds) == 1
+    a, b = (q.circuit_[i] for i in adds[0].inputs)
+    assert a.fn.output_scale == b.fn.output_scale  # both operands on one scale
+    rep = q.report()
+    assert rep.tlu_count == sum(r["tlu_count"] for r in rep.layers)
+    assert any(r["name"].startswith("block") or "relu" in r["name"] for r in rep.layers)
+
+
+def test_per_layer_bits_and_percentile_calibration():
+    factory, shape = CASES["linear_relu"]
+    model = factory()
+    X = _data(shape)
+    q = compile_torch_model(model, X, n_bits={"inputs": 6, "weights": 3, "activations": 4,
+                                              "2": {"weights": 8}}, fhe=False, verbose=0)
+    gemms = [n for n in q.circuit_.nodes if n.op == "gemm"]
+    assert np.abs(gemms[0].weight).max() <= 3 and np.abs(gemms[1].weight).max() > 3
+    assert q.circuit_.input_quantizer.n_bits == 6
+    X_out = np.concatenate([X, 50 * np.ones((1, *shape), np.float32)])
+    mm = compile_torch_model(model, X_out, n_bits=4, fhe=False, verbose=0)
+    pc = compile_torch_model(model, X_out, n_bits=4, calibration="percentile",
+                             percentile=99.0, fhe=False, verbose=0)
+    assert pc.circuit_.input_quantizer.scale < mm.circuit_.input_quantizer.scale
+    with pytest.raises(ValueError, match="unknown key 'nope'"):
+        compile_torch_model(model, X, n_bits={"nope": 3}, fhe=False)
+    with pytest.raises(ValueError, match=r"\[2, 16\]"):
+        compile_torch_model(model, X, n_bits=1, fhe=False)
+    with pytest.raises(ValueError, match="calibration"):
+        compile_torch_model(model, X, calibration="mse", fhe=False)
+
+
+def test_classification_api_pickle_and_input_shapes():
+    factory, shape = CASES["conv1d"]
+    model = factory()
+    X = _data(shape)
+    q = compile_torch_model(model, X, n_bits=6, task="classification", fhe=False, verbose=0)
+    logits = q.forward(X)
+    np.testing.assert_array_equal(q.predict(X), logits.argmax(1))
+    np.testing.assert_allclose(q.predict_proba(X).sum(1), 1.0)
+    np.testing.assert_array_equal(q.predict(X.reshape(len(X), -1)), q.predict(X))
+    np.testing.assert_array_equal(q.predict(torch.as_tensor(X)), q.predict(X))
+    back = pickle.loads(pickle.dumps(q))
+    np.testing.assert_array_equal(back.predict(X), q.predict(X))
+    assert q.score(X, logits.argmax(1)) == 1.0
+    with pytest.raises(ValueError, match=r"shape \(n_samples, 2, 8\) or \(n_samples, 16\)"):
+        q.predict(X[:, :1])
+    bad = X.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        q.predict(bad)
+    with pytest.raises(RuntimeError, match="compile"):
+        q.predict(X, fhe="simulate")
+    with pytest.raises(AttributeError):
+        compile_torch_model(model, X, fhe=False, verbose=0).predict_proba(X)
+
+
+def test_refit_recalibrates():
+    factory, shape = CASES["linear_relu"]
+    q = compile_torch_model(factory(), _data(shape), n_bits=6, fhe=False, verbose=0)
+    before = q.circuit_.calibration[q.circuit_.input_quantizer.name]
+    q.fit(_data(shape, seed=1) * 0.1)
+    after = q.circuit_.calibration[q.circuit_.input_quantizer.name]
+    assert after.max <= before.max and after.min >= before.min
+
+
+def test_the_torch_model_is_not_modified():
+    factory, shape = CASES["batchnorm_folded"]
+    model = factory()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    compile_torch_model(model, _data(shape), fhe=False, verbose=0)
+    assert isinstance(model[1], nn.BatchNorm2d)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+class _Mul(nn.Module):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return x * 2
+
+
+class _TwoInputs(nn.Module):
+    def forward(self, x, y):  # type: ignore[no-untyped-def]
+        return x + y
+
+
+class _Branchy(nn.Module):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        if x.sum() > 0:
+            return x
+        return -x
+
+
+@pytest.mark.parametrize("model, match", [
+    (nn.Sequential(nn.Linear(6, 4), nn.LSTM(4, 2)), "module LSTM"),
+    (nn.Sequential(nn.Linear(6, 4), _Mul()), "function 'mul'"),
+    (_TwoInputs(), "2 inputs"),
+    (_Branchy(), "could not trace"),
+    (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1, padding_mode="circular")), "Conv1d"),
+])
+def test_unsupported_ops_are_named(model, match):
+    X = _data(SEQ if "Conv1d" in match else VEC)
+    with pytest.raises((UnsupportedOpError, TypeError), match=match) as err:
+        compile_torch_model(model, X, fhe=False)
+    if isinstance(err.value, UnsupportedOpError):
+        assert "Supported:" in str(err.value) and "nn.Conv2d" in str(err.value)
+
+
+@pytest.mark.parametrize("X, match", [
+    (np.zeros((0, 6)), "non-empty"),
+    (np.zeros(6), "non-empty"),
+    (np.full((4, 6), np.nan), "NaN"),
+    (np.array([["a"] * 6]), "numeric"),
+])
+def test_bad_calibration_data(X, match):
+    with pytest.raises(ValueError, match=match):
+        compile_torch_model(nn.Linear(6, 2), X, fhe=False)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        compile_torch_model(lambda x: x, _data(VEC), fhe=False)
+    with pytest.raises(ValueError, match="task"):
+        compile_torch_model(nn.Linear(6, 2), _data(VEC), task="ranking", fhe=False)
+    with pytest.raises(RuntimeError, match="compile_torch_model"):
+        QuantizedTorchModel().predict(_data(VEC))
+
+
+@pytest.mark.fhe
+def test_encrypted_execution_of_a_small_cnn(tmp_path):
+    torch.manual_seed(1)
+    model = _seq(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2, 2))
+    X = _data((1, 4, 4), 60)
+    q = compile_torch_model(model, X, n_bits=3, rounding_bits=4, p_error=0.01,
+                            task="classification", verbose=0)
+    assert q.compiled_report_["programmable_bootstrap_count"] >= 8
+    sim = q.forward(X[:3], fhe="simulate")
+    enc = q.forward(X[:3], fhe="execute")
+    # approximate rounding and p_error=0.01: execution and simulation agree closely
+    assert np.abs(enc - sim).max() <= np.abs(sim).max() * 0.5 + 1e-9
+    paths = q.save_deployment(tmp_path / "deploy")
+    assert set(paths) == {"server", "client"}
