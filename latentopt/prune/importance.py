@@ -1,13 +1,11 @@
 """How important a hidden neuron is: torch-pruning importance criteria by name.
 
-=========  ==============================================================  ==========
-name       torch-pruning importance                                        needs data
-=========  ==============================================================  ==========
-``l1``     ``MagnitudeImportance(p=1)``: L1 norm of the neuron's group     no
-``l2``     ``MagnitudeImportance(p=2)``                                    no
-``taylor`` ``TaylorImportance()``: ``|w * dL/dw|`` summed over the group   ``X, y``
-``random`` ``RandomImportance()``: a baseline                              no
-=========  ==============================================================  ==========
+| name       | torch-pruning importance                                          | needs data |
+|------------|-------------------------------------------------------------------|------------|
+| ``l1``     | ``MagnitudeImportance(p=1)``: L1 norm of the neuron's group       | no         |
+| ``l2``     | ``MagnitudeImportance(p=2)``                                      | no         |
+| ``taylor`` | ``TaylorImportance()``: ``abs(w * dL/dw)`` summed over the group  | ``X, y``   |
+| ``random`` | ``RandomImportance()``: a baseline                                | no         |
 
 A neuron's *group* is its row in the layer that produces it and its column in the layer
 that consumes it (torch-pruning's dependency graph couples them).  Any
