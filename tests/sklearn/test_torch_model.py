@@ -160,9 +160,8 @@ def test_batchnorm_is_folded_and_reported():
     q = compile_torch_model(factory(), _data(shape), n_bits=6, fhe=False, verbose=0)
     assert q.import_report_["folded_batch_norms"] == ["1", "5"]
     assert all(kind != "affine" for _, kind in q.import_report_["ops"])
-    # the folded model has one gemm per conv / linear layer, no extra node
-    assert [n.name for n in q.circuit_.nodes if n.op == "gemm"] == ["_0", "_4", "_7"] or len(
-        [n for n in q.circuit_.nodes if n.op == "gemm"]) == 3
+    # the folded model has one gemm per conv / linear layer and no other gemm
+    assert len([n for n in q.circuit_.nodes if n.op == "gemm"]) == 3
 
 
 def test_residual_add_shares_one_quantizer_and_reports_the_lookup():
