@@ -41,6 +41,7 @@ from ..ir import (
     Round,
     TableLookup,
 )
+from ..ir.functions import int_grid
 from ..ir.ranges import Interval
 
 __all__ = ["IntegerBackend"]
@@ -182,7 +183,7 @@ def _affine_kernel(
         np.maximum(y, lo_row if lo_row.size == y.shape[-1] else lo_row[0], out=y)
         return np.minimum(y, hi_row if hi_row.size == y.shape[-1] else hi_row[0], out=y)
 
-    domain = np.arange(lo, hi + 1, step, dtype=np.int64).astype(dtype)
+    domain = int_grid(lo, hi, step).astype(dtype)
     probe = affine(np.broadcast_to(domain[:, None], (domain.size, width)).copy())
     return affine if np.array_equal(probe, table.T) else None
 

@@ -100,6 +100,19 @@ def _frozen(a: Any, dtype: Any) -> np.ndarray:
     return arr
 
 
+def int_grid(lo: int, hi: int, step: int = 1) -> np.ndarray:
+    """``range(lo, hi + 1, step)`` as int64, exact for any magnitude.
+
+    (``np.arange`` computes its length in float64, which drops an entry for bounds near
+    2**53.)
+
+    >>> int_grid(-3, 3, 2).tolist()
+    [-3, -1, 1, 3]
+    """
+    lo, hi, step = int(lo), int(hi), int(step)
+    return lo + step * np.arange((hi - lo) // step + 1, dtype=np.int64)
+
+
 class UnivariateFunction:
     """Base class: an elementwise integer -> integer function, optionally per channel."""
 
@@ -124,7 +137,7 @@ class UnivariateFunction:
         Returns an ``int64`` array of shape ``(n_channels, n)`` (``n_channels`` is 1 when
         the function is shared by all channels).
         """
-        domain = np.arange(lo, hi + 1, step, dtype=np.int64)
+        domain = int_grid(lo, hi, step)
         channels = self.n_channels or 1
         grid = np.broadcast_to(domain[:, None], (domain.size, channels))
         return np.ascontiguousarray(self(grid).T)
