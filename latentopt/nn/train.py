@@ -1,6 +1,7 @@
 """Training loop for quantization-aware modules.
 
-Adam on mini-batches, optional validation set with early stopping (the best weights are
+Adam on mini-batches (optionally with one extra target row per sample, for knowledge
+distillation), optional validation set with early stopping (the best weights are
 restored), a tqdm progress bar over epochs that ``verbose=0`` silences, and seeding that
 leaves the caller's global torch RNG state untouched.
 """
@@ -20,6 +21,7 @@ from torch import nn
 __all__ = ["TrainingHistory", "seeded", "torch_threads", "train_module"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SoftLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @contextlib.contextmanager
@@ -83,6 +85,8 @@ def train_module(
     seed: int | None = None,
     verbose: int = 0,
     description: str = "training",
+    soft_targets: np.ndarray | None = None,
+    soft_loss_fn: SoftLossFn | None = None,
 ) -> TrainingHistory:
     """Train ``module`` in place.
 
@@ -107,6 +111,13 @@ def train_module(
         Seeds batch shuffling.
     verbose : int
         0 silences the progress bar.
+    soft_targets : array of shape (n_samples, ...), optional
+        One extra row per training sample (e.g. a teacher's outputs for knowledge
+        distillation, :mod:`latentopt.nn.distill`), batched together with ``X`` and ``y``.
+    soft_loss_fn : callable, optional
+        ``soft_loss_fn(output, target, soft_target) -> scalar tensor``: the training loss
+        when ``soft_targets`` is given (required then).  Validation loss, score and early
+        stopping still use ``loss_fn`` on the hard validation labels.
     """
     from tqdm.auto import tqdm
 
@@ -114,6 +125,13 @@ def train_module(
         raise ValueError("max_epochs must be >= 1")
     Xt = torch.as_tensor(np.asarray(X), dtype=torch.float32)
     yt = torch.as_tensor(np.asarray(y))
+    st = None
+    if soft_targets is not None:
+        if soft_loss_fn is None:
+            raise ValueError("soft_targets need a soft_loss_fn")
+        st = torch.as_tensor(np.asarray(soft_targets), dtype=torch.float32)
+        if len(st) != len(Xt):
+            raise ValueError(f"soft_targets has {len(st)} rows, X has {len(Xt)}")
     has_val = X_val is not None and y_val is not None and len(X_val) > 0
     if has_val:
         Xv = torch.as_tensor(np.asarray(X_val), dtype=torch.float32)
@@ -136,7 +154,11 @@ def train_module(
             if len(idx) < 2 and len(Xt) >= 2:
                 continue  # a 1-sample batch adds noise (and breaks batch statistics)
             opt.zero_grad()
-            loss = loss_fn(module(Xt[idx]), yt[idx])
+            if st is None:
+                loss = loss_fn(module(Xt[idx]), yt[idx])
+            else:
+                assert soft_loss_fn is not None
+                loss = soft_loss_fn(module(Xt[idx]), yt[idx], st[idx])
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch} (loss={loss.item()}); lower lr"

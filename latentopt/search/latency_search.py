@@ -77,19 +77,26 @@ class _Objective:
     """Picklable trial objective (workers in other processes run it too)."""
 
     def __init__(self, search: LatencySearch, data: tuple, reference: float,
-                 cost_model: Any, cache_dir: Path) -> None:
+                 cost_model: Any, cache_dir: Path, teacher: Any = None,
+                 teacher_key: str = "") -> None:
         self.search = search
         self.data = data
         self.reference = reference
         self.cost_model = cost_model
         self.cache_dir = cache_dir
         self.data_key = _data_key(data[0], data[1])
+        # the fitted teacher (or the training rows of an array teacher), shared by trials
+        self.teacher = teacher
+        self.teacher_key = teacher_key
 
     def _fit(self, params: dict[str, Any]) -> tuple[Any, bool]:
         X_tr, y_tr = self.data[0], self.data[1]
         est = clone(self.search.estimator).set_params(**params, verbose=0)
+        if self.teacher is not None:
+            est.set_params(teacher=self.teacher)  # after clone: stays fitted, not refitted
         key = hashlib.sha256(repr((sorted(params.items()), self.data_key,
-                                   est.get_params().get("random_state"))).encode()).hexdigest()
+                                   est.get_params().get("random_state"),
+                                   self.teacher_key)).encode()).hexdigest()
         path = self.cache_dir / f"model-{key[:20]}.pkl"
         if path.exists():
             try:
@@ -133,6 +140,12 @@ class _Objective:
         return float(latency), float(score)
 
 
+def _is_array_teacher(teacher: Any) -> bool:
+    from ..nn.distill import teacher_kind
+
+    return teacher_kind(teacher) == "array"
+
+
 def _worker(study_name: str, storage: Any, objective: _Objective, n_trials: int,
             timeout: float | None, seed: int | None) -> None:  # pragma: no cover - subprocess
     import optuna
@@ -154,6 +167,15 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         Template; sampled parameters are set on clones.
     param_space : dict, optional
         See :mod:`latentopt.search.space`; default :data:`~latentopt.search.space.DEFAULT_SPACE`.
+        ``distill_alpha`` / ``distill_temperature`` may be searched too (with a teacher).
+    teacher : estimator, torch.nn.Module or array-like, optional
+        Distil every trial's model from this teacher (see the estimators' ``teacher``);
+        default: the estimator's own ``teacher`` parameter.  It is fitted *once*, on the
+        training part of ``X`` (unless already fitted), kept as ``teacher_`` and shared
+        by every trial (and worker process, by pickling) and by the refit; an array
+        teacher has one row per sample of ``X`` and is split with it.  Trained models
+        are cached per teacher (keyed by its outputs), and the default study name
+        includes that key.
     max_accuracy_drop : float, default=0.01
         Allowed drop of the validation metric below the reference.
     reference_score : float, optional
@@ -189,7 +211,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
     """
 
     def __init__(self, estimator: Any, *, param_space: Mapping[str, Any] | None = None,
-                 max_accuracy_drop: float = 0.01, reference_score: float | None = None,
+                 teacher: Any = None, max_accuracy_drop: float = 0.01,
+                 reference_score: float | None = None,
                  n_trials: int = 20, timeout: float | None = None, storage: Any = None,
                  study_name: str | None = None, n_jobs: int = 1,
                  validation_fraction: float = 0.2, n_repeats: int = 3,
@@ -197,6 +220,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                  random_state: int | None = None, verbose: int = 1) -> None:
         self.estimator = estimator
         self.param_space = param_space
+        self.teacher = teacher
         self.max_accuracy_drop = max_accuracy_drop
         self.reference_score = reference_score
         self.n_trials = n_trials
@@ -245,10 +269,18 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if self.n_trials < 1 or self.n_jobs < 1:
             raise ValueError("n_trials and n_jobs must be >= 1")
         strat = y if is_classifier(self.estimator) else None
-        X_tr, X_val, y_tr, y_val = train_test_split(
-            X, y, test_size=self.validation_fraction, stratify=strat,
+        teacher = self.teacher
+        if teacher is None:
+            teacher = self.estimator.get_params().get("teacher")
+        is_array = teacher is not None and _is_array_teacher(teacher)
+        parts = train_test_split(
+            X, y, *([np.asarray(teacher)] if is_array else []),
+            test_size=self.validation_fraction, stratify=strat,
             random_state=self.random_state,
         )
+        X_tr, X_val, y_tr, y_val = parts[:4]
+        trial_teacher, teacher_key = self._prepare_teacher(
+            teacher, X_tr, y_tr, parts[4] if is_array else None)
         self.reference_score_ = self._reference(X_tr, y_tr, X_val, y_val)
         self.threshold_ = self.reference_score_ - self.max_accuracy_drop
         storage = self.storage
@@ -265,6 +297,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             cache = Path(self._tmp_cache.name)
         cache.mkdir(parents=True, exist_ok=True)
         name = self.study_name or f"latentopt-{_data_key(X, y)}-{self.max_accuracy_drop}"
+        if teacher_key and not self.study_name:
+            name += f"-teacher-{teacher_key}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.NSGAIISampler(seed=self.random_state)
         study = optuna.create_study(
@@ -272,13 +306,36 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             directions=["minimize", "maximize"], load_if_exists=True,
         )
         objective = _Objective(self, (X_tr, y_tr, X_val, y_val), self.reference_score_,
-                               self._resolve_cost_model(), cache)
+                               self._resolve_cost_model(), cache, teacher=trial_teacher,
+                               teacher_key=teacher_key)
         self._optimize(study, objective, storage, name)
         self.study_ = study
         self._collect(study)
         if self.best_trial_ is not None:
             self.best_estimator_ = self._best_estimator(objective, X, y)
         return self
+
+    def _prepare_teacher(self, teacher: Any, X_tr: np.ndarray, y_tr: np.ndarray,
+                         array_tr: np.ndarray | None) -> tuple[Any, str]:
+        """Fit the teacher once (sets ``teacher_``); the trials' teacher and its key."""
+        self.teacher_ = None
+        if teacher is None:
+            return None, ""
+        if "teacher" not in self.estimator.get_params():
+            raise ValueError(f"{type(self.estimator).__name__} has no 'teacher' parameter: "
+                             "it cannot be distilled")
+        from ..nn.distill import fit_teacher, teacher_targets
+
+        trial_teacher = array_tr if array_tr is not None else fit_teacher(teacher, X_tr, y_tr)
+        self.teacher_ = np.asarray(teacher) if array_tr is not None else trial_teacher
+        # validates the teacher now (not in every trial) and keys the model cache
+        if is_classifier(self.estimator):
+            out = teacher_targets(trial_teacher, X_tr, classes=np.unique(y_tr))
+        else:
+            out = teacher_targets(trial_teacher, X_tr,
+                                  n_outputs=1 if y_tr.ndim == 1 else y_tr.shape[1])
+        key = hashlib.sha256(np.ascontiguousarray(out, dtype=np.float32).tobytes())
+        return trial_teacher, key.hexdigest()[:12]
 
     def _best_estimator(self, objective: _Objective, X: np.ndarray, y: np.ndarray) -> Any:
         """The chosen model, compiled at a point validated for *that* model.
@@ -295,6 +352,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             est.compile(**self.best_compile_kwargs_, verbose=0)
             return est
         best = clone(self.estimator).set_params(**params)
+        if objective.teacher is not None:
+            best.set_params(teacher=self.teacher_)
         if self.verbose <= 1:
             best.set_params(verbose=0)
         best.fit(X, y)
@@ -397,6 +456,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         front = {r["trial"] for r in self.pareto_front_}
         keys = ["trial", "hidden_layer_sizes", "n_w_bits", "n_a_bits", "pruning_ratio", "lr",
                 "rounding_bits", "p_error", "pbs", "max_tlu_bits", "latency", "score"]
+        if any("distill_alpha" in r for r in self.results_):  # searched
+            keys.insert(keys.index("lr") + 1, "distill_alpha")
         lines = [" ".join(f"{k[:12]:>12s}" for k in keys) + "  feasible"]
         for r in sorted(self.results_, key=lambda r: r["latency"]):
             cells = []

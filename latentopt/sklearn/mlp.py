@@ -82,6 +82,22 @@ _COMMON_DOC = """
     fhe_mode : {"disable", "simulate", "execute"}, default="disable"
         Default of ``predict(X, fhe=None)``: integer backend, FHE simulation or real
         encrypted execution (the last two need :meth:`compile`).
+    teacher : estimator, torch.nn.Module or array-like, optional
+        Knowledge distillation (:mod:`latentopt.nn.distill`): train on a mix of the labels
+        and this teacher's outputs (classification: temperature-softened probabilities;
+        regression: its predictions).  A fitted scikit-learn estimator is used as is; an
+        unfitted one is cloned and the clone fitted on ``(X, y)`` inside :meth:`fit`
+        (``teacher_``).  As ``clone`` and ``GridSearchCV`` clone nested estimators, a
+        clone of a student with a fitted teacher refits the teacher on its own
+        training data (the scikit-learn way, as in ``StackingClassifier``).  A torch
+        module (outputs: logits, or values) and an array of outputs (one row per sample
+        of the ``X`` given to ``fit``) are used as they are.  Fine-tuning after pruning
+        distils too.
+    distill_temperature : float, default=2.0
+        Softening temperature of teacher and student probabilities (classification).
+    distill_alpha : float in [0, 1], default=0.5
+        Weight of the teacher's (soft) loss; ``1 - distill_alpha`` weighs the labels.
+        0 trains on the labels alone, 1 on the teacher alone.
 """
 
 
@@ -108,6 +124,9 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         random_state: Any = None,
         verbose: int = 1,
         fhe_mode: str = "disable",
+        teacher: Any = None,
+        distill_temperature: float = 2.0,
+        distill_alpha: float = 0.5,
     ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.n_w_bits = n_w_bits
@@ -129,6 +148,9 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         self.random_state = random_state
         self.verbose = verbose
         self.fhe_mode = fhe_mode
+        self.teacher = teacher
+        self.distill_temperature = distill_temperature
+        self.distill_alpha = distill_alpha
 
     # ------------------------------------------------------------- validation
     def _check_params(self) -> None:
@@ -153,6 +175,11 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
             )
         self._check_fhe(None)
+        from ..nn.distill import check_distill_params, teacher_kind
+
+        check_distill_params(self.distill_temperature, self.distill_alpha)
+        if self.teacher is not None:
+            teacher_kind(self.teacher)
         self._check_pruning(self.pruning_ratio, self.n_accum_bits, self.prune_importance,
                             self.fine_tune_epochs)
 
@@ -184,26 +211,45 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         )
 
     # --------------------------------------------------------------------- fit
-    def _split(self, X: np.ndarray, y: np.ndarray, stratify: bool, seed: int):  # type: ignore[no-untyped-def]
-        """Training / validation split for early stopping (no validation if too small)."""
+    def _split(self, X: np.ndarray, y: np.ndarray, stratify: bool, seed: int,  # type: ignore[no-untyped-def]
+               soft: np.ndarray | None = None):
+        """Training / validation split for early stopping (no validation if too small).
+
+        Returns ``(X_tr, y_tr, X_val, y_val, soft_tr)``: the teacher's soft targets (if
+        any) follow the training rows; validation uses the hard labels only.
+        """
         n_val = int(np.floor(self.validation_fraction * len(X)))
         if not (self.early_stopping and n_val >= 1 and len(X) - n_val >= 2):
-            return X, y, None, None
+            return X, y, None, None, soft
         strat = y if stratify and np.min(np.bincount(y)) >= 2 else None
         if strat is not None and n_val < len(np.unique(y)):
             strat = None
+        arrays = (X, y) if soft is None else (X, y, soft)
         try:
-            X_tr, X_val, y_tr, y_val = train_test_split(
-                X, y, test_size=n_val, stratify=strat, random_state=seed
-            )
+            parts = train_test_split(*arrays, test_size=n_val, stratify=strat, random_state=seed)
         except ValueError:  # too few samples per class to stratify
-            X_tr, X_val, y_tr, y_val = train_test_split(X, y, test_size=n_val, random_state=seed)
-        return X_tr, y_tr, X_val, y_val
+            parts = train_test_split(*arrays, test_size=n_val, random_state=seed)
+        return parts[0], parts[2], parts[1], parts[3], (None if soft is None else parts[4])
+
+    def _soft_loss(self):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
+
+    def _teacher_outputs(self, teacher: Any, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _distill_targets(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
+        """Fit ``teacher_`` if needed (``y`` given) and return its soft targets on ``X``."""
+        if y is not None:
+            from ..nn.distill import fit_teacher
+
+            self.teacher_ = None if self.teacher is None else fit_teacher(self.teacher, X, y)
+        teacher = getattr(self, "teacher_", None)
+        return None if teacher is None else self._teacher_outputs(teacher, X)
 
     def _train(self, module, data, seed: int, max_epochs: int, lr: float, what: str):  # type: ignore[no-untyped-def]
         from ..nn.train import seeded, torch_threads, train_module
 
-        X_tr, y_tr, X_val, y_val = data
+        X_tr, y_tr, X_val, y_val, soft = data
         with seeded(seed), torch_threads(1):
             return train_module(
                 module, X_tr, y_tr, self._loss, X_val=X_val, y_val=y_val,
@@ -211,6 +257,7 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
                 weight_decay=float(self.weight_decay), batch_size=int(self.batch_size),
                 patience=int(self.patience), seed=seed, verbose=int(self.verbose),
                 description=f"{type(self).__name__} {what}",
+                soft_targets=soft, soft_loss_fn=None if soft is None else self._soft_loss(),
             )
 
     def _prune(self, module, data, seed: int, ratio: float, n_accum_bits: int | None,  # type: ignore[no-untyped-def]
@@ -241,10 +288,11 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         module.eval()
         return reports
 
-    def _fit(self, X: np.ndarray, y: np.ndarray, n_outputs: int, stratify: bool) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, n_outputs: int, stratify: bool,
+             soft: np.ndarray | None = None) -> None:
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        data = self._split(X, y, stratify, seed)
+        data = self._split(X, y, stratify, seed, soft)
         config = {
             "n_features": X.shape[1], "hidden_sizes": list(self._hidden),
             "n_outputs": n_outputs, "n_w_bits": self.n_w_bits, "n_a_bits": self.n_a_bits,
@@ -296,7 +344,9 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         ``n_accum_bits`` then bounds every accumulator (guaranteed by the IR's worst-case
         analysis); both fine-tune on ``(X, y)``.  The new estimator's ``pruning_ratio``
         and ``n_accum_bits`` describe the cumulative pruning, so refitting a clone
-        reproduces a comparable model.
+        reproduces a comparable model.  With a teacher, fine-tuning distils from the
+        fitted ``teacher_`` (not refitted; an array teacher must have one row per
+        sample of this ``X``).
         """
         import pickle
 
@@ -305,7 +355,8 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         new = pickle.loads(pickle.dumps(self))
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        data = new._split(X, y_enc, hasattr(self, "classes_"), seed)
+        soft = new._distill_targets(X, None)
+        data = new._split(X, y_enc, hasattr(self, "classes_"), seed, soft)
         new.pruning_reports_ = list(self.pruning_reports_) + new._prune(
             new.module_, data, seed, float(ratio), n_accum_bits,
             self.prune_importance if importance is None else importance,
@@ -335,6 +386,8 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
     history_ : latentopt.nn.train.TrainingHistory
     n_iter_ : int
         Epochs run.
+    teacher_ : object or None
+        The teacher distilled from (fitted), or None.
     """
     )
 
@@ -348,6 +401,19 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
     def _score_fn(out, target) -> float:  # type: ignore[no-untyped-def]
         return float((out.argmax(1) == target).float().mean().item())
 
+    def _soft_loss(self):  # type: ignore[no-untyped-def]
+        from functools import partial
+
+        from ..nn.distill import distillation_loss
+
+        return partial(distillation_loss, temperature=float(self.distill_temperature),
+                       alpha=float(self.distill_alpha))
+
+    def _teacher_outputs(self, teacher: Any, X: np.ndarray) -> np.ndarray:
+        from ..nn.distill import teacher_targets
+
+        return teacher_targets(teacher, X, classes=self.classes_)
+
     def fit(self, X: Any, y: Any) -> QuantizedMLPClassifier:
         """Train the quantized network on ``X`` (n_samples, n_features) and labels ``y``."""
         self._check_params()
@@ -360,7 +426,8 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
                 f"{type(self).__name__} needs samples of at least 2 classes in the data, "
                 f"but the data contains only one class: {self.classes_[0]!r}"
             )
-        self._fit(X, y_enc.astype(np.int64), len(self.classes_), stratify=True)
+        soft = self._distill_targets(X, y)
+        self._fit(X, y_enc.astype(np.int64), len(self.classes_), stratify=True, soft=soft)
         return self
 
     def _encode_for_pruning(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -391,15 +458,15 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
 class QuantizedMLPRegressor(RegressorMixin, _QuantizedMLPBase):
     __doc__ = (
         "Multi-layer perceptron regressor trained with quantization-aware training.\n\n"
-        "Targets are standardised internally (``y_mean_``, ``y_scale_``); outputs are\n"
-        "de-standardised in the clear after dequantization.\n"
+        "    Targets are standardised internally (``y_mean_``, ``y_scale_``); outputs are\n"
+        "    de-standardised in the clear after dequantization.\n"
         + _COMMON_DOC
         + """
     Attributes
     ----------
     n_features_in_ : int
     n_outputs_ : int
-    module_, circuit_, history_, n_iter_
+    module_, circuit_, history_, n_iter_, teacher_
         As in :class:`QuantizedMLPClassifier`.
     """
     )
@@ -419,6 +486,19 @@ class QuantizedMLPRegressor(RegressorMixin, _QuantizedMLPBase):
     def _score_fn(out, target) -> float:  # type: ignore[no-untyped-def]
         return -float(((out - target) ** 2).mean().item())
 
+    def _soft_loss(self):  # type: ignore[no-untyped-def]
+        from functools import partial
+
+        from ..nn.distill import regression_distillation_loss
+
+        return partial(regression_distillation_loss, alpha=float(self.distill_alpha))
+
+    def _teacher_outputs(self, teacher: Any, X: np.ndarray) -> np.ndarray:
+        from ..nn.distill import teacher_targets
+
+        out = teacher_targets(teacher, X, n_outputs=self.n_outputs_)
+        return ((out - self.y_mean_) / self.y_scale_).astype(np.float32)
+
     def fit(self, X: Any, y: Any) -> QuantizedMLPRegressor:
         """Train the quantized network on ``X`` and real targets ``y`` (1-D or 2-D)."""
         self._check_params()
@@ -433,7 +513,8 @@ class QuantizedMLPRegressor(RegressorMixin, _QuantizedMLPBase):
         scale = y2.std(axis=0)
         self.y_scale_ = np.where(scale > 0, scale, 1.0)
         y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
-        self._fit(X, y_std, self.n_outputs_, stratify=False)
+        soft = self._distill_targets(X, y)
+        self._fit(X, y_std, self.n_outputs_, stratify=False, soft=soft)
         return self
 
     def _encode_for_pruning(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
