@@ -15,12 +15,12 @@ repeated timings, all in the same process and run, side by side.
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import median_time
 
 from latentopt.backends.integer import IntegerBackend
 from latentopt.nn.export import brevitas_trace, export_mlp
@@ -29,16 +29,6 @@ from latentopt.nn.train import seeded, train_module
 
 warnings.filterwarnings("ignore")
 BATCH = 4096
-
-
-def _median_time(fn, repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def bench(n_features: int, hidden: tuple[int, ...], n_out: int, bits: int) -> dict:
@@ -53,10 +43,10 @@ def bench(n_features: int, hidden: tuple[int, ...], n_out: int, bits: int) -> di
     Xb = rng.randn(BATCH, n_features)
     Xt = torch.as_tensor(Xb, dtype=torch.float32)
     float_net = m.float_copy().eval()
-    t_int = _median_time(lambda: backend.predict(Xb))
+    t_int = median_time(lambda: backend.predict(Xb))
     with torch.inference_mode():
-        t_float = _median_time(lambda: float_net(Xt))
-        t_brev = _median_time(lambda: m(Xt), repeats=5)
+        t_float = median_time(lambda: float_net(Xt))
+        t_brev = median_time(lambda: m(Xt), repeats=5)
     out, values = backend.run_integers(backend.quantize(Xb), return_all=True)
     ref = brevitas_trace(m, Xb)
     exact = all(np.array_equal(values[k], ref[k]) for k in ref if k != "output")

@@ -20,12 +20,12 @@ outputs equal the integer backend's on that batch.
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.preprocessing import StandardScaler
+from timing import median_time
 
 from latentopt import QuantizedMLPClassifier
 from latentopt.backends.integer import IntegerBackend
@@ -33,16 +33,6 @@ from latentopt.backends.onnx_export import OnnxRunner, circuit_to_onnx
 
 warnings.filterwarnings("ignore")
 BATCH = 4096
-
-
-def _median_time(fn, repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -68,10 +58,10 @@ def main() -> None:
             exact = np.array_equal(ort.predict(Xb), backend.predict(Xb)) and all(
                 np.array_equal(r.run(Xb)[1], ints) for r in (ort1, gather)
             )
-            t_int = _median_time(lambda b=backend: b.predict(Xb))
-            t_ort = _median_time(lambda r=ort: r.predict(Xb))
-            t_ort1 = _median_time(lambda r=ort1: r.predict(Xb))
-            t_gather = _median_time(lambda r=gather: r.predict(Xb))
+            t_int = median_time(lambda b=backend: b.predict(Xb))
+            t_ort = median_time(lambda r=ort: r.predict(Xb))
+            t_ort1 = median_time(lambda r=ort1: r.predict(Xb))
+            t_gather = median_time(lambda r=gather: r.predict(Xb))
             carrier = {p.key: p.value for p in model.metadata_props}["latentopt.carrier"]
             shape = f"64-{'-'.join(map(str, hidden))}-10"
             print(f"{shape:14s} {label:8s} {carrier:8s} {BATCH / t_int:10.0f} "

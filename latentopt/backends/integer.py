@@ -150,6 +150,24 @@ def _tlu_kernel(node: TableLookup, x_range: Interval, lsbs: int, dtype: Any) -> 
     return tlu_gather
 
 
+def affine_ratio(fn: Any, grid: np.ndarray, values: np.ndarray, dtype: Any) -> Any:
+    """``input_scale / output_scale`` in ``dtype`` when ``clip(rint(x * ratio) + zp)``,
+    computed in ``dtype``, equals ``values`` (the function on ``grid``) everywhere; else
+    ``None``.  Only ReLU / identity requantizations qualify (affine before clipping), and
+    never in an int64 carrier.  Shared by this backend and the ONNX export, so both take
+    the shortcut exactly when it is provably exact.
+    """
+    if dtype is np.int64 or not isinstance(fn, QuantActivation):
+        return None
+    if fn.activation not in ("relu", "identity"):
+        return None
+    ratio = (fn.input_scale / fn.output_scale).astype(dtype)
+    qlo, qhi = fn.qrange
+    y = np.rint(grid.astype(dtype) * ratio) + dtype(fn.output_zero_point)
+    y = np.minimum(np.maximum(y, dtype(qlo)), dtype(qhi))
+    return ratio if np.array_equal(y, values) else None
+
+
 def _affine_kernel(
     fn: Any, table: np.ndarray, lo: int, hi: int, step: int, dtype: Any
 ) -> Kernel | None:
@@ -158,18 +176,19 @@ def _affine_kernel(
     ReLU/identity requantization is affine before clipping.  Evaluating it in the
     carrier dtype costs three in-place passes instead of an index conversion and a
     gather; it is used only if it reproduces the table on the whole worst-case domain
-    (so the backend stays exact by construction).
+    (so the backend stays exact by construction, see :func:`affine_ratio`).
     """
-    if not isinstance(fn, QuantActivation) or fn.activation not in ("relu", "identity"):
+    if (isinstance(fn, QuantActivation) and fn.activation == "relu"
+            and fn.output_zero_point != fn.qrange[0]):
         return None
-    if dtype is np.int64:
+    width = table.shape[0]
+    domain = int_grid(lo, hi, step)
+    ratio = affine_ratio(fn, np.broadcast_to(domain[:, None], (domain.size, width)), table.T,
+                         dtype)
+    if ratio is None:
         return None
     qlo, qhi = fn.qrange
-    if fn.activation == "relu" and fn.output_zero_point != qlo:
-        return None
-    ratio = (fn.input_scale / fn.output_scale).astype(dtype)
     zp = dtype(fn.output_zero_point)
-    width = table.shape[0]
     # per-channel bound rows: numpy's maximum/minimum are much faster with an array
     # operand than with a scalar (or np.clip), which matters for these tiny passes
     lo_row = np.full(max(width, np.size(ratio)), qlo, dtype=dtype)
@@ -183,9 +202,7 @@ def _affine_kernel(
         np.maximum(y, lo_row if lo_row.size == y.shape[-1] else lo_row[0], out=y)
         return np.minimum(y, hi_row if hi_row.size == y.shape[-1] else hi_row[0], out=y)
 
-    domain = int_grid(lo, hi, step).astype(dtype)
-    probe = affine(np.broadcast_to(domain[:, None], (domain.size, width)).copy())
-    return affine if np.array_equal(probe, table.T) else None
+    return affine
 
 
 def _add_kernel(xs: Any, inplace: bool) -> np.ndarray:

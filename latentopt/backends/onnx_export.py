@@ -86,7 +86,7 @@ from ..ir import (
     TableLookup,
 )
 from ..ir.ranges import Interval
-from .integer import _choose_dtype
+from .integer import _choose_dtype, affine_ratio
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -208,21 +208,6 @@ def _domain(node: TableLookup, x_range: Interval, step: int) -> tuple[np.ndarray
     return lo, sizes, grid, node.fn(grid)
 
 
-def _affine_ratio(fn: Any, grid: np.ndarray, values: np.ndarray, dt: Any) -> Any:
-    """``input_scale / output_scale`` in the carrier when ``clip(rint(x * ratio) + zp)``
-    computed in the carrier equals the function on the whole domain (ReLU and identity
-    requantizations usually do), else ``None``."""
-    if dt is np.int64 or not isinstance(fn, QuantActivation):
-        return None
-    if fn.activation not in ("relu", "identity"):
-        return None
-    ratio = (fn.input_scale / fn.output_scale).astype(dt)
-    qlo, qhi = fn.qrange
-    y = np.rint(grid.astype(dt) * ratio) + dt(fn.output_zero_point)
-    y = np.minimum(np.maximum(y, dt(qlo)), dt(qhi))
-    return ratio if np.array_equal(y, values) else None
-
-
 def _exact(values: Any, dt: Any) -> bool:
     return all(int(dt(v)) == int(v) for v in np.ravel(values))
 
@@ -236,7 +221,7 @@ def _lookup(g: _Graph, node: TableLookup, x: str, x_range: Interval, step: int,
         table, offset, end, step = fn.table.reshape(-1), start - fn.offset, start + size - 1, 1
     else:
         lo, sizes, grid, values = _domain(node, x_range, step)
-        ratio = _affine_ratio(fn, grid, values, dt) if affine else None
+        ratio = affine_ratio(fn, grid, values, dt) if affine else None
         if ratio is not None:
             return _affine_lookup(g, fn, n, x, ratio)
         table = np.concatenate([values[: sizes[c], c] for c in range(sizes.size)])

@@ -164,7 +164,8 @@ def _calibration_array(model: Any, X_calib: Any) -> np.ndarray:
 
 
 def _finish(circuit: Any, X: np.ndarray, report: dict[str, Any], task: Any, fhe_mode: str,
-            verbose: int, compile_kwargs: dict[str, Any] | None) -> QuantizedTorchModel:
+            verbose: int, fhe: bool, **compile_kwargs: Any) -> QuantizedTorchModel:
+    """The model around a freshly imported circuit; compiled to FHE if ``fhe``."""
     from ..backends.integer import IntegerBackend
 
     est = QuantizedTorchModel(task=task, fhe_mode=fhe_mode, verbose=verbose)
@@ -177,7 +178,7 @@ def _finish(circuit: Any, X: np.ndarray, report: dict[str, Any], task: Any, fhe_
     est.import_report_ = report
     if task == "classification":
         est.classes_ = np.arange(int(np.prod(est.output_shape_)))
-    if compile_kwargs is not None:
+    if fhe:
         est.compile(**compile_kwargs)
     return est
 
@@ -244,12 +245,10 @@ def compile_torch_model(
               "folded_batch_norms": folded, "ops": [(op.name, op.kind) for op in ops]}
     circuit = lower_graph(ops, shapes, policy, metadata={"source": "compile_torch_model",
                                                         "n_bits": bits.to_dict()})
-    kwargs = None
-    if fhe:
-        kwargs = dict(rounding_bits=rounding_bits, rounding_method=rounding_method,
-                      p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
-                      security_level=security_level)
-    return _finish(circuit, X, report, task, fhe_mode, verbose, kwargs)
+    return _finish(circuit, X, report, task, fhe_mode, verbose, fhe,
+                   rounding_bits=rounding_bits, rounding_method=rounding_method,
+                   p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
+                   security_level=security_level)
 
 
 def compile_brevitas_qat_model(
@@ -279,9 +278,7 @@ def compile_brevitas_qat_model(
     _check_common(task, fhe_mode)
     X = _calibration_array(model, X_calib)
     circuit, report = import_brevitas(model, X)
-    kwargs = None
-    if fhe:
-        kwargs = dict(rounding_bits=rounding_bits, rounding_method=rounding_method,
-                      p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
-                      security_level=security_level)
-    return _finish(circuit, X, report, task, fhe_mode, verbose, kwargs)
+    return _finish(circuit, X, report, task, fhe_mode, verbose, fhe,
+                   rounding_bits=rounding_bits, rounding_method=rounding_method,
+                   p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
+                   security_level=security_level)
