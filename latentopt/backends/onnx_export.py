@@ -372,7 +372,10 @@ def _dequantize(g: _Graph, node: Dequantize, x: str) -> str:
     y = g.cast(ints, np.float64, f"{n}/float")
     if np.any(node.zero_point):
         y = g.op("Sub", [y, g.const(f"{n}/zero_point", node.zero_point, np.float64)], f"{n}/sub")
-    return g.op("Mul", [y, g.const(f"{n}/scale", node.scale, np.float64)], n, out=OUTPUT)
+    if not np.any(node.offset):
+        return g.op("Mul", [y, g.const(f"{n}/scale", node.scale, np.float64)], n, out=OUTPUT)
+    y = g.op("Mul", [y, g.const(f"{n}/scale", node.scale, np.float64)], f"{n}/mul")
+    return g.op("Add", [y, g.const(f"{n}/offset", node.offset, np.float64)], n, out=OUTPUT)
 
 
 def _integer_entry(model: onnx.ModelProto) -> onnx.ModelProto:

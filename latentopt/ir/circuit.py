@@ -158,7 +158,7 @@ class Circuit:
                 w_out = node.out_features
             else:
                 w_out = w_in
-            for arr_name in ("scale", "zero_point"):
+            for arr_name in ("scale", "zero_point", "offset"):
                 arr = getattr(node, arr_name, None)
                 if isinstance(arr, np.ndarray) and arr.ndim == 1 and arr.size != w_out:
                     raise ValueError(

@@ -286,19 +286,26 @@ class Add(Node):
 
 @dataclass(frozen=True, eq=False)
 class Dequantize(Node):
-    """Integer -> float: ``(x - zero_point) * scale`` (client side, in the clear)."""
+    """Integer -> float: ``(x - zero_point) * scale + offset`` (client side, in the clear).
+
+    ``offset`` (default 0) carries an affine output transform folded into the circuit,
+    e.g. a regressor's target de-standardisation, so that every backend, the ONNX export
+    and the deployment client return outputs in the user's units.
+    """
 
     op: ClassVar[str] = "dequantize"
     scale: np.ndarray
     zero_point: np.ndarray
+    offset: np.ndarray = 0.0  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "scale", _frozen(self.scale, np.float64, "scale"))
         object.__setattr__(self, "zero_point", _as_int_array(self.zero_point, "zero_point"))
+        object.__setattr__(self, "offset", _frozen(self.offset, np.float64, "offset"))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return (np.asarray(x, dtype=np.float64) - self.zero_point) * self.scale
+        return (np.asarray(x, dtype=np.float64) - self.zero_point) * self.scale + self.offset
 
 
 NODE_TYPES: dict[str, type[Node]] = {

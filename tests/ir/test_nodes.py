@@ -218,6 +218,16 @@ def test_dequantize_apply_and_validation():
         Dequantize("out", ("x",), scale=1.0, zero_point=0.5)
 
 
+def test_dequantize_offset_applies_and_round_trips():
+    node = Dequantize("out", ("x",), scale=[0.5, 2.0], zero_point=[1, -1], offset=[10.0, -1.5])
+    assert node.apply(np.array([[3, 3]])).tolist() == [[11.0, 6.5]]
+    again = Node.from_dict(*node.to_dict())
+    assert again.same_as(node) and again.offset.tolist() == [10.0, -1.5]
+    assert not again.same_as(Dequantize("out", ("x",), scale=[0.5, 2.0], zero_point=[1, -1]))
+    with pytest.raises(ValueError, match="finite"):
+        Dequantize("out", ("x",), scale=1.0, zero_point=0, offset=np.inf)
+
+
 # ------------------------------------------------------------------ TableLookup
 def test_table_lookup_requires_univariate_function():
     with pytest.raises(TypeError, match="UnivariateFunction"):
