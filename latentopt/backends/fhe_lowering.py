@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from ..ir import Add, Circuit, Gemm, Round, TableLookup, bit_width
-from ..ir.circuit import layer_name
 from ..ir.ranges import Interval
 from .fhe_diagnostics import FHECompilationError, check_widths
 from .integer import IntegerBackend
@@ -121,10 +120,9 @@ def _live_nodes(circuit: Circuit) -> list[str]:
 
 def _layer_names(circuit: Circuit) -> dict[str, str]:
     out: dict[str, str] = {}
-    for group in circuit.layers():
-        for key, node in group.items():
-            if key != "source":
-                out[node.name] = layer_name(group)
+    for layer in circuit.layers():
+        for node in layer.members:
+            out[node.name] = layer.name
     return out
 
 
@@ -263,7 +261,7 @@ def _layer_rows(circuit: Circuit, plan: LoweringPlan) -> list[dict[str, Any]]:
     rows = []
     for i, group in enumerate(circuit.layers()):
         acc = group["gemm"] if "gemm" in group else group["source"]
-        name = layer_name(group)
+        name = group.name
         if name not in plan.values or acc.name not in plan.values:
             continue
         rnd, tlu = group.get("round"), group.get("tlu")
