@@ -10,8 +10,8 @@ only, and imports nothing of latentopt outside it.
 
 from .circuit import INPUT, Circuit
 from .functions import ACTIVATIONS, ExplicitTable, QuantActivation, UnivariateFunction, int_range
-from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .layers import CircuitReport, Layer
+from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval, bit_width
 from .serialize import CircuitFormatError, load, save
 

@@ -130,8 +130,8 @@ def propagate(node: Node, x: Interval, n_features: int) -> Interval:
         r = node.apply
         return Interval(r(x.lo), r(x.hi))
     if isinstance(node, TableLookup):
-        lo, hi = node.fn.output_bounds(x.lo, x.hi)
-        return Interval(lo, hi)
+        out_lo, out_hi = node.fn.output_bounds(x.lo, x.hi)
+        return Interval(out_lo, out_hi)
     if isinstance(node, Dequantize):
         return x
     raise TypeError(f"no range rule for node type {type(node).__name__}")

@@ -208,7 +208,7 @@ class QuantizedEstimatorBase(BaseEstimator):
         if rounding_bits is not None:
             rounded_from = circuit
             if range_mode == "calibrated" and range_margin > 0 and circuit.calibration:
-                from ..backends.fhe_lowering import widen_ranges
+                from ..ir.ranges import widen_ranges
 
                 rounded_from = circuit.replace(
                     calibration=widen_ranges(circuit, circuit.calibration, range_margin))
