@@ -238,15 +238,17 @@ class LookupStep(Step[TableLookup]):
                 f"(Circuit.with_rounding) to shrink the domain"
             )
 
-    @cached_property
     def values(self) -> np.ndarray:
-        """The function on :meth:`TableDomain.grid`: ``(max(sizes), channels)`` int64."""
+        """The function on :meth:`TableDomain.grid`: ``(max(sizes), channels)`` int64.
+
+        Computed on each call (not kept: a backend keeps its own copy, in its carrier).
+        """
         self.check_table_size()
         return self.node.fn(self.domain.grid())
 
     def table(self) -> np.ndarray:
         """The flat table: channel ``c``'s entries from ``domain.starts[c]`` on."""
-        values, sizes = self.values, self.domain.sizes
+        values, sizes = self.values(), self.domain.sizes
         if values.shape[1] == 1:
             return values[:, 0]
         return np.concatenate([values[: sizes[c], c] for c in range(sizes.size)])
@@ -274,7 +276,7 @@ class LookupStep(Step[TableLookup]):
         qlo, qhi = fn.qrange
         y = np.rint(self.domain.grid().astype(dtype) * ratio) + dtype(fn.output_zero_point)
         y = np.minimum(np.maximum(y, dtype(qlo)), dtype(qhi))
-        if not np.array_equal(y, self.values):
+        if not np.array_equal(y, self.values()):
             return None
         return AffineShortcut(ratio, int(fn.output_zero_point), qlo, qhi)
 
