@@ -91,3 +91,14 @@ def test_layers_diagram_matches_the_code():
     assert "latentopt.ir</text>" in svg and ">schedule</text>" in svg
     assert (ROOT / "docs" / "images" / "layers.svg").read_text() == svg, (
         "the layers drawing is out of date: run python docs/_ext/draw_layers.py")
+
+
+def test_ir_and_backends_type_check():
+    """mypy (configured in pyproject.toml) is clean on the IR and the backends."""
+    import subprocess
+
+    from import_graph import ROOT
+
+    out = subprocess.run([sys.executable, "-m", "mypy", "latentopt/ir", "latentopt/backends"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
