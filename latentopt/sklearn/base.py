@@ -38,12 +38,9 @@ if TYPE_CHECKING:
     from ..ir import Circuit
     from ..ir.circuit import CircuitReport
 
-__all__ = ["FHE_MODES", "N_CALIBRATION", "QuantizedEstimatorBase", "softmax"]
+__all__ = ["FHE_MODES", "QuantizedEstimatorBase", "softmax"]
 
 FHE_MODES = ("disable", "simulate", "execute")
-
-#: Rows of training data kept (quantized at compile time) to calibrate FHE compilation.
-N_CALIBRATION = 512
 
 #: Options of :meth:`QuantizedEstimatorBase.compile` passed on to ``FHECircuit.compile``.
 FHE_COMPILER_OPTIONS = ("p_error", "global_p_error", "range_mode", "range_margin",
@@ -63,18 +60,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
     """Base of estimators whose fitted model is a quantized IR circuit (``circuit_``).
 
-    Fitted attributes shared by every estimator (each class documents them again):
-
-    * ``circuit_`` (:class:`~latentopt.ir.Circuit`): the integer circuit with calibrated
-      value ranges, unrounded;
-    * ``calibration_set_``: rows kept to calibrate :meth:`compile` by default;
-    * after :meth:`compile` (``None`` before): ``rounded_circuit_``, the IR circuit that
-      compile lowered (``circuit_`` recalibrated on compile's ``X`` and rounded), and
-      ``fhe_circuit_``, the TFHE program compiled from it
-      (:class:`~latentopt.backends.fhe.FHECircuit`; not an IR circuit);
-      ``fhe_report_``, what concrete reports about that program; ``compile_options_``,
-      the options compile was given; ``compile_inputset_``, the quantized calibration
-      rows when compile got an explicit ``X``.
+    The fitted attributes it manages (``circuit_``, ``calibration_set_`` and, set by
+    :meth:`compile`, ``rounded_circuit_``, ``fhe_circuit_``, ``fhe_report_``,
+    ``compile_options_``, ``compile_inputset_``) are documented on each estimator.
     """
 
     # fitted state (annotations only: nothing is set on the class)
@@ -365,10 +353,6 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         from ..backends.onnx_export import save_onnx
 
         return str(save_onnx(self.active_circuit_, path, **options))
-
-    def _keep_calibration(self, X: np.ndarray, rng: np.random.RandomState) -> None:
-        idx = rng.permutation(len(X))[:N_CALIBRATION]
-        self.calibration_set_ = np.array(X[np.sort(idx)], dtype=np.float64)
 
     # ----------------------------------------------------------------- reports
     def bit_width_report(self) -> CircuitReport:

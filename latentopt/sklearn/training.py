@@ -28,7 +28,10 @@ if TYPE_CHECKING:
     from ..nn.mlp import QuantMLP
     from ..nn.train import TrainingHistory
 
-__all__ = ["MLPTrainingMixin"]
+__all__ = ["N_CALIBRATION", "MLPTrainingMixin"]
+
+#: Rows of training data kept (quantized at compile time) to calibrate FHE compilation.
+N_CALIBRATION = 512
 
 #: ``(X_tr, y_tr, X_val, y_val, soft_tr)``: the early-stopping split.
 Split = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None",
@@ -61,7 +64,6 @@ class MLPTrainingMixin:
     _score_fn: Callable[..., float]
     _soft_loss: Callable[[], Callable[..., Any]]
     _distill_targets: Callable[[np.ndarray, np.ndarray | None], np.ndarray | None]
-    _keep_calibration: Callable[[np.ndarray, np.random.RandomState], None]
     _forget_compilation: Callable[[], None]
     _encode_for_pruning: Callable[[Any, Any], tuple[np.ndarray, np.ndarray]]
     # fitted state
@@ -71,6 +73,7 @@ class MLPTrainingMixin:
     n_iter_: int
     pruning_reports_: list[Any]
     hidden_layer_sizes_: tuple[int, ...]
+    calibration_set_: np.ndarray
 
     def _build_module(self, config: dict[str, Any]) -> QuantMLP:
         from ..nn.mlp import QuantMLP
@@ -184,7 +187,8 @@ class MLPTrainingMixin:
         circuit = self._output_circuit(export_mlp(module))
         self.circuit_ = IntegerBackend(circuit).calibrate(X)
         self._backend = IntegerBackend(self.circuit_)
-        self._keep_calibration(X, rng)
+        idx = rng.permutation(len(X))[:N_CALIBRATION]
+        self.calibration_set_ = np.array(X[np.sort(idx)], dtype=np.float64)
         self._forget_compilation()  # a (re)fit invalidates what compile() produced
 
     def prune(

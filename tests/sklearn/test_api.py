@@ -236,3 +236,19 @@ def test_upgrade_state_drops_the_calibration_array():
     assert new["rounded_circuit_"] is c and "_compile_kwargs" not in new
     assert new["compile_options_"] == {"rounding_bits": 3, "p_error": 0.01}
     np.testing.assert_array_equal(new["compile_inputset_"], [[2, 1], [-2, 4]])
+
+
+@pytest.mark.fhe
+def test_regressor_deployment_client_returns_target_units(tiny_reg, tmp_path):
+    from latentopt.backends.fhe_deploy import FHEClient, FHEServer
+
+    reg, X, _ = tiny_reg
+    reg = pickle.loads(pickle.dumps(reg))
+    reg.compile(rounding_bits=3, rounding_method="exact", p_error=TINY_P)
+    paths = reg.save_deployment(tmp_path)
+    client = FHEClient.load(paths["client"], insecure_key_cache=type(reg)._insecure_key_cache)
+    client.keygen()
+    server = FHEServer.load(paths["server"])
+    keys = server.load_evaluation_keys(client.evaluation_keys())
+    out = client.decrypt(server.run(client.encrypt(X[:3]), keys))
+    np.testing.assert_allclose(out.ravel(), reg.predict(X[:3]), rtol=1e-12)

@@ -42,7 +42,7 @@ def test_predict_fhe_before_compile_is_refused(tiny_clf):
     clf, _, Xte, _ = tiny_clf
     fresh = pickle.loads(pickle.dumps(clf))
     fresh.fhe_circuit_ = None
-    fresh._compile_kwargs = None
+    fresh.compile_options_ = None
     for mode in ("simulate", "execute"):
         with pytest.raises(RuntimeError, match="compile"):
             fresh.predict(Xte, fhe=mode)
