@@ -86,6 +86,7 @@ def upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
     if "_compile_kwargs" in state:
         kwargs = state.pop("_compile_kwargs")
         state["compile_options_"] = state["compile_inputset_"] = None
+        state.setdefault("fhe_circuit_", None)  # not pickled then, nor now
         if kwargs is not None:
             X = kwargs.pop("X", None)
             kwargs.pop("verbose", None)
