@@ -7,9 +7,11 @@ backend needs and that used to be worked out again in each of them:
 * the **lookup domain** of every table lookup (:class:`TableDomain`, one policy below),
   its **step** (``2**lsbs`` when a :class:`~latentopt.ir.nodes.Round` feeds it) and its
   **proven affine shortcut** (:meth:`LookupStep.affine`);
-* the integer **carrier dtype** (:func:`carrier_dtype`);
+* the integer **carrier dtype** (:attr:`Schedule.carrier`, from
+  :func:`~latentopt.ir.carrier.carrier_dtype`);
 * the **table-size limit** (:data:`MAX_TABLE_ENTRIES`);
-* the **input-range check** (:func:`check_quantized`, :meth:`Schedule.check_quantized`).
+* the **input-range check** (:meth:`Schedule.check_quantized`, over
+  :func:`~latentopt.ir.inputs.check_quantized`).
 
 Backends are renderers of the steps: ``backends.integer`` maps each step type to a numpy
 kernel, ``backends.onnx_render`` to ONNX operators, ``backends.fhe_lowering`` to the
@@ -57,8 +59,10 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from .carrier import CARRIERS, carrier_dtype, exact_below
 from .circuit import Circuit
 from .functions import QuantActivation
+from .inputs import InputTypeError, check_features, check_quantized
 from .layers import Layer
 from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval
@@ -94,20 +98,6 @@ __all__ = [
 #: evaluate the function elementwise instead, and the ONNX export refuses
 #: (:meth:`LookupStep.check_table_size`).
 MAX_TABLE_ENTRIES = 1 << 22
-
-#: Integer carriers, narrowest first (see :func:`carrier_dtype`).
-CARRIERS: tuple[Any, ...] = (np.float32, np.float64, np.int64)
-_EXACT_BELOW = {np.float32: 2**24, np.float64: 2**53}
-
-
-def exact_below(dtype: Any) -> int | None:
-    """Integers of magnitude below this are exact in ``dtype`` (``None``: all of int64)."""
-    return _EXACT_BELOW.get(np.dtype(dtype).type)
-
-
-class InputTypeError(TypeError, ValueError):
-    """Quantized inputs that are not integers (both a ``TypeError`` and a ``ValueError``)."""
-
 
 # ------------------------------------------------------------------------- steps
 N = TypeVar("N", bound=Node)
@@ -353,7 +343,8 @@ class Schedule:
 
     @cached_property
     def carrier(self) -> Any:
-        """The integer carrier dtype of the circuit, see :func:`carrier_dtype`."""
+        """The integer carrier dtype of the circuit, see
+        :func:`~latentopt.ir.carrier.carrier_dtype`."""
         return carrier_dtype(self.circuit)
 
     def check_quantized(self, q: Any, name: str = "q") -> np.ndarray:
@@ -400,75 +391,3 @@ def _domain(circuit: Circuit, node: TableLookup, ranges: Mapping[str, Interval])
     lo.setflags(write=False)
     hi.setflags(write=False)
     return TableDomain(lo, hi, step)
-
-
-# ----------------------------------------------------------------------- carrier
-def _accumulator_bound(node: Gemm, x_range: Interval) -> int:
-    """Largest |partial sum| the gemm can produce (bias included)."""
-    zp = node.input_zero_point
-    mag = np.maximum(np.abs(x_range.lo - zp), np.abs(x_range.hi - zp)).astype(object)
-    if mag.size == 1:
-        mag = np.full(node.in_features, mag[0], dtype=object)
-    bound = int(max(np.abs(node.weight).astype(object) @ mag))
-    if node.bias is not None:
-        bound += int(np.abs(node.bias).max())
-    return bound
-
-
-def carrier_dtype(circuit: Circuit) -> Any:
-    """The narrowest dtype that carries every integer of ``circuit`` exactly.
-
-    float32 when every worst-case value, every partial sum of every gemm (bias included)
-    and every gemm's input zero point is below 2**24 in magnitude, float64 below 2**53,
-    else int64.  Floating-point sums of integers below those bounds are exact whatever
-    the summation order, so BLAS (numpy, onnxruntime's MLAS) computes exact gemms.
-    """
-    worst = circuit.worst_case_ranges()
-    top = 0
-    for node in circuit.nodes:
-        if isinstance(node, Gemm):
-            top = max(top, _accumulator_bound(node, worst[node.inputs[0]]))
-            # the kernel subtracts the zero point in the carrier: it must be exact there too
-            top = max(top, abs(node.input_zero_point))
-        top = max(top, abs(worst[node.name].min), abs(worst[node.name].max))
-    for dtype in CARRIERS:
-        limit = exact_below(dtype)
-        if limit is None or top < limit:
-            return dtype
-    raise AssertionError("unreachable: int64 carries every value")  # pragma: no cover
-
-
-# ------------------------------------------------------------------ input checks
-def check_features(X: Any, n_features: int, name: str = "X") -> np.ndarray:
-    """``X`` as an array of shape ``(n_samples, n_features)``, else a ``ValueError``."""
-    X = np.asarray(X)
-    if X.ndim != 2 or X.shape[1] != n_features:
-        raise ValueError(f"{name} must have shape (n_samples, {n_features}), got {X.shape}")
-    return X
-
-
-def check_quantized(
-    q: Any, n_features: int, bounds: tuple[int, int], name: str = "q",
-    reason: str = "the input quantizer's range",
-) -> np.ndarray:
-    """Validate quantized inputs; return them as int64.
-
-    The one input check of every backend: an integer array (else
-    :class:`InputTypeError`) of shape ``(n_samples, n_features)`` whose values lie in
-    ``bounds`` (else ``ValueError``, naming the bounds and ``reason``).
-
-    >>> check_quantized([[1, -2]], 2, (-4, 3)).tolist()
-    [[1, -2]]
-    >>> check_quantized([[1, 5]], 2, (-4, 3))
-    Traceback (most recent call last):
-    ...
-    ValueError: quantized inputs must lie in [-4, 3] (the input quantizer's range)
-    """
-    q = np.asarray(q)
-    if q.dtype.kind not in "iu":
-        raise InputTypeError(f"{name}: expected quantized integer inputs, got dtype {q.dtype}")
-    check_features(q, n_features, name)
-    lo, hi = (int(b) for b in bounds)
-    if q.size and (q.min() < lo or q.max() > hi):
-        raise ValueError(f"quantized inputs must lie in [{lo}, {hi}] ({reason})")
-    return q.astype(np.int64, copy=False)
