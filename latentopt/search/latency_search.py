@@ -36,18 +36,15 @@ from sklearn.utils.validation import check_is_fitted
 from .inner import search_compile
 from .objective import _NO_LATENCY, _data_key, _Objective
 from .results import Outcome, collect, make_outcome, pareto_front, plot_front, summary_table
-from .space import DEFAULT_SPACE
 from .storage import local_storage_dir, make_storage, recover_stale_trials
 from .trials import (
-    _template_params,
     bind_identity,
-    canonical,
     check_main_guard,
     fingerprint,
     make_sampler,
     n_evaluated,
-    run_trials,
-    worker,
+    optimize,
+    study_identity,
 )
 from .validation import check_search_args
 
@@ -224,7 +221,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self.threshold_ = self.reference_score_ - self.max_accuracy_drop
         self.cost_model_ = self._resolve_cost_model()
         cache = self._cache_dir(spec if isinstance(spec, (str, os.PathLike)) else storage)
-        identity = self._identity(_data_key(X, y), teacher_key)
+        identity = study_identity(self, _data_key(X, y), teacher_key)
         name = self.study_name or f"latentopt-{fingerprint(identity)}"
         if teacher_key and not self.study_name:
             name += f"-teacher-{teacher_key}"
@@ -238,29 +235,12 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         objective = _Objective(self, (X_tr, y_tr, X_val, y_val), self.reference_score_,
                                self.cost_model_, cache, teacher=trial_teacher,
                                teacher_key=teacher_key)
-        self._optimize(study, objective, spec if spec is not None else storage, name)
+        self._optimize(study, objective, spec if spec is not None else storage)
         self.study_ = study
         self._collect(study)
         self.best_estimator_ = (self._best_estimator(objective, X, y)
                                 if self.best_trial_ is not None else None)
         return self
-
-    def _identity(self, data_key: str, teacher_key: str) -> dict[str, Any]:
-        """What the study searches: a resume with anything else is refused."""
-        cm = self.cost_model_
-        return {
-            "estimator": {"class": type(self.estimator).__qualname__,
-                          "params": canonical(_template_params(self.estimator))},
-            "space": canonical(self.param_space if self.param_space is not None
-                               else DEFAULT_SPACE),
-            "data": {"hash": data_key, "validation_fraction": self.validation_fraction,
-                     "random_state": self.random_state},
-            "budget": {"max_accuracy_drop": self.max_accuracy_drop,
-                       "reference_score": self.reference_score},
-            "teacher": teacher_key,
-            "evaluation": {"n_repeats": self.n_repeats,
-                           "cost_model": None if cm is None else type(cm).__qualname__},
-        }
 
     def _cache_dir(self, storage: Any) -> Path:
         if self.cache_dir is not None:
@@ -306,10 +286,10 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         model, so its rounding / p_error are searched again (on the validation part,
         which it has now seen) rather than copied from the trial.
         """
-        params = self.best_params_
+        params, point = dict(self.best_params_ or {}), dict(self.best_compile_kwargs_ or {})
         if not self.refit:
-            est, _ = objective._fit({k: v for k, v in params.items()})
-            est.compile(**self.best_compile_kwargs_, verbose=0)
+            est, _ = objective._fit(params)
+            est.compile(**point, verbose=0)
             return est
         best = clone(self.estimator).set_params(**params)
         if objective.teacher is not None:
@@ -322,42 +302,12 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                                reference_score=self.reference_score_, n_repeats=self.n_repeats,
                                cost_model=objective.cost_model)
         if inner.best is None:  # the retrained model misses the budget: keep the trial's
-            est, _ = objective._fit(dict(params))
-            est.compile(**self.best_compile_kwargs_, verbose=0)
+            est, _ = objective._fit(params)
+            est.compile(**point, verbose=0)
             return est
         return best
 
-    def _best_estimator(self, objective: _Objective, X: np.ndarray, y: np.ndarray) -> Any:
-        """The chosen model, compiled at a point validated for *that* model.
-
-        ``refit=False``: the fastest feasible trial's own model (trained on the training
-        part of ``X``, validated on the rest), from the model cache.  ``refit=True``: the
-        same hyper-parameters retrained on all of ``X``; a retrained model is a different
-        model, so its rounding / p_error are searched again (on the validation part,
-        which it has now seen) rather than copied from the trial.
-        """
-        params = self.best_params_
-        if not self.refit:
-            est, _ = objective._fit({k: v for k, v in params.items()})
-            est.compile(**self.best_compile_kwargs_, verbose=0)
-            return est
-        best = clone(self.estimator).set_params(**params)
-        if objective.teacher is not None:
-            best.set_params(teacher=self.teacher_)
-        if self.verbose <= 1:
-            best.set_params(verbose=0)
-        best.fit(X, y)
-        inner = search_compile(best, objective.data[2], objective.data[3],
-                               max_accuracy_drop=self.max_accuracy_drop,
-                               reference_score=self.reference_score_, n_repeats=self.n_repeats,
-                               cost_model=objective.cost_model)
-        if inner.best is None:  # the retrained model misses the budget: keep the trial's
-            est, _ = objective._fit(dict(params))
-            est.compile(**self.best_compile_kwargs_, verbose=0)
-            return est
-        return best
-
-    def _optimize(self, study: Any, objective: _Objective, storage: Any, name: str) -> None:
+    def _optimize(self, study: Any, objective: _Objective, storage: Any) -> None:
         from tqdm.auto import tqdm
 
         recover_stale_trials(study)
@@ -375,37 +325,11 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                 bar.set_postfix(best_latency=f"{best['latency']:.4g}",
                                 score=f"{best['score']:.4f}", threshold=f"{threshold:.4f}")
 
-        procs: list[Any] = []
-
-        def check_workers() -> None:
-            dead = [p for p in procs if p.exitcode not in (None, 0)]
-            if dead:
-                raise RuntimeError(
-                    f"{len(dead)} of {len(procs)} search worker process(es) failed (exit code "
-                    f"{dead[0].exitcode}); see their error output above. A script started "
-                    "without an 'if __name__ == \"__main__\":' guard is the usual cause.")
-
-        if self.n_jobs > 1 and remaining > 1:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")
-            for i in range(min(self.n_jobs, remaining) - 1):
-                p = ctx.Process(target=worker, args=(name, storage, objective, self.n_trials,
-                                                     self.timeout, self.random_state, i + 1))
-                p.start()
-                procs.append(p)
-        ok = False
         try:
-            run_trials(study, objective, self.n_trials, timeout=self.timeout,
-                       callbacks=[progress], check=check_workers)
-            ok = True
+            optimize(study, objective, self.n_trials, n_jobs=self.n_jobs, storage=storage,
+                     timeout=self.timeout, seed=self.random_state, callbacks=[progress])
         finally:
-            for p in procs:
-                if not ok and p.is_alive():
-                    p.terminate()  # our own worker process, by its handle
-                p.join()
             bar.close()
-        check_workers()
 
     def _collect(self, study: Any) -> None:
         rows, failures = collect(study)

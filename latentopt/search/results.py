@@ -164,14 +164,16 @@ def plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]], threshol
     ok = [r for r in rows if r["latency"] < _NO_LATENCY]
     feasible = [r for r in ok if r["feasible"]]
     other = [r for r in ok if not r["feasible"]]
-    ax.scatter([r["latency"] for r in feasible], [r["score"] for r in feasible],
-               color="tab:blue", s=18, label="feasible trials")
-    ax.scatter([r["latency"] for r in other], [r["score"] for r in other],
-               color="tab:gray", s=18, label="below budget")
+    for group, color, label in ((feasible, "tab:blue", "feasible trials"),
+                                (other, "tab:gray", "below budget")):
+        if group:
+            ax.scatter([r["latency"] for r in group], [r["score"] for r in group],
+                       color=color, s=18, label=label)
     ax.plot([r["latency"] for r in front], [r["score"] for r in front], "o-",
             color="tab:red", label="Pareto front")
     ax.axhline(threshold, ls="--", color="k", lw=0.8, label="accuracy budget")
     ax.set_xscale("log")
+    ax.margins(x=0.06, y=0.08)  # no marker on the frame
     ax.set_xlabel(xlabel)
     ax.set_ylabel("validation score")
     # the legend sits outside the axes (above), so it never covers a point

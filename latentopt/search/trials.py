@@ -38,7 +38,8 @@ from .space import DEFAULT_SPACE, sample_params
 from .storage import recover_stale_trials
 
 __all__ = ["ModelCache", "StudyMismatchError", "bind_identity", "canonical", "check_main_guard",
-           "make_sampler", "model_key", "n_evaluated", "run_trials"]
+           "make_sampler", "model_key", "n_evaluated", "optimize", "run_trials",
+           "study_identity"]
 
 ERROR_ATTR = "error"
 SKIPPED_ATTR = "skipped"
@@ -91,6 +92,24 @@ def _template_params(estimator: Any) -> dict[str, Any]:
     # verbosity changes no result; the teacher is keyed by its outputs (teacher_key)
     return {k: v for k, v in estimator.get_params(deep=False).items()
             if k not in ("verbose", "teacher")}
+
+
+def study_identity(search: Any, data_key: str, teacher_key: str) -> dict[str, Any]:
+    """What a :class:`~latentopt.search.LatencySearch` study searches (``fit`` state)."""
+    cm = search.cost_model_
+    return {
+        "estimator": {"class": type(search.estimator).__qualname__,
+                      "params": canonical(_template_params(search.estimator))},
+        "space": canonical(search.param_space if search.param_space is not None
+                           else DEFAULT_SPACE),
+        "data": {"hash": data_key, "validation_fraction": search.validation_fraction,
+                 "random_state": search.random_state},
+        "budget": {"max_accuracy_drop": search.max_accuracy_drop,
+                   "reference_score": search.reference_score},
+        "teacher": teacher_key,
+        "evaluation": {"n_repeats": search.n_repeats,
+                       "cost_model": None if cm is None else type(cm).__qualname__},
+    }
 
 
 def bind_identity(study: Any, identity: Mapping[str, Any]) -> None:
@@ -276,6 +295,49 @@ def worker(study_name: str, storage: Any, objective: Any, n_trials: int,
     study = optuna.load_study(study_name=study_name, storage=storage)
     study.sampler = make_sampler(seed, index, len(study.get_trials(deepcopy=False)))
     run_trials(study, objective, n_trials, timeout=timeout)
+
+
+def optimize(study: Any, objective: Any, n_trials: int, *, n_jobs: int = 1,
+             storage: Any = None, timeout: float | None = None, seed: int | None = None,
+             callbacks: list[Callable[..., None]] | None = None) -> None:
+    """Run the study to ``n_trials`` evaluated trials here and in ``n_jobs - 1`` workers.
+
+    Workers are spawned processes that open ``storage`` (a URL, path or picklable
+    storage shared with ``study``) themselves.  A worker that fails (e.g. a script
+    without a ``__main__`` guard) stops the search with a ``RuntimeError``; on any
+    error the other workers are terminated.
+    """
+    remaining = n_trials - n_evaluated(study)
+    procs: list[Any] = []
+
+    def check_workers() -> None:
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if dead:
+            raise RuntimeError(
+                f"{len(dead)} of {len(procs)} search worker process(es) failed (exit code "
+                f"{dead[0].exitcode}); see their error output above. A script started "
+                "without an 'if __name__ == \"__main__\":' guard is the usual cause.")
+
+    if n_jobs > 1 and remaining > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        for i in range(min(n_jobs, remaining) - 1):
+            p = ctx.Process(target=worker, args=(study.study_name, storage, objective,
+                                                 n_trials, timeout, seed, i + 1))
+            p.start()
+            procs.append(p)
+    ok = False
+    try:
+        run_trials(study, objective, n_trials, timeout=timeout, callbacks=callbacks,
+                   check=check_workers)
+        ok = True
+    finally:
+        for p in procs:
+            if not ok and p.is_alive():
+                p.terminate()  # our own worker process, by its handle
+            p.join()
+    check_workers()
 
 
 # ---------------------------------------------------------------------- main-module guard

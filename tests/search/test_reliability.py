@@ -19,6 +19,7 @@ from test_search import SPACE, TINY
 
 from latentopt import QuantizedMLPClassifier
 from latentopt.search import LatencySearch
+from latentopt.search.objective import _Objective
 from latentopt.search.storage import make_storage
 from latentopt.search.trials import (
     StudyMismatchError,
@@ -108,14 +109,16 @@ def test_model_cache_keys_on_every_effective_parameter(data, tmp_path):
     assert len(keys) == 3
     assert model_key(base, "d") != model_key(base, "other data")
     assert model_key(base, "d") == model_key(QuantizedMLPClassifier(**{**TINY, "verbose": 2}), "d")
-    # through the search: same sampled parameters, another fixed max_epochs -> retrained
-    one = _search(cache_dir=tmp_path).fit(X, y)
-    again = _search(cache_dir=tmp_path).fit(X, y)
-    assert again.study_.trials[0].user_attrs["cached_model"] is True
-    other = _search(cache_dir=tmp_path, estimator=QuantizedMLPClassifier(
-        **{**TINY, "max_epochs": 7})).fit(X, y)
-    assert other.study_.trials[0].user_attrs["params"] == one.study_.trials[0].user_attrs["params"]
-    assert other.study_.trials[0].user_attrs["cached_model"] is False
+    # through the trial objective: a model trained with another fixed max_epochs (same
+    # sampled parameters) is not reused; the same settings are
+    split = (X[:120], y[:120], X[120:], y[120:])
+    obj = _Objective(_search(), split, 0.9, None, tmp_path)
+    model, cached = obj._fit({"n_w_bits": 2})
+    assert not cached and obj._fit({"n_w_bits": 2})[1] is True
+    other = _Objective(_search(estimator=QuantizedMLPClassifier(**{**TINY, "max_epochs": 7})),
+                       split, 0.9, None, tmp_path)
+    model7, cached7 = other._fit({"n_w_bits": 2})
+    assert not cached7 and model7.max_epochs == 7 and model.max_epochs == TINY["max_epochs"]
 
 
 # ------------------------------------------------------------ repeats, counts, failures
@@ -254,6 +257,7 @@ def test_script_without_main_guard_gets_a_clear_error(tmp_path):
         import numpy as np
         from latentopt import QuantizedMLPClassifier
         from latentopt.search import LatencySearch
+from latentopt.search.objective import _Objective
         X = np.random.RandomState(0).randn(60, 3); y = (X[:, 0] > 0).astype(int)
         LatencySearch(QuantizedMLPClassifier(max_epochs=2), n_jobs=2, n_trials=2,
                       reference_score=0.9, verbose=0).fit(X, y)
