@@ -343,7 +343,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self.outcome_: Outcome = make_outcome(
             rows, failures, best, reference_score=self.reference_score_,
             threshold=self.threshold_, max_accuracy_drop=self.max_accuracy_drop,
-            n_trials=self.n_trials, unit=self._unit())
+            n_trials=self.n_trials, seconds=self.cost_model_ is not None)
         if best is None:
             self.best_params_ = None
             self.best_compile_kwargs_ = None
@@ -355,9 +355,6 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
         self.best_params_ = params
         self.best_compile_kwargs_ = dict(trial.user_attrs["compile"])
-
-    def _unit(self) -> str:
-        return "s/sample (predicted)" if self.cost_model_ is not None else "(complexity)"
 
     # ------------------------------------------------------------ use and show
     def _chosen(self) -> Any:
@@ -377,14 +374,18 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
     def summary(self) -> str:
         """The results table: every trial, Pareto points marked with ``*``; the outcome."""
         check_is_fitted(self, "results_")
+        seconds = self.cost_model_ is not None
         footer = [f"reference score {self.reference_score_:.4f}, threshold "
-                  f"{self.threshold_:.4f}; latency in {self._unit()}; * = Pareto front"]
+                  f"{self.threshold_:.4f}; * = Pareto front; " + (
+                      "s/sample: seconds per encrypted sample predicted by the cost model"
+                      if seconds else "no cost model: trials are ranked by concrete's "
+                      "complexity, which is not seconds")]
         if self.failures_:
             footer.append(f"{len(self.failures_)} failed trial(s): "
                           + "; ".join(f"trial {f['trial']}: {f['error']}"
                                       for f in self.failures_[:3]))
         footer.append(self.outcome_.message)
-        return summary_table(self.results_, self.pareto_front_, footer)
+        return summary_table(self.results_, self.pareto_front_, footer, seconds)
 
     def plot_pareto(self, ax: Any = None) -> Any:
         """Matplotlib scatter of every trial, the Pareto front and the threshold.

@@ -82,15 +82,17 @@ def collect(study: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return rows, failures
 
 
-def _latency_words(latency: float | None, unit: str) -> str:
+def _latency_words(latency: float | None, seconds: bool) -> str:
     if latency is None or latency >= _NO_LATENCY:
         return "no circuit of it compiled"
-    return f"latency {latency:.4g} {unit}".rstrip()
+    if seconds:
+        return f"{latency:.4g} s per sample (predicted)"
+    return f"complexity {latency:.4g} (no cost model: not seconds)"
 
 
 def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                  best: dict[str, Any] | None, *, reference_score: float, threshold: float,
-                 max_accuracy_drop: float, n_trials: int, unit: str = "") -> Outcome:
+                 max_accuracy_drop: float, n_trials: int, seconds: bool = True) -> Outcome:
     """The outcome in numbers and words."""
     top = max(rows, key=lambda r: (r["score"], -r["latency"])) if rows else None
     n_eval = len(rows) + len(failures)
@@ -104,12 +106,12 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
               f"minus max_accuracy_drop={max_accuracy_drop:g})")
     if best is not None:
         msg = (f"Budget met: {budget}. Chosen: trial {best['trial']}, score "
-               f"{best['score']:.4f}, {_latency_words(best['latency'], unit)}.")
+               f"{best['score']:.4f}, {_latency_words(best['latency'], seconds)}.")
         return Outcome(budget_met=True, message=msg, **common)  # type: ignore[arg-type]
     lines = [f"Budget NOT met: none of the {n_eval} evaluated trials reached {budget}."]
     if top is not None:
         lines.append(f"Best validation score reached: {top['score']:.4f} (trial {top['trial']}, "
-                     f"{_latency_words(top['latency'], unit)}).")
+                     f"{_latency_words(top['latency'], seconds)}).")
     else:
         lines.append("No trial completed.")
     if failures:
@@ -136,18 +138,25 @@ def _cell(v: Any) -> str:
 
 
 def summary_table(rows: list[dict[str, Any]], front: list[dict[str, Any]],
-                  footer: list[str]) -> str:
-    """Every completed trial by latency; columns as wide as their names and values."""
+                  footer: list[str], seconds: bool = True) -> str:
+    """Every completed trial by latency; columns as wide as their names and values.
+
+    Columns no trial fills are left out; the latency column is named by its unit
+    (``s/sample`` predicted by the cost model, else ``complexity``).
+    """
     marks = {r["trial"] for r in front}
     keys = ["trial", "hidden_layer_sizes", "n_w_bits", "n_a_bits", "pruning_ratio", "lr",
             "rounding_bits", "p_error", "pbs", "max_tlu_bits", "latency", "score"]
     extra = sorted({k for r in rows for k in r} - set(keys)
                    - {"feasible", "tlus", "rounding_method"})
     keys[keys.index("lr") + 1:keys.index("lr") + 1] = extra  # searched dimensions
+    keys = [k for k in keys if k in ("trial", "latency", "score")
+            or any(r.get(k) is not None for r in rows)]
     table = [[_cell(r.get(k)) for k in keys] + [f"{r['feasible']}" + ("*" if r["trial"] in marks
                                                                       else " ")]
              for r in sorted(rows, key=lambda r: r["latency"])]
-    header = [*keys, "feasible"]
+    header = [("s/sample" if seconds else "complexity") if k == "latency" else k
+              for k in keys] + ["feasible"]
     widths = [max([len(h)] + [len(row[i]) for row in table]) for i, h in enumerate(header)]
     lines = [" ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines += [" ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table]

@@ -257,7 +257,6 @@ def test_script_without_main_guard_gets_a_clear_error(tmp_path):
         import numpy as np
         from latentopt import QuantizedMLPClassifier
         from latentopt.search import LatencySearch
-from latentopt.search.objective import _Objective
         X = np.random.RandomState(0).randn(60, 3); y = (X[:, 0] > 0).astype(int)
         LatencySearch(QuantizedMLPClassifier(max_epochs=2), n_jobs=2, n_trials=2,
                       reference_score=0.9, verbose=0).fit(X, y)

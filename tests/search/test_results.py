@@ -51,7 +51,8 @@ def test_an_unmet_budget_is_an_answer(data):
     assert out.best_score_trial == top["trial"]
     assert out.best_score_latency == pytest.approx(top["latency"])
     msg = out.message
-    assert f"{top['score']:.4f}" in msg and f"{top['latency']:.4g}" in msg
+    assert f"{top['score']:.4f}" in msg
+    assert f"complexity {top['latency']:.4g} (no cost model: not seconds)" in msg
     # what to change, with the drop that would have accepted the best trial
     assert f"max_accuracy_drop >= {1.01 - top['score']:.3g}" in msg
     assert "n_trials=2" in msg and "widen the search space" in msg
@@ -73,8 +74,11 @@ def test_summary_shows_whole_column_names(fitted):
     text = fitted.summary()
     header = text.splitlines()[0].split()
     for name in ("hidden_layer_sizes", "pruning_ratio", "rounding_bits", "max_tlu_bits",
-                 "latency", "score", "feasible"):
+                 "score", "feasible"):
         assert name in header
+    # without a cost model the column is what it holds: complexity, never "latency"
+    assert "complexity" in header and "latency" not in header and "lr" not in header
+    assert "not seconds" in text
     rows = text.splitlines()[1:1 + len(fitted.results_)]
     # every row lines up with the header (right-aligned columns of equal width)
     assert {len(r.rstrip("* ")) for r in rows} <= {len(text.splitlines()[0]),
