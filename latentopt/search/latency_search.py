@@ -322,8 +322,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             ok = [r for r in collect(study)[0] if r["feasible"] and r["latency"] < _NO_LATENCY]
             if ok:
                 best = min(ok, key=lambda r: r["latency"])
-                bar.set_postfix(best_latency=f"{best['latency']:.4g}",
-                                score=f"{best['score']:.4f}", threshold=f"{threshold:.4f}")
+                unit = "best_s_per_sample" if self.cost_model_ is not None else "best_complexity"
+                bar.set_postfix({unit: f"{best['latency']:.4g}", "score": f"{best['score']:.4f}",
+                                 "threshold": f"{threshold:.4f}"})
 
         try:
             optimize(study, objective, self.n_trials, n_jobs=self.n_jobs, storage=storage,
