@@ -81,6 +81,8 @@ def canonical(value: Any) -> Any:
     if hasattr(value, "get_params"):
         return {"class": f"{type(value).__module__}.{type(value).__qualname__}",
                 "params": canonical(value.get_params(deep=False))}
+    if callable(value) and hasattr(value, "__qualname__"):  # a function or class
+        return {"callable": f"{getattr(value, '__module__', '')}.{value.__qualname__}"}
     return {"type": f"{type(value).__module__}.{type(value).__qualname__}"}
 
 
