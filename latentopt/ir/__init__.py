@@ -1,12 +1,14 @@
 """The quantized-circuit IR: the centre of latentopt.
 
-Typed immutable nodes (:mod:`.nodes`), univariate functions for table lookups
-(:mod:`.functions`), range and bit-width analysis (:mod:`.ranges`), the circuit
-graph with its report (:mod:`.circuit`) and a portable file format (:mod:`.serialize`).
+Typed immutable nodes (:mod:`.nodes`; convolution and pooling in :mod:`.conv_nodes`),
+univariate functions for table lookups (:mod:`.functions`), range and bit-width
+analysis (:mod:`.ranges`), the circuit graph with its report (:mod:`.circuit`) and a
+portable file format (:mod:`.serialize`).
 This package depends on numpy and the standard library only.
 """
 
 from .circuit import INPUT, Circuit, CircuitReport
+from .conv_nodes import Conv, MaxPool, SumPool
 from .functions import ACTIVATIONS, ExplicitTable, QuantActivation, UnivariateFunction, int_range
 from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval, bit_width
@@ -18,15 +20,18 @@ __all__ = [
     "Add",
     "Circuit",
     "CircuitFormatError",
+    "Conv",
     "CircuitReport",
     "Dequantize",
     "ExplicitTable",
     "Gemm",
     "Interval",
+    "MaxPool",
     "Node",
     "QuantActivation",
     "QuantizeInput",
     "Round",
+    "SumPool",
     "TableLookup",
     "UnivariateFunction",
     "bit_width",

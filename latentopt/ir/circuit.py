@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from .conv_nodes import Conv, MaxPool, SumPool, WindowNode
 from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
-from .ranges import Interval, worst_case_ranges
+from .ranges import Interval, bit_width, worst_case_ranges
 
 __all__ = ["INPUT", "Circuit", "CircuitReport", "layer_name"]
 
@@ -150,10 +151,11 @@ class Circuit:
                     f"add {node.name!r} reads values of widths {w_in} and "
                     f"{widths[node.inputs[1]]}"
                 )
-            if isinstance(node, Gemm):
+            if isinstance(node, (Gemm, WindowNode)):
                 if node.in_features != w_in:
                     raise ValueError(
-                        f"gemm {node.name!r} expects {node.in_features} inputs, gets {w_in}"
+                        f"{node.op} {node.name!r} expects {node.in_features} inputs, "
+                        f"gets {w_in}"
                     )
                 w_out = node.out_features
             else:
@@ -292,14 +294,18 @@ class Circuit:
     def layers(self) -> list[dict[str, Node]]:
         """Group nodes by layer: each :class:`Gemm` with its Round and TableLookup.
 
-        A table lookup that does not follow a gemm (e.g. an activation after a residual
-        :class:`Add`) forms a layer of its own, keyed ``"tlu"`` (and ``"round"``), with
-        ``"source"`` the value it reads.
+        Key ``"gemm"`` holds the layer's linear node: a :class:`Gemm`, :class:`Conv` or
+        :class:`SumPool`.  A :class:`MaxPool` forms a layer of its own, keyed
+        ``"maxpool"``.  A table lookup that does not follow a gemm (e.g. an activation
+        after a residual :class:`Add`) forms a layer of its own, keyed ``"tlu"`` (and
+        ``"round"``), with ``"source"`` the value it reads.
         """
         groups: list[dict[str, Node]] = []
         owner: dict[str, dict[str, Node]] = {}
         for node in self._nodes:
-            if isinstance(node, Gemm):
+            if isinstance(node, MaxPool):
+                groups.append({"maxpool": node})
+            elif isinstance(node, (Gemm, Conv, SumPool)):
                 g: dict[str, Node] = {"gemm": node}
                 groups.append(g)
                 owner[node.name] = g
@@ -331,10 +337,15 @@ class Circuit:
             tlu = g.get("tlu")
             lsbs = rnd.lsbs if isinstance(rnd, Round) else 0
             gemm = g.get("gemm")
-            if isinstance(gemm, Gemm):
+            pool = g.get("maxpool")
+            if isinstance(gemm, (Gemm, Conv, SumPool)):
                 acc, n_in, n_out = gemm.name, gemm.in_features, gemm.out_features
-                nonzero = int(np.count_nonzero(gemm.weight))
+                weight = getattr(gemm, "weight", None)
+                nonzero = 0 if weight is None else int(np.count_nonzero(weight))
                 name = gemm.name
+            elif isinstance(pool, MaxPool):
+                rows.append(_maxpool_row(i, pool, worst, cal))
+                continue
             else:  # a lookup of a value that no gemm produced (e.g. after an Add)
                 acc = g["source"].name
                 n_in = n_out = self.width(acc)
@@ -400,9 +411,35 @@ class Circuit:
 
 
 def layer_name(group: dict[str, Node]) -> str:
-    """Name of a layer of :meth:`Circuit.layers`: its gemm, else its lookup or rounding."""
-    node = group.get("gemm") or group.get("tlu") or group["round"]
+    """Name of a layer of :meth:`Circuit.layers`: its gemm (or max pooling), else its
+    lookup or rounding."""
+    node = group.get("gemm") or group.get("maxpool") or group.get("tlu") or group["round"]
     return node.name
+
+
+def _maxpool_row(i: int, pool: MaxPool, worst: dict[str, Interval],
+                 cal: dict[str, Interval]) -> dict[str, Any]:
+    """Report row of a max pooling: its PBS are lookups of differences ``a - b``."""
+
+    def diff_bits(rng: Interval) -> int:
+        return bit_width(rng.min - rng.max, rng.max - rng.min)
+
+    src = pool.inputs[0]
+    return {
+        "layer": i,
+        "name": pool.name,
+        "in_features": pool.in_features,
+        "out_features": pool.out_features,
+        "nonzero_weights": 0,
+        "accumulator_bits": worst[pool.name].bits,
+        "accumulator_bits_calibrated": cal[pool.name].bits if pool.name in cal else None,
+        "rounding_lsbs": 0,
+        "tlu_input_bits": diff_bits(worst[src]) if pool.pbs_count else None,
+        "tlu_input_bits_calibrated": (diff_bits(cal[src]) if pool.pbs_count and src in cal
+                                      else None),
+        "tlu_count": pool.pbs_count,
+        "output_bits": worst[pool.name].bits,
+    }
 
 
 def _rounded_bits(rng: Interval, lsbs: int) -> int:

@@ -16,9 +16,9 @@ Add                ``a + b`` elementwise (two inputs)            server, leveled
 Dequantize         ``(x - zero_point) * scale``                 client, in clear
 =================  ==========================================  ===================
 
-Values are flat: convolutions and pooling are lowered to :class:`Gemm` over the
-row-major flattened ``(channels, *spatial)`` tensor by the importers, so every node
-sees a ``(batch, features)`` array.
+Values are flat: every node sees a ``(batch, features)`` array.  Convolution and
+pooling nodes (:mod:`.conv_nodes`) know the ``(channels, *spatial)`` shape of their
+input and read and write the row-major flattened tensor.
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ class Node:
                 arrays.update({f"{f.name}.{k}": v for k, v in farrays.items()})
             elif value is None or isinstance(value, (bool, int, float, str)):
                 meta[f.name] = value
+            elif isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+                meta[f.name] = list(value)  # shapes and strides: nodes re-make tuples
             else:  # pragma: no cover - guarded by node definitions
                 raise TypeError(f"cannot serialise field {f.name} of {type(value)}")
         return meta, arrays

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .conv_nodes import Conv, MaxPool, SumPool, WindowNode
 from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,6 +104,31 @@ def _gemm_bounds(node: Gemm, x: Interval) -> Interval:
     return Interval(out_lo.astype(np.int64), out_hi.astype(np.int64))
 
 
+def _window_bounds(node: WindowNode, x: Interval) -> Interval:
+    """Exact bounds of a convolution or pooling (every output reaches them)."""
+    lo, hi = x.lo, x.hi
+    if lo.size == 1 and node.in_features != 1:
+        lo, hi = np.full(node.in_features, lo[0]), np.full(node.in_features, hi[0])
+    if isinstance(node, Conv):
+        # every partial sum below 2**62 (checked in Python ints): int64 is exact below
+        zp = node.input_zero_point
+        mag = max(abs(int(lo.min()) - zp), abs(int(hi.max()) - zp))
+        w_sum = int(np.abs(node.weight).reshape(node.weight.shape[0], -1).sum(axis=1).max())
+        b_max = 0 if node.bias is None else int(np.abs(node.bias).max())
+        if mag * w_sum + b_max >= 2**62:
+            raise OverflowError(f"accumulator of {node.name!r} exceeds 62 bits")
+        # padded positions are a real zero: they add nothing to either bound
+        wpos, wneg = np.maximum(node.weight, 0), np.minimum(node.weight, 0)
+        out_lo = node.apply(lo, wpos, bias=False) + node.apply(hi, wneg, bias=False)
+        out_hi = node.apply(hi, wpos, bias=False) + node.apply(lo, wneg, bias=False)
+        if node.bias is not None:
+            b = np.repeat(node.bias, int(np.prod(node.output_spatial)))
+            out_lo, out_hi = out_lo + b, out_hi + b
+        return Interval(out_lo[0], out_hi[0])
+    assert isinstance(node, (SumPool, MaxPool))  # both monotone in every input
+    return Interval(node.apply(lo)[0], node.apply(hi)[0])
+
+
 def propagate(node: Node, x: Interval, n_features: int) -> Interval:
     """Worst-case output interval of ``node`` given its input interval."""
     if isinstance(node, QuantizeInput):
@@ -110,6 +136,8 @@ def propagate(node: Node, x: Interval, n_features: int) -> Interval:
         return Interval(np.full(n_features, lo), np.full(n_features, hi))
     if isinstance(node, Gemm):
         return _gemm_bounds(node, x)
+    if isinstance(node, WindowNode):
+        return _window_bounds(node, x)
     if isinstance(node, Round):
         r = node.apply
         return Interval(r(x.lo), r(x.hi))
