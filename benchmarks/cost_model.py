@@ -69,7 +69,7 @@ def measure(config: tuple, repeats: int) -> dict:
            "profile": circuit_profile(fc), "report": _jsonable(fc.report),
            "accuracy": float(clf.score(Xte, yte))}
     row["keygen_seconds"] = fc.keygen()
-    q = IntegerBackend(clf.compiled_circuit_).quantize(Xte)
+    q = IntegerBackend(clf.rounded_circuit_).quantize(Xte)
     q = np.clip(q, *fc.report["input_range"])
     fc.execute(q[:1])  # warm-up: decompresses the evaluation keys
     row["load_before"] = os.getloadavg()[0]

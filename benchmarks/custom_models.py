@@ -160,8 +160,8 @@ def one_seed(seed: int, n_execute: int, fhe: bool) -> list[dict]:
             row["compile_s"] = time.perf_counter() - t
             row["qat3_r5_int"] = accuracy(qm.predict(Xte), yte)
             row["qat3_r5_sim"] = accuracy(qm.predict(Xte, fhe="simulate"), yte)
-            row["pbs"] = qm.compiled_report_["programmable_bootstrap_count"]
-            row["tlu_bits"] = qm.compiled_report_["max_tlu_input_bits"]
+            row["pbs"] = qm.fhe_report_["programmable_bootstrap_count"]
+            row["tlu_bits"] = qm.fhe_report_["max_tlu_input_bits"]
             p6 = compile_torch_model(model, cal, n_bits=6, task="classification",
                                      rounding_bits=6, p_error=P_ERROR, verbose=0)
             row["ptq6_r6_sim"] = accuracy(p6.predict(Xte, fhe="simulate"), yte)

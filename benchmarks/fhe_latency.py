@@ -63,7 +63,7 @@ def main() -> None:
                     print(f"{name:13s} {label:14s} {str(rounding):>5s} {p_error:6.0e}  "
                           f"not compilable: {type(exc).__name__}")
                     continue
-                rep = clf.compiled_report_
+                rep = clf.fhe_report_
                 acc = clf.score(Xte, yte)
                 sim = clf.predict(Xte, fhe="simulate")
                 keygen = clf.keygen(force=True)

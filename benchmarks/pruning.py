@@ -27,7 +27,7 @@ BUDGETS = (12, 11, 10)
 
 
 def _row(est, Xte, yte, fhe: bool) -> dict:
-    rep = est.report()
+    rep = est.bit_width_report()
     row = {
         "acc": est.score(Xte, yte),
         "neurons": sum(r["out_features"] for r in rep.layers[:-1]),
@@ -38,7 +38,7 @@ def _row(est, Xte, yte, fhe: bool) -> dict:
     }
     if fhe:
         est.compile(rounding_bits=6, p_error=0.01, verbose=0)
-        row["pbs"] = est.compiled_report_["programmable_bootstrap_count"]
+        row["pbs"] = est.fhe_report_["programmable_bootstrap_count"]
         row["sim_acc"] = float(np.mean(est.predict(Xte, fhe="simulate") == yte))
     return row
 

@@ -67,7 +67,7 @@ def run_latentopt(name: str, n_trials: int, timeout: float, n_execute: int) -> d
         t = time.perf_counter()
         clf.predict(Xte[i : i + 1], fhe="execute")
         times.append(time.perf_counter() - t)
-    rep = clf.compiled_report_
+    rep = clf.fhe_report_
     return {"dataset": name, "float_accuracy": float_acc, "accuracy": float(np.mean(sim == yte)),
             "latency_s": float(np.median(times)), "keygen_s": keygen,
             "pbs": rep["programmable_bootstrap_count"], "max_bit_width": rep["max_tlu_input_bits"],

@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     clf = search.best_estimator_
     print(f"\nchosen: {search.best_params_} compiled with {search.best_compile_kwargs_}")
-    rep = clf.compiled_report_
+    rep = clf.fhe_report_
     print(f"  {rep['programmable_bootstrap_count']} PBS/sample, max TLU input "
           f"{rep['max_tlu_input_bits']} bits, p_error {rep['p_error']:.2e}, evaluation keys "
           f"{rep['size_of_evaluation_keys'] / 2**20:.0f} MiB")
-    print(clf.compiled_circuit_.report())
+    print(clf.rounded_circuit_.report())
 
     print(f"integer backend (clear)      test accuracy {clf.score(X_te, y_te):.4f}")
     sim = clf.predict(X_te, fhe="simulate")

@@ -8,8 +8,8 @@ lookups of all samples over the cores, and the remainder through ``single`` (or 
 padded batch when that is cheaper), so N samples never pay N times the fixed costs and a
 single sample never pays for a padded batch.
 
-Only this module and :mod:`.fhe_deploy` import concrete, lazily: importing latentopt (or
-this module) does not.
+Only the ``fhe*`` modules import concrete, lazily (:mod:`.fhe_concrete`): importing
+latentopt (or this module) does not.
 
 Examples
 --------
@@ -49,6 +49,10 @@ from typing import Any
 import numpy as np
 
 from ..ir import Circuit
+from ..ir.schedule import check_quantized
+from .batching import pad_batch, plan_calls
+from .fhe_concrete import concrete_fhe
+from .fhe_deploy import save_deployment
 from .fhe_diagnostics import (
     FHEBitWidthError,
     FHECompilationError,
@@ -56,14 +60,7 @@ from .fhe_diagnostics import (
     module_report,
     translate_error,
 )
-from .fhe_lowering import (
-    LoweringPlan,
-    as_quantized,
-    build_function,
-    lower,
-    pad_batch,
-    plan_calls,
-)
+from .fhe_lowering import LoweringPlan, build_function, lower
 from .integer import IntegerBackend
 
 __all__ = [
@@ -82,19 +79,6 @@ SECURITY_LEVELS = (128, 132)
 DEFAULT_GLOBAL_P_ERROR = 1e-5
 #: Automatic batch size: about 128 lookups in the narrowest layer, between 8 and 16 samples.
 AUTO_BATCH_TLUS, AUTO_BATCH_MIN, AUTO_BATCH_MAX = 128, 8, 16
-
-
-def concrete_fhe() -> Any:
-    """Import and return ``concrete.fhe`` (lazily; silences its pkg_resources warning)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-            from concrete import fhe
-    except ImportError as exc:  # pragma: no cover - concrete is a hard dep of this module
-        raise ImportError(
-            "the FHE backend needs concrete-python (pip install concrete-python, numpy<2)"
-        ) from exc
-    return fhe
 
 
 def _security_level(level: int) -> Any:
@@ -244,6 +228,7 @@ class FHECircuit:
         if p_error is not None:
             conf["p_error"] = float(p_error)
         else:  # concrete's global error covers every function of the module
+            assert global_p_error is not None
             conf["global_p_error"] = float(-math.expm1(n_calls * math.log1p(-global_p_error)))
         if insecure_key_cache is not None:
             conf.update(use_insecure_key_cache=True, enable_unsafe_features=True,
@@ -258,7 +243,8 @@ class FHECircuit:
                     pieces, fhe.Configuration(**conf))
         except RuntimeError as exc:
             raise translate_error(exc) from exc
-        report = module_report(module, plan, circuit, batch_size, n_calls)
+        report = module_report(module, plan.layers, plan.max_tlu_bits, circuit, batch_size,
+                               n_calls)
         report.update(range_mode=range_mode, security_level=security_level,
                       p_error_requested=p_error,
                       global_p_error_requested=global_p_error if p_error is None else None,
@@ -371,21 +357,15 @@ class FHECircuit:
 
     def save_deployment(self, directory: str | Path, via_mlir: bool = False) -> dict[str, Path]:
         """Write the server and client artefacts, see :mod:`.fhe_deploy`."""
-        from .fhe_deploy import save_deployment
-
         return save_deployment(self, directory, via_mlir=via_mlir)
 
     def check_inputs(self, q: np.ndarray) -> np.ndarray:
         """Validate quantized inputs against what the compiled circuit can encrypt."""
-        q = as_quantized(q, self.circuit.n_features)
-        lo, hi = self.report["input_range"]
-        if q.size and (q.min() < lo or q.max() > hi):
-            raise ValueError(
-                f"quantized inputs must lie in [{lo}, {hi}] (the range this FHE circuit was "
-                f"compiled for, range_mode={self.report['range_mode']!r}); use "
-                f"range_mode='worst_case' or a calibration set covering the inputs"
-            )
-        return q
+        return check_quantized(
+            q, self.circuit.n_features, self.report["input_range"],
+            reason=f"the range this FHE circuit was compiled for, range_mode="
+                   f"{self.report['range_mode']!r}; use range_mode='worst_case' or a "
+                   f"calibration set covering the inputs")
 
 
 def remove_library_dirs(module: Any) -> None:

@@ -41,23 +41,35 @@ import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Protocol, Union
 
 import numpy as np
 
+from ..ir import Circuit
 from ..ir.nodes import Dequantize, Node, QuantizeInput
-from .fhe import concrete_fhe, pad_batch, plan_calls
+from ..ir.schedule import check_features, check_quantized
+from .batching import pad_batch, plan_calls
+from .fhe_concrete import concrete_fhe
+from .fhe_lowering import LoweringPlan
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .fhe import FHECircuit
-
-__all__ = ["FHEArtifactError", "FHEClient", "FHEServer", "save_deployment"]
+__all__ = ["CompiledCircuit", "FHEArtifactError", "FHEClient", "FHEServer", "save_deployment"]
 
 FORMAT_VERSION = 1
 SERVER_FORMAT, CLIENT_FORMAT = "latentopt.fhe.server", "latentopt.fhe.client"
 BLOB_FORMAT = "latentopt.fhe.blob"
 _MAGIC = b"LTOPTFHE"
 PathLike = Union[str, Path]
+
+
+class CompiledCircuit(Protocol):
+    """What :func:`save_deployment` reads of a compiled circuit
+    (a :class:`~latentopt.backends.fhe.FHECircuit`)."""
+
+    circuit: Circuit
+    plan: LoweringPlan
+    module: Any
+    batch_size: int
+    report: dict[str, Any]
 
 
 class FHEArtifactError(ValueError):
@@ -118,7 +130,8 @@ def _read_artifact(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, 
     return manifest, members
 
 
-def save_deployment(fc: FHECircuit, directory: PathLike, via_mlir: bool = False) -> dict[str, Path]:
+def save_deployment(fc: CompiledCircuit, directory: PathLike,
+                    via_mlir: bool = False) -> dict[str, Path]:
     """Write ``server.zip`` and ``client.zip`` for ``fc`` into ``directory``.
 
     ``via_mlir=True`` stores the MLIR program instead of the compiled library: portable
@@ -291,9 +304,7 @@ class FHEClient:
 
     # data ---------------------------------------------------------------------
     def quantize(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(f"X must have shape (n_samples, {self.n_features}), got {X.shape}")
+        X = check_features(np.asarray(X, dtype=np.float64), self.n_features)
         return self.quantizer.apply(X)
 
     def encrypt(self, X: np.ndarray) -> bytes:
@@ -301,16 +312,12 @@ class FHEClient:
         return self.encrypt_integers(self.quantize(X))
 
     def encrypt_integers(self, q: np.ndarray) -> bytes:
-        q = np.asarray(q)
-        if q.dtype.kind not in "iu" or q.ndim != 2 or q.shape[1] != self.n_features:
-            raise ValueError(f"q must be an integer array of shape (n, {self.n_features})")
-        lo, hi = self.manifest["input_range"]
-        if q.size and (q.min() < lo or q.max() > hi):
-            raise ValueError(f"quantized inputs must lie in [{lo}, {hi}]")
+        q = check_quantized(q, self.n_features, self.manifest["input_range"],
+                            reason="the range the deployed circuit was compiled for")
         self.keygen()
         calls = plan_calls(len(q), self.batch_size)
         frames = [
-            self._client.encrypt(pad_batch(q[a:b].astype(np.int64), name, self.batch_size),
+            self._client.encrypt(pad_batch(q[a:b], name, self.batch_size),
                                  function_name=name).serialize()
             for a, b, name in calls
         ]

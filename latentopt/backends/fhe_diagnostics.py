@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..ir import Circuit
-    from .fhe_lowering import LoweringPlan
 
 __all__ = [
     "MAX_TLU_BITS",
     "FHEBitWidthError",
     "FHECompilationError",
     "FHEParametersError",
-    "check_widths",
+    "check_lookup_width",
     "module_report",
     "translate_error",
 ]
@@ -43,17 +42,16 @@ class FHEParametersError(FHECompilationError):
     """No cryptographic parameters satisfy the requested error probability and widths."""
 
 
-def check_widths(plan: LoweringPlan) -> None:
-    """Refuse lookups wider than concrete supports, naming the layer and the fix."""
-    for step in plan.steps:
-        if step.kind == "tlu" and step.tlu_bits > MAX_TLU_BITS:
-            excess = step.tlu_bits - MAX_TLU_BITS
-            raise FHEBitWidthError(
-                f"layer {step.layer!r}: the input of table lookup {step.name!r} has "
-                f"{step.tlu_bits} bits; TFHE lookups take at most {MAX_TLU_BITS}. Round it "
-                f"(e.g. circuit.with_rounding({{{step.name!r}: {excess}}}) or more), or prune "
-                f"/ lower weight and activation bit-widths to shrink the accumulator."
-            )
+def check_lookup_width(layer: str, name: str, bits: int) -> None:
+    """Refuse a lookup wider than concrete supports, naming the layer and the fix."""
+    if bits > MAX_TLU_BITS:
+        excess = bits - MAX_TLU_BITS
+        raise FHEBitWidthError(
+            f"layer {layer!r}: the input of table lookup {name!r} has "
+            f"{bits} bits; TFHE lookups take at most {MAX_TLU_BITS}. Round it "
+            f"(e.g. circuit.with_rounding({{{name!r}: {excess}}}) or more), or prune "
+            f"/ lower weight and activation bit-widths to shrink the accumulator."
+        )
 
 
 def translate_error(exc: RuntimeError) -> FHECompilationError:
@@ -71,9 +69,13 @@ def translate_error(exc: RuntimeError) -> FHECompilationError:
     return FHECompilationError(f"concrete failed to compile the circuit: {msg}")
 
 
-def module_report(module: Any, plan: LoweringPlan, circuit: Circuit, batch_size: int,
-                  n_calls: int) -> dict[str, Any]:
-    """Statistics of a compiled concrete module (duck-typed: no concrete import here)."""
+def module_report(module: Any, layers: list[dict[str, Any]], max_tlu_bits: int,
+                  circuit: Circuit, batch_size: int, n_calls: int) -> dict[str, Any]:
+    """Statistics of a compiled concrete module (duck-typed: no concrete import here).
+
+    ``layers`` and ``max_tlu_bits`` are the lowering plan's per-layer rows and widest
+    lookup input.
+    """
     single = module.functions()["single"]
     per_tag = single.programmable_bootstrap_count_per_tag
     bsk, ksk = int(module.size_of_bootstrap_keys), int(module.size_of_keyswitch_keys)
@@ -85,8 +87,8 @@ def module_report(module: Any, plan: LoweringPlan, circuit: Circuit, batch_size:
         "n_features": circuit.n_features,
         "n_outputs": circuit.n_outputs,
         "input_range": (max(qlo, int(in_type.min())), min(qhi, int(in_type.max()))),
-        "layers": [dict(row, pbs=int(per_tag.get(row["name"], 0))) for row in plan.layers],
-        "max_tlu_input_bits": plan.max_tlu_bits,
+        "layers": [dict(row, pbs=int(per_tag.get(row["name"], 0))) for row in layers],
+        "max_tlu_input_bits": max_tlu_bits,
         "max_bit_width": int(single.graph.maximum_integer_bit_width()),
         "programmable_bootstrap_count": int(single.programmable_bootstrap_count),
         "complexity": float(module.complexity) / n_calls,  # per sample

@@ -1,12 +1,17 @@
 """Exact integer execution of an IR circuit: the reference backend.
 
 Every other backend (FHE simulation and execution, ONNX) must reproduce the integers
-this backend computes.  It is vectorised over the batch and fast:
+this backend computes.  It renders the circuit's :class:`~latentopt.ir.schedule.Schedule`
+as numpy kernels, one per step type (:data:`KERNELS`), vectorised over the batch:
 
-* integers are carried in float32 arrays when every worst-case accumulator (every
-  partial sum included) stays below 2**24, in float64 below 2**53 -- both exact, and
-  they let matrix products run on BLAS -- and in int64 otherwise;
-* table lookups are gathers from tables materialised once over the worst-case domain;
+* integers live in the schedule's carrier (:func:`~latentopt.ir.schedule.carrier_dtype`):
+  float32 when every worst-case accumulator (every partial sum included) stays below
+  2**24, float64 below 2**53 -- both exact, and they let matrix products run on BLAS --
+  and int64 otherwise;
+* table lookups are gathers from tables materialised once over the schedule's lookup
+  domain, or the lookup's proven affine form (:meth:`LookupStep.affine
+  <latentopt.ir.schedule.LookupStep.affine>`); a table over :data:`MAX_TABLE_ENTRIES`
+  is not materialised, the function is evaluated elementwise instead;
 * batches are processed in cache-sized chunks with reused buffers.
 
 Examples
@@ -31,57 +36,31 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import (
-    Add,
-    Circuit,
-    Gemm,
-    Node,
-    QuantActivation,
-    QuantizeInput,
-    Round,
-    TableLookup,
+from ..ir import Circuit
+from ..ir.schedule import (
+    MAX_TABLE_ENTRIES,
+    AddStep,
+    AffineShortcut,
+    GemmStep,
+    LookupStep,
+    RoundStep,
+    Schedule,
+    Step,
+    check_features,
+    schedule,
 )
-from ..ir.functions import int_grid
-from ..ir.ranges import Interval
 
-__all__ = ["IntegerBackend"]
+__all__ = ["KERNELS", "IntegerBackend"]
 
-#: Largest table (entries over all channels) materialised for a table lookup.
-MAX_TABLE_ENTRIES = 1 << 22
 #: Rows processed at once by :meth:`IntegerBackend.predict`.
 CHUNK_ROWS = 1024
 
-Kernel = Callable[[np.ndarray, bool], np.ndarray]  # (x, may_overwrite_x) -> y
+#: A unary kernel ``(x, may_overwrite_x) -> y``; an Add's kernel takes ``(a, b)``.
+Kernel = Callable[..., np.ndarray]
 
 
-def _accumulator_bound(node: Gemm, x_range: Interval) -> int:
-    """Largest |partial sum| the gemm can produce (bias included)."""
-    zp = node.input_zero_point
-    mag = np.maximum(np.abs(x_range.lo - zp), np.abs(x_range.hi - zp)).astype(object)
-    if mag.size == 1:
-        mag = np.full(node.in_features, mag[0], dtype=object)
-    bound = int(max(np.abs(node.weight).astype(object) @ mag))
-    if node.bias is not None:
-        bound += int(np.abs(node.bias).max())
-    return bound
-
-
-def _choose_dtype(circuit: Circuit, worst: dict[str, Interval]) -> Any:
-    top = 0
-    for node in circuit.nodes:
-        if isinstance(node, Gemm):
-            top = max(top, _accumulator_bound(node, worst[node.inputs[0]]))
-            # the kernel subtracts the zero point in the carrier: it must be exact there too
-            top = max(top, abs(node.input_zero_point))
-        top = max(top, abs(worst[node.name].min), abs(worst[node.name].max))
-    if top < 2**24:
-        return np.float32
-    if top < 2**53:
-        return np.float64
-    return np.int64
-
-
-def _gemm_kernel(node: Gemm, dtype: Any) -> Kernel:
+def _gemm_kernel(step: GemmStep, dtype: Any) -> Kernel:
+    node = step.node
     zp = node.input_zero_point
     wt = np.ascontiguousarray(node.weight.T.astype(dtype))
     b = None if node.bias is None else node.bias.astype(dtype)
@@ -97,117 +76,103 @@ def _gemm_kernel(node: Gemm, dtype: Any) -> Kernel:
     return gemm
 
 
-def _round_kernel(node: Round, dtype: Any) -> Kernel:
+def _round_kernel(step: RoundStep, dtype: Any) -> Kernel:
+    node = step.node
     if node.lsbs == 0:
         return lambda x, inplace: x
     if dtype is np.int64:
         return lambda x, inplace: node.apply(x)
-    half, step, inv = dtype(1 << (node.lsbs - 1)), dtype(1 << node.lsbs), dtype(2.0**-node.lsbs)
+    half, step_, inv = dtype(1 << (node.lsbs - 1)), dtype(1 << node.lsbs), dtype(2.0**-node.lsbs)
 
     def round_float(x: np.ndarray, inplace: bool) -> np.ndarray:  # exact: 2**k scaling
         y = np.add(x, half, out=x if inplace else None)
         y *= inv
         np.floor(y, out=y)
-        y *= step
+        y *= step_
         return y
 
     return round_float
 
 
-def _tlu_kernel(node: TableLookup, x_range: Interval, lsbs: int, dtype: Any) -> Kernel:
-    fn = node.fn
-    step = 1 << lsbs
-    lo, hi = x_range.min, x_range.max
-    n = (hi - lo) // step + 1
-    channels = fn.n_channels or 1
-    if n * channels > MAX_TABLE_ENTRIES:
+def _lookup_kernel(step: LookupStep, dtype: Any) -> Kernel:
+    fn = step.node.fn
+    domain = step.domain
+    if domain.entries > MAX_TABLE_ENTRIES:  # too large to materialise: evaluate directly
 
-        def tlu_direct(x: np.ndarray, inplace: bool) -> np.ndarray:
+        def lookup_direct(x: np.ndarray, inplace: bool) -> np.ndarray:
             return fn(x.astype(np.int64)).astype(dtype)
 
-        return tlu_direct
-    # Values at multiples of `step` (after rounding, lo and hi are multiples too).
-    # Base-class method called explicitly: ExplicitTable's `table` field (the array)
-    # shadows the `table()` method on its instances.
-    table = fn.tabulate(lo, hi, step).astype(dtype)  # (channels, n)
-    affine = _affine_kernel(fn, table, lo, hi, step, dtype)
+        return lookup_direct
+    affine = step.affine(dtype)
     if affine is not None:
-        return affine
-    flat = table[0] if channels == 1 else table.reshape(-1)
-    offsets = None if channels == 1 else (np.arange(channels, dtype=np.int64) * n)[None, :]
-    idx_dtype = np.int32 if n * channels < 2**31 else np.int64
+        return _affine_kernel(affine, dtype)
+    table = step.table().astype(dtype)
+    lsbs, n = step.lsbs, table.size
+    # index = (x - lo_c) / step + start_c: exact in the carrier, since x - lo_c lies in
+    # [0, hi_c - lo_c] and the index below the table size
+    lo: Any = domain.lo[0] if domain.channels == 1 else domain.lo
+    start = None if domain.channels == 1 else domain.starts
+    idx_dtype = np.int32 if n < 2**31 else np.int64
+    if dtype is not np.int64:
+        lo = np.asarray(lo).astype(dtype)
+        start = None if start is None else start.astype(dtype)
+    inv = dtype(2.0**-lsbs) if lsbs else None
 
-    def tlu_gather(x: np.ndarray, inplace: bool) -> np.ndarray:
+    def lookup_gather(x: np.ndarray, inplace: bool) -> np.ndarray:
         if dtype is np.int64:
             idx = (x - lo) >> lsbs
         else:
-            idx = ((x - dtype(lo)) * dtype(2.0**-lsbs) if lsbs else x - dtype(lo))
-            idx = idx.astype(idx_dtype)
-        if offsets is not None:
-            idx = idx + offsets.astype(idx.dtype)
-        return np.take(flat, idx)
+            idx = x - lo
+            if inv is not None:
+                idx *= inv
+        if start is not None:
+            idx += start
+        return np.take(table, idx.astype(idx_dtype, copy=False))
 
-    return tlu_gather
-
-
-def affine_ratio(fn: Any, grid: np.ndarray, values: np.ndarray, dtype: Any) -> Any:
-    """``input_scale / output_scale`` in ``dtype`` when ``clip(rint(x * ratio) + zp)``,
-    computed in ``dtype``, equals ``values`` (the function on ``grid``) everywhere; else
-    ``None``.  Only ReLU / identity requantizations qualify (affine before clipping), and
-    never in an int64 carrier.  Shared by this backend and the ONNX export, so both take
-    the shortcut exactly when it is provably exact.
-    """
-    if dtype is np.int64 or not isinstance(fn, QuantActivation):
-        return None
-    if fn.activation not in ("relu", "identity"):
-        return None
-    ratio = (fn.input_scale / fn.output_scale).astype(dtype)
-    qlo, qhi = fn.qrange
-    y = np.rint(grid.astype(dtype) * ratio) + dtype(fn.output_zero_point)
-    y = np.minimum(np.maximum(y, dtype(qlo)), dtype(qhi))
-    return ratio if np.array_equal(y, values) else None
+    return lookup_gather
 
 
-def _affine_kernel(
-    fn: Any, table: np.ndarray, lo: int, hi: int, step: int, dtype: Any
-) -> Kernel | None:
-    """``clip(rint(x * r) + zp)`` in place, when it provably equals the table.
+def _affine_kernel(affine: AffineShortcut, dtype: Any) -> Kernel:
+    """``clip(rint(x * r) + zp)`` in place: three passes instead of an index conversion
+    and a gather, exact because the schedule proved it equal to the table."""
+    ratio, zp = affine.ratio, dtype(affine.zero_point)
+    # bound rows: numpy's maximum/minimum are much faster with an array operand than with
+    # a scalar (or np.clip), which matters for these tiny passes
+    rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    ReLU/identity requantization is affine before clipping.  Evaluating it in the
-    carrier dtype costs three in-place passes instead of an index conversion and a
-    gather; it is used only if it reproduces the table on the whole worst-case domain
-    (so the backend stays exact by construction, see :func:`affine_ratio`).
-    """
-    if (isinstance(fn, QuantActivation) and fn.activation == "relu"
-            and fn.output_zero_point != fn.qrange[0]):
-        return None
-    width = table.shape[0]
-    domain = int_grid(lo, hi, step)
-    ratio = affine_ratio(fn, np.broadcast_to(domain[:, None], (domain.size, width)), table.T,
-                         dtype)
-    if ratio is None:
-        return None
-    qlo, qhi = fn.qrange
-    zp = dtype(fn.output_zero_point)
-    # per-channel bound rows: numpy's maximum/minimum are much faster with an array
-    # operand than with a scalar (or np.clip), which matters for these tiny passes
-    lo_row = np.full(max(width, np.size(ratio)), qlo, dtype=dtype)
-    hi_row = np.full(max(width, np.size(ratio)), qhi, dtype=dtype)
+    def bounds(width: int) -> tuple[np.ndarray, np.ndarray]:
+        if width not in rows:
+            rows[width] = (np.full(width, affine.qmin, dtype=dtype),
+                           np.full(width, affine.qmax, dtype=dtype))
+        return rows[width]
 
-    def affine(x: np.ndarray, inplace: bool = False) -> np.ndarray:
+    def lookup_affine(x: np.ndarray, inplace: bool = False) -> np.ndarray:
         y = np.multiply(x, ratio, out=x if inplace else None)
         np.rint(y, out=y)
         if zp:
             y += zp
-        np.maximum(y, lo_row if lo_row.size == y.shape[-1] else lo_row[0], out=y)
-        return np.minimum(y, hi_row if hi_row.size == y.shape[-1] else hi_row[0], out=y)
+        lo_row, hi_row = bounds(y.shape[-1])
+        np.maximum(y, lo_row, out=y)
+        return np.minimum(y, hi_row, out=y)
 
-    return affine
+    return lookup_affine
 
 
-def _add_kernel(xs: Any, inplace: bool) -> np.ndarray:
-    a, b = xs
-    return a + b
+def _add_kernel(step: AddStep, dtype: Any) -> Kernel:
+    def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a + b
+
+    return add
+
+
+#: The numpy rendering of each server step type (the quantizer and the dequantizer are
+#: :meth:`IntegerBackend.quantize` and :meth:`IntegerBackend.dequantize`).
+KERNELS: dict[type[Step[Any]], Callable[[Any, Any], Kernel]] = {
+    GemmStep: _gemm_kernel,
+    RoundStep: _round_kernel,
+    LookupStep: _lookup_kernel,
+    AddStep: _add_kernel,
+}
 
 
 class IntegerBackend:
@@ -216,45 +181,37 @@ class IntegerBackend:
     Parameters
     ----------
     circuit : Circuit
-        The circuit to run.  Kernels (carrier dtype, materialised tables) are prepared
-        once here.
+        The circuit to run.  Its schedule is rendered once here (carrier dtype,
+        materialised tables).
 
     Attributes
     ----------
+    schedule : Schedule
+        The circuit's lowering plan (worst-case lookup domains).
     dtype : numpy dtype
         Carrier of the integers: float32, float64 or int64 (see module docstring).
     """
 
     def __init__(self, circuit: Circuit) -> None:
         self.circuit = circuit
-        worst = circuit.worst_case_ranges()
-        self.dtype = _choose_dtype(circuit, worst)
-        self._steps: list[tuple[Node, Kernel]] = []
-        for node in circuit.nodes[1:-1]:
-            src = node.inputs[0]
-            if isinstance(node, Gemm):
-                kernel = _gemm_kernel(node, self.dtype)
-            elif isinstance(node, Round):
-                kernel = _round_kernel(node, self.dtype)
-            elif isinstance(node, TableLookup):
-                src_node = circuit[src]
-                lsbs = src_node.lsbs if isinstance(src_node, Round) else 0
-                kernel = _tlu_kernel(node, worst[src], lsbs, self.dtype)
-            elif isinstance(node, Add):
-                kernel = _add_kernel  # reads two values: see _run
-            else:
-                raise TypeError(f"integer backend cannot run {type(node).__name__}")
-            self._steps.append((node, kernel))
+        self.schedule: Schedule = schedule(circuit)
+        self.dtype = self.schedule.carrier
+        self._steps: list[tuple[Step[Any], Kernel]] = []
+        for step in self.schedule.server_steps:
+            render = KERNELS.get(type(step))
+            if render is None:
+                raise TypeError(f"integer backend cannot run {type(step.node).__name__}")
+            self._steps.append((step, render(step, self.dtype)))
+        nodes = circuit.nodes
         self._sequential = all(
-            node.arity == 1 and node.inputs[0] == prev.name
-            for (node, _), prev in zip(self._steps, circuit.nodes[:-2])
-        ) and circuit.output.inputs[0] == circuit.nodes[-2].name
+            len(step.inputs) == 1 and step.inputs[0] == prev.name
+            for (step, _), prev in zip(self._steps, nodes[:-2])
+        ) and circuit.output.inputs[0] == nodes[-2].name
 
     # ------------------------------------------------------------------ stages
     def quantize(self, X: np.ndarray) -> np.ndarray:
         """Float features -> input integers (client side under FHE)."""
-        X = np.asarray(X, dtype=np.float64)
-        self._check_width(X, self.circuit.n_features, "X")
+        X = check_features(np.asarray(X, dtype=np.float64), self.circuit.n_features)
         return self.circuit.input_quantizer.apply(X)
 
     def dequantize(self, values: np.ndarray) -> np.ndarray:
@@ -265,14 +222,14 @@ class IntegerBackend:
         values: dict[str, np.ndarray] = {self.circuit.input_quantizer.name: carrier}
         current = carrier
         inplace = self._sequential and not keep
-        for node, kernel in self._steps:
-            if node.arity == 2:
-                current = kernel((values[node.inputs[0]], values[node.inputs[1]]), False)
+        for step, kernel in self._steps:
+            if isinstance(step, AddStep):
+                current = kernel(values[step.inputs[0]], values[step.inputs[1]])
             else:
-                src = current if self._sequential else values[node.inputs[0]]
+                src = current if self._sequential else values[step.inputs[0]]
                 current = kernel(src, inplace)
             if keep or not self._sequential:
-                values[node.name] = current
+                values[step.name] = current
         out = current if self._sequential else values[self.circuit.output.inputs[0]]
         return out, values
 
@@ -291,14 +248,7 @@ class IntegerBackend:
         out : int64 array of shape (n_samples, n_outputs)
         values : dict, only if ``return_all``
         """
-        q = np.asarray(q)
-        if q.dtype.kind not in "iu":
-            raise TypeError(f"run_integers expects integer inputs, got dtype {q.dtype}")
-        self._check_width(q, self.circuit.n_features, "q")
-        qnode: QuantizeInput = self.circuit.input_quantizer
-        lo, hi = qnode.qrange
-        if q.size and (q.min() < lo or q.max() > hi):
-            raise ValueError(f"quantized inputs must lie in [{lo}, {hi}]")
+        q = self.schedule.check_quantized(q)
         out, values = self._run(q.astype(self.dtype), keep=return_all)
         result = out.astype(np.int64)
         if return_all:
@@ -307,8 +257,7 @@ class IntegerBackend:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Quantize, run and dequantize, chunk by chunk: float in, float out."""
-        X = np.asarray(X)
-        self._check_width(X, self.circuit.n_features, "X")
+        X = check_features(X, self.circuit.n_features)
         qnode = self.circuit.input_quantizer
         parts = []
         for start in range(0, len(X), CHUNK_ROWS):
@@ -323,8 +272,3 @@ class IntegerBackend:
         """A copy of the circuit with calibrated ranges observed on ``X``."""
         _, values = self.run_integers(self.quantize(X), return_all=True)
         return self.circuit.with_calibration(values)
-
-    @staticmethod
-    def _check_width(X: np.ndarray, n: int, name: str) -> None:
-        if X.ndim != 2 or X.shape[1] != n:
-            raise ValueError(f"{name} must have shape (n_samples, {n}), got {X.shape}")

@@ -2,14 +2,17 @@
 
 Typed immutable nodes (:mod:`.nodes`; convolution and pooling in :mod:`.conv_nodes`),
 univariate functions for table lookups (:mod:`.functions`), range and bit-width
-analysis (:mod:`.ranges`), the circuit graph with its report (:mod:`.circuit`) and a
-portable file format (:mod:`.serialize`).
-This package depends on numpy and the standard library only.
+analysis (:mod:`.ranges`), the circuit graph (:mod:`.circuit`) with its layers and
+report (:mod:`.layers`), a portable file format (:mod:`.serialize` over :mod:`.archive`)
+and the lowering schedule every backend renders (:mod:`.schedule`).  This package
+depends on numpy and the standard library only, and imports nothing of latentopt
+outside it.
 """
 
-from .circuit import INPUT, Circuit, CircuitReport
+from .circuit import INPUT, Circuit
 from .conv_nodes import Conv, MaxPool, SumPool
 from .functions import ACTIVATIONS, ExplicitTable, QuantActivation, UnivariateFunction, int_range
+from .layers import CircuitReport, Layer
 from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval, bit_width
 from .serialize import CircuitFormatError, load, save
@@ -26,6 +29,7 @@ __all__ = [
     "ExplicitTable",
     "Gemm",
     "Interval",
+    "Layer",
     "MaxPool",
     "Node",
     "QuantActivation",

@@ -24,16 +24,17 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .conv_nodes import Conv, MaxPool, SumPool, WindowNode
+from .archive import PathOrFile, decode, encode, read_bytes, write_bytes
+from .conv_nodes import WindowNode
+from .layers import CircuitReport, Layer, group_layers, report_rows
 from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
-from .ranges import Interval, bit_width, worst_case_ranges
+from .ranges import Interval, worst_case_ranges
 
-__all__ = ["INPUT", "Circuit", "CircuitReport", "layer_name"]
+__all__ = ["INPUT", "Circuit"]
 
 #: Name of the circuit's float input value.
 INPUT = "input"
@@ -291,103 +292,37 @@ class Circuit:
             self._worst = worst_case_ranges(self)
         return dict(self._worst)
 
-    def layers(self) -> list[dict[str, Node]]:
+    def layers(self) -> list[Layer]:
         """Group nodes by layer: each :class:`Gemm` with its Round and TableLookup.
 
-        Key ``"gemm"`` holds the layer's linear node: a :class:`Gemm`, :class:`Conv` or
-        :class:`SumPool`.  A :class:`MaxPool` forms a layer of its own, keyed
-        ``"maxpool"``.  A table lookup that does not follow a gemm (e.g. an activation
-        after a residual :class:`Add`) forms a layer of its own, keyed ``"tlu"`` (and
-        ``"round"``), with ``"source"`` the value it reads.
+        A :class:`Conv` or :class:`SumPool` heads a layer as a gemm does (``gemm``), a
+        :class:`MaxPool` forms a layer of its own (``pool``).  A table lookup that does
+        not follow a gemm (e.g. an activation after a residual
+        :class:`Add`) forms a layer of its own, with ``source`` the value it reads (see
+        :class:`~latentopt.ir.layers.Layer`, which also reads as a mapping keyed
+        ``"gemm"``, ``"round"``, ``"tlu"`` and ``"source"``).
         """
-        groups: list[dict[str, Node]] = []
-        owner: dict[str, dict[str, Node]] = {}
-        for node in self._nodes:
-            if isinstance(node, MaxPool):
-                groups.append({"maxpool": node})
-            elif isinstance(node, (Gemm, Conv, SumPool)):
-                g: dict[str, Node] = {"gemm": node}
-                groups.append(g)
-                owner[node.name] = g
-            elif isinstance(node, (Round, TableLookup)) and node.inputs[0] in owner:
-                g = owner[node.inputs[0]]
-                key = "round" if isinstance(node, Round) else "tlu"
-                if key not in g:
-                    g[key] = node
-                    owner[node.name] = g
-                elif isinstance(node, TableLookup):  # a second lookup of the same value
-                    g = {"source": self._by_name[node.inputs[0]], "tlu": node}
-                    groups.append(g)
-            elif isinstance(node, Round):
-                g = {"source": self._by_name[node.inputs[0]], "round": node}
-                groups.append(g)
-                owner[node.name] = g
-            elif isinstance(node, TableLookup):
-                g = {"source": self._by_name[node.inputs[0]], "tlu": node}
-                groups.append(g)
-        return groups
+        return group_layers(self._nodes)
 
     def report(self) -> CircuitReport:
         """Per-layer accumulator bits, TLU input bits and TLU count."""
         worst = self.worst_case_ranges()
-        cal = self._calibration or {}
-        rows: list[dict[str, Any]] = []
-        for i, g in enumerate(self.layers()):
-            rnd = g.get("round")
-            tlu = g.get("tlu")
-            lsbs = rnd.lsbs if isinstance(rnd, Round) else 0
-            gemm = g.get("gemm")
-            pool = g.get("maxpool")
-            if isinstance(gemm, (Gemm, Conv, SumPool)):
-                acc, n_in, n_out = gemm.name, gemm.in_features, gemm.out_features
-                weight = getattr(gemm, "weight", None)
-                nonzero = 0 if weight is None else int(np.count_nonzero(weight))
-                name = gemm.name
-            elif isinstance(pool, MaxPool):
-                rows.append(_maxpool_row(i, pool, worst, cal))
-                continue
-            else:  # a lookup of a value that no gemm produced (e.g. after an Add)
-                acc = g["source"].name
-                n_in = n_out = self.width(acc)
-                nonzero = 0
-                name = layer_name(g)
-            row: dict[str, Any] = {
-                "layer": i,
-                "name": name,
-                "in_features": n_in,
-                "out_features": n_out,
-                "nonzero_weights": nonzero,
-                "accumulator_bits": worst[acc].bits,
-                "accumulator_bits_calibrated": cal[acc].bits if acc in cal else None,
-                "rounding_lsbs": lsbs,
-                "tlu_input_bits": None,
-                "tlu_input_bits_calibrated": None,
-                "tlu_count": 0,
-                "output_bits": None,
-            }
-            if isinstance(tlu, TableLookup):
-                src = tlu.inputs[0]
-                row["tlu_input_bits"] = max(1, worst[src].bits - lsbs)
-                if src in cal:
-                    row["tlu_input_bits_calibrated"] = max(1, cal[src].bits - lsbs)
-                row["tlu_count"] = self.width(tlu.name)
-                row["output_bits"] = worst[tlu.name].bits
-            rows.append(row)
-        return CircuitReport(rows, n_features=self._n_features, input_bits=worst[
-            self.input_quantizer.name].bits)
+        rows = report_rows(self.layers(), self._widths, worst, self._calibration or {})
+        return CircuitReport(rows, n_features=self._n_features,
+                             input_bits=worst[self.input_quantizer.name].bits)
 
     # ------------------------------------------------------------ serialisation
-    def save(self, path: Any) -> None:
+    def save(self, path: PathOrFile) -> None:
         """Write to a portable file (see :mod:`latentopt.ir.serialize`)."""
-        from .serialize import save
-
-        save(self, path)
+        write_bytes(self._encode(), path)
 
     @staticmethod
-    def load(path: Any) -> Circuit:
-        from .serialize import load
+    def load(path: PathOrFile) -> Circuit:
+        """Read a file written by :meth:`save` (see :mod:`latentopt.ir.serialize`)."""
+        return decode(read_bytes(path), Circuit)
 
-        return load(path)
+    def _encode(self) -> bytes:
+        return encode(self._nodes, self._n_features, self._calibration, self._metadata)
 
     def same_as(self, other: Circuit) -> bool:
         """Structural equality (nodes, features); calibration and metadata ignored."""
@@ -399,47 +334,11 @@ class Circuit:
         )
 
     def __getstate__(self) -> dict[str, Any]:
-        from .serialize import to_bytes
-
-        return {"blob": to_bytes(self)}
+        return {"blob": self._encode()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from .serialize import from_bytes
-
-        other = from_bytes(state["blob"])
+        other = decode(state["blob"], Circuit)
         self.__dict__.update(other.__dict__)
-
-
-def layer_name(group: dict[str, Node]) -> str:
-    """Name of a layer of :meth:`Circuit.layers`: its gemm (or max pooling), else its
-    lookup or rounding."""
-    node = group.get("gemm") or group.get("maxpool") or group.get("tlu") or group["round"]
-    return node.name
-
-
-def _maxpool_row(i: int, pool: MaxPool, worst: dict[str, Interval],
-                 cal: dict[str, Interval]) -> dict[str, Any]:
-    """Report row of a max pooling: its PBS are lookups of differences ``a - b``."""
-
-    def diff_bits(rng: Interval) -> int:
-        return bit_width(rng.min - rng.max, rng.max - rng.min)
-
-    src = pool.inputs[0]
-    return {
-        "layer": i,
-        "name": pool.name,
-        "in_features": pool.in_features,
-        "out_features": pool.out_features,
-        "nonzero_weights": 0,
-        "accumulator_bits": worst[pool.name].bits,
-        "accumulator_bits_calibrated": cal[pool.name].bits if pool.name in cal else None,
-        "rounding_lsbs": 0,
-        "tlu_input_bits": diff_bits(worst[src]) if pool.pbs_count else None,
-        "tlu_input_bits_calibrated": (diff_bits(cal[src]) if pool.pbs_count and src in cal
-                                      else None),
-        "tlu_count": pool.pbs_count,
-        "output_bits": worst[pool.name].bits,
-    }
 
 
 def _rounded_bits(rng: Interval, lsbs: int) -> int:
@@ -454,52 +353,3 @@ def _with_inputs(node: Node, inputs: tuple[str, ...]) -> tuple[dict[str, Any], d
     meta, arrays = node.to_dict()
     meta = dict(meta, inputs=list(inputs))
     return meta, arrays
-
-
-@dataclass
-class CircuitReport:
-    """Per-layer bit-width summary of a circuit; ``str()`` gives a table."""
-
-    layers: list[dict[str, Any]]
-    n_features: int = 0
-    input_bits: int = 0
-    columns: tuple[str, ...] = field(
-        default=(
-            "layer", "name", "in_features", "out_features", "accumulator_bits",
-            "accumulator_bits_calibrated", "rounding_lsbs", "tlu_input_bits",
-            "tlu_input_bits_calibrated", "tlu_count",
-        ),
-        repr=False,
-    )
-
-    @property
-    def max_tlu_input_bits(self) -> int:
-        return max((r["tlu_input_bits"] or 0 for r in self.layers), default=0)
-
-    @property
-    def max_accumulator_bits(self) -> int:
-        return max((r["accumulator_bits"] for r in self.layers), default=0)
-
-    @property
-    def tlu_count(self) -> int:
-        """Table lookups (PBS) per sample, rounding excluded."""
-        return sum(r["tlu_count"] for r in self.layers)
-
-    def __str__(self) -> str:
-        head = ["layer", "name", "in", "out", "acc_bits", "acc_bits_cal", "round",
-                "tlu_bits", "tlu_bits_cal", "tlus"]
-        body = [
-            ["-" if r[c] is None else str(r[c]) for c in self.columns] for r in self.layers
-        ]
-        widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-        lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(v.rjust(w) for v, w in zip(b, widths)) for b in body]
-        lines.append(
-            f"input: {self.n_features} features x {self.input_bits} bits; "
-            f"max TLU input bits {self.max_tlu_input_bits}; TLUs/sample {self.tlu_count}"
-        )
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:  # pragma: no cover - notebook display
-        return "<pre>" + str(self) + "</pre>"
-

@@ -10,18 +10,34 @@ signed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from .conv_nodes import Conv, MaxPool, SumPool, WindowNode
 from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .circuit import Circuit
+__all__ = [
+    "Interval",
+    "NodeGraph",
+    "add_bounds",
+    "bit_width",
+    "propagate",
+    "widen_ranges",
+    "worst_case_ranges",
+]
 
-__all__ = ["Interval", "add_bounds", "bit_width", "propagate", "worst_case_ranges"]
+
+class NodeGraph(Protocol):
+    """What range analysis reads of a circuit (a :class:`~latentopt.ir.Circuit`)."""
+
+    @property
+    def nodes(self) -> Sequence[Node]: ...
+
+    @property
+    def n_features(self) -> int: ...
 
 
 def bit_width(lo: int, hi: int) -> int:
@@ -142,8 +158,8 @@ def propagate(node: Node, x: Interval, n_features: int) -> Interval:
         r = node.apply
         return Interval(r(x.lo), r(x.hi))
     if isinstance(node, TableLookup):
-        lo, hi = node.fn.output_bounds(x.lo, x.hi)
-        return Interval(lo, hi)
+        out_lo, out_hi = node.fn.output_bounds(x.lo, x.hi)
+        return Interval(out_lo, out_hi)
     if isinstance(node, Dequantize):
         return x
     raise TypeError(f"no range rule for node type {type(node).__name__}")
@@ -151,14 +167,14 @@ def propagate(node: Node, x: Interval, n_features: int) -> Interval:
 
 def add_bounds(a: Interval, b: Interval) -> Interval:
     """Interval of ``a + b`` (per channel; a one-channel interval broadcasts)."""
-    lo = a.lo.astype(object) + b.lo.astype(object)
-    hi = a.hi.astype(object) + b.hi.astype(object)
+    lo: np.ndarray = a.lo.astype(object) + b.lo.astype(object)
+    hi: np.ndarray = a.hi.astype(object) + b.hi.astype(object)
     if max(abs(int(v)) for v in np.concatenate([np.ravel(lo), np.ravel(hi)])) >= 2**62:
         raise OverflowError("sum exceeds 62 bits")
     return Interval(lo.astype(np.int64), hi.astype(np.int64))
 
 
-def worst_case_ranges(circuit: Circuit) -> dict[str, Interval]:
+def worst_case_ranges(circuit: NodeGraph) -> dict[str, Interval]:
     """Worst-case interval of every integer value, from weights and input ranges."""
     out: dict[str, Interval] = {}
     for node in circuit.nodes:
@@ -168,4 +184,35 @@ def worst_case_ranges(circuit: Circuit) -> dict[str, Interval]:
         src = node.inputs[0]
         x = out.get(src, Interval(np.zeros(1), np.zeros(1)))
         out[node.name] = propagate(node, x, circuit.n_features)
+    return out
+
+
+def widen_ranges(
+    circuit: NodeGraph, ranges: dict[str, Interval], margin: float
+) -> dict[str, Interval]:
+    """Calibrated ranges widened by ``margin`` x their span on each side (never past the
+    worst case); rounded and table-lookup ranges follow from their widened inputs
+    (:func:`propagate`).
+
+    A margin lets unseen inputs slightly beyond the calibration data through without
+    overflowing an accumulator, at the price of (often) one more bit.
+
+    >>> from latentopt.ir import Circuit, QuantizeInput, Gemm, Dequantize
+    >>> c = Circuit([QuantizeInput("q", ("input",), 1.0, 0, 4), Gemm("g", ("q",), [[1]]),
+    ...              Dequantize("o", ("g",), 1.0, 0)], n_features=1)
+    >>> widen_ranges(c, {"g": Interval(-2, 2)}, 0.5)["g"].to_list()
+    [[-4], [4]]
+    """
+    worst = worst_case_ranges(circuit)
+    out: dict[str, Interval] = {}
+    for node in circuit.nodes:
+        if node.name not in ranges:
+            continue
+        src = out.get(node.inputs[0])
+        if isinstance(node, (Round, TableLookup)) and src is not None:
+            out[node.name] = propagate(node, src, src.lo.size)
+        else:
+            r, w = ranges[node.name], worst[node.name]
+            pad = np.ceil(margin * (r.hi - r.lo)).astype(np.int64)
+            out[node.name] = Interval(np.maximum(r.lo - pad, w.lo), np.minimum(r.hi + pad, w.hi))
     return out

@@ -44,8 +44,9 @@ def _scalar(t: Any, what: str) -> float:
     return float(arr[0])
 
 
-def quant_params(module: nn.Module, name: str) -> QParams:
-    """The output quantizer of a brevitas activation layer."""
+def quant_params(module: Any, name: str) -> QParams:
+    """The output quantizer of a brevitas activation layer (``module``: a brevitas
+    ``QuantIdentity`` / ``QuantReLU`` / ...)."""
     a = module.act_quant
     if not a.is_quant_enabled:
         raise UnsupportedOpError(f"{type(module).__name__} with quantization disabled", name)

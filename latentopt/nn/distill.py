@@ -240,12 +240,11 @@ def _classification_targets(teacher: Any, kind: str, X: np.ndarray,
         if out.shape[1] == 1 and k == 2:
             out = np.hstack([np.zeros_like(out), out])  # one logit: that of class 1
     else:  # an array
-        out = np.asarray(teacher, dtype=np.float64) if np.ndim(teacher) == 2 else None
-        if out is None:
+        if np.ndim(teacher) != 2:
             raise ValueError(f"a teacher array for classification must be 2-D (n_samples, "
                              f"n_classes) probabilities or logits, got shape "
                              f"{np.shape(teacher)}")
-        out = _as_2d(out, n, "array values")
+        out = _as_2d(np.asarray(teacher, dtype=np.float64), n, "array values")
         if out.shape[1] == k and np.all(out >= 0) and np.allclose(out.sum(axis=1), 1.0,
                                                                   atol=1e-4):
             out = _log_proba(out)  # rows are probabilities

@@ -1,4 +1,10 @@
-"""Export of trained brevitas modules to the IR: the only torch -> IR bridge.
+"""Export of trained :class:`~latentopt.nn.mlp.QuantMLP` modules (the MLP estimators') to the IR.
+
+One of the torch -> IR bridges, one per kind of source model: this module for the
+library's own QAT MLPs; :mod:`latentopt.nn.fx_import` with
+:mod:`latentopt.nn.graph_lowering` for any torch model traced with ``torch.fx`` (float
+models quantized by :mod:`latentopt.nn.ptq`, and brevitas QAT models read by
+:mod:`latentopt.nn.brevitas_import`).
 
 The exported circuit's integer execution reproduces brevitas' quantized forward pass:
 inputs and activations are the same integers (up to float32 round-off exactly at a
@@ -47,7 +53,8 @@ def export_mlp(module: QuantMLP) -> Circuit:
     h = module.input_quant(torch.zeros(1, n))
     nodes: list[Node] = [
         QuantizeInput(
-            "x_q", ("input",), scale=_scale(h.scale), zero_point=_scalar_int(h.zero_point, "input"),
+            "x_q", ("input",), scale=_scale(h.scale),
+            zero_point=np.asarray(_scalar_int(h.zero_point, "input")),
             n_bits=int(h.bit_width.item()), signed=bool(h.signed),
             narrow=_narrow(module.input_quant),
         )
@@ -75,7 +82,8 @@ def export_mlp(module: QuantMLP) -> Circuit:
             nodes.append(TableLookup(f"act{i}", (f"fc{i}",), fn=fn))
             prev, h = f"act{i}", out
         else:
-            nodes.append(Dequantize("output", (f"fc{i}",), scale=acc_scale, zero_point=0))
+            nodes.append(Dequantize("output", (f"fc{i}",), scale=acc_scale,
+                                    zero_point=np.asarray(0)))
     return Circuit(nodes, n_features=n, metadata={"source": "latentopt.nn.QuantMLP",
                                                   "config": cfg})
 

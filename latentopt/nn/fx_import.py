@@ -19,7 +19,7 @@ import copy
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -91,7 +91,9 @@ class Op:
     kind: str
     inputs: list[str]
     target: str = ""  # module path for module ops (bit-width overrides, messages)
-    module: nn.Module | None = None
+    # the torch or brevitas module of module ops; typed Any as its attributes
+    # (weight, act_quant, ...) are read dynamically, which nn.Module's typing cannot see
+    module: Any = None
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # act / pool: float function
     act_name: str | None = None  # act: IR activation name when one matches exactly
     shape: tuple[int, ...] = ()  # output shape without the batch axis
@@ -133,22 +135,22 @@ def _fold_batch_norms(gm: fx.GraphModule) -> list[str]:
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
             continue
-        bn = gm.get_submodule(node.target)
+        bn = gm.get_submodule(str(node.target))
         if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or not bn.track_running_stats:
             continue
         prev = node.args[0]
         if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
             continue
-        layer = gm.get_submodule(prev.target)
+        layer = gm.get_submodule(str(prev.target))
         if _is_brevitas(layer):
             continue
         if type(layer) in (nn.Conv1d, nn.Conv2d):
-            fused = fuse_conv_bn_eval(layer, bn)
+            fused: nn.Module = fuse_conv_bn_eval(cast("nn.Conv1d | nn.Conv2d", layer), bn)
         elif type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
             fused = fuse_linear_bn_eval(layer, bn)
         else:
             continue
-        _set_module(gm, prev.target, fused)
+        _set_module(gm, str(prev.target), fused)
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
         folded.append(str(node.target))
@@ -205,7 +207,7 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
             op.fn = m
         return op
     if node.op == "call_function":
-        fn = node.target
+        fn = cast("Callable[..., Any]", node.target)  # a function for call_function nodes
         if fn in (operator.add, torch.add):
             if len(ins) != 2 or node.kwargs or len(node.args) != 2:
                 raise UnsupportedOpError("addition of a constant (only tensor + tensor)", name)

@@ -78,12 +78,16 @@ class QValue:
         return bool(np.allclose(self.scale, self.scale[0], rtol=1e-9, atol=0))
 
 
+#: Float elementwise functions with their IR activation names (None: no exact match).
+FloatFns = list[tuple[Callable[[torch.Tensor], torch.Tensor], str | None]]
+
+
 @dataclass
 class Pending:
     """Float elementwise functions still to apply to a quantized value (brevitas)."""
 
     src: QValue
-    fns: list[tuple[Callable[[torch.Tensor], torch.Tensor], str | None]]
+    fns: FloatFns
     shape: tuple[int, ...]
 
 
@@ -166,7 +170,7 @@ class _Builder:
         if src.zero_point == 0 and len(fns) <= 1 and all(a is not None for a in act_names):
             fn: Any = QuantActivation(
                 act_names[0] if fns else "identity", input_scale=in_scale,
-                output_scale=params.scale, output_zero_point=params.zero_point,
+                output_scale=np.asarray(params.scale), output_zero_point=params.zero_point,
                 n_bits=params.n_bits, signed=params.signed, narrow=params.narrow)
         else:
             fn = self._explicit_table(src, fns, params, width)
@@ -218,8 +222,8 @@ class _Builder:
 
     def _quantize_input(self, name: str, params: QParams, shape: tuple[int, ...]) -> None:
         qname = self._unique(f"{name}_q")
-        self._emit(QuantizeInput(qname, ("input",), scale=params.scale,
-                                 zero_point=params.zero_point, n_bits=params.n_bits,
+        self._emit(QuantizeInput(qname, ("input",), scale=np.asarray(params.scale),
+                                 zero_point=np.asarray(params.zero_point), n_bits=params.n_bits,
                                  signed=params.signed, narrow=params.narrow))
         self.env[name] = QValue(qname, shape, np.full(_numel(shape), params.scale),
                                 params.zero_point, params)
@@ -296,7 +300,8 @@ class _Builder:
     def _act(self, op: Op) -> None:
         v = self.env[op.inputs[0]]
         assert v is not None
-        fns = [(op.fn, op.act_name)]
+        assert op.fn is not None
+        fns: FloatFns = [(op.fn, op.act_name)]
         pend = Pending(v.src, v.fns + fns, v.shape) if isinstance(v, Pending) else Pending(
             v, fns, v.shape)
         params = self.policy.act_params(op)
@@ -312,7 +317,8 @@ class _Builder:
             self.env[op.name] = self.env[op.inputs[0]]
             return
         if op.act_name is not None and op.act_name != "identity":
-            fns = [(op.fn, op.act_name)]
+            assert op.fn is not None
+            fns: FloatFns = [(op.fn, op.act_name)]
             v = Pending(v.src, v.fns + fns, v.shape) if isinstance(v, Pending) else Pending(
                 v, fns, v.shape)
         self.env[op.name] = self._materialise(v, params, op.name)
@@ -367,7 +373,7 @@ class _Builder:
             raise UnsupportedOpError("a model without any layer", op.name)
         scale = v.scale[0] if v.uniform else v.scale
         self.nodes.append(Dequantize(self._unique("output"), (v.name,), scale=scale,
-                                     zero_point=v.zero_point))
+                                     zero_point=np.asarray(v.zero_point)))
         meta = dict(metadata, output_shape=list(v.shape))
         return Circuit(self.nodes, n_features=self.n_features, metadata=meta)
 

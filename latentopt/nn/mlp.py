@@ -18,6 +18,7 @@ torch.Size([2, 3])
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import brevitas.nn as qnn
 import torch
@@ -58,11 +59,13 @@ def per_layer(value: int | Sequence[int], n: int, name: str) -> list[int]:
     >>> per_layer(3, 2, "n_w_bits"), per_layer([2, 4], 2, "n_w_bits")
     ([3, 3], [2, 4])
     """
-    if isinstance(value, (int,)) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a sequence of ints")
+    if isinstance(value, int):
         values = [int(value)] * n
     else:
         try:
-            values = [int(v) for v in value]  # type: ignore[union-attr]
+            values = [int(v) for v in value]
         except TypeError as exc:
             raise ValueError(f"{name} must be an int or a sequence of ints") from exc
         if len(values) != n:
@@ -90,7 +93,8 @@ class QuantActivationLayer(nn.Module):
             quant = Uint8ActPerTensorFloat if unsigned else Int8ActPerTensorFloat
         self.quant = qnn.QuantIdentity(act_quant=quant, bit_width=n_bits, return_quant_tensor=True)
 
-    def forward(self, x: torch.Tensor):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor) -> Any:
+        """The quantized activation (a brevitas ``QuantTensor``)."""
         value = x.value if hasattr(x, "value") else x
         return self.quant(self.act(value))
 
@@ -115,7 +119,7 @@ class MaskedQuantLinear(qnn.QuantLinear):
 
     weight_mask: torch.Tensor | None
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.register_buffer("weight_mask", None)
 
@@ -134,7 +138,8 @@ class MaskedQuantLinear(qnn.QuantLinear):
         self.weight_mask = mask.clone()
         self.weight.mul_(self.weight_mask)
 
-    def quant_weight(self, quant_input=None, subtensor_slice_list=None):  # type: ignore[no-untyped-def]
+    def quant_weight(self, quant_input: Any = None, subtensor_slice_list: Any = None) -> Any:
+        """The quantized weight (a brevitas ``QuantTensor``), masked first if masked."""
         mask = self.weight_mask
         if mask is None:
             return super().quant_weight(quant_input, subtensor_slice_list)
@@ -145,7 +150,8 @@ class MaskedQuantLinear(qnn.QuantLinear):
             return self.weight_quant(weight, quant_input)
         return self.weight_quant(weight)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
         key = prefix + "weight_mask"
         if key in state_dict and self.weight_mask is None:
             self.weight_mask = torch.ones_like(state_dict[key])
@@ -154,6 +160,9 @@ class MaskedQuantLinear(qnn.QuantLinear):
 
 class QuantMLP(nn.Module):
     """Fully-connected quantized network.
+
+    ``linears`` and ``activations`` are ``nn.ModuleList`` s (typed as sequences of their
+    layer classes).
 
     Parameters
     ----------
@@ -170,6 +179,9 @@ class QuantMLP(nn.Module):
     power_of_two_scales : bool
         Restrict every scale to a power of two.
     """
+
+    linears: Sequence[MaskedQuantLinear]
+    activations: Sequence[QuantActivationLayer]
 
     def __init__(
         self,
@@ -192,7 +204,7 @@ class QuantMLP(nn.Module):
             n_input_bits if n_input_bits is not None else (a_bits[0] if a_bits else 8), 1,
             "n_input_bits",
         )[0]
-        self.config = {
+        self.config: dict[str, Any] = {
             "n_features": int(n_features), "hidden_sizes": hidden, "n_outputs": int(n_outputs),
             "n_w_bits": w_bits, "n_a_bits": a_bits, "n_input_bits": in_bits,
             "activation": activation, "power_of_two_scales": bool(power_of_two_scales),
@@ -203,17 +215,17 @@ class QuantMLP(nn.Module):
             act_quant=in_quant, bit_width=in_bits, return_quant_tensor=True
         )
         sizes = [int(n_features), *hidden, int(n_outputs)]
-        self.linears = nn.ModuleList(
+        self.linears = cast("Sequence[MaskedQuantLinear]", nn.ModuleList(
             MaskedQuantLinear(
                 sizes[i], sizes[i + 1], bias=True, weight_quant=w_quant,
                 weight_bit_width=w_bits[i], bias_quant=Int32Bias, return_quant_tensor=False,
             )
             for i in range(len(sizes) - 1)
-        )
-        self.activations = nn.ModuleList(
+        ))
+        self.activations = cast("Sequence[QuantActivationLayer]", nn.ModuleList(
             QuantActivationLayer(activation, a_bits[i], power_of_two_scales)
             for i in range(len(hidden))
-        )
+        ))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.input_quant(x)

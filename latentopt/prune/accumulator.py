@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..ir import Gemm, Interval, QuantizeInput, TableLookup, bit_width
+from ..ir import Gemm, Interval, QuantActivation, QuantizeInput, TableLookup, bit_width
 from .masks import ensure_masks
 from .report import PruneReport, check_quant_mlp, module_summary, preserved_mode
 
@@ -68,12 +68,15 @@ def _weight_max(layer: Any) -> int:
     return (1 << (b - 1)) - (1 if narrow else 0)
 
 
-def _input_magnitude(circuit: Any, gemm: Gemm) -> int:
-    """Largest ``|x - zero_point|`` over the full quantized range of a gemm's input."""
+def _input_magnitude(circuit: Any, gemm: Any) -> int:
+    """Largest ``|x - zero_point|`` over the full quantized range of a gemm's input
+    (``gemm``: a :class:`~latentopt.ir.Gemm` node of ``circuit``)."""
     src = circuit[gemm.inputs[0]]
     if isinstance(src, QuantizeInput):
         lo, hi = src.qrange
     elif isinstance(src, TableLookup):
+        if not isinstance(src.fn, QuantActivation):  # pragma: no cover - QuantMLP circuits
+            raise TypeError(f"unexpected lookup function {type(src.fn).__name__}")
         lo, hi = src.fn.qrange
     else:  # pragma: no cover - QuantMLP circuits only contain the two above
         raise TypeError(f"unexpected gemm input node {type(src).__name__}")

@@ -77,7 +77,8 @@ def module_summary(module: Any, X: np.ndarray | None = None) -> dict[str, Any]:
 
         circuit = IntegerBackend(circuit).calibrate(np.asarray(X))
     rep = circuit.report()
-    active = [np.count_nonzero(circuit[row["name"]].weight, axis=1) for row in rep.layers]
+    gemms: list[Any] = [circuit[row["name"]] for row in rep.layers]  # Gemm nodes
+    active = [np.count_nonzero(g.weight, axis=1) for g in gemms]
     return {
         "hidden_sizes": [int(h) for h in module.config["hidden_sizes"]],
         "tlu_count": rep.tlu_count,

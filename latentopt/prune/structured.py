@@ -133,7 +133,7 @@ def _restore_quantizer_state(
                                f"expected shape {tuple(value.shape)}, got {got}")
 
 
-def _check_global_plan(groups: list[Any], dg: Any, linears: list[nn.Module],
+def _check_global_plan(groups: list[Any], dg: Any, linears: list[Any],
                        target: int) -> None:
     """Refuse a global pruning step that torch-pruning could not carry out fully."""
     planned = sum(
@@ -148,11 +148,13 @@ def _check_global_plan(groups: list[Any], dg: Any, linears: list[nn.Module],
         )
 
 
-def _cut(groups: list[Any], dg: Any, linears: list[nn.Module]) -> None:
-    """Check then execute torch-pruning groups, keeping masks and quantizers consistent."""
-    plan: list[tuple[Any, list[tuple[nn.Module, int, list[int]]]]] = []
+def _cut(groups: list[Any], dg: Any, linears: list[Any]) -> None:
+    """Check then execute torch-pruning groups, keeping masks and quantizers consistent.
+
+    ``linears``: the ``QuantMLP``'s linear layers (brevitas, typed ``Any``)."""
+    plan: list[tuple[Any, list[tuple[Any, int, list[int]]]]] = []
     for group in groups:
-        cuts = []
+        cuts: list[tuple[Any, int, list[int]]] = []
         for dep, idxs in group:
             layer = dep.target.module
             if not isinstance(layer, nn.Linear):

@@ -195,7 +195,7 @@ def _profile_terms(f: dict[str, Any], theta: np.ndarray) -> Terms:
 
 def _calls(n: int, batch: int) -> list[str]:
     """The functions ``execute`` calls for ``n`` samples."""
-    from ..backends.fhe_lowering import plan_calls  # numpy only
+    from ..backends.batching import plan_calls  # numpy only
 
     return [name for _, _, name in plan_calls(n, batch)]
 

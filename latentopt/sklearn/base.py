@@ -1,8 +1,18 @@
-"""Shared machinery of the quantized estimators: validation, backends, pickling.
+"""One public API for every quantized estimator: inference, score, FHE, export, pickling.
 
-Estimators are thin: they validate inputs, build and train a torch module
-(:mod:`latentopt.nn`), export it to the IR (:mod:`latentopt.ir`) and run it on a
-backend (:mod:`latentopt.backends`).
+:class:`QuantizedEstimatorBase` gives :class:`~latentopt.sklearn.mlp.QuantizedMLPClassifier`,
+:class:`~latentopt.sklearn.mlp.QuantizedMLPRegressor` and
+:class:`~latentopt.sklearn.torch_model.QuantizedTorchModel` the same methods with the same
+signatures (``docs/api-table.md`` lists them, generated from the code and checked by the
+test suite): ``score(X, y, sample_weight=None, fhe=None)``, ``compile``,
+``keygen(force=False, seed=None)``, ``to_onnx(path, **options)``, ``save_deployment``
+and ``bit_width_report()``.
+
+Subclasses build ``circuit_`` (the MLPs train a brevitas module and export it, see
+:mod:`latentopt.sklearn.training`; the torch models import one) and turn
+:meth:`~QuantizedEstimatorBase._raw_output` -- the circuit's dequantized outputs, already
+in the user's units -- into predictions.  Every output path (integer backend, FHE
+simulation and execution, ONNX, deployment client) runs the same circuit, so they agree.
 """
 
 from __future__ import annotations
@@ -10,31 +20,67 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from numpy.typing import ArrayLike
+from sklearn.base import BaseEstimator, is_classifier
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["FHE_MODES", "QuantizedEstimatorBase"]
+from .deprecated import DeprecatedNamesMixin, upgrade_state
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ..backends.fhe import FHECircuit
+    from ..backends.integer import IntegerBackend
+    from ..ir import Circuit
+    from ..ir.circuit import CircuitReport
+
+__all__ = ["FHE_MODES", "QuantizedEstimatorBase", "softmax"]
 
 FHE_MODES = ("disable", "simulate", "execute")
 
-#: Rows of training data kept (quantized at compile time) to calibrate FHE compilation.
-N_CALIBRATION = 512
+#: Options of :meth:`QuantizedEstimatorBase.compile` passed on to ``FHECircuit.compile``.
+FHE_COMPILER_OPTIONS = ("p_error", "global_p_error", "range_mode", "range_margin",
+                        "security_level", "batch_size")
+
+#: Fitted attributes that :meth:`~QuantizedEstimatorBase.compile` sets (a refit drops them).
+COMPILED_ATTRIBUTES = ("fhe_circuit_", "rounded_circuit_", "fhe_report_", "compile_options_",
+                       "compile_inputset_")
 
 
-class QuantizedEstimatorBase(BaseEstimator):
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (class probabilities from logits), computed in the clear."""
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return np.asarray(z / z.sum(axis=1, keepdims=True))
+
+
+class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
     """Base of estimators whose fitted model is a quantized IR circuit (``circuit_``).
 
-    Subclasses implement ``_fit_module(X, y)`` returning the trained module and its
-    circuit, and turn ``_raw_output(X)`` (dequantized network outputs) into
-    predictions.
+    The fitted attributes it manages (``circuit_``, ``calibration_set_`` and, set by
+    :meth:`compile`, ``rounded_circuit_``, ``fhe_circuit_``, ``fhe_report_``,
+    ``compile_options_``, ``compile_inputset_``) are documented on each estimator.
     """
+
+    # fitted state (annotations only: nothing is set on the class)
+    circuit_: Circuit
+    calibration_set_: np.ndarray
+    n_features_in_: int
+    rounded_circuit_: Circuit | None
+    fhe_circuit_: FHECircuit | None
+    fhe_report_: dict[str, Any] | None
+    compile_options_: dict[str, Any] | None
+    compile_inputset_: np.ndarray | None
+    verbose: int
+    fhe_mode: str
 
     # ------------------------------------------------------------------ helpers
     def _validate_X(self, X: Any, reset: bool) -> np.ndarray:
-        return validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=True)
+        return np.asarray(
+            validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=True))
 
     def _check_fhe(self, fhe: str | None) -> str:
         mode = self.fhe_mode if fhe is None else fhe
@@ -43,13 +89,14 @@ class QuantizedEstimatorBase(BaseEstimator):
         return mode
 
     @property
-    def active_circuit_(self):  # type: ignore[no-untyped-def]
-        """The circuit predictions run: the compiled (rounded) one after :meth:`compile`."""
+    def active_circuit_(self) -> Circuit:
+        """The IR circuit predictions run: ``rounded_circuit_`` after :meth:`compile`, else
+        ``circuit_``."""
         check_is_fitted(self, "circuit_")
-        compiled = getattr(self, "compiled_circuit_", None)
-        return self.circuit_ if compiled is None else compiled
+        rounded = getattr(self, "rounded_circuit_", None)
+        return self.circuit_ if rounded is None else rounded
 
-    def _integer_backend(self):  # type: ignore[no-untyped-def]
+    def _integer_backend(self) -> IntegerBackend:
         circuit = self.active_circuit_
         backend = getattr(self, "_backend", None)
         if backend is None or backend.circuit is not circuit:
@@ -60,29 +107,44 @@ class QuantizedEstimatorBase(BaseEstimator):
         return backend
 
     def _raw_output(self, X: Any, fhe: str | None = None) -> np.ndarray:
-        """Dequantized network output for validated ``X`` under the chosen FHE mode."""
+        """Dequantized circuit outputs (user units) for ``X`` under the chosen FHE mode."""
         check_is_fitted(self, "circuit_")
         mode = self._check_fhe(fhe)
         X = self._validate_X(X, reset=False)
         backend = self._integer_backend()
         q = backend.quantize(X)
-        if mode == "disable":
-            out = backend.run_integers(q)
-        else:
-            out = self._run_fhe(q, mode)
-        return backend.dequantize(out)
+        out = backend.run_integers(q) if mode == "disable" else self._run_fhe(q, mode)
+        return np.asarray(backend.dequantize(out))
 
-    def _fhe(self, action: str):  # type: ignore[no-untyped-def]
+    def _forget_compilation(self) -> None:
+        """Drop what :meth:`compile` produced (a refit or recalibration invalidates it)."""
+        for attr in COMPILED_ATTRIBUTES:
+            setattr(self, attr, None)
+
+    def _fhe(self, action: str) -> FHECircuit:
         fhe_circuit = getattr(self, "fhe_circuit_", None)
-        if fhe_circuit is None and getattr(self, "_compile_kwargs", None) is not None:
+        options = getattr(self, "compile_options_", None)
+        if fhe_circuit is None and options is not None and self.rounded_circuit_ is not None:
             # unpickled estimator: compiled circuits do not pickle, recompile on demand
-            self.compile(**self._compile_kwargs)
-            fhe_circuit = self.fhe_circuit_
+            inputset = self.compile_inputset_
+            if inputset is None:
+                inputset = self.rounded_circuit_.input_quantizer.apply(self.calibration_set_)
+            fhe_circuit = self._lower_to_fhe(self.rounded_circuit_, inputset, options,
+                                             int(self.verbose))
+            self.fhe_circuit_ = fhe_circuit
         if fhe_circuit is None:
             raise RuntimeError(
                 f"{action} needs a compiled circuit: call {type(self).__name__}.compile() first"
             )
         return fhe_circuit
+
+    def _lower_to_fhe(self, circuit: Circuit, inputset_q: np.ndarray, options: dict[str, Any],
+                      verbose: int) -> FHECircuit:
+        from ..backends.fhe import FHECircuit
+
+        kwargs = {k: options[k] for k in FHE_COMPILER_OPTIONS if k in options}
+        return FHECircuit.compile(circuit, inputset_q, verbose=verbose, **kwargs,
+                                  **self._fhe_test_options())
 
     def _run_fhe(self, q: np.ndarray, mode: str) -> np.ndarray:
         fhe_circuit = self._fhe(f"predict(fhe={mode!r})")
@@ -94,13 +156,36 @@ class QuantizedEstimatorBase(BaseEstimator):
                 f"to cover the whole input range)", stacklevel=4,
             )
             q = np.clip(q, lo, hi)
-        return fhe_circuit.simulate(q) if mode == "simulate" else fhe_circuit.execute(q)
+        out = fhe_circuit.simulate(q) if mode == "simulate" else fhe_circuit.execute(q)
+        return np.asarray(out)
+
+    # -------------------------------------------------------------- inference
+    def predict(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
+        """Predictions for ``X``; ``fhe`` overrides ``fhe_mode``."""
+        raise NotImplementedError
+
+    def score(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None,
+              fhe: str | None = None) -> float:
+        """Accuracy (classifiers) or R^2 (otherwise) of ``predict(X, fhe=fhe)`` against ``y``.
+
+        ``fhe`` (default: ``fhe_mode``) chooses the integer backend, FHE simulation or
+        real encrypted execution, so the score of what FHE computes is one call.
+        """
+        from sklearn.metrics import accuracy_score, r2_score
+
+        pred = self.predict(X, fhe=fhe)
+        y_true = np.asarray(y)
+        if is_classifier(self):
+            return float(accuracy_score(y_true, pred, sample_weight=sample_weight))
+        if pred.ndim > 2:  # e.g. a torch model's image outputs: one column per value
+            pred, y_true = pred.reshape(len(pred), -1), y_true.reshape(len(y_true), -1)
+        return float(r2_score(y_true, pred, sample_weight=sample_weight))
 
     # --------------------------------------------------------------------- FHE
     def compile(
         self,
-        X: Any = None,
-        y: Any = None,
+        X: ArrayLike | None = None,
+        y: ArrayLike | None = None,
         *,
         rounding_bits: int | Sequence[int] | str | None = None,
         rounding_method: str = "approximate",
@@ -113,12 +198,15 @@ class QuantizedEstimatorBase(BaseEstimator):
         max_accuracy_drop: float = 0.01,
         cost_model: Any = None,
         verbose: int | None = None,
-    ):  # type: ignore[no-untyped-def]
+    ) -> Self:
         """Compile the fitted circuit to TFHE (concrete-python); returns ``self``.
 
-        After compiling, ``predict(X, fhe="disable")`` runs the rounded circuit on the
-        integer backend, i.e. predicts what FHE computes (exactly, for exact rounding and
-        a negligible p_error).
+        Sets ``rounded_circuit_`` (the IR circuit lowered: ``circuit_``, recalibrated on
+        ``X`` if given, with rounding), ``fhe_circuit_`` (the TFHE program),
+        ``fhe_report_``, ``compile_options_`` and ``compile_inputset_``.  After
+        compiling, ``predict(X, fhe="disable")`` runs ``rounded_circuit_`` on the integer
+        backend, i.e. predicts what FHE computes (exactly, for exact rounding and a
+        negligible p_error).
 
         Parameters
         ----------
@@ -126,6 +214,8 @@ class QuantizedEstimatorBase(BaseEstimator):
             Calibration data for the compiler (value ranges, hence bit-widths).  By
             default the subsample of the training data kept at fit
             (``calibration_set_``).
+        y : array-like, optional
+            With ``X``: held-out data for ``"auto"`` knobs.
         rounding_bits : int or sequence of int, optional
             Round every table-lookup input to at most this many bits (one value for all,
             or one per hidden layer) by removing LSBs (``round_bit_pattern``).  The
@@ -150,11 +240,6 @@ class QuantizedEstimatorBase(BaseEstimator):
             128 (default) or 132 bits.
         batch_size : int, optional
             Samples per encrypted call (see ``FHECircuit.compile``).
-        verbose : int, optional
-            Defaults to the estimator's ``verbose``.
-
-        y : array-like, optional
-            With ``X``: held-out data for ``"auto"`` knobs.
         max_accuracy_drop : float
             With ``rounding_bits="auto"`` and/or ``p_error="auto"``: the fastest point
             whose FHE-simulated score on ``(X, y)`` stays within this of the unrounded
@@ -163,8 +248,9 @@ class QuantizedEstimatorBase(BaseEstimator):
             ``calibration_set_``.
         cost_model : latentopt.search.cost.CostModel, optional
             Latency model for the ``"auto"`` search (default: concrete's complexity).
+        verbose : int, optional
+            Defaults to the estimator's ``verbose``.
         """
-        from ..backends.fhe import FHECircuit
         from ..backends.integer import IntegerBackend
 
         check_is_fitted(self, "circuit_")
@@ -208,7 +294,7 @@ class QuantizedEstimatorBase(BaseEstimator):
         if rounding_bits is not None:
             rounded_from = circuit
             if range_mode == "calibrated" and range_margin > 0 and circuit.calibration:
-                from ..backends.fhe_lowering import widen_ranges
+                from ..ir.ranges import widen_ranges
 
                 rounded_from = circuit.replace(
                     calibration=widen_ranges(circuit, circuit.calibration, range_margin))
@@ -217,20 +303,17 @@ class QuantizedEstimatorBase(BaseEstimator):
             )
             circuit = circuit.with_rounding(lsbs, method=rounding_method)
         q = circuit.input_quantizer.apply(X_cal)
-        fhe_circuit = FHECircuit.compile(
-            circuit, q, p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
-            range_margin=range_margin,
-            security_level=security_level, batch_size=batch_size, verbose=verbose,
-            **self._fhe_test_options(),
-        )
-        self.fhe_circuit_ = fhe_circuit
-        self.compiled_circuit_ = circuit
-        self.compiled_report_ = dict(fhe_circuit.report)
-        self._compile_kwargs = dict(
-            X=X, rounding_bits=rounding_bits, rounding_method=rounding_method, p_error=p_error,
+        options: dict[str, Any] = dict(
+            rounding_bits=rounding_bits, rounding_method=rounding_method, p_error=p_error,
             global_p_error=global_p_error, range_mode=range_mode, range_margin=range_margin,
-            security_level=security_level, batch_size=batch_size, verbose=verbose,
+            security_level=security_level, batch_size=batch_size,
         )
+        fhe_circuit = self._lower_to_fhe(circuit, q, options, verbose)
+        self.fhe_circuit_ = fhe_circuit
+        self.rounded_circuit_ = circuit
+        self.fhe_report_ = dict(fhe_circuit.report)
+        self.compile_options_ = options
+        self.compile_inputset_ = None if X is None else np.asarray(q)
         return self
 
     def _fhe_test_options(self) -> dict[str, Any]:
@@ -238,47 +321,56 @@ class QuantizedEstimatorBase(BaseEstimator):
         location = getattr(type(self), "_insecure_key_cache", None)
         return {} if location is None else {"insecure_key_cache": location}
 
-    def save_deployment(self, directory: Any, via_mlir: bool = False) -> dict[str, Any]:
+    def keygen(self, force: bool = False, seed: int | None = None) -> float:
+        """Generate FHE keys now (otherwise the first ``fhe="execute"`` does); seconds taken.
+
+        ``force`` regenerates existing keys; ``seed`` seeds the secret keys
+        (reproducible keys, for tests: never reuse a seed in production).
+        """
+        return float(self._fhe("keygen()").keygen(force=force, seed=seed))
+
+    def save_deployment(self, directory: str | Path, via_mlir: bool = False) -> dict[str, Path]:
         """Write the server artefact (no secret key) and the client artefact.
 
         The client (:class:`latentopt.backends.fhe_deploy.FHEClient`) quantizes, encrypts,
         decrypts and dequantizes; the server (:class:`~latentopt.backends.fhe_deploy.FHEServer`)
         runs on serialised ciphertexts with serialised evaluation keys.  The client
-        returns the network's dequantized outputs (logits for a classifier, standardised
-        targets for a regressor).  Returns ``{"server": path, "client": path}``.
+        returns the circuit's dequantized outputs, in the user's units (logits for a
+        classifier, targets for a regressor).  ``via_mlir`` stores the MLIR program
+        instead of the compiled library (portable, recompiled on load).  Returns
+        ``{"server": path, "client": path}``.
         """
-        return self._fhe("save_deployment()").save_deployment(directory, via_mlir=via_mlir)
+        return dict(self._fhe("save_deployment()").save_deployment(directory, via_mlir=via_mlir))
 
-    def to_onnx(self, path: Any) -> Any:
+    def to_onnx(self, path: str | Path, **options: Any) -> str:
         """Write the integer network as a standard ONNX model (run it with onnxruntime).
 
-        The circuit predictions run is exported: the rounded one after :meth:`compile`.
-        Its outputs equal the integer backend's (see
-        :mod:`latentopt.backends.onnx_export`).
+        The circuit predictions run is exported (``active_circuit_``: the rounded one
+        after :meth:`compile`); its outputs equal the integer backend's, in the user's
+        units.  ``options`` go to :func:`latentopt.backends.onnx_export.save_onnx`.
+        Returns the path written.
         """
         from ..backends.onnx_export import save_onnx
 
-        return save_onnx(self.active_circuit_, path)
-
-    def keygen(self, force: bool = False) -> float:
-        """Generate FHE keys now (otherwise the first ``fhe="execute"`` does); seconds taken."""
-        return float(self._fhe("keygen()").keygen(force=force))
-
-    def _keep_calibration(self, X: np.ndarray, rng: np.random.RandomState) -> None:
-        idx = rng.permutation(len(X))[:N_CALIBRATION]
-        self.calibration_set_ = np.array(X[np.sort(idx)], dtype=np.float64)
+        return str(save_onnx(self.active_circuit_, path, **options))
 
     # ----------------------------------------------------------------- reports
-    def report(self):  # type: ignore[no-untyped-def]
-        """Bit-width report of the fitted circuit (see ``Circuit.report``)."""
-        check_is_fitted(self, "circuit_")
-        return self.circuit_.report()
+    def bit_width_report(self) -> CircuitReport:
+        """Per-layer accumulator and table-lookup bit-widths of ``active_circuit_``.
+
+        The IR's analysis (:meth:`latentopt.ir.Circuit.report`): worst-case and
+        calibrated accumulator bits, TLU input bits and lookup counts, of the circuit
+        predictions run (rounded after :meth:`compile`).  What concrete reports about the
+        compiled program is in ``fhe_report_``.
+        """
+        return self.active_circuit_.report()
 
     # ---------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_backend", None)
-        state.pop("fhe_circuit_", None)  # compiled FHE circuits are not picklable
+        if "fhe_circuit_" in state:
+            state["fhe_circuit_"] = None  # not picklable: recompiled on first FHE use
         module = state.pop("module_", None)
         if module is not None:
             import torch
@@ -290,7 +382,7 @@ class QuantizedEstimatorBase(BaseEstimator):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         blob = state.pop("_module_blob", None)
-        self.__dict__.update(state)
+        self.__dict__.update(upgrade_state(state))
         if blob is not None:
             import torch
 
@@ -299,6 +391,10 @@ class QuantizedEstimatorBase(BaseEstimator):
             module.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
             module.eval()
             self.module_ = module
+        self._upgrade_fitted()
 
-    def _build_module(self, config: dict[str, Any]):  # type: ignore[no-untyped-def]
+    def _upgrade_fitted(self) -> None:
+        """Hook for subclasses: bring fitted state of an older pickle up to date."""
+
+    def _build_module(self, config: dict[str, Any]) -> Any:
         raise NotImplementedError

@@ -3,6 +3,11 @@
 Inputs should be standardised by the user, e.g. with a ``StandardScaler`` in a
 ``Pipeline``: the input quantizer has a single learned scale for all features.
 
+The estimators are thin: hyper-parameter checks in :mod:`.validation`, training,
+pruning and export in :mod:`.training`, distillation in :mod:`.distillation`, target
+scaling in :mod:`.targets`, and the API shared with ``QuantizedTorchModel`` (score,
+compile, keygen, to_onnx, save_deployment, bit_width_report) in :mod:`.base`.
+
 Examples
 --------
 >>> from sklearn.datasets import load_wine
@@ -18,16 +23,24 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import ClassifierMixin, RegressorMixin
-from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import column_or_1d, validate_data
 
-from .base import QuantizedEstimatorBase
+from .base import QuantizedEstimatorBase, softmax
+from .distillation import DistillationMixin
+from .targets import fold_target_scaling, target_scaling
+from .training import MLPTrainingMixin
+from .validation import check_mlp_params
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ..ir import Circuit
 
 __all__ = ["QuantizedMLPClassifier", "QuantizedMLPRegressor"]
 
@@ -100,8 +113,57 @@ _COMMON_DOC = """
         0 trains on the labels alone, 1 on the teacher alone.
 """
 
+# Fitted attributes every MLP estimator has (before the circuit / FHE ones below).
+_FITTED_DOC = """
+    hidden_layer_sizes_ : tuple of int
+        Hidden layer widths of the fitted network (after structured pruning).
+    module_ : latentopt.nn.mlp.QuantMLP
+        The trained brevitas module (pickled as its state dict).
+    history_ : latentopt.nn.train.TrainingHistory
+        Training and validation losses per epoch (QAT, before pruning).
+    n_iter_ : int
+        Epochs of QAT run.
+    teacher_ : object or None
+        The teacher distilled from (fitted), or None.
+    pruning_reports_ : list of latentopt.prune.PruneReport
+        One report per pruning step (structured, then accumulator budget; :meth:`prune`
+        appends its steps).
+"""
 
-class _QuantizedMLPBase(QuantizedEstimatorBase):
+# The circuit and FHE attributes, the same for every estimator (QuantizedTorchModel
+# documents the same names; a test checks that they agree).
+_CIRCUIT_DOC = """
+    circuit_ : latentopt.ir.Circuit
+        The quantized integer circuit (IR) with calibrated value ranges, unrounded.
+    calibration_set_ : ndarray of shape (n_rows, n_features_in_)
+        Up to 512 training rows kept to calibrate :meth:`compile` by default.
+    rounded_circuit_ : latentopt.ir.Circuit or None
+        After :meth:`compile`: the IR circuit that was lowered to TFHE (``circuit_``,
+        recalibrated on compile's ``X`` if given, with rounding).  Predictions with
+        ``fhe="disable"`` run it (``active_circuit_``).  None before.
+    fhe_circuit_ : latentopt.backends.fhe.FHECircuit or None
+        After :meth:`compile`: the TFHE program compiled from ``rounded_circuit_``
+        (simulate, execute, keys), not an IR circuit.  Not pickled: rebuilt from
+        ``rounded_circuit_`` and ``compile_options_`` on first FHE use.  None before.
+    fhe_report_ : dict or None
+        After :meth:`compile`: what concrete reports about ``fhe_circuit_`` (PBS count,
+        complexity, key sizes, p_error, per-layer bit-widths).  The IR's own per-layer
+        analysis is :meth:`bit_width_report`.
+    compile_options_ : dict or None
+        The options of the last :meth:`compile` (rounding, p_error, ranges, security,
+        batch size), without data: ``est.compile(**est.compile_options_)`` repeats it.
+    compile_inputset_ : ndarray of int or None
+        Quantized calibration rows the FHE compiler was given when :meth:`compile` got
+        an explicit ``X`` (None: ``calibration_set_`` was used).
+    inner_search_ : latentopt.search.inner.InnerResult
+        After ``compile(rounding_bits="auto")`` / ``p_error="auto"``: every candidate
+        of the search.
+"""
+
+
+class _QuantizedMLPBase(DistillationMixin, MLPTrainingMixin, QuantizedEstimatorBase):
+    """Hyper-parameters shared by the MLP estimators (see :data:`_COMMON_DOC`)."""
+
     def __init__(
         self,
         hidden_layer_sizes: Sequence[int] = (64,),
@@ -152,222 +214,10 @@ class _QuantizedMLPBase(QuantizedEstimatorBase):
         self.distill_temperature = distill_temperature
         self.distill_alpha = distill_alpha
 
-    # ------------------------------------------------------------- validation
-    def _check_params(self) -> None:
-        hidden = self.hidden_layer_sizes
-        if isinstance(hidden, (int, np.integer)):
-            hidden = (int(hidden),)
-        try:
-            hidden = tuple(int(h) for h in hidden)
-        except TypeError as exc:
-            raise ValueError("hidden_layer_sizes must be a sequence of ints") from exc
-        if any(h < 1 for h in hidden):
-            raise ValueError(f"hidden_layer_sizes must be positive, got {hidden}")
-        self._hidden = hidden
-        for name in ("max_epochs", "batch_size", "patience"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not 0.0 <= float(self.validation_fraction) < 1.0:
-            raise ValueError(
-                f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}"
-            )
-        self._check_fhe(None)
-        from ..nn.distill import check_distill_params, teacher_kind
-
-        check_distill_params(self.distill_temperature, self.distill_alpha)
-        if self.teacher is not None:
-            teacher_kind(self.teacher)
-        self._check_pruning(self.pruning_ratio, self.n_accum_bits, self.prune_importance,
-                            self.fine_tune_epochs)
-
-    @staticmethod
-    def _check_pruning(ratio: Any, n_accum_bits: Any, importance: Any, epochs: Any) -> None:
-        from ..prune.importance import IMPORTANCES
-
-        if not isinstance(ratio, (int, float, np.number)) or not 0.0 <= float(ratio) < 1.0:
-            raise ValueError(f"pruning_ratio must be in [0, 1), got {ratio!r}")
-        if n_accum_bits is not None and (
-            not isinstance(n_accum_bits, (int, np.integer)) or n_accum_bits < 2
-        ):
-            raise ValueError(f"n_accum_bits must be an int >= 2 or None, got {n_accum_bits!r}")
-        if isinstance(importance, str) and importance not in IMPORTANCES:
-            raise ValueError(
-                f"prune_importance must be one of {IMPORTANCES}, got {importance!r}"
-            )
-        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"fine_tune_epochs must be an int >= 0, got {epochs!r}")
-
-    def _build_module(self, config: dict[str, Any]):  # type: ignore[no-untyped-def]
-        from ..nn.mlp import QuantMLP
-
-        return QuantMLP(
-            config["n_features"], config["hidden_sizes"], config["n_outputs"],
-            n_w_bits=config["n_w_bits"], n_a_bits=config["n_a_bits"],
-            n_input_bits=config["n_input_bits"], activation=config["activation"],
-            power_of_two_scales=config["power_of_two_scales"],
-        )
-
-    # --------------------------------------------------------------------- fit
-    def _split(self, X: np.ndarray, y: np.ndarray, stratify: bool, seed: int,  # type: ignore[no-untyped-def]
-               soft: np.ndarray | None = None):
-        """Training / validation split for early stopping (no validation if too small).
-
-        Returns ``(X_tr, y_tr, X_val, y_val, soft_tr)``: the teacher's soft targets (if
-        any) follow the training rows; validation uses the hard labels only.
-        """
-        n_val = int(np.floor(self.validation_fraction * len(X)))
-        if not (self.early_stopping and n_val >= 1 and len(X) - n_val >= 2):
-            return X, y, None, None, soft
-        strat = y if stratify and np.min(np.bincount(y)) >= 2 else None
-        if strat is not None and n_val < len(np.unique(y)):
-            strat = None
-        arrays = (X, y) if soft is None else (X, y, soft)
-        try:
-            parts = train_test_split(*arrays, test_size=n_val, stratify=strat, random_state=seed)
-        except ValueError:  # too few samples per class to stratify
-            parts = train_test_split(*arrays, test_size=n_val, random_state=seed)
-        return parts[0], parts[2], parts[1], parts[3], (None if soft is None else parts[4])
-
-    def _soft_loss(self):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def _teacher_outputs(self, teacher: Any, X: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def _distill_targets(self, X: np.ndarray, y: np.ndarray | None) -> np.ndarray | None:
-        """Fit ``teacher_`` if needed (``y`` given) and return its soft targets on ``X``."""
-        if y is not None:
-            from ..nn.distill import fit_teacher
-
-            self.teacher_ = None if self.teacher is None else fit_teacher(self.teacher, X, y)
-        teacher = getattr(self, "teacher_", None)
-        return None if teacher is None else self._teacher_outputs(teacher, X)
-
-    def _train(self, module, data, seed: int, max_epochs: int, lr: float, what: str):  # type: ignore[no-untyped-def]
-        from ..nn.train import seeded, torch_threads, train_module
-
-        X_tr, y_tr, X_val, y_val, soft = data
-        with seeded(seed), torch_threads(1):
-            return train_module(
-                module, X_tr, y_tr, self._loss, X_val=X_val, y_val=y_val,
-                score_fn=self._score_fn, max_epochs=max_epochs, lr=lr,
-                weight_decay=float(self.weight_decay), batch_size=int(self.batch_size),
-                patience=int(self.patience), seed=seed, verbose=int(self.verbose),
-                description=f"{type(self).__name__} {what}",
-                soft_targets=soft, soft_loss_fn=None if soft is None else self._soft_loss(),
-            )
-
-    def _prune(self, module, data, seed: int, ratio: float, n_accum_bits: int | None,  # type: ignore[no-untyped-def]
-               importance: str, fine_tune_epochs: int) -> list:
-        """Structured then accumulator-budget pruning of ``module``, in place."""
-        from ..nn.train import seeded, torch_threads
-        from ..prune import prune_accumulator, prune_structured
-
-        self._check_pruning(ratio, n_accum_bits, importance, fine_tune_epochs)
-
-        def fine_tune(m):  # type: ignore[no-untyped-def]
-            if fine_tune_epochs:
-                self._train(m, data, seed, int(fine_tune_epochs), float(self.lr) * 0.5,
-                            "fine-tuning")
-
-        reports = []
-        X_tr, y_tr = data[0], data[1]
-        with seeded(seed), torch_threads(1):
-            if ratio > 0:
-                reports.append(prune_structured(
-                    module, ratio, importance=importance, fine_tune=fine_tune, X=X_tr,
-                    y=y_tr, loss_fn=self._loss, seed=seed,
-                ))
-            if n_accum_bits is not None:
-                reports.append(prune_accumulator(
-                    module, int(n_accum_bits), fine_tune=fine_tune, rounds=2,
-                ))
-        module.eval()
-        return reports
-
-    def _fit(self, X: np.ndarray, y: np.ndarray, n_outputs: int, stratify: bool,
-             soft: np.ndarray | None = None) -> None:
-        rng = check_random_state(self.random_state)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
-        data = self._split(X, y, stratify, seed, soft)
-        config = {
-            "n_features": X.shape[1], "hidden_sizes": list(self._hidden),
-            "n_outputs": n_outputs, "n_w_bits": self.n_w_bits, "n_a_bits": self.n_a_bits,
-            "n_input_bits": self.n_input_bits, "activation": self.activation,
-            "power_of_two_scales": bool(self.power_of_two_scales),
-        }
-        from ..nn.train import seeded
-
-        with seeded(seed):
-            module = self._build_module(config)
-        self.history_ = self._train(module, data, seed, int(self.max_epochs), float(self.lr),
-                                    "QAT")
-        self.n_iter_ = self.history_.n_epochs
-        self.pruning_reports_ = self._prune(
-            module, data, seed, float(self.pruning_ratio), self.n_accum_bits,
-            self.prune_importance, self.fine_tune_epochs,
-        )
-        self._set_module(module, X, rng)
-
-    def _set_module(self, module, X: np.ndarray, rng: np.random.RandomState) -> None:  # type: ignore[no-untyped-def]
-        from ..backends.integer import IntegerBackend
-        from ..nn.export import export_mlp
-
-        self.module_ = module
-        circuit = export_mlp(module)
-        self.circuit_ = IntegerBackend(circuit).calibrate(X)
-        self._backend = IntegerBackend(self.circuit_)
-        self._keep_calibration(X, rng)
-        # a (re)fit invalidates what compile() produced
-        self.fhe_circuit_ = None
-        self.compiled_circuit_ = None
-        self.compiled_report_ = None
-        self._compile_kwargs = None
-
-    def prune(
-        self,
-        X: Any,
-        y: Any,
-        *,
-        ratio: float = 0.0,
-        n_accum_bits: int | None = None,
-        importance: str | None = None,
-        fine_tune_epochs: int | None = None,
-    ):  # type: ignore[no-untyped-def]
-        """Prune a fitted estimator further; returns a new fitted estimator.
-
-        The original is untouched (the copy goes through pickling, like ``clone`` for
-        fitted state).  ``ratio`` removes that fraction of the remaining hidden neurons;
-        ``n_accum_bits`` then bounds every accumulator (guaranteed by the IR's worst-case
-        analysis); both fine-tune on ``(X, y)``.  The new estimator's ``pruning_ratio``
-        and ``n_accum_bits`` describe the cumulative pruning, so refitting a clone
-        reproduces a comparable model.  With a teacher, fine-tuning distils from the
-        fitted ``teacher_`` (not refitted; an array teacher must have one row per
-        sample of this ``X``).
-        """
-        import pickle
-
-        check_is_fitted(self, "circuit_")
-        X, y_enc = self._encode_for_pruning(X, y)
-        new = pickle.loads(pickle.dumps(self))
-        rng = check_random_state(self.random_state)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
-        soft = new._distill_targets(X, None)
-        data = new._split(X, y_enc, hasattr(self, "classes_"), seed, soft)
-        new.pruning_reports_ = list(self.pruning_reports_) + new._prune(
-            new.module_, data, seed, float(ratio), n_accum_bits,
-            self.prune_importance if importance is None else importance,
-            self.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs,
-        )
-        kept = (1.0 - float(self.pruning_ratio)) * (1.0 - float(ratio))
-        budgets = [b for b in (self.n_accum_bits, n_accum_bits) if b is not None]
-        new.pruning_ratio = 1.0 - kept
-        new.n_accum_bits = min(budgets) if budgets else None
-        new._set_module(new.module_, X, rng)
-        return new
+    def _upgrade_fitted(self) -> None:
+        if "module_" in self.__dict__ and "hidden_layer_sizes_" not in self.__dict__:
+            self.hidden_layer_sizes_ = tuple(
+                int(h) for h in self.module_.config["hidden_sizes"])
 
 
 class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
@@ -378,56 +228,41 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
+        Class labels seen at fit.
     n_features_in_ : int
-    module_ : latentopt.nn.mlp.QuantMLP
-        The trained brevitas module.
-    circuit_ : latentopt.ir.Circuit
-        The quantized integer circuit (with calibrated ranges).
-    history_ : latentopt.nn.train.TrainingHistory
-    n_iter_ : int
-        Epochs run.
-    teacher_ : object or None
-        The teacher distilled from (fitted), or None.
-    """
+        Number of features seen at fit.
+"""
+        + _FITTED_DOC
+        + _CIRCUIT_DOC
     )
 
+    score = QuantizedEstimatorBase.score  # with ``fhe``; ClassifierMixin's comes first
+
     @staticmethod
-    def _loss(out, target):  # type: ignore[no-untyped-def]
+    def _loss(out: Any, target: Any) -> Any:
         import torch.nn.functional as F
 
         return F.cross_entropy(out, target)
 
     @staticmethod
-    def _score_fn(out, target) -> float:  # type: ignore[no-untyped-def]
+    def _score_fn(out: Any, target: Any) -> float:
         return float((out.argmax(1) == target).float().mean().item())
 
-    def _soft_loss(self):  # type: ignore[no-untyped-def]
-        from functools import partial
-
-        from ..nn.distill import distillation_loss
-
-        return partial(distillation_loss, temperature=float(self.distill_temperature),
-                       alpha=float(self.distill_alpha))
-
-    def _teacher_outputs(self, teacher: Any, X: np.ndarray) -> np.ndarray:
-        from ..nn.distill import teacher_targets
-
-        return teacher_targets(teacher, X, classes=self.classes_)
-
-    def fit(self, X: Any, y: Any) -> QuantizedMLPClassifier:
+    def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Train the quantized network on ``X`` (n_samples, n_features) and labels ``y``."""
-        self._check_params()
-        X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite=True)
-        y = column_or_1d(y, warn=True)
-        check_classification_targets(y)
-        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        hidden = check_mlp_params(self)
+        X_arr, y_arr = validate_data(self, X, y, dtype=np.float64, ensure_all_finite=True)
+        y_arr = column_or_1d(y_arr, warn=True)
+        check_classification_targets(y_arr)
+        self.classes_, y_enc = np.unique(y_arr, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes in the data, "
                 f"but the data contains only one class: {self.classes_[0]!r}"
             )
-        soft = self._distill_targets(X, y)
-        self._fit(X, y_enc.astype(np.int64), len(self.classes_), stratify=True, soft=soft)
+        soft = self._distill_targets(X_arr, y_arr)
+        self._fit_network(X_arr, y_enc.astype(np.int64), hidden, len(self.classes_),
+                          stratify=True, soft=soft)
         return self
 
     def _encode_for_pruning(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -438,84 +273,88 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
             raise ValueError(f"y contains labels not seen at fit: {unknown.tolist()}")
         return X, np.searchsorted(self.classes_, y).astype(np.int64)
 
-    def decision_function(self, X: Any, fhe: str | None = None) -> np.ndarray:
+    def decision_function(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
         """Logits (n_samples, n_classes); for 2 classes the logit difference (n_samples,)."""
         logits = self._raw_output(X, fhe)
         return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
-    def predict_proba(self, X: Any, fhe: str | None = None) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
         """Class probabilities: softmax of the dequantized logits (computed in the clear)."""
-        logits = self._raw_output(X, fhe)
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
+        return softmax(self._raw_output(X, fhe))
 
-    def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
+    def predict(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
         """Predicted class labels; ``fhe`` overrides ``fhe_mode``."""
         logits = self._raw_output(X, fhe)
-        return self.classes_[np.argmax(logits, axis=1)]
+        return np.asarray(self.classes_[np.argmax(logits, axis=1)])
 
 
 class QuantizedMLPRegressor(RegressorMixin, _QuantizedMLPBase):
     __doc__ = (
         "Multi-layer perceptron regressor trained with quantization-aware training.\n\n"
-        "    Targets are standardised internally (``y_mean_``, ``y_scale_``); outputs are\n"
-        "    de-standardised in the clear after dequantization.\n"
+        "    The network learns standardised targets (``y_mean_``, ``y_scale_``); the\n"
+        "    inverse transform is folded into the circuit's output dequantizer, so the\n"
+        "    integer backend, FHE, ONNX and the deployment client all return targets in\n"
+        "    the units of ``y``.\n"
         + _COMMON_DOC
         + """
     Attributes
     ----------
     n_features_in_ : int
+        Number of features seen at fit.
     n_outputs_ : int
-    module_, circuit_, history_, n_iter_, teacher_
-        As in :class:`QuantizedMLPClassifier`.
-    """
+        Number of targets.
+    y_ndim_ : int
+        Dimensions of the ``y`` given to fit: with 1, :meth:`predict` returns a 1-D array.
+    y_mean_, y_scale_ : ndarray of shape (n_outputs_,)
+        Target standardisation learned at fit (folded into ``circuit_``'s output).
+"""
+        + _FITTED_DOC
+        + _CIRCUIT_DOC
     )
 
-    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+    score = QuantizedEstimatorBase.score  # with ``fhe``; RegressorMixin's comes first
+
+    def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
         return tags
 
     @staticmethod
-    def _loss(out, target):  # type: ignore[no-untyped-def]
+    def _loss(out: Any, target: Any) -> Any:
         import torch.nn.functional as F
 
         return F.mse_loss(out, target)
 
     @staticmethod
-    def _score_fn(out, target) -> float:  # type: ignore[no-untyped-def]
+    def _score_fn(out: Any, target: Any) -> float:
         return -float(((out - target) ** 2).mean().item())
 
-    def _soft_loss(self):  # type: ignore[no-untyped-def]
-        from functools import partial
-
-        from ..nn.distill import regression_distillation_loss
-
-        return partial(regression_distillation_loss, alpha=float(self.distill_alpha))
-
-    def _teacher_outputs(self, teacher: Any, X: np.ndarray) -> np.ndarray:
-        from ..nn.distill import teacher_targets
-
-        out = teacher_targets(teacher, X, n_outputs=self.n_outputs_)
-        return ((out - self.y_mean_) / self.y_scale_).astype(np.float32)
-
-    def fit(self, X: Any, y: Any) -> QuantizedMLPRegressor:
+    def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Train the quantized network on ``X`` and real targets ``y`` (1-D or 2-D)."""
-        self._check_params()
-        X, y = validate_data(
+        hidden = check_mlp_params(self)
+        X_arr, y_arr = validate_data(
             self, X, y, dtype=np.float64, ensure_all_finite=True, multi_output=True,
             y_numeric=True,
         )
-        self._y_1d = y.ndim == 1
-        y2 = y.reshape(len(y), -1).astype(np.float64)
+        self.y_ndim_ = int(y_arr.ndim)
+        y2 = y_arr.reshape(len(y_arr), -1).astype(np.float64)
         self.n_outputs_ = y2.shape[1]
-        self.y_mean_ = y2.mean(axis=0)
-        scale = y2.std(axis=0)
-        self.y_scale_ = np.where(scale > 0, scale, 1.0)
+        self.y_mean_, self.y_scale_ = target_scaling(y2)
         y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
-        soft = self._distill_targets(X, y)
-        self._fit(X, y_std, self.n_outputs_, stratify=False, soft=soft)
+        soft = self._distill_targets(X_arr, y_arr)
+        self._fit_network(X_arr, y_std, hidden, self.n_outputs_, stratify=False, soft=soft)
         return self
+
+    def _output_circuit(self, circuit: Circuit) -> Circuit:
+        return fold_target_scaling(circuit, self.y_mean_, self.y_scale_)
+
+    def _upgrade_fitted(self) -> None:
+        super()._upgrade_fitted()
+        if self.__dict__.pop("_unfolded_targets", False):  # pickled before the folding
+            self.circuit_ = self._output_circuit(self.circuit_)
+            rounded = getattr(self, "rounded_circuit_", None)
+            if rounded is not None:
+                self.rounded_circuit_ = self._output_circuit(rounded)
 
     def _encode_for_pruning(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(self, X, y, reset=False, dtype=np.float64, ensure_all_finite=True,
@@ -525,8 +364,7 @@ class QuantizedMLPRegressor(RegressorMixin, _QuantizedMLPBase):
             raise ValueError(f"y has {y2.shape[1]} targets, the model {self.n_outputs_}")
         return X, ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
 
-    def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
-        """Predicted targets; ``fhe`` overrides ``fhe_mode``."""
-        check_is_fitted(self, "circuit_")
-        out = self._raw_output(X, fhe) * self.y_scale_ + self.y_mean_
-        return out.ravel() if self._y_1d else out
+    def predict(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
+        """Predicted targets (in the units of ``y``); ``fhe`` overrides ``fhe_mode``."""
+        out = self._raw_output(X, fhe)
+        return out.ravel() if self.y_ndim_ == 1 else out

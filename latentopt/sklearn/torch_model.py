@@ -4,18 +4,26 @@
 (static PTQ, calibrated on data); :func:`compile_brevitas_qat_model` imports a network
 trained with brevitas quantizers, reading its bit-widths and scales.  Both return a
 :class:`QuantizedTorchModel` with the estimators' inference API: ``predict(X,
-fhe=...)``, ``report()``, ``compile()``, ``keygen()``, ``save_deployment()`` and
-``to_onnx()``.
+fhe=...)``, ``score``, ``compile``, ``keygen``, ``save_deployment``, ``to_onnx`` and
+``bit_width_report`` (:mod:`latentopt.sklearn.base`, the same signatures as the MLP
+estimators').  Both builders take the same compile options as
+:meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .base import FHE_MODES, QuantizedEstimatorBase
+from .base import FHE_MODES, QuantizedEstimatorBase, softmax
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ..ir import Circuit
 
 __all__ = ["QuantizedTorchModel", "compile_brevitas_qat_model", "compile_torch_model"]
 
@@ -40,17 +48,46 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
 
     Attributes
     ----------
-    circuit_ : latentopt.ir.Circuit
-        The calibrated integer circuit.
     input_shape_, output_shape_ : tuple of int
         Shapes of one sample (without the batch axis).
     n_features_in_ : int
         Number of input values per sample (``prod(input_shape_)``).
-    calibration_set_ : ndarray
-        Calibration rows (flattened) used by :meth:`compile` without ``X``.
+    classes_ : ndarray of shape (n_classes,)
+        With ``task="classification"``: the class indices ``0 .. n_outputs - 1``.
     import_report_ : dict
-        What the importer did: folded batch norms, bit-widths, supported-op summary.
+        What the importer did: method (``"ptq"`` or brevitas QAT), folded batch norms,
+        bit-widths, the operations read.
+    circuit_ : latentopt.ir.Circuit
+        The quantized integer circuit (IR) with calibrated value ranges, unrounded.
+    calibration_set_ : ndarray of shape (n_rows, n_features_in_)
+        Calibration rows (flattened) used by :meth:`compile` without ``X``.
+    rounded_circuit_ : latentopt.ir.Circuit or None
+        After :meth:`compile`: the IR circuit that was lowered to TFHE (``circuit_``,
+        recalibrated on compile's ``X`` if given, with rounding).  Predictions with
+        ``fhe="disable"`` run it (``active_circuit_``).  None before.
+    fhe_circuit_ : latentopt.backends.fhe.FHECircuit or None
+        After :meth:`compile`: the TFHE program compiled from ``rounded_circuit_``
+        (simulate, execute, keys), not an IR circuit.  Not pickled: rebuilt from
+        ``rounded_circuit_`` and ``compile_options_`` on first FHE use.  None before.
+    fhe_report_ : dict or None
+        After :meth:`compile`: what concrete reports about ``fhe_circuit_`` (PBS count,
+        complexity, key sizes, p_error, per-layer bit-widths).  The IR's own per-layer
+        analysis is :meth:`bit_width_report`.
+    compile_options_ : dict or None
+        The options of the last :meth:`compile` (rounding, p_error, ranges, security,
+        batch size), without data: ``est.compile(**est.compile_options_)`` repeats it.
+    compile_inputset_ : ndarray of int or None
+        Quantized calibration rows the FHE compiler was given when :meth:`compile` got
+        an explicit ``X`` (None: ``calibration_set_`` was used).
+    inner_search_ : latentopt.search.inner.InnerResult
+        After ``compile(rounding_bits="auto")`` / ``p_error="auto"``: every candidate
+        of the search.
     """
+
+    input_shape_: tuple[int, ...]
+    output_shape_: tuple[int, ...]
+    import_report_: dict[str, Any]
+    classes_: np.ndarray
 
     def __init__(self, task: str | None = None, fhe_mode: str = "disable",
                  verbose: int = 1) -> None:
@@ -58,20 +95,28 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
         self.fhe_mode = fhe_mode
         self.verbose = verbose
 
-    def fit(self, X: Any, y: Any = None) -> QuantizedTorchModel:
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        if self.task == "classification":
+            tags.estimator_type = "classifier"
+        elif self.task == "regression":
+            tags.estimator_type = "regressor"
+        return tags
+
+    def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Re-calibrate the circuit's value ranges (FHE bit-widths) on ``X``.
 
         Weights and quantizers are fixed at import; this only replaces the calibration
-        data that :meth:`compile` uses by default.  Drops any compiled FHE circuit.
+        data that :meth:`compile` uses by default (``y`` is ignored).  Drops what
+        :meth:`compile` produced.
         """
         from ..backends.integer import IntegerBackend
 
-        X = self._validate_X(X, reset=False)
-        self.circuit_ = IntegerBackend(self.circuit_).calibrate(X)
-        self.calibration_set_ = X
-        for attr in ("fhe_circuit_", "compiled_circuit_", "compiled_report_", "_backend",
-                     "_compile_kwargs"):
-            self.__dict__.pop(attr, None)
+        X_cal = self._validate_X(X, reset=False)
+        self.circuit_ = IntegerBackend(self.circuit_).calibrate(X_cal)
+        self.calibration_set_ = X_cal
+        self.__dict__.pop("_backend", None)
+        self._forget_compilation()
         return self
 
     # ------------------------------------------------------------- validation
@@ -107,35 +152,23 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
         return X
 
     # ------------------------------------------------------------- inference
-    def forward(self, X: Any, fhe: str | None = None) -> np.ndarray:
+    def forward(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
         """The network's outputs, shaped ``(n_samples, *output_shape_)``."""
         out = self._raw_output(X, fhe)
         return out.reshape((len(out), *self.output_shape_))
 
-    def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
+    def predict(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
         """Outputs (``task=None`` / ``"regression"``) or class indices (classification)."""
         out = self._raw_output(X, fhe)
         if self.task == "classification":
             return np.argmax(out, axis=1)
         return out.reshape((len(out), *self.output_shape_))
 
-    def predict_proba(self, X: Any, fhe: str | None = None) -> np.ndarray:
+    def predict_proba(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
         """Softmax of the outputs (``task="classification"`` only)."""
         if self.task != "classification":
             raise AttributeError("predict_proba needs task='classification'")
-        z = self._raw_output(X, fhe)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
-
-    def score(self, X: Any, y: Any, fhe: str | None = None) -> float:
-        """Accuracy (classification) or R^2 of :meth:`predict`."""
-        pred = self.predict(X, fhe)
-        y = np.asarray(y)
-        if self.task == "classification":
-            return float(np.mean(pred == y))
-        from sklearn.metrics import r2_score
-
-        return float(r2_score(y.reshape(len(y), -1), pred.reshape(len(pred), -1)))
+        return softmax(self._raw_output(X, fhe))
 
 
 def _check_common(task: Any, fhe_mode: Any) -> None:
@@ -163,7 +196,7 @@ def _calibration_array(model: Any, X_calib: Any) -> np.ndarray:
     return X
 
 
-def _finish(circuit: Any, X: np.ndarray, report: dict[str, Any], task: Any, fhe_mode: str,
+def _finish(circuit: Circuit, X: np.ndarray, report: dict[str, Any], task: Any, fhe_mode: str,
             verbose: int, fhe: bool, **compile_kwargs: Any) -> QuantizedTorchModel:
     """The model around a freshly imported circuit; compiled to FHE if ``fhe``."""
     from ..backends.integer import IntegerBackend
@@ -178,6 +211,7 @@ def _finish(circuit: Any, X: np.ndarray, report: dict[str, Any], task: Any, fhe_
     est.import_report_ = report
     if task == "classification":
         est.classes_ = np.arange(int(np.prod(est.output_shape_)))
+    est._forget_compilation()
     if fhe:
         est.compile(**compile_kwargs)
     return est
@@ -196,7 +230,9 @@ def compile_torch_model(
     p_error: float | None = None,
     global_p_error: float | None = None,
     range_mode: str = "calibrated",
+    range_margin: float = 0.25,
     security_level: int = 128,
+    batch_size: int | None = None,
     fhe: bool = True,
     fhe_mode: str = "disable",
     verbose: int = 1,
@@ -221,8 +257,13 @@ def compile_torch_model(
         ``percentile`` percentiles (clips rare outliers; finer steps elsewhere).
     task : {None, "classification", "regression"}
         See :class:`QuantizedTorchModel`.
-    rounding_bits, rounding_method, p_error, global_p_error, range_mode, security_level
-        FHE compilation options, as in ``QuantizedMLPClassifier.compile``.
+    rounding_bits, rounding_method, p_error, global_p_error : optional
+        FHE compilation options (rounding, error probability), as in
+        :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile`.
+    range_mode, range_margin, security_level, batch_size : optional
+        FHE compilation options (value ranges, security, batching), with the defaults
+        of :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile` (the same for
+        every estimator).
     fhe : bool
         Compile to FHE now (``False``: integer backend only; call ``compile`` later).
 
@@ -248,7 +289,8 @@ def compile_torch_model(
     return _finish(circuit, X, report, task, fhe_mode, verbose, fhe,
                    rounding_bits=rounding_bits, rounding_method=rounding_method,
                    p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
-                   security_level=security_level)
+                   range_margin=range_margin, security_level=security_level,
+                   batch_size=batch_size)
 
 
 def compile_brevitas_qat_model(
@@ -261,7 +303,9 @@ def compile_brevitas_qat_model(
     p_error: float | None = None,
     global_p_error: float | None = None,
     range_mode: str = "calibrated",
+    range_margin: float = 0.25,
     security_level: int = 128,
+    batch_size: int | None = None,
     fhe: bool = True,
     fhe_mode: str = "disable",
     verbose: int = 1,
@@ -281,4 +325,5 @@ def compile_brevitas_qat_model(
     return _finish(circuit, X, report, task, fhe_mode, verbose, fhe,
                    rounding_bits=rounding_bits, rounding_method=rounding_method,
                    p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
-                   security_level=security_level)
+                   range_margin=range_margin, security_level=security_level,
+                   batch_size=batch_size)

@@ -42,7 +42,7 @@ def test_predict_fhe_before_compile_is_refused(tiny_clf):
     clf, _, Xte, _ = tiny_clf
     fresh = pickle.loads(pickle.dumps(clf))
     fresh.fhe_circuit_ = None
-    fresh._compile_kwargs = None
+    fresh.compile_options_ = None
     for mode in ("simulate", "execute"):
         with pytest.raises(RuntimeError, match="compile"):
             fresh.predict(Xte, fhe=mode)
@@ -53,12 +53,12 @@ def test_predict_fhe_before_compile_is_refused(tiny_clf):
 def test_simulation_matches_integer_backend_exactly(tiny_clf):
     clf, Xtr, Xte, yte = tiny_clf
     clf.compile(rounding_bits=3, rounding_method="exact", p_error=2**-40)
-    rep = clf.compiled_report_
+    rep = clf.fhe_report_
     assert rep["max_tlu_input_bits"] <= 3
     assert rep["programmable_bootstrap_count"] >= 6
     assert {"complexity", "size_of_evaluation_keys", "p_error"} <= set(rep)
     # the integer backend reproduces the rounded circuit: fhe="disable" == FHE simulation
-    backend = IntegerBackend(clf.compiled_circuit_)
+    backend = IntegerBackend(clf.rounded_circuit_)
     q = backend.quantize(Xte)
     np.testing.assert_array_equal(clf.fhe_circuit_.simulate(q), backend.run_integers(q))
     np.testing.assert_array_equal(clf.predict(Xte, fhe="simulate"),
@@ -69,12 +69,12 @@ def test_simulation_matches_integer_backend_exactly(tiny_clf):
 def test_rounding_lowers_tlu_bits_and_keeps_accuracy(tiny_clf):
     clf, Xtr, Xte, yte = tiny_clf
     clf.compile(p_error=2**-40)
-    wide = clf.compiled_report_["max_tlu_input_bits"]
+    wide = clf.fhe_report_["max_tlu_input_bits"]
     clf.compile(rounding_bits=2, p_error=2**-40)
-    assert clf.compiled_report_["max_tlu_input_bits"] <= 2 < wide
-    assert clf.compiled_circuit_.report().layers[0]["rounding_lsbs"] >= 1
+    assert clf.fhe_report_["max_tlu_input_bits"] <= 2 < wide
+    assert clf.rounded_circuit_.report().layers[0]["rounding_lsbs"] >= 1
     # fhe="disable" now runs the rounded circuit, i.e. what FHE computes
-    assert clf.active_circuit_ is clf.compiled_circuit_
+    assert clf.active_circuit_ is clf.rounded_circuit_
 
 
 @pytest.mark.fhe
@@ -124,7 +124,7 @@ def test_wide_accumulator_without_rounding_is_explained():
         clf.compile(range_mode="worst_case")
     assert "round" in str(info.value)
     clf.compile(rounding_bits=6, range_mode="worst_case", p_error=0.01)  # rounding fixes it
-    assert clf.compiled_report_["max_tlu_input_bits"] <= 6
+    assert clf.fhe_report_["max_tlu_input_bits"] <= 6
 
 
 def test_regressor_compiles_and_simulates():

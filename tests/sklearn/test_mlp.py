@@ -40,7 +40,7 @@ def test_classifier_fitted_attributes(fitted_wine_clf):
     assert clf.circuit_.calibration is not None
     assert clf.n_iter_ == clf.history_.n_epochs >= 1
     assert clf.calibration_set_.shape[1] == 13
-    report = clf.report()
+    report = clf.bit_width_report()
     assert report.tlu_count == 16
     assert [r["out_features"] for r in report.layers] == [16, 3]
     # calibrated accumulator ranges never exceed worst-case ones

@@ -19,7 +19,7 @@ BASE = dict(hidden_layer_sizes=(20,), max_epochs=40, lr=5e-3, fine_tune_epochs=5
 def test_fit_time_structured_pruning(wine):
     Xtr, Xte, ytr, yte = wine
     clf = QuantizedMLPClassifier(**BASE, pruning_ratio=0.5).fit(Xtr, ytr)
-    assert clf.report().tlu_count == 10
+    assert clf.bit_width_report().tlu_count == 10
     assert clf.module_.config["hidden_sizes"] == [10]
     assert clf.score(Xte, yte) >= 0.85
     assert clf.pruning_ratio == 0.5  # fit never rewrites hyper-parameters
@@ -49,17 +49,17 @@ def test_prune_returns_new_estimator_and_composes(wine):
     pruned = clf.prune(Xtr, ytr, ratio=0.5)
     assert pruned is not clf
     np.testing.assert_array_equal(clf.predict(Xte), before)  # original untouched
-    assert clf.report().tlu_count == 20
-    assert pruned.report().tlu_count == 10
+    assert clf.bit_width_report().tlu_count == 20
+    assert pruned.bit_width_report().tlu_count == 10
     again = pruned.prune(Xtr, ytr, ratio=0.5, n_accum_bits=9)
-    assert again.report().tlu_count == 5
-    assert again.report().max_accumulator_bits <= 9
+    assert again.bit_width_report().tlu_count == 5
+    assert again.bit_width_report().max_accumulator_bits <= 9
     assert again.pruning_ratio == pytest.approx(0.75)
     assert again.n_accum_bits == 9
     assert len(again.pruning_reports_) == 3
     # the cumulative hyper-parameters refit to a model of the same size
     refit = clone(again).fit(Xtr, ytr)
-    assert refit.report().tlu_count == 5
+    assert refit.bit_width_report().tlu_count == 5
     # prune on a pipeline's step with transformed data
     assert again.score(Xte, yte) > 0.6
 
@@ -68,7 +68,7 @@ def test_prune_regressor(diabetes):
     Xtr, Xte, ytr, yte = diabetes
     reg = QuantizedMLPRegressor(**BASE, n_w_bits=4, n_a_bits=4).fit(Xtr, ytr)
     pruned = reg.prune(Xtr, ytr, ratio=0.5)
-    assert pruned.report().tlu_count == 10
+    assert pruned.bit_width_report().tlu_count == 10
     assert pruned.predict(Xte).shape == (len(Xte),)
     assert pruned.score(Xte, yte) > 0.2
 
@@ -107,4 +107,4 @@ def test_pruning_in_gridsearch(wine):
     grid = GridSearchCV(pipe, {"quantizedmlpclassifier__pruning_ratio": [0.0, 0.5]}, cv=2)
     grid.fit(Xtr, ytr)
     best = grid.best_estimator_[-1]
-    assert best.report().tlu_count == int(20 * (1 - best.pruning_ratio))
+    assert best.bit_width_report().tlu_count == int(20 * (1 - best.pruning_ratio))

@@ -171,7 +171,7 @@ def test_residual_add_shares_one_quantizer_and_reports_the_lookup():
     assert len(adds) == 1
     a, b = (q.circuit_[i] for i in adds[0].inputs)
     assert a.fn.output_scale == b.fn.output_scale  # both operands on one scale
-    rep = q.report()
+    rep = q.bit_width_report()
     assert rep.tlu_count == sum(r["tlu_count"] for r in rep.layers)
     assert any(r["name"].startswith("block") or "relu" in r["name"] for r in rep.layers)
 
@@ -300,7 +300,7 @@ def test_encrypted_execution_of_a_small_cnn(tmp_path):
     X = _data((1, 4, 4), 60)
     q = compile_torch_model(model, X, n_bits=3, rounding_bits=4, p_error=0.01,
                             task="classification", verbose=0)
-    assert q.compiled_report_["programmable_bootstrap_count"] >= 8
+    assert q.fhe_report_["programmable_bootstrap_count"] >= 8
     sim = q.forward(X[:3], fhe="simulate")
     enc = q.forward(X[:3], fhe="execute")
     # approximate rounding and p_error=0.01: execution and simulation agree closely
