@@ -21,7 +21,8 @@ unless a rounding or a lookup reads it directly: then a clear addition centres i
 
 Each server step type has one lowering (:data:`LOWERINGS`) to a typed operation
 (:class:`CentreOp` for the input's centring, :class:`GemmOp`, :class:`RoundOp`,
-:class:`AddOp`, :class:`LookupOp`), which :func:`build_function` traces.  This module
+:class:`AddOp`, :class:`LookupOp`, and :class:`WindowOp` and :class:`MaxPoolOp` whose
+tracing lives in :mod:`.fhe_window`), which :func:`build_function` traces.  This module
 never imports concrete: :func:`build_function` receives the ``fhe`` module.
 
 >>> from latentopt.ir import Circuit, QuantizeInput, Gemm, Dequantize
@@ -46,16 +47,21 @@ from ..ir.ranges import Interval, widen_ranges
 from ..ir.schedule import (
     MAX_TABLE_ENTRIES,
     AddStep,
+    ConvStep,
     GemmStep,
     LookupStep,
+    MaxPoolStep,
     RoundStep,
     Schedule,
     Step,
+    SumPoolStep,
     check_quantized,
     schedule,
 )
 from .batching import pad_batch, plan_calls
 from .fhe_diagnostics import FHECompilationError, check_lookup_width
+from .fhe_window import MaxPoolPlan, WindowPlan, max_pool_plan, trace_max_pool, trace_window
+from .fhe_window import window_plan as _window_plan
 from .integer import IntegerBackend
 
 __all__ = [
@@ -65,9 +71,11 @@ __all__ = [
     "GemmOp",
     "LookupOp",
     "LoweringPlan",
+    "MaxPoolOp",
     "Op",
     "RoundOp",
     "ValuePlan",
+    "WindowOp",
     "build_function",
     "extreme_rows",
     "lower",
@@ -139,6 +147,24 @@ class LookupOp(Op):
     tlu_bits: int  # input precision seen by the PBS
 
 
+@dataclass(eq=False)
+class WindowOp(Op):
+    """A convolution or sum pooling (leveled), offsets folded into one flat bias."""
+
+    plan: WindowPlan
+
+
+@dataclass(eq=False)
+class MaxPoolOp(Op):
+    """A max pooling: ``window - 1`` PBS per output on ``plan.diff_bits``-bit inputs."""
+
+    plan: MaxPoolPlan
+
+    @property
+    def tlu_bits(self) -> int:
+        return self.plan.diff_bits
+
+
 @dataclass
 class LoweringPlan:
     """Everything needed to trace the circuit and to interpret its result."""
@@ -156,7 +182,8 @@ class LoweringPlan:
 
     @property
     def max_tlu_bits(self) -> int:
-        return max((s.tlu_bits for s in self.steps if isinstance(s, LookupOp)), default=0)
+        return max((s.tlu_bits for s in self.steps if isinstance(s, (LookupOp, MaxPoolOp))),
+                   default=0)
 
 
 def _per_channel(a: np.ndarray, width: int) -> np.ndarray:
@@ -207,12 +234,28 @@ class _Lowering:
         return LookupOp(step.name, src.name, step.layer, table, max(src.bits - step.lsbs, 1))
 
 
+    def window(self, step: ConvStep | SumPoolStep, src: ValuePlan, vp: ValuePlan) -> Op:
+        in_off = _per_channel(src.offset, step.node.in_features)
+        return WindowOp(step.name, src.name, step.layer,
+                        _window_plan(step.node, in_off, vp.offset))
+
+    def max_pool(self, step: MaxPoolStep, src: ValuePlan, vp: ValuePlan) -> Op:
+        width = step.node.in_features
+        plan = max_pool_plan(step.node, _per_channel(src.offset, width),
+                             _per_channel(src.lo, width), _per_channel(src.hi, width),
+                             _per_channel(vp.offset, step.node.out_features))
+        return MaxPoolOp(step.name, src.name, step.layer, plan)
+
+
 #: The FHE lowering of each server step type (a method of the lowering state).
 LOWERINGS: dict[type[Step[Any]], Callable[[_Lowering, Any, ValuePlan, ValuePlan], Op]] = {
     GemmStep: _Lowering.gemm,
     RoundStep: _Lowering.round,
     AddStep: _Lowering.add,
     LookupStep: _Lowering.lookup,
+    ConvStep: _Lowering.window,
+    SumPoolStep: _Lowering.window,
+    MaxPoolStep: _Lowering.max_pool,
 }
 
 
@@ -316,8 +359,18 @@ def _table_function(
 def _layer_rows(plan: Schedule, lowered: LoweringPlan) -> list[dict[str, Any]]:
     rows = []
     lookups = {s.name: s for s in lowered.steps if isinstance(s, LookupOp)}
+    pools = {s.name: s for s in lowered.steps if isinstance(s, MaxPoolOp)}
     for i, layer in enumerate(plan.layers):
         if layer.name not in lowered.values or layer.accumulator.name not in lowered.values:
+            continue
+        if layer.pool is not None:
+            pool = pools[layer.pool.name]
+            rows.append({
+                "layer": i, "name": layer.name,
+                "accumulator_bits": lowered.values[layer.name].bits,
+                "rounding_lsbs": 0, "rounding_method": None, "tlu": layer.name,
+                "tlu_input_bits": pool.tlu_bits, "tlu_count": layer.pool.pbs_count,
+            })
             continue
         rnd = layer.round
         op = lookups.get(layer.lookup.name) if layer.lookup is not None else None
@@ -366,6 +419,10 @@ def build_function(plan: LoweringPlan, fhe: Any, name: str) -> Callable[[Any], A
                                               exactness=exactness[s.method])
                 elif isinstance(s, LookupOp):
                     r = univariate[s.name](v)
+                elif isinstance(s, WindowOp):
+                    r = trace_window(fhe, s.plan, v)
+                elif isinstance(s, MaxPoolOp):
+                    r = trace_max_pool(fhe, s.plan, v, hints=plan.values[s.name].hint is not None)
                 else:  # pragma: no cover - plan_lowering only emits these
                     raise TypeError(f"cannot trace {type(s).__name__}")
             hint = plan.values[s.name].hint
@@ -416,7 +473,7 @@ def lower(circuit: Circuit, inputset_q: np.ndarray, range_mode: str,
     except ValueError as exc:
         raise FHECompilationError(str(exc)) from exc
     for op in plan.steps:
-        if isinstance(op, LookupOp):
+        if isinstance(op, (LookupOp, MaxPoolOp)):
             check_lookup_width(op.layer, op.name, op.tlu_bits)
     # Bounds are min/max over elements: the samples reaching them give the same bounds.
     return plan, q[extreme_rows(values, [k for k in plan.values if k in values])]

@@ -41,14 +41,18 @@ from ..ir.schedule import (
     MAX_TABLE_ENTRIES,
     AddStep,
     AffineShortcut,
+    ConvStep,
     GemmStep,
     LookupStep,
+    MaxPoolStep,
     RoundStep,
     Schedule,
     Step,
+    SumPoolStep,
     check_features,
     schedule,
 )
+from .conv_kernels import window_kernel
 
 __all__ = ["KERNELS", "IntegerBackend"]
 
@@ -165,6 +169,16 @@ def _add_kernel(step: AddStep, dtype: Any) -> Kernel:
     return add
 
 
+def _window_kernel(step: ConvStep | SumPoolStep | MaxPoolStep, dtype: Any) -> Kernel:
+    """Convolution and pooling: the exact kernels of :mod:`.conv_kernels`."""
+    kernel = window_kernel(step.node, dtype)
+
+    def window(x: np.ndarray, inplace: bool) -> np.ndarray:
+        return kernel(x)
+
+    return window
+
+
 #: The numpy rendering of each server step type (the quantizer and the dequantizer are
 #: :meth:`IntegerBackend.quantize` and :meth:`IntegerBackend.dequantize`).
 KERNELS: dict[type[Step[Any]], Callable[[Any, Any], Kernel]] = {
@@ -172,6 +186,9 @@ KERNELS: dict[type[Step[Any]], Callable[[Any, Any], Kernel]] = {
     RoundStep: _round_kernel,
     LookupStep: _lookup_kernel,
     AddStep: _add_kernel,
+    ConvStep: _window_kernel,
+    SumPoolStep: _window_kernel,
+    MaxPoolStep: _window_kernel,
 }
 
 

@@ -268,7 +268,7 @@ class SumPool(WindowNode):
     input_shape: tuple[int, ...]
     kernel_size: tuple[int, ...]
     input_zero_point: int = 0
-    stride: tuple[int, ...] | None = None  # type: ignore[assignment]
+    stride: tuple[int, ...] = None  # type: ignore[assignment]  # None: kernel_size
     padding: tuple[int, ...] = 0  # type: ignore[assignment]
     dilation: tuple[int, ...] = 1  # type: ignore[assignment]
 
@@ -304,7 +304,7 @@ class MaxPool(WindowNode):
     op: ClassVar[str] = "max_pool"
     input_shape: tuple[int, ...]
     kernel_size: tuple[int, ...]
-    stride: tuple[int, ...] | None = None  # type: ignore[assignment]
+    stride: tuple[int, ...] = None  # type: ignore[assignment]  # None: kernel_size
     padding: tuple[int, ...] = 0  # type: ignore[assignment]
     dilation: tuple[int, ...] = 1  # type: ignore[assignment]
 
@@ -313,9 +313,8 @@ class MaxPool(WindowNode):
         nd = len(tuple(self.input_shape)) - 1
         object.__setattr__(self, "kernel_size", _ints(self.kernel_size, nd, "kernel_size", 1))
         self._check_geometry(self.kernel_size, self.stride)
-        stride: tuple[int, ...] = self.stride  # type: ignore[assignment]  # normalised
         for axis in range(nd):  # every window needs a real position on every axis
-            pos = np.arange(self.output_spatial[axis])[:, None] * stride[axis] + (
+            pos = np.arange(self.output_spatial[axis])[:, None] * self.stride[axis] + (
                 np.arange(self.kernel_size[axis])[None, :] * self.dilation[axis]
                 - self._pad(axis)[0])
             if not np.all(((pos >= 0) & (pos < self.input_shape[axis + 1])).any(axis=1)):

@@ -14,7 +14,7 @@ backend needs and that used to be worked out again in each of them:
 Backends are renderers of the steps: ``backends.integer`` maps each step type to a numpy
 kernel, ``backends.onnx_render`` to ONNX operators, ``backends.fhe_lowering`` to the
 traced concrete function (adding only what is FHE-specific: centring, bit-width hints).
-A new node type (say a convolution) is one step type here, registered in
+A new node type (a convolution, say) is one step type here, registered in
 :data:`STEP_TYPES`, plus one rendering per backend; ``tests/test_architecture.py``
 checks that every renderer covers every step type.
 
@@ -58,6 +58,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from .circuit import Circuit
+from .conv_nodes import Conv, MaxPool, SumPool, WindowNode
 from .functions import QuantActivation
 from .layers import Layer
 from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
@@ -70,14 +71,17 @@ __all__ = [
     "STEP_TYPES",
     "AddStep",
     "AffineShortcut",
+    "ConvStep",
     "DequantizeStep",
     "GemmStep",
     "InputTypeError",
     "LookupStep",
+    "MaxPoolStep",
     "QuantizeStep",
     "RoundStep",
     "Schedule",
     "Step",
+    "SumPoolStep",
     "TableDomain",
     "carrier_dtype",
     "check_features",
@@ -156,6 +160,25 @@ class RoundStep(Step[Round]):
 @dataclass(frozen=True, eq=False)
 class AddStep(Step[Add]):
     """Elementwise sum of two values."""
+
+
+@dataclass(frozen=True, eq=False)
+class ConvStep(Step[Conv]):
+    """Integer convolution of ``x - input_zero_point`` (zero padded) plus bias."""
+
+
+@dataclass(frozen=True, eq=False)
+class SumPoolStep(Step[SumPool]):
+    """Window sums of ``x - input_zero_point`` (zero padded)."""
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPoolStep(Step[MaxPool]):
+    """Window maxima, padding ignored; ``window - 1`` PBS per output under FHE."""
+
+    @property
+    def pbs_count(self) -> int:
+        return self.node.pbs_count
 
 
 @dataclass(frozen=True, eq=False)
@@ -288,10 +311,14 @@ STEP_TYPES: dict[type[Node], type[Step[Any]]] = {
     Round: RoundStep,
     TableLookup: LookupStep,
     Add: AddStep,
+    Conv: ConvStep,
+    SumPool: SumPoolStep,
+    MaxPool: MaxPoolStep,
     Dequantize: DequantizeStep,
 }
 #: Step types evaluated by the server under FHE (between quantizer and dequantizer).
-SERVER_STEPS: tuple[type[Step[Any]], ...] = (GemmStep, RoundStep, LookupStep, AddStep)
+SERVER_STEPS: tuple[type[Step[Any]], ...] = (GemmStep, RoundStep, LookupStep, AddStep,
+                                             ConvStep, SumPoolStep, MaxPoolStep)
 
 
 # ---------------------------------------------------------------------- schedule
@@ -418,10 +445,12 @@ def _accumulator_bound(node: Gemm, x_range: Interval) -> int:
 def carrier_dtype(circuit: Circuit) -> Any:
     """The narrowest dtype that carries every integer of ``circuit`` exactly.
 
-    float32 when every worst-case value, every partial sum of every gemm (bias included)
-    and every gemm's input zero point is below 2**24 in magnitude, float64 below 2**53,
-    else int64.  Floating-point sums of integers below those bounds are exact whatever
-    the summation order, so BLAS (numpy, onnxruntime's MLAS) computes exact gemms.
+    float32 when every worst-case value, every partial sum of every gemm, convolution and
+    sum pooling (bias included, see
+    :meth:`~latentopt.ir.conv_nodes.WindowNode.partial_sum_bound`) and every input zero
+    point is below 2**24 in magnitude, float64 below 2**53, else int64.  Floating-point
+    sums of integers below those bounds are exact whatever the summation order, so BLAS
+    (numpy, onnxruntime's MLAS) computes exact gemms and convolutions.
     """
     worst = circuit.worst_case_ranges()
     top = 0
@@ -430,6 +459,10 @@ def carrier_dtype(circuit: Circuit) -> Any:
             top = max(top, _accumulator_bound(node, worst[node.inputs[0]]))
             # the kernel subtracts the zero point in the carrier: it must be exact there too
             top = max(top, abs(node.input_zero_point))
+        elif isinstance(node, WindowNode):
+            src = worst[node.inputs[0]]
+            top = max(top, node.partial_sum_bound(src.lo, src.hi),
+                      abs(getattr(node, "input_zero_point", 0)))
         top = max(top, abs(worst[node.name].min), abs(worst[node.name].max))
     for dtype in CARRIERS:
         limit = exact_below(dtype)

@@ -36,7 +36,10 @@ SUPPORTED = (
     "Softplus, Hardtanh, Hardswish, Hardsigmoid, Mish, Softsign, LogSigmoid, Tanhshrink, "
     "and their torch / torch.nn.functional / tensor-method forms: one table lookup each), "
     "nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d, torch.mean over non-batch dims, "
-    "nn.Flatten, torch.flatten, Tensor.view/reshape/flatten, nn.Dropout, nn.Identity, "
+    "nn.MaxPool1d/2d and F.max_pool1d/2d (window - 1 PBS per output), "
+    "multiplication and division by a constant number, "
+    "nn.Flatten, nn.Unflatten, torch.flatten, Tensor.view/reshape/flatten/unflatten, "
+    "nn.Dropout, nn.Identity, "
     "residual `a + b` / torch.add of two tensors; brevitas QuantIdentity, QuantLinear, "
     "QuantConv1d/2d, QuantReLU, QuantSigmoid, QuantTanh, QuantHardTanh"
 )
@@ -64,8 +67,13 @@ _PLAIN = {"relu", "relu6", "sigmoid", "tanh", "gelu", "silu"}
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _POOL_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                    torch.mean}
-_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
+_MAX_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d)
+_MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d}
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.unflatten}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "contiguous"}
+_SCALE_FUNCTIONS = {operator.mul: False, torch.mul: False, operator.truediv: True,
+                    torch.div: True}
+_SCALE_METHODS = {"mul": False, "div": True}
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 
 
@@ -83,7 +91,8 @@ class Op:
     """One node of the imported graph.
 
     ``kind`` is one of ``"input"``, ``"linear"``, ``"conv"``, ``"affine"`` (batch norm
-    not folded), ``"act"``, ``"pool"``, ``"reshape"``, ``"add"``, ``"quant"`` (a brevitas
+    not folded), ``"act"``, ``"pool"``, ``"maxpool"``, ``"scale"`` (multiplication by the
+    constant ``meta["factor"]``), ``"reshape"``, ``"add"``, ``"quant"`` (a brevitas
     quantizer, possibly with an activation), ``"output"``.
     """
 
@@ -203,7 +212,7 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
             if isinstance(m, nn.Identity):
                 op.kind = "reshape"
             op.fn = m
-        elif kind == "pool":
+        elif kind in ("pool", "maxpool"):
             op.fn = m
         return op
     if node.op == "call_function":
@@ -219,7 +228,14 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
                       act_name=_ACT_FUNCTIONS[fn] if simple else None)
         if fn in _POOL_FUNCTIONS:
             _check_single_tensor_input(node, getattr(fn, "__name__", str(fn)))
-            return Op(name, "pool", ins[:1], fn=_function_op(node, fn))
+            return Op(name, "pool", ins[:1], fn=_function_op(node, fn),
+                      meta={"function": fn, "args": node.args[1:], "kwargs": dict(node.kwargs)})
+        if fn in _MAX_POOL_FUNCTIONS:
+            _check_single_tensor_input(node, getattr(fn, "__name__", str(fn)))
+            return Op(name, "maxpool", ins[:1], fn=_function_op(node, fn),
+                      meta={"function": fn, "args": node.args[1:], "kwargs": dict(node.kwargs)})
+        if fn in _SCALE_FUNCTIONS:
+            return _scale_op(node, name, ins, _SCALE_FUNCTIONS[fn])
         if fn in _RESHAPE_FUNCTIONS:
             return Op(name, "reshape", ins[:1])
         if fn in (F.dropout, F.dropout1d, F.dropout2d):
@@ -231,15 +247,34 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
             return Op(name, "shape_query", ins[:1])
         if meth in _RESHAPE_METHODS:
             return Op(name, "reshape", ins[:1])
+        if meth in _SCALE_METHODS:
+            return _scale_op(node, name, ins, _SCALE_METHODS[meth])
         if meth in _ACT_METHODS:
             _check_single_tensor_input(node, f"Tensor.{meth}")
             simple = len(node.args) == 1 and not node.kwargs
             return Op(name, "act", ins[:1], fn=_method_op(node),
                       act_name=_ACT_METHODS[meth] if simple else None)
         if meth == "mean":
-            return Op(name, "pool", ins[:1], fn=_method_op(node))
+            return Op(name, "pool", ins[:1], fn=_method_op(node),
+                      meta={"function": torch.mean, "args": node.args[1:],
+                            "kwargs": dict(node.kwargs)})
         raise UnsupportedOpError(f"tensor method .{meth}()", name)
     raise UnsupportedOpError(f"graph node kind {node.op!r}", name)  # pragma: no cover
+
+
+def _scale_op(node: fx.Node, name: str, ins: list[str], divide: bool) -> Op:
+    """``x * c`` / ``c * x`` / ``x / c`` for a constant number ``c``."""
+    consts = [a for a in node.args if not isinstance(a, fx.Node)]
+    what = "division" if divide else "multiplication"
+    if (len(ins) != 1 or len(consts) != 1 or node.kwargs
+            or not isinstance(consts[0], (int, float)) or isinstance(consts[0], bool)):
+        raise UnsupportedOpError(f"{what} other than by a constant number", name)
+    if divide and node.args[0] is not _tensor_args(node)[0]:
+        raise UnsupportedOpError("division of a constant by a tensor", name)
+    c = float(consts[0])
+    if c == 0 or not np.isfinite(c):
+        raise UnsupportedOpError(f"{what} by {c}", name)
+    return Op(name, "scale", ins, meta={"factor": 1.0 / c if divide else c})
 
 
 def _module_kind(m: nn.Module) -> str | None:
@@ -267,7 +302,9 @@ def _module_kind(m: nn.Module) -> str | None:
         return "act"
     if isinstance(m, _POOL_MODULES):
         return "pool"
-    if isinstance(m, nn.Flatten) or isinstance(m, _DROPOUT):
+    if isinstance(m, _MAX_POOL_MODULES):
+        return "maxpool"
+    if isinstance(m, (nn.Flatten, nn.Unflatten)) or isinstance(m, _DROPOUT):
         return "reshape"
     return None
 
