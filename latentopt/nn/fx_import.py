@@ -30,14 +30,15 @@ __all__ = ["SUPPORTED", "Op", "UnsupportedOpError", "read_graph", "record_values
 
 #: Human-readable list of what the importers support (used in error messages).
 SUPPORTED = (
-    "nn.Linear, nn.Conv1d, nn.Conv2d (zero padding; lowered to an integer gemm), "
+    "nn.Linear, nn.Conv1d, nn.Conv2d (zero padding; native integer convolutions), "
     "nn.BatchNorm1d/2d (folded into the layer before it, else a per-channel affine), "
     "activations (nn.ReLU, ReLU6, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, ELU, SELU, CELU, "
     "Softplus, Hardtanh, Hardswish, Hardsigmoid, Mish, Softsign, LogSigmoid, Tanhshrink, "
     "and their torch / torch.nn.functional / tensor-method forms: one table lookup each), "
     "nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d, torch.mean over non-batch dims, "
     "nn.MaxPool1d/2d and F.max_pool1d/2d (window - 1 PBS per output), "
-    "multiplication and division by a constant number, "
+    "multiplication and division by a constant number, permute/transpose (free when "
+    "the flat order is unchanged, else a permutation gemm), "
     "nn.Flatten, nn.Unflatten, torch.flatten, Tensor.view/reshape/flatten/unflatten, "
     "nn.Dropout, nn.Identity, "
     "residual `a + b` / torch.add of two tensors; brevitas QuantIdentity, QuantLinear, "
@@ -71,6 +72,8 @@ _MAX_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d)
 _MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d}
 _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.unflatten}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "contiguous"}
+_REORDER_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.t}
+_REORDER_METHODS = {"permute", "transpose", "swapaxes", "t"}
 _SCALE_FUNCTIONS = {operator.mul: False, torch.mul: False, operator.truediv: True,
                     torch.div: True}
 _SCALE_METHODS = {"mul": False, "div": True}
@@ -92,7 +95,8 @@ class Op:
 
     ``kind`` is one of ``"input"``, ``"linear"``, ``"conv"``, ``"affine"`` (batch norm
     not folded), ``"act"``, ``"pool"``, ``"maxpool"``, ``"scale"`` (multiplication by the
-    constant ``meta["factor"]``), ``"reshape"``, ``"add"``, ``"quant"`` (a brevitas
+    constant ``meta["factor"]``), ``"reshape"``, ``"reorder"`` (permute / transpose),
+    ``"add"``, ``"quant"`` (a brevitas
     quantizer, possibly with an activation), ``"output"``.
     """
 
@@ -236,6 +240,8 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
                       meta={"function": fn, "args": node.args[1:], "kwargs": dict(node.kwargs)})
         if fn in _SCALE_FUNCTIONS:
             return _scale_op(node, name, ins, _SCALE_FUNCTIONS[fn])
+        if fn in _REORDER_FUNCTIONS:
+            return Op(name, "reorder", ins[:1], fn=_function_op(node, fn))
         if fn in _RESHAPE_FUNCTIONS:
             return Op(name, "reshape", ins[:1])
         if fn in (F.dropout, F.dropout1d, F.dropout2d):
@@ -249,6 +255,8 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
             return Op(name, "reshape", ins[:1])
         if meth in _SCALE_METHODS:
             return _scale_op(node, name, ins, _SCALE_METHODS[meth])
+        if meth in _REORDER_METHODS:
+            return Op(name, "reorder", ins[:1], fn=_method_op(node))
         if meth in _ACT_METHODS:
             _check_single_tensor_input(node, f"Tensor.{meth}")
             simple = len(node.args) == 1 and not node.kwargs

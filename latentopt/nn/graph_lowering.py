@@ -227,6 +227,15 @@ class _Builder(SpatialOps):
         self._emit(Add(aname, (operands[0].name, operands[1].name)))
         self.env[op.name] = QValue(aname, self.shapes[op.name], operands[0].scale.copy(), 0)
 
+    def _reshape(self, op: Op) -> None:
+        """A new shape over the same row-major flat order: nothing to compute."""
+        v = self.env[op.inputs[0]]
+        if isinstance(v, QValue):
+            v = QValue(v.name, self.shapes[op.name], v.scale, v.zero_point, v.params)
+        elif isinstance(v, Pending):
+            v = Pending(v.src, v.fns, self.shapes[op.name])
+        self.env[op.name] = v
+
     def build(self, metadata: dict[str, Any]) -> Circuit:
         for op in self.order:
             kind = op.kind
@@ -249,12 +258,9 @@ class _Builder(SpatialOps):
             elif kind == "add":
                 self._add(op)
             elif kind == "reshape":
-                v = self.env[op.inputs[0]]
-                if isinstance(v, QValue):
-                    v = QValue(v.name, self.shapes[op.name], v.scale, v.zero_point, v.params)
-                elif isinstance(v, Pending):
-                    v = Pending(v.src, v.fns, self.shapes[op.name])
-                self.env[op.name] = v
+                self._reshape(op)
+            elif kind == "reorder":
+                self._reorder(op)
             elif kind == "shape_query":
                 continue
             elif kind == "output":

@@ -4,7 +4,9 @@ A mixin of the graph builder (:mod:`.graph_lowering`): convolutions become
 :class:`~latentopt.ir.Conv`, average poolings and spatial means
 :class:`~latentopt.ir.SumPool` (the divisors fold into the output scale), max poolings
 :class:`~latentopt.ir.MaxPool` (the value keeps its quantizer), multiplications by a
-positive constant only change the scale, and a per-channel affine map (a batch norm
+positive constant only change the scale, permutations of the flat order a gemm of
+the permutation matrix (nothing when only axes of size 1 move), and a per-channel
+affine map (a batch norm
 that could not be folded, a negative factor) a depthwise 1x1 convolution of signs.
 Other linear maps whose rows have one magnitude become a dense gemm of ``+-1`` weights,
 of at most :data:`MAX_DENSE_ENTRIES` entries.  The torch geometry is read by
@@ -53,6 +55,7 @@ class SpatialOps:
     _emit: Callable[[Any], None]
     _qvalue: Callable[[Op, str], QValue]
     _materialise: Callable[..., QValue]
+    _reshape: Callable[[Op], None]
 
     def _conv(self, op: Op, x: QValue, w_int: np.ndarray, w_scale: np.ndarray,
               bias: np.ndarray | None) -> None:
@@ -110,6 +113,27 @@ class SpatialOps:
         channel_scale = x.scale.reshape(in_shape[0], -1)[:, 0]
         scale = np.repeat(channel_scale, _numel(node.output_shape[1:])) * factors
         self.env[op.name] = QValue(node.name, out_shape, scale, 0)
+
+    def _reorder(self, op: Op) -> None:
+        """``permute`` / ``transpose``: free when the flat order is unchanged (moving
+        axes of size 1), else a gemm of the permutation matrix (exact, leveled)."""
+        assert op.fn is not None
+        in_shape, out_shape = self.shapes[op.inputs[0]], self.shapes[op.name]
+        n = _numel(in_shape)
+        with torch.no_grad():
+            moved = op.fn(torch.arange(n, dtype=torch.float64).reshape(1, *in_shape))
+        if tuple(moved.shape) != (1, *out_shape):
+            raise UnsupportedOpError("a permutation that moves the batch axis", op.name)
+        src = moved.reshape(-1).numpy().astype(np.int64)
+        if np.array_equal(src, np.arange(n)):
+            self._reshape(op)
+            return
+        if n * n > MAX_DENSE_ENTRIES:
+            raise ValueError(f"{op.name!r}: a permutation of {n} features would be a "
+                             f"{n} x {n} gemm (over {MAX_DENSE_ENTRIES} entries)")
+        mat = np.zeros((n, n))
+        mat[np.arange(n), src] = 1.0
+        self._sum_like(op, mat, None)
 
     def _maxpool(self, op: Op) -> None:
         """Max pooling of quantized integers: ``max`` commutes with the (increasing)

@@ -121,6 +121,10 @@ def _cases():  # name -> (model factory, input shape)
             lambda L, x: L[2](torch.flatten(F.max_pool2d(torch.relu(L[1](L[0](x) * 0.5)),
                                                          2, 1, 1, ceil_mode=True), 1) / -4.0),
             nn.Unflatten(1, (2, 6, 6)), nn.Conv2d(2, 3, 3), nn.Linear(75, 2)), (72,)),
+        "permute_and_transpose": (lambda: Fn(
+            lambda L, x: L[1](torch.relu(L[0](torch.flatten(  # size-1 move, then a real one
+                x.unflatten(1, (1, 2)).transpose(1, 2).flatten(2).permute(0, 2, 1), 1)))),
+            nn.Linear(16, 5), nn.Linear(5, 2)), SEQ),
         "maxpool1d_module": (lambda: _seq(nn.Conv1d(2, 3, 3), nn.ReLU(),
                                           nn.MaxPool1d(3, 2, dilation=1), nn.Flatten(),
                                           nn.Linear(6, 2)), SEQ),
@@ -266,6 +270,11 @@ class _Mul(nn.Module):
         return x * x  # (a constant factor is supported)
 
 
+class _Reciprocal(nn.Module):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return 2.0 / x
+
+
 class _TwoInputs(nn.Module):
     def forward(self, x, y):  # type: ignore[no-untyped-def]
         return x + y
@@ -281,6 +290,7 @@ class _Branchy(nn.Module):
 @pytest.mark.parametrize("model, match", [
     (nn.Sequential(nn.Linear(6, 4), nn.LSTM(4, 2)), "module LSTM"),
     (nn.Sequential(nn.Linear(6, 4), _Mul()), "multiplication other than by a constant"),
+    (nn.Sequential(nn.Linear(6, 4), _Reciprocal()), "division of a constant by a tensor"),
     (_TwoInputs(), "2 inputs"),
     (_Branchy(), "could not trace"),
     (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1, padding_mode="circular")), "Conv1d"),
