@@ -10,7 +10,17 @@ import itertools
 
 import numpy as np
 
-from latentopt.ir import Add, Circuit, Conv, Gemm, MaxPool, Round, SumPool, TableLookup
+from latentopt.ir import (
+    Add,
+    Circuit,
+    Concat,
+    Conv,
+    Gemm,
+    MaxPool,
+    Round,
+    SumPool,
+    TableLookup,
+)
 
 
 def _taps(node, p: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...] | None]]:
@@ -63,6 +73,8 @@ def reference_run(circuit: Circuit, q: np.ndarray) -> dict[str, np.ndarray]:
         x = vals[node.inputs[0]].astype(object)
         if isinstance(node, Add):
             out = x + vals[node.inputs[1]].astype(object)
+        elif isinstance(node, Concat):
+            out = np.concatenate([x, vals[node.inputs[1]].astype(object)], axis=1)
         elif isinstance(node, Gemm):
             acc = (x - node.input_zero_point) @ node.weight.T.astype(object)
             if node.bias is not None:

@@ -21,9 +21,10 @@ unless a rounding or a lookup reads it directly: then a clear addition centres i
 
 Each server step type has one lowering (:data:`LOWERINGS`) to a typed operation
 (:class:`CentreOp` for the input's centring, :class:`GemmOp`, :class:`RoundOp`,
-:class:`AddOp`, :class:`LookupOp`, and :class:`WindowOp` and :class:`MaxPoolOp` whose
-tracing lives in :mod:`.fhe_window`), which :func:`build_function` traces.  This module
-never imports concrete: :func:`build_function` receives the ``fhe`` module.
+:class:`AddOp`, :class:`ConcatOp`, :class:`LookupOp`, and :class:`WindowOp` and
+:class:`MaxPoolOp` whose tracing lives in :mod:`.fhe_window`), which
+:func:`build_function` traces.  This module never imports concrete:
+:func:`build_function` receives the ``fhe`` module.
 
 >>> from latentopt.ir import Circuit, QuantizeInput, Gemm, Dequantize
 >>> c = Circuit([QuantizeInput("q", ("input",), 1.0, 0, 3, signed=False),
@@ -47,6 +48,7 @@ from ..ir.ranges import Interval, widen_ranges
 from ..ir.schedule import (
     MAX_TABLE_ENTRIES,
     AddStep,
+    ConcatStep,
     ConvStep,
     GemmStep,
     LookupStep,
@@ -68,6 +70,7 @@ __all__ = [
     "LOWERINGS",
     "AddOp",
     "CentreOp",
+    "ConcatOp",
     "GemmOp",
     "LookupOp",
     "LoweringPlan",
@@ -134,6 +137,14 @@ class RoundOp(Op):
 @dataclass(eq=False)
 class AddOp(Op):
     """``x + src2 (+ bias)``, offsets folded into the bias."""
+
+    src2: str
+    bias: np.ndarray | None
+
+
+@dataclass(eq=False)
+class ConcatOp(Op):
+    """``[x, src2] (+ bias)``: concatenated ciphertexts, offsets folded into the bias."""
 
     src2: str
     bias: np.ndarray | None
@@ -228,6 +239,15 @@ class _Lowering:
         return AddOp(step.name, src.name, step.layer, other.name,
                      bias.astype(np.int64) if np.any(bias) else None)
 
+    def concat(self, step: ConcatStep, src: ValuePlan, vp: ValuePlan) -> Op:
+        other = self.source(step.inputs[1])
+        widths = [self.circuit.width(i) for i in step.inputs]
+        offsets = np.concatenate([_per_channel(src.offset, widths[0]),
+                                  _per_channel(other.offset, widths[1])])
+        bias = offsets - _per_channel(vp.offset, sum(widths))
+        return ConcatOp(step.name, src.name, step.layer, other.name,
+                        bias.astype(np.int64) if np.any(bias) else None)
+
     def lookup(self, step: LookupStep, src: ValuePlan, vp: ValuePlan) -> Op:
         width = self.circuit.width(step.name)
         table = _table_function(step, src, vp.offset, width)
@@ -252,6 +272,7 @@ LOWERINGS: dict[type[Step[Any]], Callable[[_Lowering, Any, ValuePlan, ValuePlan]
     GemmStep: _Lowering.gemm,
     RoundStep: _Lowering.round,
     AddStep: _Lowering.add,
+    ConcatStep: _Lowering.concat,
     LookupStep: _Lowering.lookup,
     ConvStep: _Lowering.window,
     SumPoolStep: _Lowering.window,
@@ -408,6 +429,10 @@ def build_function(plan: LoweringPlan, fhe: Any, name: str) -> Callable[[Any], A
                     r = v + s.bias
                 elif isinstance(s, GemmOp):
                     r = v @ s.weight_t
+                    if s.bias is not None:
+                        r = r + s.bias
+                elif isinstance(s, ConcatOp):
+                    r = np.concatenate((v, read(s.src2)), axis=-1)
                     if s.bias is not None:
                         r = r + s.bias
                 elif isinstance(s, AddOp):

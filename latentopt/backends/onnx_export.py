@@ -51,7 +51,8 @@ Rendering, step by step (:mod:`.onnx_render`)
   input (one appended zero column for the padding) feeds a ``MatMul`` or a chain of
   ``Add``, and a max pooling is a ``Max`` of per-tap gathers in int64 (native
   ``MaxPool`` in float64 unless a pad reaches the kernel size).
-* AddStep: ``Add`` in the carrier type.  DequantizeStep: ``Cast`` -> ``Sub`` -> ``Mul``
+* AddStep: ``Add`` in the carrier type; ConcatStep: ``Concat`` on the last axis.
+  DequantizeStep: ``Cast`` -> ``Sub`` -> ``Mul``
   (-> ``Add`` offset) in float64.
 
 Why this carrier

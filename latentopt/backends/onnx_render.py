@@ -18,6 +18,7 @@ from ..ir.schedule import (
     CARRIERS,
     AddStep,
     AffineShortcut,
+    ConcatStep,
     ConvStep,
     DequantizeStep,
     GemmStep,
@@ -152,6 +153,10 @@ def _add(g: GraphBuilder, step: AddStep, xs: list[str]) -> str:
     return g.op("Add", xs, step.name)
 
 
+def _concat(g: GraphBuilder, step: ConcatStep, xs: list[str]) -> str:
+    return g.op("Concat", xs, step.name, axis=-1)
+
+
 def _conv(g: GraphBuilder, step: ConvStep, xs: list[str]) -> str:
     return render_conv(g, step.node, xs[0])
 
@@ -184,6 +189,7 @@ RENDERERS: dict[type[Step[Any]], Callable[[GraphBuilder, Any, list[str]], str]] 
     RoundStep: _round,
     LookupStep: _lookup,
     AddStep: _add,
+    ConcatStep: _concat,
     ConvStep: _conv,
     SumPoolStep: _sum_pool,
     MaxPoolStep: _max_pool,

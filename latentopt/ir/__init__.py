@@ -13,7 +13,7 @@ from .circuit import INPUT, Circuit
 from .conv_nodes import Conv, MaxPool, SumPool
 from .functions import ACTIVATIONS, ExplicitTable, QuantActivation, UnivariateFunction, int_range
 from .layers import CircuitReport, Layer
-from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .nodes import Add, Concat, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval, bit_width
 from .serialize import CircuitFormatError, load, save
 
@@ -25,6 +25,7 @@ __all__ = [
     "CircuitFormatError",
     "Conv",
     "CircuitReport",
+    "Concat",
     "Dequantize",
     "ExplicitTable",
     "Gemm",

@@ -31,7 +31,7 @@ import numpy as np
 from .archive import PathOrFile, decode, encode, read_bytes, write_bytes
 from .conv_nodes import WindowNode
 from .layers import CircuitReport, Layer, group_layers, report_rows
-from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .nodes import Add, Concat, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval, worst_case_ranges
 
 __all__ = ["INPUT", "Circuit"]
@@ -152,7 +152,9 @@ class Circuit:
                     f"add {node.name!r} reads values of widths {w_in} and "
                     f"{widths[node.inputs[1]]}"
                 )
-            if isinstance(node, (Gemm, WindowNode)):
+            if isinstance(node, Concat):
+                w_out = w_in + widths[node.inputs[1]]
+            elif isinstance(node, (Gemm, WindowNode)):
                 if node.in_features != w_in:
                     raise ValueError(
                         f"{node.op} {node.name!r} expects {node.in_features} inputs, "

@@ -13,6 +13,7 @@ Gemm               ``(x - input_zero_point) @ weight.T + bias``  server, leveled
 Round              ``round(x / 2**lsbs) * 2**lsbs`` (half up)    server, PBS-based
 TableLookup        ``fn(x)`` elementwise                        server, one PBS/elt
 Add                ``a + b`` elementwise (two inputs)            server, leveled
+Concat             ``[a, b]`` along the feature axis             server, free
 Dequantize         ``(x - zero_point) * scale``                 client, in clear
 =================  ==========================================  ===================
 
@@ -33,6 +34,7 @@ from .functions import UnivariateFunction, int_range, same_parts
 __all__ = [
     "NODE_TYPES",
     "Add",
+    "Concat",
     "Dequantize",
     "Gemm",
     "Node",
@@ -287,6 +289,22 @@ class Add(Node):
 
 
 @dataclass(frozen=True, eq=False)
+class Concat(Node):
+    """Concatenation of two values along the (flat) feature axis: ``[a, b]``.
+
+    For ``(C, *spatial)`` tensors this is the concatenation of channels.  As for
+    :class:`Add`, whoever builds the circuit gives both operands one zero point; their
+    scales may differ per feature.
+    """
+
+    op: ClassVar[str] = "concat"
+    arity: ClassVar[int] = 2
+
+    def apply(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, b], axis=-1)
+
+
+@dataclass(frozen=True, eq=False)
 class Dequantize(Node):
     """Integer -> float: ``(x - zero_point) * scale + offset`` (client side, in the clear).
 
@@ -311,5 +329,5 @@ class Dequantize(Node):
 
 
 NODE_TYPES: dict[str, type[Node]] = {
-    cls.op: cls for cls in (QuantizeInput, Gemm, Round, TableLookup, Add, Dequantize)
+    cls.op: cls for cls in (QuantizeInput, Gemm, Round, TableLookup, Add, Concat, Dequantize)
 }

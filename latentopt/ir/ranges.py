@@ -17,13 +17,14 @@ from typing import Protocol
 import numpy as np
 
 from .conv_nodes import Conv, MaxPool, SumPool, WindowNode
-from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .nodes import Add, Concat, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 
 __all__ = [
     "Interval",
     "NodeGraph",
     "add_bounds",
     "bit_width",
+    "concat_bounds",
     "propagate",
     "widen_ranges",
     "worst_case_ranges",
@@ -174,12 +175,18 @@ def add_bounds(a: Interval, b: Interval) -> Interval:
     return Interval(lo.astype(np.int64), hi.astype(np.int64))
 
 
+def concat_bounds(a: Interval, b: Interval) -> Interval:
+    """Interval of ``[a, b]`` (per-feature intervals of both operands)."""
+    return Interval(np.concatenate([a.lo, b.lo]), np.concatenate([a.hi, b.hi]))
+
+
 def worst_case_ranges(circuit: NodeGraph) -> dict[str, Interval]:
     """Worst-case interval of every integer value, from weights and input ranges."""
     out: dict[str, Interval] = {}
     for node in circuit.nodes:
-        if isinstance(node, Add):
-            out[node.name] = add_bounds(out[node.inputs[0]], out[node.inputs[1]])
+        if isinstance(node, (Add, Concat)):
+            rule = add_bounds if isinstance(node, Add) else concat_bounds
+            out[node.name] = rule(out[node.inputs[0]], out[node.inputs[1]])
             continue
         src = node.inputs[0]
         x = out.get(src, Interval(np.zeros(1), np.zeros(1)))

@@ -61,7 +61,7 @@ from .circuit import Circuit
 from .conv_nodes import Conv, MaxPool, SumPool, WindowNode
 from .functions import QuantActivation
 from .layers import Layer
-from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .nodes import Add, Concat, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "STEP_TYPES",
     "AddStep",
     "AffineShortcut",
+    "ConcatStep",
     "ConvStep",
     "DequantizeStep",
     "GemmStep",
@@ -160,6 +161,11 @@ class RoundStep(Step[Round]):
 @dataclass(frozen=True, eq=False)
 class AddStep(Step[Add]):
     """Elementwise sum of two values."""
+
+
+@dataclass(frozen=True, eq=False)
+class ConcatStep(Step[Concat]):
+    """Concatenation of two values along the feature axis."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -311,6 +317,7 @@ STEP_TYPES: dict[type[Node], type[Step[Any]]] = {
     Round: RoundStep,
     TableLookup: LookupStep,
     Add: AddStep,
+    Concat: ConcatStep,
     Conv: ConvStep,
     SumPool: SumPoolStep,
     MaxPool: MaxPoolStep,
@@ -318,7 +325,7 @@ STEP_TYPES: dict[type[Node], type[Step[Any]]] = {
 }
 #: Step types evaluated by the server under FHE (between quantizer and dequantizer).
 SERVER_STEPS: tuple[type[Step[Any]], ...] = (GemmStep, RoundStep, LookupStep, AddStep,
-                                             ConvStep, SumPoolStep, MaxPoolStep)
+                                             ConcatStep, ConvStep, SumPoolStep, MaxPoolStep)
 
 
 # ---------------------------------------------------------------------- schedule

@@ -96,7 +96,7 @@ class Op:
     ``kind`` is one of ``"input"``, ``"linear"``, ``"conv"``, ``"affine"`` (batch norm
     not folded), ``"act"``, ``"pool"``, ``"maxpool"``, ``"scale"`` (multiplication by the
     constant ``meta["factor"]``), ``"reshape"``, ``"reorder"`` (permute / transpose),
-    ``"add"``, ``"quant"`` (a brevitas
+    ``"add"``, ``"cat"`` (along ``meta["dim"]``), ``"quant"`` (a brevitas
     quantizer, possibly with an activation), ``"output"``.
     """
 
@@ -221,6 +221,8 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
         return op
     if node.op == "call_function":
         fn = cast("Callable[..., Any]", node.target)  # a function for call_function nodes
+        if fn in (torch.cat, torch.concat, torch.concatenate):
+            return _cat_op(node, name)
         if fn in (operator.add, torch.add):
             if len(ins) != 2 or node.kwargs or len(node.args) != 2:
                 raise UnsupportedOpError("addition of a constant (only tensor + tensor)", name)
@@ -268,6 +270,17 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
                             "kwargs": dict(node.kwargs)})
         raise UnsupportedOpError(f"tensor method .{meth}()", name)
     raise UnsupportedOpError(f"graph node kind {node.op!r}", name)  # pragma: no cover
+
+
+def _cat_op(node: fx.Node, name: str) -> Op:
+    """``torch.cat(tensors, dim)``: the tensors and the axis (batch axis included)."""
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    if (not isinstance(tensors, (list, tuple)) or len(tensors) < 2
+            or not all(isinstance(t, fx.Node) for t in tensors) or not isinstance(dim, int)):
+        raise UnsupportedOpError("concatenation other than of two or more tensors", name)
+    return Op(name, "cat", [t.name for t in tensors if isinstance(t, fx.Node)],
+              meta={"dim": dim})
 
 
 def _scale_op(node: fx.Node, name: str, ins: list[str], divide: bool) -> Op:

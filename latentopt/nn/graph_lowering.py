@@ -19,7 +19,9 @@ How each operation becomes integer IR (values are flattened row-major, so a
   :class:`~latentopt.ir.MaxPool`; a batch norm that could not be folded: a depthwise
   1x1 :class:`~latentopt.ir.Conv` of ``+-1`` weights and a per-channel scale.
 * residual ``a + b``: both operands are quantized with one shared scale (a lookup on an
-  operand only when it is not already), then an :class:`~latentopt.ir.Add`.
+  operand only when it is not already), then an :class:`~latentopt.ir.Add`;
+  ``torch.cat`` along the channels: a :class:`~latentopt.ir.Concat` (operands on one zero
+  point).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from ..ir import (
     Add,
     Circuit,
+    Concat,
     Dequantize,
     ExplicitTable,
     Gemm,
@@ -41,7 +44,7 @@ from ..ir import (
     TableLookup,
     int_range,
 )
-from ..ir.ranges import Interval, add_bounds, propagate
+from ..ir.ranges import Interval, add_bounds, concat_bounds, propagate
 from .fx_import import Op, UnsupportedOpError
 from .quant_values import FloatFns, Pending, QParams, QuantPolicy, QValue
 from .spatial_lowering import SpatialOps, _numel, _probe
@@ -79,8 +82,9 @@ class _Builder(SpatialOps):
         return name
 
     def _emit(self, node: Node) -> None:
-        if isinstance(node, Add):
-            rng = add_bounds(self.ranges[node.inputs[0]], self.ranges[node.inputs[1]])
+        if isinstance(node, (Add, Concat)):
+            rule = add_bounds if isinstance(node, Add) else concat_bounds
+            rng = rule(self.ranges[node.inputs[0]], self.ranges[node.inputs[1]])
         else:
             src = self.ranges.get(node.inputs[0], Interval(np.zeros(1), np.zeros(1)))
             rng = propagate(node, src, self.n_features)
@@ -227,6 +231,28 @@ class _Builder(SpatialOps):
         self._emit(Add(aname, (operands[0].name, operands[1].name)))
         self.env[op.name] = QValue(aname, self.shapes[op.name], operands[0].scale.copy(), 0)
 
+    def _cat(self, op: Op) -> None:
+        """Concatenation along the first feature axis: the flat values one after the
+        other, on one zero point (scales may differ per feature)."""
+        rank = len(self.shapes[op.name]) + 1
+        if op.meta["dim"] % rank != 1:
+            raise UnsupportedOpError("a concatenation along an axis other than the first "
+                                     "feature axis (channels)", op.name)
+        values = [self.env[i] for i in op.inputs]
+        zps = {v.zero_point for v in values if isinstance(v, QValue)}
+        if len(zps) != 1 or not all(isinstance(v, QValue) for v in values):
+            params = self.policy.shared_params(op.inputs)
+            values = [self._materialise(v, params, f"{i}_requant")  # type: ignore[arg-type]
+                      for v, i in zip(values, op.inputs)]
+        acc = values[0]
+        for k, v in enumerate(values[1:]):
+            assert isinstance(acc, QValue) and isinstance(v, QValue)
+            name = self._unique(op.name if k == len(values) - 2 else f"{op.name}_part")
+            self._emit(Concat(name, (acc.name, v.name)))
+            acc = QValue(name, (), np.concatenate([acc.scale, v.scale]), acc.zero_point)
+        assert isinstance(acc, QValue)
+        self.env[op.name] = QValue(acc.name, self.shapes[op.name], acc.scale, acc.zero_point)
+
     def _reshape(self, op: Op) -> None:
         """A new shape over the same row-major flat order: nothing to compute."""
         v = self.env[op.inputs[0]]
@@ -257,6 +283,8 @@ class _Builder(SpatialOps):
                 self._affine(op)
             elif kind == "add":
                 self._add(op)
+            elif kind == "cat":
+                self._cat(op)
             elif kind == "reshape":
                 self._reshape(op)
             elif kind == "reorder":

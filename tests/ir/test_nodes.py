@@ -10,6 +10,7 @@ import pytest
 
 from latentopt.ir import (
     Add,
+    Concat,
     Conv,
     Dequantize,
     ExplicitTable,
@@ -41,8 +42,9 @@ ALL_NODES = {
 # --------------------------------------------------------------------- base Node
 def test_node_types_registry():
     assert NODE_TYPES == {"quantize_input": QuantizeInput, "gemm": Gemm, "round": Round,
-                          "table_lookup": TableLookup, "add": Add, "dequantize": Dequantize,
-                          "conv": Conv, "sum_pool": SumPool, "max_pool": MaxPool}
+                          "table_lookup": TableLookup, "add": Add, "concat": Concat,
+                          "dequantize": Dequantize, "conv": Conv, "sum_pool": SumPool,
+                          "max_pool": MaxPool}
 
 
 @pytest.mark.parametrize("name", ["", None, 3])

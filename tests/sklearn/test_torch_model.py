@@ -125,6 +125,11 @@ def _cases():  # name -> (model factory, input shape)
             lambda L, x: L[1](torch.relu(L[0](torch.flatten(  # size-1 move, then a real one
                 x.unflatten(1, (1, 2)).transpose(1, 2).flatten(2).permute(0, 2, 1), 1)))),
             nn.Linear(16, 5), nn.Linear(5, 2)), SEQ),
+        "concat_channels_and_features": (lambda: Fn(
+            lambda L, x: L[3](torch.cat([torch.flatten(torch.cat(
+                (torch.relu(L[0](x)), torch.relu(L[1](x))), dim=1), 1), torch.flatten(x, 1)],
+                -1)), nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 1, 3, padding=1),
+            nn.Identity(), nn.Linear(180, 2)), IMG),
         "maxpool1d_module": (lambda: _seq(nn.Conv1d(2, 3, 3), nn.ReLU(),
                                           nn.MaxPool1d(3, 2, dilation=1), nn.Flatten(),
                                           nn.Linear(6, 2)), SEQ),
