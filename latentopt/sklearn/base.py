@@ -244,10 +244,15 @@ class QuantizedEstimatorBase(BaseEstimator):
         The client (:class:`latentopt.backends.fhe_deploy.FHEClient`) quantizes, encrypts,
         decrypts and dequantizes; the server (:class:`~latentopt.backends.fhe_deploy.FHEServer`)
         runs on serialised ciphertexts with serialised evaluation keys.  The client
-        returns the network's dequantized outputs (logits for a classifier, standardised
-        targets for a regressor).  Returns ``{"server": path, "client": path}``.
+        artefact also records the task, the classes and the output units
+        (:mod:`latentopt.deploy.artifacts`), so :class:`latentopt.deploy.Client` returns
+        what :meth:`predict` returns.  Returns ``{"server": path, "client": path}``.
         """
-        return self._fhe("save_deployment()").save_deployment(directory, via_mlir=via_mlir)
+        from ..deploy.artifacts import estimator_info, write_estimator_info
+
+        paths = self._fhe("save_deployment()").save_deployment(directory, via_mlir=via_mlir)
+        write_estimator_info(paths["client"], estimator_info(self))
+        return paths
 
     def to_onnx(self, path: Any) -> Any:
         """Write the integer network as a standard ONNX model (run it with onnxruntime).
