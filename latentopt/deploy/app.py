@@ -318,6 +318,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def predict(model: str, key_id: str, request: Request) -> Response:
         who = principal(request)
         m = model_of(model)
+        if not valid_key_id(key_id):
+            raise ApiError(400, "bad_key_id", "malformed key id")
         body = await _read_body(request, config.max_request_bytes)
         try:
             head, frames = _unpack(body, "ciphertexts", m.circuit_id)
