@@ -104,6 +104,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         state["queues"] = queues
         metrics.queue.set_function(lambda: queues.pending)
         metrics.restarts.set_function(lambda: pool.restarts)
+        metrics.key_loads.set_function(lambda: pool.key_loads)
         pids = await pool.start()
         log.info("latentopt serve: %d model(s) %s, %d worker process(es) %s, key store %s",
                  len(models), sorted(models), len(pids), pids, store.describe())
@@ -114,14 +115,20 @@ def create_app(config: ServeConfig) -> FastAPI:
         else:
             log.info("latentopt serve: bearer token required (%d client(s))", len(tokens))
         warm = asyncio.create_task(_warm_recent(pool, store))
-        state["warm_task"] = warm
+        healer = asyncio.create_task(_heal(pool))
         try:
             yield
         finally:
             state["ready"] = False
             warm.cancel()
+            healer.cancel()
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
             store.close()
+
+    async def _heal(pool: WorkerPool) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            await pool.heal()
 
     async def _warm_recent(pool: WorkerPool, store: Any) -> None:
         """Deserialise the most recently used keys into the workers before reporting ready."""

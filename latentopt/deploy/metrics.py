@@ -5,7 +5,8 @@ status), ``latentopt_request_seconds`` (latency histogram), ``latentopt_pbs_tota
 ``latentopt_pbs_per_second`` (programmable bootstrappings run, and their rate over the
 last minute), ``latentopt_queue_length`` (requests waiting or running),
 ``latentopt_key_store_keys`` / ``latentopt_key_store_bytes``, ``latentopt_key_uploads_total``,
-``latentopt_worker_restarts_total``.
+``latentopt_key_loads`` (key sets deserialised: registrations, warm-ups, cache misses),
+``latentopt_worker_restarts``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Metrics:
                                  registry=r)
         self.uploads = Counter("latentopt_key_uploads", "Evaluation key sets registered",
                                registry=r)
+        self.key_loads = Gauge("latentopt_key_loads", "Key sets deserialised by the workers "
+                               "(registrations, warm-ups and cache misses)", registry=r)
         self.restarts = Gauge("latentopt_worker_restarts", "Worker processes replaced",
                               registry=r)
         self._window = window

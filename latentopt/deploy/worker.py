@@ -13,6 +13,7 @@ replaced, so a retry succeeds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -51,6 +52,7 @@ def _keys(model: str, key_id: str) -> Any:
         if key_id in cache:
             cache.move_to_end(key_id)
             return cache[key_id]
+        _STATE["loads"] = _STATE.get("loads", 0) + 1
     loaded = _STATE["store"].load(key_id)
     if loaded is None:
         raise LookupError("no evaluation keys are registered under this key id")
@@ -66,16 +68,18 @@ def _keys(model: str, key_id: str) -> Any:
     return keys
 
 
-def _run(model: str, key_id: str, blobs: list[bytes]) -> list[tuple[int, bytes | str]]:
-    """Run a batch of one client's requests; per request ``(status, result or message)``."""
+def _run(model: str, key_id: str, blobs: list[bytes]
+         ) -> tuple[list[tuple[int, bytes | str]], int]:
+    """Run a batch of one client's requests: per request ``(status, result or message)``,
+    and how many key sets this worker has loaded so far (cache misses)."""
     from ..backends.fhe_deploy import FHEArtifactError
 
     try:
         keys = _keys(model, key_id)
     except LookupError as exc:
-        return [(404, str(exc))] * len(blobs)
+        return [(404, str(exc))] * len(blobs), _STATE.get("loads", 0)
     except FHEArtifactError as exc:
-        return [(409, str(exc))] * len(blobs)
+        return [(409, str(exc))] * len(blobs), _STATE.get("loads", 0)
     server = _STATE["servers"][model]
 
     def one(blob: bytes) -> tuple[int, bytes | str]:
@@ -86,12 +90,12 @@ def _run(model: str, key_id: str, blobs: list[bytes]) -> list[tuple[int, bytes |
         except Exception as exc:  # noqa: BLE001 - reported to the client as JSON
             return 500, f"{type(exc).__name__}: {exc}"
 
-    return list(_STATE["threads"].map(one, blobs))
+    return list(_STATE["threads"].map(one, blobs)), _STATE.get("loads", 0)
 
 
-def _warm(model: str, key_id: str) -> bool:
+def _warm(model: str, key_id: str) -> int:
     _keys(model, key_id)
-    return True
+    return int(_STATE.get("loads", 0))
 
 
 def _evict(key_id: str) -> None:
@@ -134,6 +138,7 @@ class WorkerPool:
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._executors = [self._spawn() for _ in range(self.n_workers)]
+        self._loads = [0] * self.n_workers
         self.restarts = 0
 
     def _spawn(self) -> ProcessPoolExecutor:
@@ -155,6 +160,7 @@ class WorkerPool:
                 if self._executors[index] is executor:
                     executor.shutdown(wait=False, cancel_futures=True)
                     self._executors[index] = self._spawn()
+                    self._loads[index] = 0
                     self.restarts += 1
             raise WorkerCrashed(
                 "the worker process running this request died (it was killed or ran out "
@@ -164,11 +170,30 @@ class WorkerPool:
         """Start every worker (models loaded); returns their process ids."""
         return list(await asyncio.gather(*(self._call(i, _pid) for i in range(self.n_workers))))
 
+    @property
+    def key_loads(self) -> int:
+        """Key sets deserialised by the workers (registrations, warm-ups, cache misses)."""
+        return sum(self._loads)
+
     async def run(self, model: str, key_id: str, blobs: list[bytes]) -> list[tuple[int, Any]]:
-        return list(await self._call(self.worker_of(key_id), _run, model, key_id, blobs))
+        index = self.worker_of(key_id)
+        results, loads = await self._call(index, _run, model, key_id, blobs)
+        self._loads[index] = max(self._loads[index], loads)
+        return list(results)
 
     async def warm(self, model: str, key_id: str) -> None:
-        await self._call(self.worker_of(key_id), _warm, model, key_id)
+        index = self.worker_of(key_id)
+        loads = await self._call(index, _warm, model, key_id)
+        self._loads[index] = max(self._loads[index], loads)
+
+    async def heal(self) -> None:
+        """Replace (and start) workers that died while idle."""
+        for index, executor in enumerate(list(self._executors)):
+            if getattr(executor, "_broken", False):
+                with contextlib.suppress(WorkerCrashed):
+                    await self._call(index, _pid)  # detects the break, respawns
+                with contextlib.suppress(WorkerCrashed):
+                    await self._call(index, _pid)  # starts the new worker
 
     async def evict(self, key_id: str) -> None:
         await self._call(self.worker_of(key_id), _evict, key_id)
@@ -178,7 +203,7 @@ class WorkerPool:
         out: list[int] = []
         for ex in self._executors:
             procs = getattr(ex, "_processes", None) or {}
-            out.extend(int(p) for p in procs)
+            out.extend(int(pid) for pid, proc in procs.items() if proc.is_alive())
         return out
 
     def shutdown(self, wait: bool = True) -> None:

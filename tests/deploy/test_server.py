@@ -31,15 +31,16 @@ def server(deployed: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
     root = deployed["root"]
     srv = Server([str(root / "wine"), f"diabetes={root / 'diabetes'}"], d / "keys",
                  "--token-file", str(d / "tokens"), "--max-request-mb", "1",
+                 "--cache-size", "8",
                  log=d / "server.log")
     yield srv
     srv.stop()
 
 
 def client(server: Server, tmp_path: Path, key_cache: Path, model: str = "wine",
-           who: str = "alice", **kw: Any) -> Client:
-    return Client(server.url, model, key_dir=tmp_path / f"keys-{who}", token=TOKENS[who],
-                  insecure_key_cache=key_cache, **kw)
+           who: str = "alice", key_dir: Path | None = None) -> Client:
+    return Client(server.url, model, key_dir=key_dir or tmp_path / f"keys-{who}",
+                  token=TOKENS[who], insecure_key_cache=key_cache)
 
 
 def metric(url: str, name: str) -> float:
@@ -185,6 +186,7 @@ def test_concurrent_clients_load(server, deployed, tmp_path, key_cache):
                       key_dir=tmp_path / f"load{i}") for i in range(n_clients)]
     for c in clients:
         c.register()
+    loads = metric(server.url, "latentopt_key_loads")
     latencies: list[float] = []
     errors: list[BaseException] = []
     correct = [0] * n_clients
@@ -213,6 +215,8 @@ def test_concurrent_clients_load(server, deployed, tmp_path, key_cache):
     print(f"\nload: {n_clients} clients x {n_requests} requests in {wall:.1f} s "
           f"({len(latencies) / wall:.1f} req/s), p50 {p50 * 1e3:.0f} ms, "
           f"p99 {p99 * 1e3:.0f} ms")
+    # keys were deserialised at registration: no request paid for it
+    assert metric(server.url, "latentopt_key_loads") == loads
     for c in clients:
         c.close()
 
@@ -239,9 +243,14 @@ def test_killed_worker_gives_a_clear_error_and_a_retry_succeeds(server, deployed
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     thread.join(120)
+    assert not thread.is_alive()
     err = outcome.get("error")
     assert isinstance(err, ServerError), outcome
     assert err.status == 503 and err.code == "worker_crashed" and "retry" in err.message
     np.testing.assert_array_equal(c.predict(X[:5]), clf.predict(X[:5], fhe="disable"))
-    assert set(server.wait_ready()["worker_pids"]).isdisjoint(pids)
+    deadline = time.monotonic() + 60  # the idle worker is replaced too
+    while not set(server.wait_ready()["worker_pids"]).isdisjoint(pids):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert len(server.wait_ready()["worker_pids"]) == 2
     c.close()
