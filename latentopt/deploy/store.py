@@ -171,7 +171,7 @@ class DirectoryKeyStore(KeyStore):
                 continue
             try:
                 used = (d / "meta.json").stat().st_mtime
-                size = sum(f.stat().st_size for f in d.iterdir())
+                size = (d / "keys.bin").stat().st_size + (d / "warmup.bin").stat().st_size
             except OSError:
                 continue
             out.append((used, d.name, size))
