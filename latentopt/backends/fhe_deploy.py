@@ -248,8 +248,12 @@ class FHEServer:
             value = fhe.Value.deserialize(frame)
             return self._server.run(value, evaluation_keys=keys, function_name=name).serialize()
 
-        with ThreadPoolExecutor(max_workers=max(1, int(n_jobs))) as pool:
-            results = list(pool.map(run_one, zip(head["calls"], frames)))
+        jobs = list(zip(head["calls"], frames))
+        if len(jobs) <= 1 or int(n_jobs) <= 1:
+            results = [run_one(job) for job in jobs]
+        else:
+            with ThreadPoolExecutor(max_workers=int(n_jobs)) as pool:
+                results = list(pool.map(run_one, jobs))
         return _pack("results", self.circuit_id, {"n_samples": head["n_samples"],
                                                   "calls": head["calls"],
                                                   "key_id": head.get("key_id")}, results)

@@ -125,3 +125,31 @@ def test_command_line_entry_points():
     bad = subprocess.run([sys.executable, "-m", "latentopt", "serve", "/nonexistent"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "no server.zip" in bad.stderr
+
+
+def test_queued_requests_of_one_client_are_batched():
+    import asyncio
+
+    from latentopt.deploy.batching import ClientQueues
+
+    calls: list[tuple[str, int]] = []
+
+    async def run(model, key_id, blobs):
+        calls.append((key_id, len(blobs)))
+        await asyncio.sleep(0.05)
+        return [(200, b.upper()) for b in blobs]
+
+    async def main():
+        queues = ClientQueues(run, max_batch=3)
+        first = asyncio.ensure_future(queues.submit("m", "alice", b"a0"))
+        await asyncio.sleep(0.01)  # a0 runs; the next five queue behind it
+        rest = [queues.submit("m", "alice", f"a{i}".encode()) for i in range(1, 6)]
+        results = await asyncio.gather(first, *rest, queues.submit("m", "bob", b"b0"))
+        assert queues.pending == 0
+        return results
+
+    results = asyncio.run(main())
+    assert [r[1] for r in results] == [b"A0", b"A1", b"A2", b"A3", b"A4", b"A5", b"B0"]
+    # alice: the first request alone, then the queued ones 3 at a time; bob concurrently
+    assert [n for k, n in calls if k == "alice"] == [1, 3, 2]
+    assert [n for k, n in calls if k == "bob"] == [1]
