@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ..backends.fhe_deploy import FHEArtifactError, _unpack
 from .config import ServeConfig, load_model
@@ -60,7 +61,7 @@ def _json_error(status: int, code: str, message: str) -> JSONResponse:
                         headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -68,12 +69,25 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise ApiError(413, "too_large", f"request body of {declared} bytes exceeds the "
                                              f"limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+
+    async def receive() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large",
+                               f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(408, "timeout", f"the request body did not arrive within "
+                                       f"{timeout:.0f} s") from None
+    except ClientDisconnect:
+        raise ApiError(400, "truncated", "the client disconnected before the end of the "
+                                         "request body") from None
     body = b"".join(chunks)
     if declared is not None and len(body) != int(declared):
         raise ApiError(400, "truncated", "request body is shorter than its Content-Length")
@@ -170,13 +184,17 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.middleware("http")
     async def _observe(request: Request, call_next: Any) -> Response:
         t0 = time.perf_counter()
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        model = request.path_params.get("model", "") if route is not None else ""
-        metrics.observe(endpoint, model if model in models else "", response.status_code,
-                        time.perf_counter() - t0)
-        return response
+        status = 500
+        try:
+            response: Response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            model = request.path_params.get("model", "") if route is not None else ""
+            metrics.observe(endpoint, model if model in models else "", status,
+                            time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ helpers
     def principal(request: Request) -> str:
@@ -258,7 +276,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def register_keys(model: str, request: Request) -> JSONResponse:
         who = principal(request)
         m = model_of(model)
-        body = await _read_body(request, config.max_key_bytes)
+        body = await _read_body(request, config.max_key_bytes, config.request_timeout)
         try:
             head, frames = _unpack(body, "registration", m.circuit_id)
             keys_blob, warmup = frames
@@ -327,7 +345,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         m = model_of(model)
         if not valid_key_id(key_id):
             raise ApiError(400, "bad_key_id", "malformed key id")
-        body = await _read_body(request, config.max_request_bytes)
+        body = await _read_body(request, config.max_request_bytes, config.request_timeout)
         try:
             head, frames = _unpack(body, "ciphertexts", m.circuit_id)
         except FHEArtifactError as exc:

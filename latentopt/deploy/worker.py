@@ -30,8 +30,13 @@ __all__ = ["WorkerCrashed", "WorkerPool"]
 _STATE: dict[str, Any] = {}
 
 
-def _init(models: dict[str, str], store_location: str, cache_size: int, threads: int) -> None:
+def _init(models: dict[str, str], store_location: str, cache_size: int, threads: int,
+          cores: int) -> None:
     import signal
+
+    # concrete parallelises loops with OpenMP: share the cores between the workers
+    # instead of every worker starting one thread per core (set before concrete loads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores)))
 
     from ..backends.fhe_deploy import FHEServer
     from .store import open_store
@@ -127,6 +132,9 @@ class WorkerPool:
         Deserialised key sets each worker keeps (LRU).
     threads : int
         Requests of one batch a worker runs concurrently.
+
+    Each worker gets ``cores // n_workers`` OpenMP threads (``OMP_NUM_THREADS``, unless
+    set), the threads concrete parallelises a batched call with.
     """
 
     def __init__(self, models: dict[str, str | Path], store_location: str,
@@ -135,6 +143,8 @@ class WorkerPool:
         self.store_location = store_location
         self.n_workers = max(1, int(n_workers or os.cpu_count() or 1))
         self.cache_size, self.threads = cache_size, threads
+        #: OpenMP threads of each worker: the cores divided between the workers
+        self.cores_per_worker = max(1, (os.cpu_count() or 1) // self.n_workers)
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._executors = [self._spawn() for _ in range(self.n_workers)]
@@ -144,7 +154,8 @@ class WorkerPool:
     def _spawn(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=1, mp_context=self._ctx, initializer=_init,
-            initargs=(self.models, self.store_location, self.cache_size, self.threads))
+            initargs=(self.models, self.store_location, self.cache_size, self.threads,
+                      self.cores_per_worker))
 
     def worker_of(self, key_id: str) -> int:
         digest = hashlib.sha256(key_id.encode()).digest()

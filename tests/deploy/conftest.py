@@ -90,7 +90,7 @@ class Server:
     """``latentopt serve`` in a subprocess; :meth:`stop` sends SIGTERM (graceful)."""
 
     def __init__(self, models: list[str], store: str | Path, *args: str,
-                 log: Path, port: int | None = None) -> None:
+                 log: Path, port: int | None = None, workers: int = 2) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
@@ -98,7 +98,7 @@ class Server:
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "latentopt", "serve", *models, "--port", str(self.port),
-             "--key-store", str(store), "--workers", "2", *args],
+             "--key-store", str(store), "--workers", str(workers), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
         self.wait_ready()
 
@@ -138,10 +138,10 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
     """``start_server(models, store, *args)`` -> a running :class:`Server` (stopped after)."""
     servers: list[Server] = []
 
-    def start(models: list[str], store: str | Path, *args: str, port: int | None = None
-              ) -> Server:
+    def start(models: list[str], store: str | Path, *args: str, port: int | None = None,
+              workers: int = 1) -> Server:
         server = Server(models, store, *args, log=tmp_path / f"server{len(servers)}.log",
-                        port=port)
+                        port=port, workers=workers)
         servers.append(server)
         return server
 
