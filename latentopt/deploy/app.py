@@ -129,6 +129,15 @@ def create_app(config: ServeConfig) -> FastAPI:
         else:
             log.info("latentopt serve: bearer token required (%d client(s))", len(tokens))
         warm = asyncio.create_task(_warm_recent(pool, store))
+        listener = None
+        if hasattr(store, "listen"):  # replicas: warm keys registered through another one
+            loop = asyncio.get_running_loop()
+
+            def warm_announced(model: str, key_id: str) -> None:
+                if model in models and valid_key_id(key_id):
+                    asyncio.run_coroutine_threadsafe(_warm_quietly(pool, model, key_id), loop)
+
+            listener = store.listen(warm_announced)
         healer = asyncio.create_task(_heal(pool))
         try:
             yield
@@ -136,8 +145,14 @@ def create_app(config: ServeConfig) -> FastAPI:
             state["ready"] = False
             warm.cancel()
             healer.cancel()
+            if listener is not None:
+                listener.stop()
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
             store.close()
+
+    async def _warm_quietly(pool: WorkerPool, model: str, key_id: str) -> None:
+        with contextlib.suppress(Exception):
+            await pool.warm(model, key_id)
 
     async def _heal(pool: WorkerPool) -> None:
         while True:
@@ -318,6 +333,9 @@ def create_app(config: ServeConfig) -> FastAPI:
                                             f"{exc}") from None
         if created:
             metrics.uploads.inc()
+            if hasattr(state["store"], "announce"):
+                with contextlib.suppress(Exception):
+                    await loop.run_in_executor(None, state["store"].announce, model, key_id)
         return JSONResponse({"key_id": key_id, "created": created},
                             status_code=201 if created else 200)
 

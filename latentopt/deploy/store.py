@@ -279,6 +279,25 @@ class RedisKeyStore(KeyStore):
         size = int(self.client.get(f"{self.prefix}:bytes") or 0)
         return count, size
 
+    def announce(self, model: str, key_id: str) -> None:
+        """Tell the other replicas that a key set was registered (they warm it)."""
+        self.client.publish(f"{self.prefix}:registered", json.dumps([model, key_id]))
+
+    def listen(self, callback: Any) -> Any:
+        """Call ``callback(model, key_id)`` for every announced registration (in a
+        background thread); returns the thread (``.stop()`` ends it)."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+
+        def handle(message: dict[str, Any]) -> None:
+            try:
+                model, key_id = json.loads(message["data"])
+            except (ValueError, TypeError):
+                return
+            callback(str(model), str(key_id))
+
+        pubsub.subscribe(**{f"{self.prefix}:registered": handle})
+        return pubsub.run_in_thread(sleep_time=0.5, daemon=True)
+
     def describe(self) -> str:
         return f"redis {self.url.split('@')[-1]}"  # no password in logs
 

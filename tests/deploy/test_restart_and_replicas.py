@@ -15,6 +15,13 @@ from latentopt.deploy import Client
 pytestmark = pytest.mark.fhe
 
 
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)
+
+
 def test_restart_keeps_keys_and_shutdown_finishes_in_flight(start_server, deployed, tmp_path,
                                                             key_cache):
     X, clf = deployed["X"], deployed["clf"]
@@ -55,9 +62,15 @@ def test_two_replicas_share_keys_through_redis(start_server, deployed, tmp_path,
     ca = Client(a.url, "wine", **kw)
     np.testing.assert_array_equal(ca.predict(X[:3]), clf.predict(X[:3], fhe="disable"))
     assert ca.uploaded
+    # the other replica was told through Redis and has deserialised the keys already
+    deadline = time.monotonic() + 60
+    while _metric(b.url, "latentopt_key_loads") < 1:
+        assert time.monotonic() < deadline, "replica b did not warm the announced keys"
+        time.sleep(0.1)
     cb = Client(b.url, "wine", **kw)  # the other replica finds the keys in Redis
     np.testing.assert_array_equal(cb.predict(X[3:6]), clf.predict(X[3:6], fhe="disable"))
     assert not cb.uploaded
+    assert _metric(b.url, "latentopt_key_loads") == 1  # the request paid no deserialisation
     # a request replayed to the other replica is refused there too
     ct = ca.fhe.encrypt(X[:1])
     path = f"/v1/models/wine/keys/{ca.key_id}/predict"
