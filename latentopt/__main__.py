@@ -1,5 +1,8 @@
 """The main job, end to end: ``python -m latentopt [--dataset breast_cancer|wine|digits]``.
 
+(``python -m latentopt serve DIR...`` -- or the ``latentopt serve`` command -- runs the
+HTTP server of :mod:`latentopt.deploy` instead.)
+
 1. trains a float scikit-learn MLP (the accuracy reference);
 2. runs a small, bounded latency search (:class:`latentopt.search.LatencySearch`): bit-widths,
    depth/width, pruning, learning rate, then per model the rounding bits and ``p_error``
@@ -14,6 +17,18 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """``latentopt serve ...`` runs the server; anything else the main job."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["serve"]:
+        from latentopt.deploy.cli import main as serve
+
+        return serve(args[1:])
+    return main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())
