@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import TOKENS, Server
+from deploy_support import TOKENS, Server
 
 from latentopt.backends.fhe_deploy import FHEArtifactError, _pack
 from latentopt.deploy import Client, ServerError
