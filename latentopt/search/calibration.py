@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .profile import circuit_profile
+
 __all__ = ["calibration_circuit", "measure_point", "time_execute"]
 
 
@@ -66,7 +68,6 @@ def measure_point(bits: int, p_error: float, width: int, n_features: int = 8, *,
     after a first untimed run that decompresses the evaluation keys.
     """
     from ..backends.fhe import FHECircuit
-    from .cost import circuit_profile
 
     circuit, q = calibration_circuit(bits, width, n_features)
     fc = FHECircuit.compile(circuit, q, p_error=p_error, insecure_key_cache=insecure_key_cache)
