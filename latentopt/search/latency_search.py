@@ -29,9 +29,12 @@ from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
 from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 
-from .inner import search_compile
+from .inner import score_under, search_compile
 from .objective import _NO_LATENCY, _data_key, _Objective
-from .space import validate_space
+from .screening import seed_configs
+from .selection import check_on_holdout
+from .space import DEFAULT_SPACE, validate_space
+from .units import latency_label
 
 __all__ = ["LatencySearch", "make_storage"]
 
@@ -116,9 +119,20 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         Held-out share of ``X`` for the metric.
     n_repeats : int, default=3
         FHE simulations per inner-search candidate.
-    cost_model : CostModel, "auto" or None
-        Latency predictor; "auto" loads the cached calibration if there is one;
-        None (or no calibration) ranks by concrete's complexity.
+    holdout_fraction : float, default=0.2
+        Share of ``X`` kept out of the search entirely (the *check* split): the fastest
+        validation-feasible trials are re-scored there, against the float reference
+        scored on the same rows, and the chosen model is the fastest that passes there
+        too (:mod:`latentopt.search.selection`); ``best_score_`` is that honest score.
+        0 selects on the validation split alone (which overfits it).
+    multi_fidelity : bool, default=True
+        Train each trial briefly first and train in full only the promising ones
+        (:mod:`latentopt.search.screening`).
+    cost_model : CostModel, "auto", "complexity" or None
+        Latency predictor, in seconds per sample.  "auto": this machine's cached
+        calibration, or a quick one made now (about 30 s, once per machine, cached).
+        "complexity" or None: rank by concrete's complexity, a unitless estimate that
+        is never reported as seconds (``latency_unit_`` says which unit was used).
     cache_dir : path, optional
         Where trained models are cached (default: a temporary directory, or one next
         to a file storage).
@@ -138,6 +152,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                  n_trials: int = 20, timeout: float | None = None, storage: Any = None,
                  study_name: str | None = None, n_jobs: int = 1,
                  validation_fraction: float = 0.2, n_repeats: int = 3,
+                 holdout_fraction: float = 0.2, multi_fidelity: bool = True,
                  cost_model: Any = "auto", cache_dir: Any = None, refit: bool = False,
                  random_state: int | None = None, verbose: int = 1) -> None:
         self.estimator = estimator
@@ -152,6 +167,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.validation_fraction = validation_fraction
         self.n_repeats = n_repeats
+        self.holdout_fraction = holdout_fraction
+        self.multi_fidelity = multi_fidelity
         self.cost_model = cost_model
         self.cache_dir = cache_dir
         self.refit = refit
@@ -166,18 +183,15 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         from sklearn.neural_network import MLPClassifier, MLPRegressor
 
         cls = MLPClassifier if is_classifier(self.estimator) else MLPRegressor
-        ref = cls(max_iter=1000, random_state=self.random_state).fit(X_tr, y_tr)
-        return float(ref.score(X_val, y_val))
+        self.reference_estimator_ = cls(max_iter=1000,
+                                        random_state=self.random_state).fit(X_tr, y_tr)
+        return float(self.reference_estimator_.score(X_val, y_val))
 
     def _resolve_cost_model(self) -> Any:
-        if self.cost_model != "auto":
-            return self.cost_model
-        try:
-            from .cost import CostModel
+        """The cost model in seconds (calibrated now if needed), or None (complexity)."""
+        from .units import resolve_cost_model
 
-            return CostModel.load()
-        except Exception:  # no calibration cached: rank by complexity
-            return None
+        return resolve_cost_model(self.cost_model, self.verbose)
 
     # --------------------------------------------------------------------- fit
     def fit(self, X: Any, y: Any) -> LatencySearch:
@@ -195,16 +209,25 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if teacher is None:
             teacher = self.estimator.get_params().get("teacher")
         is_array = teacher is not None and _is_array_teacher(teacher)
+        arrays = [X, y, *([np.asarray(teacher)] if is_array else [])]
+        check: tuple[np.ndarray, np.ndarray] | None = None
+        if self.holdout_fraction:  # the check split: never seen by training or tuning
+            split = train_test_split(*arrays, test_size=self.holdout_fraction,
+                                     stratify=strat, random_state=self.random_state)
+            arrays, check = split[::2], (split[1], split[3])
+            strat = arrays[1] if strat is not None else None
         parts = train_test_split(
-            X, y, *([np.asarray(teacher)] if is_array else []),
-            test_size=self.validation_fraction, stratify=strat,
+            *arrays, test_size=self.validation_fraction, stratify=strat,
             random_state=self.random_state,
         )
         X_tr, X_val, y_tr, y_val = parts[:4]
         trial_teacher, teacher_key = self._prepare_teacher(
             teacher, X_tr, y_tr, parts[4] if is_array else None)
+        self.reference_estimator_ = None
         self.reference_score_ = self._reference(X_tr, y_tr, X_val, y_val)
         self.threshold_ = self.reference_score_ - self.max_accuracy_drop
+        cost_model = self._resolve_cost_model()
+        self.latency_unit_ = "seconds" if cost_model is not None else "complexity"
         storage = self.storage
         if self.n_jobs > 1 and storage is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="latentopt-search-")
@@ -227,12 +250,16 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             study_name=name, storage=make_storage(storage), sampler=sampler,
             directions=["minimize", "maximize"], load_if_exists=True,
         )
+        if not study.trials:  # a seeded start: where fast, accurate circuits usually are
+            for seed in seed_configs(self.param_space or DEFAULT_SPACE, self.estimator):
+                study.enqueue_trial(seed, user_attrs={"seeded": True}, skip_if_exists=True)
         objective = _Objective(self, (X_tr, y_tr, X_val, y_val), self.reference_score_,
-                               self._resolve_cost_model(), cache, teacher=trial_teacher,
+                               cost_model, cache, teacher=trial_teacher,
                                teacher_key=teacher_key)
         self._optimize(study, objective, storage, name)
         self.study_ = study
         self._collect(study)
+        self._check_holdout(objective, check)
         if self.best_trial_ is not None:
             self.best_estimator_ = self._best_estimator(objective, X, y)
         return self
@@ -287,7 +314,56 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             est, _ = objective._fit(dict(params))
             est.compile(**self.best_compile_kwargs_, verbose=0)
             return est
-        return best
+        return best.compile(**inner.compile_kwargs, verbose=0)
+
+    def _check_holdout(self, objective: _Objective,
+                       check: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Choose among validation-feasible trials on the check split (honest selection).
+
+        Sets ``holdout_`` (reference, threshold and the rows checked there) and
+        ``best_score_``: the chosen model's simulated score on the check split (without
+        a check split, its validation score).  If no checked trial passes there, there
+        is no best trial.
+        """
+        self.holdout_ = None
+        best = self.best_trial_
+        self.best_score_ = None if best is None else best["score"]
+        if check is None or best is None:
+            return
+        X_chk, y_chk = check
+        reference = (float(self.reference_score) if self.reference_score is not None
+                     else float(self.reference_estimator_.score(X_chk, y_chk)))
+        threshold = reference - self.max_accuracy_drop
+        feasible = [r for r in self.results_ if r["feasible"] and r["cost"] < _NO_LATENCY]
+
+        def load(row: dict[str, Any]) -> Any:
+            est, _ = objective._fit(self._trial_params(row["trial"]))
+            return est.compile(**self.study_.trials[row["trial"]].user_attrs["compile"],
+                               verbose=0)
+
+        chosen, checked = check_on_holdout(
+            feasible, load, X_chk, y_chk, threshold,
+            lambda e, X, y: score_under(e, X, y, "simulate"), n_repeats=self.n_repeats)
+        self.holdout_ = {"reference_score": reference, "threshold": threshold,
+                         "n_samples": int(len(y_chk)), "checked": checked}
+        scores = {r["trial"]: r for r in checked}
+        for row in self.results_:
+            if row["trial"] in scores:
+                row["holdout_score"] = scores[row["trial"]]["holdout_score"]
+        if chosen is None:  # nothing holds on unseen data: no feasible answer
+            self.best_trial_ = self.best_params_ = self.best_compile_kwargs_ = None
+            self.best_score_ = None
+            return
+        self.best_trial_ = chosen
+        self.best_params_ = self._trial_params(chosen["trial"])
+        self.best_compile_kwargs_ = dict(self.study_.trials[chosen["trial"]].user_attrs["compile"])
+        self.best_score_ = chosen["holdout_score"]
+
+    def _trial_params(self, number: int) -> dict[str, Any]:
+        params = dict(self.study_.trials[number].user_attrs["params"])
+        if "hidden_layer_sizes" in params:
+            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        return params
 
     def _optimize(self, study: Any, objective: _Objective, storage: Any, name: str) -> None:
         import optuna
@@ -295,18 +371,26 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
 
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
         remaining = max(0, self.n_trials - done)
-        bar = tqdm(total=remaining, desc="latency search", unit="trial",
+        bar = tqdm(total=remaining, desc=f"search ({latency_label(self.latency_unit_, True)})",
+                   unit="trial",
                    disable=self.verbose <= 0 or remaining == 0)
         threshold = self.threshold_
 
+        pruned = [0]
+
         def progress(study: Any, trial: Any) -> None:
-            bar.update(1)
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                bar.update(1)
+            else:  # rejected by the cost bound or after short training: not counted
+                pruned[0] += 1
             ok = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
                   and t.user_attrs.get("constraint", [1])[0] <= 0]
             if ok:
                 best = min(ok, key=lambda t: t.values[0])
-                bar.set_postfix(best_latency=f"{best.values[0]:.4g}",
-                                score=f"{best.values[1]:.4f}", threshold=f"{threshold:.4f}")
+                bar.set_postfix({f"best_{self.latency_unit_}": f"{best.values[0]:.4g}",
+                                 "score": f"{best.values[1]:.4f}",
+                                 "threshold": f"{threshold:.4f}",
+                                 "screened_out": pruned[0]})
 
         stop = optuna.study.MaxTrialsCallback(self.n_trials,
                                               states=(optuna.trial.TrialState.COMPLETE,))
@@ -338,19 +422,20 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                 continue
             rows.append({
                 "trial": t.number, **t.user_attrs.get("params", {}),
-                "latency": t.values[0], "score": t.values[1],
+                # "cost" sorts; the unit's own key names it ("seconds" or "complexity")
+                "cost": t.values[0], self.latency_unit_: t.values[0], "score": t.values[1],
                 "feasible": t.user_attrs.get("constraint", [1])[0] <= 0,
                 "pbs": t.user_attrs.get("pbs"), "max_tlu_bits": t.user_attrs.get("max_tlu_bits"),
                 "tlus": t.user_attrs.get("tlus"), **(t.user_attrs.get("compile") or {}),
             })
         self.results_ = rows
-        feasible = [r for r in rows if r["feasible"] and r["latency"] < _NO_LATENCY]
+        feasible = [r for r in rows if r["feasible"] and r["cost"] < _NO_LATENCY]
         self.pareto_front_ = sorted(
             [r for r in feasible if not any(
-                o["latency"] <= r["latency"] and o["score"] >= r["score"]
-                and (o["latency"] < r["latency"] or o["score"] > r["score"]) for o in feasible)],
-            key=lambda r: r["latency"])
-        best = min(feasible, key=lambda r: (r["latency"], -r["score"])) if feasible else None
+                o["cost"] <= r["cost"] and o["score"] >= r["score"]
+                and (o["cost"] < r["cost"] or o["score"] > r["score"]) for o in feasible)],
+            key=lambda r: r["cost"])
+        best = min(feasible, key=lambda r: (r["cost"], -r["score"])) if feasible else None
         self.best_trial_ = best
         if best is None:
             self.best_params_ = None
@@ -377,11 +462,11 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         check_is_fitted(self, "results_")
         front = {r["trial"] for r in self.pareto_front_}
         keys = ["trial", "hidden_layer_sizes", "n_w_bits", "n_a_bits", "pruning_ratio", "lr",
-                "rounding_bits", "p_error", "pbs", "max_tlu_bits", "latency", "score"]
+                "rounding_bits", "p_error", "pbs", "max_tlu_bits", self.latency_unit_, "score"]
         if any("distill_alpha" in r for r in self.results_):  # searched
             keys.insert(keys.index("lr") + 1, "distill_alpha")
         lines = [" ".join(f"{k[:12]:>12s}" for k in keys) + "  feasible"]
-        for r in sorted(self.results_, key=lambda r: r["latency"]):
+        for r in sorted(self.results_, key=lambda r: r["cost"]):
             cells = []
             for k in keys:
                 v = r.get(k)
@@ -399,16 +484,16 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         check_is_fitted(self, "results_")
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 4))
-        ok = [r for r in self.results_ if r["latency"] < _NO_LATENCY]
-        ax.scatter([r["latency"] for r in ok], [r["score"] for r in ok],
+        ok = [r for r in self.results_ if r["cost"] < _NO_LATENCY]
+        ax.scatter([r["cost"] for r in ok], [r["score"] for r in ok],
                    c=["tab:blue" if r["feasible"] else "tab:gray" for r in ok], s=18,
                    label="trials")
         front = self.pareto_front_
-        ax.plot([r["latency"] for r in front], [r["score"] for r in front], "o-",
+        ax.plot([r["cost"] for r in front], [r["score"] for r in front], "o-",
                 color="tab:red", label="Pareto front")
         ax.axhline(self.threshold_, ls="--", color="k", lw=0.8, label="accuracy budget")
         ax.set_xscale("log")
-        ax.set_xlabel("predicted latency" if self._resolve_cost_model() else "complexity")
+        ax.set_xlabel(latency_label(self.latency_unit_))
         ax.set_ylabel("validation score")
         ax.legend(loc="lower right")
         return ax
