@@ -101,7 +101,7 @@ class _Objective:
         previous = [t.user_attrs["short_score"] for t in trial.study.get_trials(deepcopy=False)
                     if "short_score" in t.user_attrs and t.number != trial.number]
         if not promising(score, previous, threshold):
-            self._prune(trial, f"short-training score {score:.4f} below the median of "
+            self._prune(trial, f"short-training score {score:.4f} not in the top third of "
                                f"{len(previous)} earlier trials")
 
     def __call__(self, trial: Any) -> tuple[float, float]:

@@ -6,9 +6,9 @@
   configuration whose bound exceeds the best feasible latency found so far
   (:func:`best_feasible_latency`) is rejected.
 * Multi-fidelity (successive halving, one rung): a trial first trains for
-  ``max_epochs // SHORT_FRACTION`` epochs; only if its unrounded validation score reaches
-  the median of the earlier trials' short scores (:func:`promising`) is it trained in
-  full and compiled.
+  ``max_epochs // SHORT_FRACTION`` epochs; only if its unrounded validation score is in
+  the top :data:`PROMOTE` share of the earlier trials' short scores (:func:`promising`)
+  is it trained in full and compiled.
 * :func:`seed_configs`: a few configurations around what fast, accurate circuits use
   (one hidden layer of 16-32 neurons at 3-4 bits), enqueued at the start of a study.
 """
@@ -25,8 +25,10 @@ __all__ = ["SHORT_FRACTION", "best_feasible_latency", "lower_bound_seconds", "n_
            "promising", "seed_configs", "short_params"]
 
 #: Short training = the template's ``max_epochs`` divided by this.
-SHORT_FRACTION = 5
-#: Fewest short-trained trials before the median rule prunes anything.
+SHORT_FRACTION = 8
+#: Share of short-trained trials promoted to full training (successive halving, eta=3).
+PROMOTE = 1 / 3
+#: Fewest short-trained trials before the promotion rule prunes anything.
 MIN_RUNG_TRIALS = 3
 #: Seeded configurations (in estimator terms, clipped into the space).
 SEEDS: tuple[dict[str, Any], ...] = (
@@ -70,12 +72,13 @@ def promising(score: float, previous: Sequence[float], threshold: float) -> bool
     """Whether a short-trained score earns full training.
 
     Yes while fewer than :data:`MIN_RUNG_TRIALS` earlier trials were short-trained, or
-    when the score reaches the threshold already, or the median of the earlier ones.
+    when the score reaches the threshold already, or the top :data:`PROMOTE` share of
+    the earlier ones.
     """
     previous = [p for p in previous if np.isfinite(p)]
     if len(previous) < MIN_RUNG_TRIALS or score >= threshold:
         return True
-    return bool(score >= float(np.median(previous)))
+    return bool(score >= float(np.quantile(previous, 1.0 - PROMOTE)))
 
 
 def _clip(value: Any, spec: Any) -> Any:

@@ -98,11 +98,12 @@ def test_configuration_proven_slower_is_rejected_before_training(model, data, tm
 # ---------------------------------------------------------- multi-fidelity
 def test_short_rung_params_and_median_rule():
     template = QuantizedMLPClassifier(max_epochs=200)
-    assert short_params(template, {"lr": 0.01}) == {"lr": 0.01, "max_epochs": 40}
+    assert short_params(template, {"lr": 0.01}) == {"lr": 0.01, "max_epochs": 25}
     assert short_params(template, {"max_epochs": 10})["max_epochs"] == 5
     assert promising(0.1, [0.9, 0.8], threshold=0.95)  # too few earlier trials
     assert not promising(0.5, [0.9, 0.8, 0.7, 0.6], threshold=0.95)
-    assert promising(0.75, [0.9, 0.8, 0.7, 0.6], threshold=0.95)  # at the median
+    assert not promising(0.75, [0.9, 0.8, 0.7, 0.6], threshold=0.95)  # median: not enough
+    assert promising(0.81, [0.9, 0.8, 0.7, 0.6], threshold=0.95)  # top third
     assert promising(0.96, [0.99, 0.99, 0.99], threshold=0.95)  # meets the budget already
 
 
@@ -115,7 +116,7 @@ def test_trials_train_short_first(data, tmp_path):
     trial = s.study_.trials[0]
     assert 0.0 <= trial.user_attrs["short_score"] <= 1.0
     epochs = sorted(m.max_epochs for m in map(_load, tmp_path.glob("model-*.pkl")))
-    assert epochs == [6, 30]  # the short rung, then the full training
+    assert epochs == [5, 30]  # the short rung, then the full training
 
 
 def _load(path):  # type: ignore[no-untyped-def]
