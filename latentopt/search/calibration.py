@@ -31,14 +31,14 @@ def calibration_circuit(bits: int, width: int, n_features: int = 8,
     from ..ir import Circuit, Dequantize, Gemm, QuantActivation, QuantizeInput, TableLookup
 
     rng = np.random.default_rng(seed)
-    act = QuantActivation("relu", input_scale=rng.uniform(0.05, 0.1, width), output_scale=0.5,
-                          n_bits=3, signed=False)
+    act = QuantActivation("relu", input_scale=rng.uniform(0.05, 0.1, width),
+                          output_scale=np.asarray(0.5), n_bits=3, signed=False)
     circuit = Circuit([
-        QuantizeInput("q", ("input",), 0.25, 0, 5, signed=True),
+        QuantizeInput("q", ("input",), np.asarray(0.25), np.asarray(0), 5, signed=True),
         Gemm("fc1", ("q",), rng.integers(-3, 4, (width, n_features))),
         TableLookup("act", ("fc1",), act),
         Gemm("fc2", ("act",), rng.integers(-3, 4, (2, width))),
-        Dequantize("out", ("fc2",), 1.0, 0),
+        Dequantize("out", ("fc2",), np.asarray(1.0), np.asarray(0)),
     ], n_features=n_features)
     X = rng.normal(0.0, 2.0, (200, n_features))
     circuit = IntegerBackend(circuit).calibrate(X)

@@ -130,7 +130,7 @@ def _working_copy(est: Any) -> Any:
     compiled attributes, never the original's.  Its ``compiled_circuit_`` starts unset,
     so it predicts with the unrounded circuit until compiled.
     """
-    work = type(est).__new__(type(est))
+    work = object.__new__(type(est))
     work.__dict__.update(est.__dict__)
     work.compiled_circuit_ = None
     return work
@@ -256,7 +256,7 @@ def search_compile(
         top = bits_cap(est, cost_model if latency_cap is not None else None, latency_cap,
                        max_rounding_bits)
         result.max_bits = top
-        bit_choices = _search_bits(evaluate, top, probe_p, rounding_method)
+        bit_choices: list[Any] = _search_bits(evaluate, top, probe_p, rounding_method)
         if not bit_choices and p_error == "auto":  # more accuracy from a smaller p_error
             if evaluate(top, SAFE_P_ERROR).feasible:
                 bit_choices, probe_p = [top], SAFE_P_ERROR

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from sklearn.base import clone
 from .inner import score_under, search_compile
 from .screening import best_feasible_latency, lower_bound_seconds, promising, short_params
 from .space import DEFAULT_SPACE, sample_params
+from .trials import ModelCache, model_key
 
 if TYPE_CHECKING:
     from .latency_search import LatencySearch
@@ -57,21 +57,13 @@ class _Objective:
         est = clone(self.search.estimator).set_params(**params, verbose=0)
         if self.teacher is not None:
             est.set_params(teacher=self.teacher)  # after clone: stays fitted, not refitted
-        key = hashlib.sha256(repr((sorted(params.items()), self.data_key,
-                                   est.get_params().get("random_state"),
-                                   self.teacher_key)).encode()).hexdigest()
-        path = self.cache_dir / f"model-{key[:20]}.pkl"
-        if path.exists():
-            try:
-                with open(path, "rb") as fh:
-                    return pickle.load(fh), True
-            except Exception:  # a corrupt cache entry is retrained
-                path.unlink(missing_ok=True)
+        # keyed by every effective parameter (the template's fixed ones included)
+        cache, key = ModelCache(self.cache_dir), model_key(est, self.data_key, self.teacher_key)
+        cached = cache.load(key)
+        if cached is not None:
+            return cached, True
         est.fit(X_tr, y_tr)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump(est, fh)
-        os.replace(tmp, path)
+        cache.store(key, est)
         return est, False
 
     def _prune(self, trial: Any, reason: str) -> None:

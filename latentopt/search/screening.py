@@ -32,9 +32,9 @@ PROMOTE = 1 / 3
 MIN_RUNG_TRIALS = 3
 #: Seeded configurations (in estimator terms, clipped into the space).
 SEEDS: tuple[dict[str, Any], ...] = (
-    {"hidden_layer_sizes": (16,), "n_w_bits": 3, "n_a_bits": 3, "n_input_bits": 4},
-    {"hidden_layer_sizes": (32,), "n_w_bits": 3, "n_a_bits": 3, "n_input_bits": 5},
-    {"hidden_layer_sizes": (16,), "n_w_bits": 4, "n_a_bits": 4, "n_input_bits": 5},
+    {"hidden_layer_sizes": (16,), "n_w_bits": 3, "n_a_bits": 3},
+    {"hidden_layer_sizes": (32,), "n_w_bits": 3, "n_a_bits": 3},
+    {"hidden_layer_sizes": (16,), "n_w_bits": 4, "n_a_bits": 4},
 )
 
 

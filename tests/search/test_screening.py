@@ -229,7 +229,7 @@ def test_search_ranks_by_seconds_with_a_cost_model(data, model):
     assert s.latency_unit_ == "seconds"
     row = s.results_[0]
     assert 1e-4 < row["seconds"] < 100  # seconds per sample, not a complexity (~1e8)
-    assert "seconds" in s.summary().splitlines()[0]
+    assert "s/sample" in s.summary().splitlines()[0]  # seconds per sample
 
 
 def test_auto_uses_the_cached_calibration(model, tmp_path, monkeypatch):
