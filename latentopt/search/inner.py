@@ -15,6 +15,9 @@ parameters found, lookups over 16 bits) are infeasible points, not crashes.
 
 Strategy (each evaluation = one compile + ``n_repeats`` simulations):
 
+0. a model whose unrounded integer circuit already misses the budget (by more than
+   :data:`UNROUNDED_SLACK`) is not compiled at all: rounding does not add accuracy;
+
 1. bits: with approximate rounding latency decreases with fewer bits and accuracy
    (roughly) increases with more, so binary-search the fewest bits that stay feasible.
    The search never goes above ``max_rounding_bits`` (default :data:`MAX_ROUNDING_BITS`;
@@ -49,6 +52,10 @@ SAFE_P_ERROR = 1e-4
 MAX_ROUNDING_BITS = 8
 #: First rounding tried (then the binary search moves down or up).
 START_BITS = 6
+#: Rounding never makes a model more accurate than its unrounded circuit by more than
+#: noise: a model whose unrounded score is below the threshold by more than this is
+#: not compiled at all.
+UNROUNDED_SLACK = 0.005
 
 Scorer = Callable[[Any, np.ndarray, np.ndarray, str], float]
 
@@ -81,6 +88,8 @@ class InnerResult:
     latency_unit: str = "complexity"
     #: the widest rounding the search allowed itself
     max_bits: int | None = None
+    #: the unrounded (integer) circuit's score, when the search computed it
+    unrounded_score: float | None = None
 
     @property
     def compile_kwargs(self) -> dict[str, Any]:
@@ -209,11 +218,15 @@ def search_compile(
         raise ValueError("max_accuracy_drop must be >= 0")
     score_fn = scorer or score_under
     work = _working_copy(est)
+    unrounded = score_fn(work, X_val, y_val, "disable")  # the unrounded integer circuit
     if reference_score is None:
-        reference_score = score_fn(work, X_val, y_val, "disable")  # unrounded circuit
+        reference_score = unrounded
     threshold = reference_score - max_accuracy_drop
     result = InnerResult(None, float(reference_score), float(threshold),
-                         latency_unit="seconds" if cost_model is not None else "complexity")
+                         latency_unit="seconds" if cost_model is not None else "complexity",
+                         unrounded_score=float(unrounded))
+    if rounding_bits == "auto" and unrounded < threshold - UNROUNDED_SLACK:
+        return result  # no rounding can rescue it: compile nothing
     seen: dict[tuple, Candidate] = {}
     cap_latency = float("inf") if latency_cap is None else float(latency_cap)
 

@@ -121,7 +121,8 @@ class _Objective:
         if inner.best is None and not compiled and any(c.dominated for c in inner.candidates):
             self._prune(trial, "every compiled point is slower than the best feasible one")
         point = inner.best or (max(compiled, key=lambda c: c.score) if compiled else None)
-        score = (point.score if point is not None
+        score = (point.score if point is not None else inner.unrounded_score
+                 if inner.unrounded_score is not None
                  else score_under(est, self.data[2], self.data[3], "disable"))
         latency = point.latency if point is not None else _NO_LATENCY
         violation = float(inner.threshold - score)

@@ -268,3 +268,12 @@ def test_auto_calibrates_once_when_nothing_is_cached(tmp_path, monkeypatch):
     calls.clear()
     again = resolve_cost_model("auto", verbose=0)
     assert not calls and again.coefficients == first.coefficients
+
+
+def test_hopeless_model_is_not_compiled(data):
+    """A model whose unrounded circuit misses the budget costs no compilation."""
+    Xtr, ytr, Xv, yv = data
+    est = QuantizedMLPClassifier(**TINY).fit(Xtr, ytr)
+    res = search_compile(est, Xv, yv, reference_score=1.5, max_accuracy_drop=0.01)
+    assert res.candidates == [] and res.best is None
+    assert res.unrounded_score is not None and 0.0 <= res.unrounded_score <= 1.0
