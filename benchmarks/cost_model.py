@@ -34,7 +34,9 @@ from sklearn.preprocessing import StandardScaler
 
 from latentopt import QuantizedMLPClassifier
 from latentopt.backends.integer import IntegerBackend
-from latentopt.search.cost import CostModel, circuit_profile, time_execute
+from latentopt.search.calibration import time_execute
+from latentopt.search.cost import CostModel
+from latentopt.search.profile import circuit_profile
 
 warnings.filterwarnings("ignore")
 
