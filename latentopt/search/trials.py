@@ -6,9 +6,11 @@
 * **Model cache.**  Trained models are cached on disk under a key of *every* effective
   estimator parameter (fixed template parameters included), the data and the teacher.
 * **No repeats.**  A trial whose parameters equal those of a trial already evaluated
-  (complete, or failed with a recorded error) or being evaluated (running or queued)
-  elsewhere is skipped before training (state ``PRUNED``, user attribute ``skipped``),
-  in this process, in worker processes and across resumes.
+  (complete, failed with a recorded error, or pruned by the objective) or being
+  evaluated (running or queued) elsewhere is skipped before training (state ``PRUNED``,
+  user attribute ``skipped``), in this process, in worker processes and across resumes.
+  The parameters compared are those the objective's ``sample(trial)`` suggests (default:
+  :func:`~latentopt.search.space.sample_params` of the search's space).
 * **Exact counts.**  ``n_trials`` counts evaluated trials (complete, or failed with a
   recorded error) across all workers: a trial started when enough trials are already
   evaluated or running is skipped before any work.
@@ -79,6 +81,8 @@ def canonical(value: Any) -> Any:
     if hasattr(value, "get_params"):
         return {"class": f"{type(value).__module__}.{type(value).__qualname__}",
                 "params": canonical(value.get_params(deep=False))}
+    if callable(value) and hasattr(value, "__qualname__"):  # a function or class
+        return {"callable": f"{getattr(value, '__module__', '')}.{value.__qualname__}"}
     return {"type": f"{type(value).__module__}.{type(value).__qualname__}"}
 
 
@@ -207,8 +211,9 @@ def find_duplicate(study: Any, trial: Any) -> int | None:
     """Number of another trial with the same parameters, evaluated or under way."""
     mine = trial.params
     for t in study.get_trials(deepcopy=False):
+        pruned = t.state == TrialState.PRUNED and SKIPPED_ATTR not in t.user_attrs
         if t.number == trial.number or not (
-                _evaluated(t) or t.state in (TrialState.RUNNING, TrialState.WAITING)):
+                _evaluated(t) or pruned or t.state in (TrialState.RUNNING, TrialState.WAITING)):
             continue
         if all(k in t.params and t.params[k] == v for k, v in mine.items()):
             return int(t.number)

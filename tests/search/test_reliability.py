@@ -150,6 +150,28 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on():
     assert n_evaluated(study) == 8  # failures count; their configurations are not retried
 
 
+class Rejecting(Stub):
+    """Prunes a == 0 (as a cost-based early rejection would)."""
+
+    def __call__(self, trial):
+        if self.sample(trial)["a"] == 0:
+            self.calls += 1
+            raise optuna.TrialPruned("too slow")
+        return super().__call__(trial)
+
+
+def test_a_pruned_configuration_is_not_tried_again():
+    study = _study(seed=5)
+    obj = Rejecting()
+    with pytest.warns(UserWarning, match="exhausted"):
+        run_trials(study, obj, 8)  # 6 configurations can complete
+    assert sum(t.state == COMPLETE for t in study.trials) == 6
+    rejected = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED
+                and "skipped" not in t.user_attrs]
+    assert len(rejected) == len({tuple(sorted(t.params.items())) for t in rejected}) <= 2
+    assert obj.calls == 6 + len(rejected)
+
+
 class FlakyClassifier(QuantizedMLPClassifier):
     """Training diverges (FloatingPointError) at 2-bit weights."""
 

@@ -34,14 +34,20 @@ def _search(**kw):
 
 
 @pytest.fixture(scope="module")
-def fitted(data):
-    return _search().fit(*data)
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")  # trained models shared by these searches
 
 
-def test_an_unmet_budget_is_an_answer(data):
+@pytest.fixture(scope="module")
+def fitted(data, cache):
+    return _search(cache_dir=cache).fit(*data)
+
+
+def test_an_unmet_budget_is_an_answer(data, cache):
     X, y = data
     with pytest.warns(BudgetNotMetWarning, match="Budget NOT met"):
-        s = _search(reference_score=1.01, max_accuracy_drop=0.0, n_trials=2).fit(X, y)
+        s = _search(reference_score=1.01, max_accuracy_drop=0.0, n_trials=2,
+                    cache_dir=cache).fit(X, y)
     assert s.best_estimator_ is None and s.budget_met_ is False  # no AttributeError
     assert s.best_params_ is None and s.pareto_front_ == []
     out = s.outcome_
