@@ -39,8 +39,11 @@ def check_on_holdout(rows: Sequence[dict[str, Any]], load: Callable[[dict[str, A
     n_repeats : simulations per model (all must pass: TLU errors are random)
     max_checks : rows tried, fastest first
 
-    Returns the chosen row (or None) and the checked rows, each with ``holdout_score``
-    (mean over repeats), ``holdout_min`` and ``holdout_pass`` added (copies).
+    Returns
+    -------
+    tuple
+        The chosen row (or None), and the checked rows: copies with ``holdout_score``
+        (mean over repeats), ``holdout_min`` and ``holdout_pass`` added.
     """
     checked: list[dict[str, Any]] = []
     for row in sorted(rows, key=lambda r: (r[key], -r.get("score", 0.0)))[:max_checks]:
