@@ -16,7 +16,8 @@ parameters found, lookups over 16 bits) are infeasible points, not crashes.
 Strategy (each evaluation = one compile + ``n_repeats`` simulations):
 
 0. a model whose unrounded integer circuit already misses the budget (by more than
-   :data:`UNROUNDED_SLACK`) is not compiled at all: rounding does not add accuracy;
+   :data:`UNROUNDED_SLACK`) is compiled once (for its latency) and never simulated:
+   rounding does not add accuracy;
 
 1. bits: with approximate rounding latency decreases with fewer bits and accuracy
    (roughly) increases with more, so binary-search the fewest bits that stay feasible.
@@ -225,12 +226,10 @@ def search_compile(
     result = InnerResult(None, float(reference_score), float(threshold),
                          latency_unit="seconds" if cost_model is not None else "complexity",
                          unrounded_score=float(unrounded))
-    if rounding_bits == "auto" and unrounded < threshold - UNROUNDED_SLACK:
-        return result  # no rounding can rescue it: compile nothing
     seen: dict[tuple, Candidate] = {}
     cap_latency = float("inf") if latency_cap is None else float(latency_cap)
 
-    def evaluate(bits: Any, perr: float) -> Candidate:
+    def evaluate(bits: Any, perr: float, simulate: bool = True) -> Candidate:
         key = (tuple(bits) if isinstance(bits, (list, tuple)) else bits, perr)
         if key in seen:
             return seen[key]
@@ -244,7 +243,9 @@ def search_compile(
             cand.latency = _latency(work, cost_model)
             cand.pbs = int(work.compiled_report_["programmable_bootstrap_count"])
             cand.max_tlu_bits = int(work.compiled_report_["max_tlu_input_bits"])
-            if cand.latency > cap_latency:
+            if not simulate:  # known hopeless: its unrounded score bounds it
+                cand.score = float(unrounded)
+            elif cand.latency > cap_latency:
                 cand.dominated = True
             else:
                 scores = [score_fn(work, X_val, y_val, "simulate")
@@ -265,6 +266,11 @@ def search_compile(
 
     # --- rounding bits -------------------------------------------------------------
     probe_p = PROBE_P_ERROR if p_error == "auto" else float(p_error)  # type: ignore[arg-type]
+    if rounding_bits == "auto" and unrounded < threshold - UNROUNDED_SLACK:
+        # no rounding can rescue it: one compile, no simulation, says how fast it would be
+        evaluate(min(START_BITS, bits_cap(est, None, None, max_rounding_bits)), probe_p,
+                 simulate=False)
+        return result
     if rounding_bits == "auto":
         top = bits_cap(est, cost_model if latency_cap is not None else None, latency_cap,
                        max_rounding_bits)
