@@ -150,7 +150,10 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.axhline(rows[[r["dataset"] for r in rows].index(name)]["float_test"], ls="--",
                    lw=0.8, color="k", label="float MLP (test)")
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        fmt = matplotlib.ticker.FormatStrFormatter("%.2g")
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(fmt)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("predicted seconds per sample", fontsize=8)
         ax.set_ylabel("validation / test score", fontsize=8)
