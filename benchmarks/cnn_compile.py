@@ -58,7 +58,7 @@ def main() -> None:
     q = compile_torch_model(model, X, n_bits=args.bits, rounding_bits=args.rounding_bits,
                             p_error=0.01, verbose=0)
     t_total = time.perf_counter() - t0
-    rep = q.compiled_report_
+    rep = q.fhe_report_
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"data={source} pool={args.pool} channels={args.channels} bits={args.bits} "
           f"rounding_bits={args.rounding_bits}")

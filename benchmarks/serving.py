@@ -110,7 +110,7 @@ def main() -> None:
     clf = QuantizedMLPClassifier(hidden_layer_sizes=(16,), n_w_bits=3, n_a_bits=3,
                                  random_state=0, verbose=0).fit(X, y)
     clf.compile(rounding_bits=5, p_error=0.01)
-    rep = clf.compiled_report_
+    rep = clf.fhe_report_
     print(f"model: {rep['programmable_bootstrap_count']} PBS/sample, max TLU "
           f"{rep['max_tlu_input_bits']} bits, evaluation keys "
           f"{rep['size_of_evaluation_keys'] / 2**20:.0f} MiB, {os.cpu_count()} cores")

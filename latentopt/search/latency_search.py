@@ -36,6 +36,9 @@ from sklearn.utils.validation import check_is_fitted
 from .inner import search_compile
 from .objective import _NO_LATENCY, _data_key, _Objective
 from .results import Outcome, collect, make_outcome, pareto_front, plot_front, summary_table
+from .screening import seed_configs
+from .selection import select_on_check
+from .space import DEFAULT_SPACE
 from .storage import local_storage_dir, make_storage, recover_stale_trials
 from .trials import (
     bind_identity,
@@ -46,6 +49,7 @@ from .trials import (
     optimize,
     study_identity,
 )
+from .units import latency_label, resolve_cost_model
 from .validation import check_search_args
 
 __all__ = ["BudgetNotMetWarning", "LatencySearch", "make_storage"]
@@ -103,9 +107,20 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         Held-out share of ``X`` for the metric.
     n_repeats : int, default=3
         FHE simulations per inner-search candidate.
-    cost_model : CostModel, "auto" or None
-        Latency predictor; "auto" loads the cached calibration if there is one;
-        None (or no calibration) ranks by concrete's complexity.
+    holdout_fraction : float, default=0.2
+        Share of ``X`` kept out of the search entirely (the *check* split): the fastest
+        validation-feasible trials are re-scored there, against the float reference
+        scored on the same rows, and the chosen model is the fastest that passes there
+        too (:mod:`latentopt.search.selection`); ``best_score_`` is that honest score.
+        0 selects on the validation split alone (which overfits it).
+    multi_fidelity : bool, default=True
+        Train each trial briefly first and train in full only the promising ones
+        (:mod:`latentopt.search.screening`).
+    cost_model : CostModel, "auto", "complexity" or None
+        Latency predictor, in seconds per sample.  "auto": this machine's cached
+        calibration, or a quick one made now (about 30 s, once per machine, cached).
+        "complexity" or None: rank by concrete's complexity, a unitless estimate that
+        is never reported as seconds (``latency_unit_`` says which unit was used).
     cache_dir : path, optional
         Where trained models are cached (default: a temporary directory, or one next
         to a file storage).
@@ -142,6 +157,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                  n_trials: int = 20, timeout: float | None = None, storage: Any = None,
                  study_name: str | None = None, n_jobs: int = 1,
                  validation_fraction: float = 0.2, n_repeats: int = 3,
+                 holdout_fraction: float = 0.2, multi_fidelity: bool = True,
                  cost_model: Any = "auto", cache_dir: Any = None, refit: bool = False,
                  random_state: int | None = None, verbose: int = 1) -> None:
         self.estimator = estimator
@@ -156,6 +172,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.validation_fraction = validation_fraction
         self.n_repeats = n_repeats
+        self.holdout_fraction = holdout_fraction
+        self.multi_fidelity = multi_fidelity
         self.cost_model = cost_model
         self.cache_dir = cache_dir
         self.refit = refit
@@ -170,18 +188,13 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         from sklearn.neural_network import MLPClassifier, MLPRegressor
 
         cls = MLPClassifier if is_classifier(self.estimator) else MLPRegressor
-        ref = cls(max_iter=1000, random_state=self.random_state).fit(X_tr, y_tr)
-        return float(ref.score(X_val, y_val))
+        self.reference_estimator_ = cls(max_iter=1000,
+                                        random_state=self.random_state).fit(X_tr, y_tr)
+        return float(self.reference_estimator_.score(X_val, y_val))
 
     def _resolve_cost_model(self) -> Any:
-        if self.cost_model != "auto":
-            return self.cost_model
-        try:
-            from .cost import CostModel
-
-            return CostModel.load()
-        except Exception:  # no calibration cached: rank by complexity
-            return None
+        """The cost model in seconds (calibrated now if needed), or None (complexity)."""
+        return resolve_cost_model(self.cost_model, self.verbose)
 
     # --------------------------------------------------------------------- fit
     def fit(self, X: Any, y: Any) -> LatencySearch:
@@ -209,17 +222,23 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if teacher is None:
             teacher = self.estimator.get_params().get("teacher")
         is_array = teacher is not None and _is_array_teacher(teacher)
-        parts = train_test_split(
-            X, y, *([np.asarray(teacher)] if is_array else []),
-            test_size=self.validation_fraction, stratify=strat,
-            random_state=self.random_state,
-        )
+        arrays = [X, y, *([np.asarray(teacher)] if is_array else [])]
+        check: tuple[np.ndarray, np.ndarray] | None = None
+        if self.holdout_fraction:  # the check split: never seen by training or tuning
+            split = train_test_split(*arrays, test_size=self.holdout_fraction,
+                                     stratify=strat, random_state=self.random_state)
+            arrays, check = split[::2], (split[1], split[3])
+            strat = arrays[1] if strat is not None else None
+        parts = train_test_split(*arrays, test_size=self.validation_fraction, stratify=strat,
+                                 random_state=self.random_state)
         X_tr, X_val, y_tr, y_val = parts[:4]
         trial_teacher, teacher_key = self._prepare_teacher(
             teacher, X_tr, y_tr, parts[4] if is_array else None)
+        self.reference_estimator_ = None
         self.reference_score_ = self._reference(X_tr, y_tr, X_val, y_val)
         self.threshold_ = self.reference_score_ - self.max_accuracy_drop
         self.cost_model_ = self._resolve_cost_model()
+        self.latency_unit_ = "seconds" if self.cost_model_ is not None else "complexity"
         cache = self._cache_dir(spec if isinstance(spec, (str, os.PathLike)) else storage)
         identity = study_identity(self, _data_key(X, y), teacher_key)
         name = self.study_name or f"latentopt-{fingerprint(identity)}"
@@ -231,6 +250,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             directions=["minimize", "maximize"], load_if_exists=True,
         )
         bind_identity(study, identity)
+        if not study.trials:  # a seeded start: where fast, accurate circuits usually are
+            for seed in seed_configs(self.param_space or DEFAULT_SPACE, self.estimator):
+                study.enqueue_trial(seed, user_attrs={"seeded": True}, skip_if_exists=True)
         study.sampler = make_sampler(self.random_state, 0, len(study.get_trials(deepcopy=False)))
         objective = _Objective(self, (X_tr, y_tr, X_val, y_val), self.reference_score_,
                                self.cost_model_, cache, teacher=trial_teacher,
@@ -238,6 +260,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self._optimize(study, objective, spec if spec is not None else storage)
         self.study_ = study
         self._collect(study)
+        select_on_check(self, objective, check)
         self.best_estimator_ = (self._best_estimator(objective, X, y)
                                 if self.best_trial_ is not None else None)
         return self
@@ -305,7 +328,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             est, _ = objective._fit(params)
             est.compile(**point, verbose=0)
             return est
-        return best
+        return best.compile(**inner.compile_kwargs, verbose=0)
 
     def _optimize(self, study: Any, objective: _Objective, storage: Any) -> None:
         from tqdm.auto import tqdm
@@ -313,17 +336,17 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         recover_stale_trials(study)
         done = n_evaluated(study)
         remaining = max(0, self.n_trials - done)
-        bar = tqdm(total=remaining, desc="latency search", unit="trial",
-                   disable=self.verbose <= 0 or remaining == 0)
+        bar = tqdm(total=remaining, desc=f"search ({latency_label(self.latency_unit_, True)})",
+                   unit="trial", disable=self.verbose <= 0 or remaining == 0)
         threshold = self.threshold_
 
         def progress(study: Any, trial: Any) -> None:
             bar.update(max(0, min(remaining, n_evaluated(study) - done) - bar.n))
-            ok = [r for r in collect(study)[0] if r["feasible"] and r["latency"] < _NO_LATENCY]
+            ok = [r for r in collect(study)[0] if r["feasible"] and r["cost"] < _NO_LATENCY]
             if ok:
-                best = min(ok, key=lambda r: r["latency"])
-                unit = "best_s_per_sample" if self.cost_model_ is not None else "best_complexity"
-                bar.set_postfix({unit: f"{best['latency']:.4g}", "score": f"{best['score']:.4f}",
+                best = min(ok, key=lambda r: r["cost"])
+                bar.set_postfix({f"best_{self.latency_unit_}": f"{best['cost']:.4g}",
+                                 "score": f"{best['score']:.4f}",
                                  "threshold": f"{threshold:.4f}"})
 
         try:
@@ -333,12 +356,12 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             bar.close()
 
     def _collect(self, study: Any) -> None:
-        rows, failures = collect(study)
+        rows, failures = collect(study, self.latency_unit_)
         self.results_ = rows
         self.failures_ = failures
         self.pareto_front_ = pareto_front(rows)
-        feasible = [r for r in rows if r["feasible"] and r["latency"] < _NO_LATENCY]
-        best = min(feasible, key=lambda r: (r["latency"], -r["score"])) if feasible else None
+        feasible = [r for r in rows if r["feasible"] and r["cost"] < _NO_LATENCY]
+        best = min(feasible, key=lambda r: (r["cost"], -r["score"])) if feasible else None
         self.best_trial_ = best
         self.budget_met_ = best is not None
         self.outcome_: Outcome = make_outcome(
@@ -395,6 +418,5 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         matplotlib's constrained layout, so the axis labels stay inside it.
         """
         check_is_fitted(self, "results_")
-        xlabel = ("predicted latency (s per sample)" if self.cost_model_ is not None
-                  else "concrete complexity (no cost model: not seconds)")
+        xlabel = latency_label(self.latency_unit_)
         return plot_front(self.results_, self.pareto_front_, self.threshold_, xlabel, ax)

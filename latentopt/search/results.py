@@ -55,16 +55,22 @@ class Outcome:
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Feasible rows no other feasible row beats on both latency and score."""
-    feasible = [r for r in rows if r["feasible"] and r["latency"] < _NO_LATENCY]
+    feasible = [r for r in rows if r["feasible"] and r["cost"] < _NO_LATENCY]
     return sorted(
         [r for r in feasible if not any(
-            o["latency"] <= r["latency"] and o["score"] >= r["score"]
-            and (o["latency"] < r["latency"] or o["score"] > r["score"]) for o in feasible)],
-        key=lambda r: r["latency"])
+            o["cost"] <= r["cost"] and o["score"] >= r["score"]
+            and (o["cost"] < r["cost"] or o["score"] > r["score"]) for o in feasible)],
+        key=lambda r: r["cost"])
 
 
-def collect(study: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows of the completed trials, and of the trials that failed with an error."""
+def collect(study: Any, unit: str = "seconds") -> tuple[list[dict[str, Any]],
+                                                         list[dict[str, Any]]]:
+    """Rows of the completed trials, and of the trials that failed with an error.
+
+    Each row holds its latency objective twice: ``cost`` (for sorting) and under its
+    unit's own name, ``seconds`` (predicted per sample) or ``complexity`` (concrete's
+    unitless estimate) -- never under "latency".
+    """
     rows, failures = [], []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs:
@@ -74,7 +80,7 @@ def collect(study: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             continue
         rows.append({
             "trial": t.number, **t.user_attrs.get("params", {}),
-            "latency": t.values[0], "score": t.values[1],
+            "cost": t.values[0], unit: t.values[0], "score": t.values[1],
             "feasible": t.user_attrs.get("constraint", [1])[0] <= 0,
             "pbs": t.user_attrs.get("pbs"), "max_tlu_bits": t.user_attrs.get("max_tlu_bits"),
             "tlus": t.user_attrs.get("tlus"), **(t.user_attrs.get("compile") or {}),
@@ -94,24 +100,24 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                  best: dict[str, Any] | None, *, reference_score: float, threshold: float,
                  max_accuracy_drop: float, n_trials: int, seconds: bool = True) -> Outcome:
     """The outcome in numbers and words."""
-    top = max(rows, key=lambda r: (r["score"], -r["latency"])) if rows else None
+    top = max(rows, key=lambda r: (r["score"], -r["cost"])) if rows else None
     n_eval = len(rows) + len(failures)
     common = dict(threshold=threshold, reference_score=reference_score,
                   best_score=None if top is None else float(top["score"]),
-                  best_score_latency=None if top is None or top["latency"] >= _NO_LATENCY
-                  else float(top["latency"]),
+                  best_score_latency=None if top is None or top["cost"] >= _NO_LATENCY
+                  else float(top["cost"]),
                   best_score_trial=None if top is None else int(top["trial"]),
                   n_evaluated=n_eval, n_failed=len(failures))
     budget = (f"validation score >= {threshold:.4f} (reference {reference_score:.4f} "
               f"minus max_accuracy_drop={max_accuracy_drop:g})")
     if best is not None:
         msg = (f"Budget met: {budget}. Chosen: trial {best['trial']}, score "
-               f"{best['score']:.4f}, {_latency_words(best['latency'], seconds)}.")
+               f"{best['score']:.4f}, {_latency_words(best['cost'], seconds)}.")
         return Outcome(budget_met=True, message=msg, **common)  # type: ignore[arg-type]
     lines = [f"Budget NOT met: none of the {n_eval} evaluated trials reached {budget}."]
     if top is not None:
         lines.append(f"Best validation score reached: {top['score']:.4f} (trial {top['trial']}, "
-                     f"{_latency_words(top['latency'], seconds)}).")
+                     f"{_latency_words(top['cost'], seconds)}).")
     else:
         lines.append("No trial completed.")
     if failures:
@@ -121,7 +127,7 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
         need = reference_score - float(top["score"])
         advice.append(f"allow a larger drop (max_accuracy_drop >= {need:.3g} accepts trial "
                       f"{top['trial']}"
-                      + (")" if top["latency"] < _NO_LATENCY else " if it compiles)"))
+                      + (")" if top["cost"] < _NO_LATENCY else " if it compiles)"))
     advice.append(f"run more trials (n_trials={n_trials})")
     advice.append("widen the search space (wider or deeper layers, more weight/activation "
                   "bits, less pruning, more training epochs in the template)")
@@ -141,21 +147,21 @@ def summary_table(rows: list[dict[str, Any]], front: list[dict[str, Any]],
                   footer: list[str], seconds: bool = True) -> str:
     """Every completed trial by latency; columns as wide as their names and values.
 
-    Columns no trial fills are left out; the latency column is named by its unit
+    Columns no trial fills are left out; the ``cost`` column is named by its unit
     (``s/sample`` predicted by the cost model, else ``complexity``).
     """
     marks = {r["trial"] for r in front}
     keys = ["trial", "hidden_layer_sizes", "n_w_bits", "n_a_bits", "pruning_ratio", "lr",
-            "rounding_bits", "p_error", "pbs", "max_tlu_bits", "latency", "score"]
+            "rounding_bits", "p_error", "pbs", "max_tlu_bits", "cost", "score"]
     extra = sorted({k for r in rows for k in r} - set(keys)
-                   - {"feasible", "tlus", "rounding_method"})
+                   - {"feasible", "tlus", "rounding_method", "seconds", "complexity"})
     keys[keys.index("lr") + 1:keys.index("lr") + 1] = extra  # searched dimensions
-    keys = [k for k in keys if k in ("trial", "latency", "score")
+    keys = [k for k in keys if k in ("trial", "cost", "score")
             or any(r.get(k) is not None for r in rows)]
     table = [[_cell(r.get(k)) for k in keys] + [f"{r['feasible']}" + ("*" if r["trial"] in marks
                                                                       else " ")]
-             for r in sorted(rows, key=lambda r: r["latency"])]
-    header = [("s/sample" if seconds else "complexity") if k == "latency" else k
+             for r in sorted(rows, key=lambda r: r["cost"])]
+    header = [("s/sample" if seconds else "complexity") if k == "cost" else k
               for k in keys] + ["feasible"]
     widths = [max([len(h)] + [len(row[i]) for row in table]) for i, h in enumerate(header)]
     lines = [" ".join(h.rjust(w) for h, w in zip(header, widths))]
@@ -170,15 +176,15 @@ def plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]], threshol
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6.4, 4), layout="constrained")
-    ok = [r for r in rows if r["latency"] < _NO_LATENCY]
+    ok = [r for r in rows if r["cost"] < _NO_LATENCY]
     feasible = [r for r in ok if r["feasible"]]
     other = [r for r in ok if not r["feasible"]]
     for group, color, label in ((feasible, "tab:blue", "feasible trials"),
                                 (other, "tab:gray", "below budget")):
         if group:
-            ax.scatter([r["latency"] for r in group], [r["score"] for r in group],
+            ax.scatter([r["cost"] for r in group], [r["score"] for r in group],
                        color=color, s=18, label=label)
-    ax.plot([r["latency"] for r in front], [r["score"] for r in front], "o-",
+    ax.plot([r["cost"] for r in front], [r["score"] for r in front], "o-",
             color="tab:red", label="Pareto front")
     ax.axhline(threshold, ls="--", color="k", lw=0.8, label="accuracy budget")
     ax.set_xscale("log")

@@ -107,11 +107,13 @@ def study_identity(search: Any, data_key: str, teacher_key: str) -> dict[str, An
         "space": canonical(search.param_space if search.param_space is not None
                            else DEFAULT_SPACE),
         "data": {"hash": data_key, "validation_fraction": search.validation_fraction,
+                 "holdout_fraction": search.holdout_fraction,
                  "random_state": search.random_state},
         "budget": {"max_accuracy_drop": search.max_accuracy_drop,
                    "reference_score": search.reference_score},
         "teacher": teacher_key,
         "evaluation": {"n_repeats": search.n_repeats,
+                       "multi_fidelity": search.multi_fidelity,
                        "cost_model": None if cm is None else type(cm).__qualname__},
     }
 

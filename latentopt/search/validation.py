@@ -56,8 +56,15 @@ def check_search_args(search: Any) -> None:
     if search.cache_dir is not None and not isinstance(search.cache_dir, (str, os.PathLike)):
         raise ValueError(f"cache_dir must be None or a path, got {search.cache_dir!r}")
     cm = search.cost_model
-    if not (cm is None or cm == "auto" or hasattr(cm, "predict")):
-        raise ValueError(f"cost_model must be 'auto', None or a CostModel, got {cm!r}")
+    if not (cm is None or (isinstance(cm, str) and cm in ("auto", "complexity"))
+            or hasattr(cm, "predict")):
+        raise ValueError(f"cost_model must be 'auto', 'complexity', None or a CostModel, "
+                         f"got {cm!r}")
+    hf = search.holdout_fraction
+    if not _real(hf) or not 0.0 <= float(hf) < 1.0:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {hf!r}")
+    if not isinstance(search.multi_fidelity, bool):
+        raise ValueError(f"multi_fidelity must be a bool, got {search.multi_fidelity!r}")
     est = search.estimator
     if not (hasattr(est, "get_params") and hasattr(est, "compile")):
         raise TypeError(f"estimator must be a latentopt estimator (QuantizedMLPClassifier or "

@@ -279,6 +279,10 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
                     f"{max_accuracy_drop} of {result.reference_score:.4f}; allow a larger "
                     f"max_accuracy_drop or retrain with more bits\n{result.table()}"
                 )
+            # the search returns its choice; compiling it is an ordinary compile
+            self.compile(**result.compile_kwargs, range_mode=range_mode,
+                         range_margin=range_margin, security_level=security_level,
+                         batch_size=batch_size, verbose=verbose)
             return self
         if rounding_method not in ("approximate", "exact"):
             raise ValueError(

@@ -38,6 +38,7 @@ def data():
 
 
 def _search(tmp_path, **kw):
+    kw.setdefault("holdout_fraction", 0.0)  # all of X but validation trains the trials
     return LatencySearch(QuantizedMLPClassifier(**TINY), param_space=SPACE,
                          max_accuracy_drop=0.1, reference_score=0.9, n_repeats=1,
                          cost_model=None, random_state=0, verbose=0,
