@@ -18,7 +18,6 @@ simulation and execution, ONNX, deployment client) runs the same circuit, so the
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +42,7 @@ __all__ = ["FHE_MODES", "QuantizedEstimatorBase", "softmax"]
 FHE_MODES = ("disable", "simulate", "execute")
 
 #: Options of :meth:`QuantizedEstimatorBase.compile` passed on to ``FHECircuit.compile``.
-FHE_COMPILER_OPTIONS = ("p_error", "global_p_error", "range_mode", "range_margin",
+FHE_COMPILER_OPTIONS = ("p_error", "global_p_error", "range_mode", "range_margin", "on_overflow",
                         "security_level", "batch_size")
 
 #: Fitted attributes that :meth:`~QuantizedEstimatorBase.compile` sets (a refit drops them).
@@ -148,14 +147,16 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
 
     def _run_fhe(self, q: np.ndarray, mode: str) -> np.ndarray:
         fhe_circuit = self._fhe(f"predict(fhe={mode!r})")
-        lo, hi = fhe_circuit.report["input_range"]
-        if q.size and (q.min() < lo or q.max() > hi):
-            warnings.warn(
-                f"some quantized inputs lie outside the range the circuit was compiled for "
-                f"[{lo}, {hi}]; they are clipped to it (compile with range_mode='worst_case' "
-                f"to cover the whole input range)", stacklevel=4,
-            )
-            q = np.clip(q, lo, hi)
+        report = fhe_circuit.report
+        if report["range_mode"] == "calibrated":  # worst_case: exact for every input
+            from ..backends.fhe_diagnostics import report_overflow
+
+            bad = fhe_circuit.overflows(q)  # outside the encryptable range, or overflowing
+            q = np.clip(q, *report["input_range"])
+            report_overflow(
+                int(bad.sum()), len(q), report.get("on_overflow", "warn"),
+                "lie outside the range this circuit was compiled for (range_mode="
+                "'calibrated'): their FHE results may differ from fhe='disable'")
         out = fhe_circuit.simulate(q) if mode == "simulate" else fhe_circuit.execute(q)
         return np.asarray(out)
 
@@ -191,8 +192,9 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         rounding_method: str = "approximate",
         p_error: float | str | None = None,
         global_p_error: float | None = None,
-        range_mode: str = "calibrated",
+        range_mode: str = "worst_case",
         range_margin: float = 0.25,
+        on_overflow: str = "warn",
         security_level: int = 128,
         batch_size: int | None = None,
         max_accuracy_drop: float = 0.01,
@@ -226,16 +228,26 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         p_error, global_p_error : float, optional
             Error probability of one table lookup, or of one whole inference; at most one
             (default: ``global_p_error=1e-5``).
-        range_mode : {"calibrated", "worst_case"}
-            Bit-widths from the calibration data (inputs far outside it are clipped to
-            the compiled input range and may overflow intermediate values), or from the
-            worst case (exact for any input, wider lookups).
+        range_mode : {"worst_case", "calibrated"}
+            ``"worst_case"`` (default): bit-widths from the worst case, so every compiled
+            value provably fits for every input the input quantizer can produce (it
+            clips): ``fhe="disable"`` predicts what FHE computes on any input.  Measured
+            at about the same latency as ``"calibrated"`` (``benchmarks/range_modes.py``).
+            ``"calibrated"`` (opt-in): bit-widths from the calibration data; inputs far
+            outside it may overflow intermediate values.  Every ``predict(fhe="simulate"
+            / "execute")`` then checks its samples with the exact integer circuit and
+            applies ``on_overflow``.
         range_margin : float
             With ``"calibrated"``: every calibrated range is widened by this fraction of
             its span on each side (at most to the worst case).  Test data a little
             beyond the training data then does not overflow; measured on wine, the
             default 0.25 removed every overflow at the same TLU widths (0.0 overflowed
             4 of 45 test samples and cost 7 points of simulated accuracy).
+        on_overflow : {"warn", "raise"}
+            With ``"calibrated"``: warn naming the number of samples whose FHE result may
+            differ from ``fhe="disable"`` (default), or raise
+            :class:`~latentopt.backends.fhe.FHEOverflowError`.  Deployed clients apply it
+            to samples outside the calibrated input box (``fhe_report_["input_box"]``).
         security_level : int
             128 (default) or 132 bits.
         batch_size : int, optional
@@ -306,7 +318,7 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         options: dict[str, Any] = dict(
             rounding_bits=rounding_bits, rounding_method=rounding_method, p_error=p_error,
             global_p_error=global_p_error, range_mode=range_mode, range_margin=range_margin,
-            security_level=security_level, batch_size=batch_size,
+            on_overflow=on_overflow, security_level=security_level, batch_size=batch_size,
         )
         fhe_circuit = self._lower_to_fhe(circuit, q, options, verbose)
         self.fhe_circuit_ = fhe_circuit
