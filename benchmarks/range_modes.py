@@ -1,4 +1,4 @@
-"""Cost and safety of ``range_mode="worst_case"`` (the default) against ``"calibrated"``.
+"""Accuracy, cost and safety of ``range_mode="calibrated"`` (the default) and ``"worst_case"``.
 
 For a few circuits (dataset, hidden layers, rounding bits), trains one
 QuantizedMLPClassifier (3-bit weights/activations), compiles it both ways on the same

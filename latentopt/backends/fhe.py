@@ -54,6 +54,7 @@ from .batching import pad_batch, plan_calls
 from .fhe_concrete import concrete_fhe
 from .fhe_deploy import save_deployment
 from .fhe_diagnostics import (
+    DEFAULT_RANGE_MODE,
     ON_OVERFLOW,
     FHEBitWidthError,
     FHECompilationError,
@@ -156,7 +157,7 @@ class FHECircuit:
         p_error: float | None = None,
         global_p_error: float | None = None,
         security_level: int = 128,
-        range_mode: str = "worst_case",
+        range_mode: str = DEFAULT_RANGE_MODE,
         range_margin: float = 0.0,
         on_overflow: str = "warn",
         batch_size: int | None = None,
@@ -176,15 +177,16 @@ class FHECircuit:
             (at most one; default: ``global_p_error=1e-5``).  The batched function gets
             the per-lookup error of the single-sample one.
         security_level : {128, 132}
-        range_mode : {"worst_case", "calibrated"}
-            ``"worst_case"`` (default): every value gets its worst-case width
+        range_mode : {"calibrated", "worst_case"}
+            ``"calibrated"`` (default): bit-widths cover the values reached on
+            ``inputset_q`` (as Concrete ML does); inputs far from the calibration data
+            may overflow an accumulator and give wrong results, which :meth:`overflows`
+            detects (the estimators check every sample they run, see ``on_overflow``).
+            ``"worst_case"``: every value gets its worst-case width
             (``circuit.worst_case_ranges()``), so every compiled value provably fits for
             every input the quantizer can produce (it clips): no input can overflow.
-            Measured at about the same complexity and latency as ``"calibrated"``
-            (``benchmarks/range_modes.py``).  ``"calibrated"`` (opt-in): bit-widths cover
-            the values reached on ``inputset_q`` (as Concrete ML does); inputs far from
-            the calibration data may overflow an accumulator and give wrong results, which
-            :meth:`overflows` detects (the estimators check every sample they run).
+            Same cost at the same lookup widths, but after rounding to the same width
+            less accurate (``benchmarks/range_modes.py``).
         range_margin : float
             With ``"calibrated"``: widen every calibrated range by this fraction of its
             span on each side (capped at the worst case) and enforce the widths with

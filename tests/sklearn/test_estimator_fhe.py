@@ -52,11 +52,9 @@ def test_predict_fhe_before_compile_is_refused(tiny_clf):
 
 def test_simulation_matches_integer_backend_exactly(tiny_clf):
     clf, Xtr, Xte, yte = tiny_clf
-    # worst-case ranges (the default) round more LSBs away than calibrated ones: 4 bits
-    # here keep the accuracy that 3 calibrated bits keep
-    clf.compile(rounding_bits=4, rounding_method="exact", p_error=2**-40)
+    clf.compile(rounding_bits=3, rounding_method="exact", p_error=2**-40)
     rep = clf.fhe_report_
-    assert rep["max_tlu_input_bits"] <= 4
+    assert rep["max_tlu_input_bits"] <= 3
     assert rep["programmable_bootstrap_count"] >= 6
     assert {"complexity", "size_of_evaluation_keys", "p_error"} <= set(rep)
     # the integer backend reproduces the rounded circuit: fhe="disable" == FHE simulation

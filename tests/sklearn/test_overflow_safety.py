@@ -1,4 +1,4 @@
-"""No silent overflow: the default ``range_mode="worst_case"`` is exact on every input, and
+"""No silent overflow: ``range_mode="worst_case"`` is exact on every input, and the default
 ``"calibrated"`` tells the user (in process, and on the deployed client side)."""
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def _ood(X):
     return {"scaled x50": X * 50, "shifted +8": X + 8, "shifted -8": X - 8}
 
 
-def test_default_is_worst_case_and_exact_out_of_distribution(fitted):
+def test_worst_case_is_exact_out_of_distribution(fitted):
     clf, Xtr, Xte = fitted
-    clf.compile(Xtr[:10], **EXACT)  # a narrow calibration set does not matter
+    clf.compile(Xtr[:10], range_mode="worst_case", **EXACT)  # narrow calibration: no matter
     report = clf.fhe_report_
     assert report["range_mode"] == "worst_case"
     qlo, qhi = clf.rounded_circuit_.input_quantizer.qrange
@@ -55,9 +55,10 @@ def test_default_is_worst_case_and_exact_out_of_distribution(fitted):
         assert not clf.fhe_circuit_.overflows(q).any()
 
 
-def test_calibrated_warns_or_raises_on_overflow(fitted):
+def test_calibrated_default_warns_or_raises_on_overflow(fitted):
     clf, Xtr, Xte = fitted
-    clf.compile(Xtr[:10], range_mode="calibrated", range_margin=0.0, **EXACT)
+    clf.compile(Xtr[:10], range_margin=0.0, **EXACT)
+    assert clf.fhe_report_["range_mode"] == "calibrated"  # the default
     X = Xte + 8
     q = clf._integer_backend().quantize(X)
     affected = int(clf.fhe_circuit_.overflows(q).sum())
@@ -74,6 +75,21 @@ def test_calibrated_warns_or_raises_on_overflow(fitted):
         clf.predict(X, fhe="simulate")
     with pytest.raises(ValueError, match="on_overflow"):
         clf.compile(range_mode="calibrated", on_overflow="ignore", **EXACT)
+
+
+def test_calibrated_never_silently_wrong(fitted):
+    clf, Xtr, Xte = fitted
+    clf.compile(Xtr[:10], range_margin=0.0, **EXACT)  # narrow calibration set
+    wrong_somewhere = False
+    for name, X in _ood(Xte).items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sim = clf.predict(X, fhe="simulate")
+        wrong = sim != clf.predict(X, fhe="disable")
+        told = [w for w in caught if "range_mode='calibrated'" in str(w.message)]
+        assert not wrong.any() or told, name  # every difference is announced
+        wrong_somewhere |= bool(wrong.any())
+    assert wrong_somewhere  # the check is not vacuous on these inputs
 
 
 def test_calibrated_input_box_is_what_is_enforced(fitted):
@@ -125,7 +141,7 @@ def test_deployed_client_checks_the_calibrated_box(fitted, tmp_path):
     client = FHEClient.load(clf.save_deployment(tmp_path / "raise")["client"])
     with pytest.raises(FHEOverflowError):
         client.clip_to_box(client.quantize(Xte + 8))
-    clf.compile(Xtr[:10], **EXACT)  # worst case: nothing to clip, nothing to say
+    clf.compile(Xtr[:10], range_mode="worst_case", **EXACT)  # nothing to clip, nothing to say
     client = FHEClient.load(clf.save_deployment(tmp_path / "wc")["client"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
