@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from ..backends.fhe import FHECircuit
     from ..backends.integer import IntegerBackend
+    from ..backends.runtime import ExactRuntime
     from ..ir import Circuit
     from ..ir.circuit import CircuitReport
 
@@ -105,6 +106,18 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
             self._backend = backend
         return backend
 
+    def _exact_runtime(self) -> ExactRuntime:
+        """The fastest exact runtime of the active circuit (numpy or onnxruntime, chosen
+        by measurement on the first large batch, see :mod:`latentopt.backends.runtime`)."""
+        backend = self._integer_backend()
+        runtime = getattr(self, "_runtime", None)
+        if runtime is None or runtime.numpy is not backend:
+            from ..backends.runtime import ExactRuntime
+
+            runtime = ExactRuntime(backend.circuit, backend)
+            self._runtime = runtime
+        return runtime
+
     def _raw_output(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Dequantized circuit outputs (user units) for ``X`` under the chosen FHE mode."""
         check_is_fitted(self, "circuit_")
@@ -112,7 +125,10 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         backend = self._integer_backend()
         q = backend.quantize(X)
-        out = backend.run_integers(q) if mode == "disable" else self._run_fhe(q, mode)
+        if mode == "disable":
+            out = self._exact_runtime().run_integers(q)
+        else:
+            out = self._run_fhe(q, mode)
         return np.asarray(backend.dequantize(out))
 
     def _forget_compilation(self) -> None:
@@ -383,6 +399,7 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_backend", None)
+        state.pop("_runtime", None)
         if "fhe_circuit_" in state:
             state["fhe_circuit_"] = None  # not picklable: recompiled on first FHE use
         module = state.pop("module_", None)
