@@ -1,11 +1,13 @@
-"""Concrete ML 1.9 NeuralNetClassifier on breast_cancer, wine, digits (the peer).
+"""Concrete ML 1.9 NeuralNetClassifier on the benchmark data sets (the peer).
 
 Runs inside its own virtualenv (concrete-ml 1.9.0 pins torch 2.3.1, brevitas 0.10.2,
 scikit-learn 1.5.0); ``benchmarks/search_vs_concrete_ml.py`` creates it and calls this
 script, which prints one JSON object per data set.  Settings follow Concrete ML's own
 notebooks: 3 layers, 3-bit weights and activations, width = n_features.
 
-    python concrete_ml_peer.py --n-execute 5
+    python concrete_ml_peer.py --n-execute 5 [--datasets breast_cancer gen_3c_24f ...]
+
+Data sets and splits come from ``bench_datasets.py`` (classification sets only).
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ import json
 import time
 import warnings
 
+import bench_datasets  # same directory: the shared data sets and splits
 import numpy as np
-from sklearn import datasets
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 warnings.filterwarnings("ignore")
 
@@ -32,10 +32,10 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["breast_cancer", "wine", "digits"])
     args = parser.parse_args()
     for name in args.datasets:
-        X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
-        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
-        sc = StandardScaler().fit(Xtr)
-        Xtr, Xte = sc.transform(Xtr).astype(np.float32), sc.transform(Xte).astype(np.float32)
+        if bench_datasets.is_regression(name):
+            continue
+        Xtr, Xte, ytr, yte = bench_datasets.load(name)
+        Xtr, Xte = Xtr.astype(np.float32), Xte.astype(np.float32)
         torch.manual_seed(0)
         model = NeuralNetClassifier(
             module__n_layers=3, module__n_w_bits=3, module__n_a_bits=3,

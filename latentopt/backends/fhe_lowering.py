@@ -21,8 +21,10 @@ unless a rounding or a lookup reads it directly: then a clear addition centres i
 
 Each server step type has one lowering (:data:`LOWERINGS`) to a typed operation
 (:class:`CentreOp` for the input's centring, :class:`GemmOp`, :class:`RoundOp`,
-:class:`AddOp`, :class:`LookupOp`), which :func:`build_function` traces.  This module
-never imports concrete: :func:`build_function` receives the ``fhe`` module.
+:class:`AddOp`, :class:`ConcatOp`, :class:`LookupOp`, and :class:`WindowOp` and
+:class:`MaxPoolOp` whose tracing lives in :mod:`.fhe_window`), which
+:func:`build_function` traces.  This module never imports concrete:
+:func:`build_function` receives the ``fhe`` module.
 
 >>> from latentopt.ir import Circuit, QuantizeInput, Gemm, Dequantize
 >>> c = Circuit([QuantizeInput("q", ("input",), 1.0, 0, 3, signed=False),
@@ -46,28 +48,49 @@ from ..ir.ranges import Interval, widen_ranges
 from ..ir.schedule import (
     MAX_TABLE_ENTRIES,
     AddStep,
+    ConcatStep,
+    ConvStep,
     GemmStep,
     LookupStep,
+    MaxPoolStep,
     RoundStep,
     Schedule,
     Step,
+    SumPoolStep,
     check_quantized,
     schedule,
 )
 from .batching import pad_batch, plan_calls
 from .fhe_diagnostics import FHECompilationError, check_lookup_width
+from .fhe_ops import (
+    AddOp,
+    CentreOp,
+    ConcatOp,
+    GemmOp,
+    LookupOp,
+    MaxPoolOp,
+    Op,
+    RoundOp,
+    ValuePlan,
+    WindowOp,
+)
+from .fhe_window import max_pool_plan, trace_max_pool, trace_window
+from .fhe_window import window_plan as _window_plan
 from .integer import IntegerBackend
 
 __all__ = [
     "LOWERINGS",
     "AddOp",
     "CentreOp",
+    "ConcatOp",
     "GemmOp",
     "LookupOp",
     "LoweringPlan",
+    "MaxPoolOp",
     "Op",
     "RoundOp",
     "ValuePlan",
+    "WindowOp",
     "build_function",
     "extreme_rows",
     "lower",
@@ -77,66 +100,6 @@ __all__ = [
     "plan_calls",
     "widen_ranges",
 ]
-
-
-@dataclass
-class ValuePlan:
-    """How one IR value is held in a ciphertext: ``value - offset`` on ``bits`` bits."""
-
-    name: str
-    offset: np.ndarray  # int64 (channels,) or (1,)
-    lo: np.ndarray  # centred per-channel bounds
-    hi: np.ndarray
-    bits: int
-    hint: int | None = None  # bit-width hint given to concrete
-
-
-@dataclass(eq=False)
-class Op:
-    """One server-side operation of the traced function: computes ``name`` from ``src``."""
-
-    name: str
-    src: str
-    layer: str
-
-
-@dataclass(eq=False)
-class CentreOp(Op):
-    """``x + bias``: centres the encrypted input before a rounding or lookup reads it."""
-
-    bias: np.ndarray
-
-
-@dataclass(eq=False)
-class GemmOp(Op):
-    """``x @ weight_t (+ bias)``, offsets folded into the bias."""
-
-    weight_t: np.ndarray  # (in, out)
-    bias: np.ndarray | None
-
-
-@dataclass(eq=False)
-class RoundOp(Op):
-    """``round_bit_pattern(x, lsbs)`` with the IR's exactness."""
-
-    lsbs: int
-    method: str
-
-
-@dataclass(eq=False)
-class AddOp(Op):
-    """``x + src2 (+ bias)``, offsets folded into the bias."""
-
-    src2: str
-    bias: np.ndarray | None
-
-
-@dataclass(eq=False)
-class LookupOp(Op):
-    """A univariate table on centred (rounded) inputs; one PBS per element."""
-
-    table: Callable[[np.ndarray], np.ndarray]
-    tlu_bits: int  # input precision seen by the PBS
 
 
 @dataclass
@@ -156,7 +119,8 @@ class LoweringPlan:
 
     @property
     def max_tlu_bits(self) -> int:
-        return max((s.tlu_bits for s in self.steps if isinstance(s, LookupOp)), default=0)
+        return max((s.tlu_bits for s in self.steps if isinstance(s, (LookupOp, MaxPoolOp))),
+                   default=0)
 
 
 def _per_channel(a: np.ndarray, width: int) -> np.ndarray:
@@ -201,10 +165,32 @@ class _Lowering:
         return AddOp(step.name, src.name, step.layer, other.name,
                      bias.astype(np.int64) if np.any(bias) else None)
 
+    def concat(self, step: ConcatStep, src: ValuePlan, vp: ValuePlan) -> Op:
+        other = self.source(step.inputs[1])
+        widths = [self.circuit.width(i) for i in step.inputs]
+        offsets = np.concatenate([_per_channel(src.offset, widths[0]),
+                                  _per_channel(other.offset, widths[1])])
+        bias = offsets - _per_channel(vp.offset, sum(widths))
+        return ConcatOp(step.name, src.name, step.layer, other.name,
+                        bias.astype(np.int64) if np.any(bias) else None)
+
     def lookup(self, step: LookupStep, src: ValuePlan, vp: ValuePlan) -> Op:
         width = self.circuit.width(step.name)
         table = _table_function(step, src, vp.offset, width)
         return LookupOp(step.name, src.name, step.layer, table, max(src.bits - step.lsbs, 1))
+
+
+    def window(self, step: ConvStep | SumPoolStep, src: ValuePlan, vp: ValuePlan) -> Op:
+        in_off = _per_channel(src.offset, step.node.in_features)
+        return WindowOp(step.name, src.name, step.layer,
+                        _window_plan(step.node, in_off, vp.offset))
+
+    def max_pool(self, step: MaxPoolStep, src: ValuePlan, vp: ValuePlan) -> Op:
+        width = step.node.in_features
+        plan = max_pool_plan(step.node, _per_channel(src.offset, width),
+                             _per_channel(src.lo, width), _per_channel(src.hi, width),
+                             _per_channel(vp.offset, step.node.out_features))
+        return MaxPoolOp(step.name, src.name, step.layer, plan)
 
 
 #: The FHE lowering of each server step type (a method of the lowering state).
@@ -212,7 +198,11 @@ LOWERINGS: dict[type[Step[Any]], Callable[[_Lowering, Any, ValuePlan, ValuePlan]
     GemmStep: _Lowering.gemm,
     RoundStep: _Lowering.round,
     AddStep: _Lowering.add,
+    ConcatStep: _Lowering.concat,
     LookupStep: _Lowering.lookup,
+    ConvStep: _Lowering.window,
+    SumPoolStep: _Lowering.window,
+    MaxPoolStep: _Lowering.max_pool,
 }
 
 
@@ -316,8 +306,18 @@ def _table_function(
 def _layer_rows(plan: Schedule, lowered: LoweringPlan) -> list[dict[str, Any]]:
     rows = []
     lookups = {s.name: s for s in lowered.steps if isinstance(s, LookupOp)}
+    pools = {s.name: s for s in lowered.steps if isinstance(s, MaxPoolOp)}
     for i, layer in enumerate(plan.layers):
         if layer.name not in lowered.values or layer.accumulator.name not in lowered.values:
+            continue
+        if layer.pool is not None:
+            pool = pools[layer.pool.name]
+            rows.append({
+                "layer": i, "name": layer.name,
+                "accumulator_bits": lowered.values[layer.name].bits,
+                "rounding_lsbs": 0, "rounding_method": None, "tlu": layer.name,
+                "tlu_input_bits": pool.tlu_bits, "tlu_count": layer.pool.pbs_count,
+            })
             continue
         rnd = layer.round
         op = lookups.get(layer.lookup.name) if layer.lookup is not None else None
@@ -357,6 +357,10 @@ def build_function(plan: LoweringPlan, fhe: Any, name: str) -> Callable[[Any], A
                     r = v @ s.weight_t
                     if s.bias is not None:
                         r = r + s.bias
+                elif isinstance(s, ConcatOp):
+                    r = np.concatenate((v, read(s.src2)), axis=-1)
+                    if s.bias is not None:
+                        r = r + s.bias
                 elif isinstance(s, AddOp):
                     r = v + read(s.src2)
                     if s.bias is not None:
@@ -366,6 +370,10 @@ def build_function(plan: LoweringPlan, fhe: Any, name: str) -> Callable[[Any], A
                                               exactness=exactness[s.method])
                 elif isinstance(s, LookupOp):
                     r = univariate[s.name](v)
+                elif isinstance(s, WindowOp):
+                    r = trace_window(fhe, s.plan, v)
+                elif isinstance(s, MaxPoolOp):
+                    r = trace_max_pool(fhe, s.plan, v, hints=plan.values[s.name].hint is not None)
                 else:  # pragma: no cover - plan_lowering only emits these
                     raise TypeError(f"cannot trace {type(s).__name__}")
             hint = plan.values[s.name].hint
@@ -416,7 +424,7 @@ def lower(circuit: Circuit, inputset_q: np.ndarray, range_mode: str,
     except ValueError as exc:
         raise FHECompilationError(str(exc)) from exc
     for op in plan.steps:
-        if isinstance(op, LookupOp):
+        if isinstance(op, (LookupOp, MaxPoolOp)):
             check_lookup_width(op.layer, op.name, op.tlu_bits)
     # Bounds are min/max over elements: the samples reaching them give the same bounds.
     return plan, q[extreme_rows(values, [k for k in plan.values if k in values])]

@@ -41,21 +41,26 @@ from ..ir.schedule import (
     MAX_TABLE_ENTRIES,
     AddStep,
     AffineShortcut,
+    ConcatStep,
+    ConvStep,
     GemmStep,
     LookupStep,
+    MaxPoolStep,
     RoundStep,
     Schedule,
     Step,
+    SumPoolStep,
     check_features,
     schedule,
 )
+from .conv_kernels import window_kernel
 
 __all__ = ["KERNELS", "IntegerBackend"]
 
 #: Rows processed at once by :meth:`IntegerBackend.predict`.
 CHUNK_ROWS = 1024
 
-#: A unary kernel ``(x, may_overwrite_x) -> y``; an Add's kernel takes ``(a, b)``.
+#: A unary kernel ``(x, may_overwrite_x) -> y``; an Add's or Concat's takes ``(a, b)``.
 Kernel = Callable[..., np.ndarray]
 
 
@@ -165,6 +170,23 @@ def _add_kernel(step: AddStep, dtype: Any) -> Kernel:
     return add
 
 
+def _concat_kernel(step: ConcatStep, dtype: Any) -> Kernel:
+    def concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, b], axis=-1)
+
+    return concat
+
+
+def _window_kernel(step: ConvStep | SumPoolStep | MaxPoolStep, dtype: Any) -> Kernel:
+    """Convolution and pooling: the exact kernels of :mod:`.conv_kernels`."""
+    kernel = window_kernel(step.node, dtype)
+
+    def window(x: np.ndarray, inplace: bool) -> np.ndarray:
+        return kernel(x)
+
+    return window
+
+
 #: The numpy rendering of each server step type (the quantizer and the dequantizer are
 #: :meth:`IntegerBackend.quantize` and :meth:`IntegerBackend.dequantize`).
 KERNELS: dict[type[Step[Any]], Callable[[Any, Any], Kernel]] = {
@@ -172,6 +194,10 @@ KERNELS: dict[type[Step[Any]], Callable[[Any, Any], Kernel]] = {
     RoundStep: _round_kernel,
     LookupStep: _lookup_kernel,
     AddStep: _add_kernel,
+    ConcatStep: _concat_kernel,
+    ConvStep: _window_kernel,
+    SumPoolStep: _window_kernel,
+    MaxPoolStep: _window_kernel,
 }
 
 
@@ -223,7 +249,7 @@ class IntegerBackend:
         current = carrier
         inplace = self._sequential and not keep
         for step, kernel in self._steps:
-            if isinstance(step, AddStep):
+            if len(step.inputs) == 2:  # Add, Concat
                 current = kernel(values[step.inputs[0]], values[step.inputs[1]])
             else:
                 src = current if self._sequential else values[step.inputs[0]]

@@ -45,7 +45,14 @@ Rendering, step by step (:mod:`.onnx_render`)
   ``lookup="auto"`` (default), the lookup's proven affine form
   (:meth:`~latentopt.ir.schedule.LookupStep.affine`) becomes
   ``Clip(Round(x * ratio) + zp)`` instead, as in the integer backend.
-* AddStep: ``Add`` in the carrier type.  DequantizeStep: ``Cast`` -> ``Sub`` -> ``Mul``
+* ConvStep, SumPoolStep, MaxPoolStep (:mod:`.onnx_window`): in float32 a native ``Conv``
+  (a sum pooling: a depthwise ``Conv`` of ones) and ``MaxPool``; onnxruntime has no
+  double or integer ``Conv``, so in float64 and int64 an im2col ``Gather`` of the flat
+  input (one appended zero column for the padding) feeds a ``MatMul`` or a chain of
+  ``Add``, and a max pooling is a ``Max`` of per-tap gathers in int64 (native
+  ``MaxPool`` in float64 unless a pad reaches the kernel size).
+* AddStep: ``Add`` in the carrier type; ConcatStep: ``Concat`` on the last axis.
+  DequantizeStep: ``Cast`` -> ``Sub`` -> ``Mul``
   (-> ``Add`` offset) in float64.
 
 Why this carrier

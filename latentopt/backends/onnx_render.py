@@ -18,16 +18,21 @@ from ..ir.schedule import (
     CARRIERS,
     AddStep,
     AffineShortcut,
+    ConcatStep,
+    ConvStep,
     DequantizeStep,
     GemmStep,
     LookupStep,
+    MaxPoolStep,
     QuantizeStep,
     RoundStep,
     Step,
+    SumPoolStep,
     exact_below,
     schedule,
 )
 from .onnx_graph import INPUT, META, OUTPUT, OUTPUT_INTEGERS, GraphBuilder, integer_entry
+from .onnx_window import render_conv, render_max_pool, render_sum_pool
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -148,6 +153,22 @@ def _add(g: GraphBuilder, step: AddStep, xs: list[str]) -> str:
     return g.op("Add", xs, step.name)
 
 
+def _concat(g: GraphBuilder, step: ConcatStep, xs: list[str]) -> str:
+    return g.op("Concat", xs, step.name, axis=-1)
+
+
+def _conv(g: GraphBuilder, step: ConvStep, xs: list[str]) -> str:
+    return render_conv(g, step.node, xs[0])
+
+
+def _sum_pool(g: GraphBuilder, step: SumPoolStep, xs: list[str]) -> str:
+    return render_sum_pool(g, step.node, xs[0])
+
+
+def _max_pool(g: GraphBuilder, step: MaxPoolStep, xs: list[str]) -> str:
+    return render_max_pool(g, step.node, xs[0])
+
+
 def _dequantize(g: GraphBuilder, step: DequantizeStep, xs: list[str]) -> str:
     """``(q - zero_point) * scale + offset`` in float64, as ``Dequantize.apply``."""
     node, n = step.node, step.name
@@ -168,6 +189,10 @@ RENDERERS: dict[type[Step[Any]], Callable[[GraphBuilder, Any, list[str]], str]] 
     RoundStep: _round,
     LookupStep: _lookup,
     AddStep: _add,
+    ConcatStep: _concat,
+    ConvStep: _conv,
+    SumPoolStep: _sum_pool,
+    MaxPoolStep: _max_pool,
     DequantizeStep: _dequantize,
 }
 

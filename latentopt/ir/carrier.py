@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .circuit import Circuit
+from .conv_nodes import WindowNode
 from .nodes import Gemm
 from .ranges import Interval
 
@@ -43,10 +44,12 @@ def _accumulator_bound(node: Gemm, x_range: Interval) -> int:
 def carrier_dtype(circuit: Circuit) -> Any:
     """The narrowest dtype that carries every integer of ``circuit`` exactly.
 
-    float32 when every worst-case value, every partial sum of every gemm (bias included)
-    and every gemm's input zero point is below 2**24 in magnitude, float64 below 2**53,
-    else int64.  Floating-point sums of integers below those bounds are exact whatever
-    the summation order, so BLAS (numpy, onnxruntime's MLAS) computes exact gemms.
+    float32 when every worst-case value, every partial sum of every gemm, convolution and
+    sum pooling (bias included, see
+    :meth:`~latentopt.ir.conv_nodes.WindowNode.partial_sum_bound`) and every input zero
+    point is below 2**24 in magnitude, float64 below 2**53, else int64.  Floating-point
+    sums of integers below those bounds are exact whatever the summation order, so BLAS
+    (numpy, onnxruntime's MLAS) computes exact gemms and convolutions.
     """
     worst = circuit.worst_case_ranges()
     top = 0
@@ -55,6 +58,10 @@ def carrier_dtype(circuit: Circuit) -> Any:
             top = max(top, _accumulator_bound(node, worst[node.inputs[0]]))
             # the kernel subtracts the zero point in the carrier: it must be exact there too
             top = max(top, abs(node.input_zero_point))
+        elif isinstance(node, WindowNode):
+            src = worst[node.inputs[0]]
+            top = max(top, node.partial_sum_bound(src.lo, src.hi),
+                      abs(getattr(node, "input_zero_point", 0)))
         top = max(top, abs(worst[node.name].min), abs(worst[node.name].max))
     for dtype in CARRIERS:
         limit = exact_below(dtype)

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from .archive import PathOrFile, decode, encode, read_bytes, write_bytes
+from .conv_nodes import WindowNode
 from .layers import CircuitReport, Layer, group_layers, report_rows
-from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .nodes import Add, Concat, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval, worst_case_ranges
 
 __all__ = ["INPUT", "Circuit"]
@@ -151,10 +152,13 @@ class Circuit:
                     f"add {node.name!r} reads values of widths {w_in} and "
                     f"{widths[node.inputs[1]]}"
                 )
-            if isinstance(node, Gemm):
+            if isinstance(node, Concat):
+                w_out = w_in + widths[node.inputs[1]]
+            elif isinstance(node, (Gemm, WindowNode)):
                 if node.in_features != w_in:
                     raise ValueError(
-                        f"gemm {node.name!r} expects {node.in_features} inputs, gets {w_in}"
+                        f"{node.op} {node.name!r} expects {node.in_features} inputs, "
+                        f"gets {w_in}"
                     )
                 w_out = node.out_features
             else:
@@ -293,7 +297,9 @@ class Circuit:
     def layers(self) -> list[Layer]:
         """Group nodes by layer: each :class:`Gemm` with its Round and TableLookup.
 
-        A table lookup that does not follow a gemm (e.g. an activation after a residual
+        A :class:`Conv` or :class:`SumPool` heads a layer as a gemm does (``gemm``), a
+        :class:`MaxPool` forms a layer of its own (``pool``).  A table lookup that does
+        not follow a gemm (e.g. an activation after a residual
         :class:`Add`) forms a layer of its own, with ``source`` the value it reads (see
         :class:`~latentopt.ir.layers.Layer`, which also reads as a mapping keyed
         ``"gemm"``, ``"round"``, ``"tlu"`` and ``"source"``).

@@ -1,9 +1,12 @@
 """Layers of a circuit and its per-layer bit-width report.
 
-A *layer* is a :class:`~latentopt.ir.nodes.Gemm` with the
-:class:`~latentopt.ir.nodes.Round` and :class:`~latentopt.ir.nodes.TableLookup` that
-follow it; a lookup that does not follow a gemm (e.g. an activation after a residual
-:class:`~latentopt.ir.nodes.Add`) forms a layer of its own, which reads ``source``.
+A *layer* is a linear node -- a :class:`~latentopt.ir.nodes.Gemm`, or a
+:class:`~latentopt.ir.conv_nodes.Conv` or :class:`~latentopt.ir.conv_nodes.SumPool` --
+with the :class:`~latentopt.ir.nodes.Round` and :class:`~latentopt.ir.nodes.TableLookup`
+that follow it; a :class:`~latentopt.ir.conv_nodes.MaxPool` is a layer of its own
+(``pool``: its PBS are lookups of differences); a lookup that does not follow a linear
+node (e.g. an activation after a residual :class:`~latentopt.ir.nodes.Add`) forms a
+layer of its own, which reads ``source``.
 Layers name the FHE program's tags, the rows of :class:`CircuitReport` and the steps of
 the lowering schedule (:mod:`.schedule`).
 """
@@ -16,24 +19,30 @@ from typing import Any
 
 import numpy as np
 
+from .conv_nodes import Conv, MaxPool, SumPool
 from .nodes import Gemm, Node, Round, TableLookup
-from .ranges import Interval
+from .ranges import Interval, bit_width
 
 __all__ = ["CircuitReport", "Layer", "group_layers", "report_rows"]
 
 #: Keys of the mapping view of a :class:`Layer`, in order.
-_PARTS = (("gemm", "gemm"), ("round", "round"), ("tlu", "lookup"), ("source", "source"))
+_PARTS = (("gemm", "gemm"), ("maxpool", "pool"), ("round", "round"), ("tlu", "lookup"),
+          ("source", "source"))
+#: Node types that head a layer as its linear part (``Layer.gemm``).
+LINEAR = (Gemm, Conv, SumPool)
 
 
 @dataclass(frozen=True, eq=False)
 class Layer(Mapping[str, Node]):
-    """One layer: its gemm, rounding and lookup (each optional), or the value it reads.
+    """One layer: its linear node (``gemm``: a Gemm, Conv or SumPool), rounding and
+    lookup (each optional), or a max pooling (``pool``), or the value it reads.
 
-    Also reads as a mapping of its present parts, keyed ``"gemm"``, ``"round"``,
-    ``"tlu"`` and ``"source"``.
+    Also reads as a mapping of its present parts, keyed ``"gemm"``, ``"maxpool"``,
+    ``"round"``, ``"tlu"`` and ``"source"``.
     """
 
-    gemm: Gemm | None = None
+    gemm: Gemm | Conv | SumPool | None = None
+    pool: MaxPool | None = None
     round: Round | None = None
     lookup: TableLookup | None = None
     #: The value a layer without a gemm reads (``None`` when there is a gemm).
@@ -41,22 +50,24 @@ class Layer(Mapping[str, Node]):
 
     @property
     def name(self) -> str:
-        """The layer's name: its gemm's, else its lookup's or rounding's."""
-        node = self.gemm or self.lookup or self.round
+        """The layer's name: its gemm's (or pool's), else its lookup's or rounding's."""
+        node = self.gemm or self.pool or self.lookup or self.round
         assert node is not None, "a layer holds a gemm, a rounding or a lookup"
         return node.name
 
     @property
     def accumulator(self) -> Node:
-        """The value the layer's rounding or lookup reads first: the gemm, or ``source``."""
-        node = self.gemm or self.source
+        """The value the layer's rounding or lookup reads first: the gemm, or ``source``
+        (a max pooling's output)."""
+        node = self.gemm or self.pool or self.source
         assert node is not None
         return node
 
     @property
     def members(self) -> tuple[Node, ...]:
-        """The layer's own nodes (gemm, round, lookup), ``source`` excluded."""
-        return tuple(n for n in (self.gemm, self.round, self.lookup) if n is not None)
+        """The layer's own nodes (gemm or pool, round, lookup), ``source`` excluded."""
+        return tuple(n for n in (self.gemm, self.pool, self.round, self.lookup)
+                     if n is not None)
 
     def __getitem__(self, key: str) -> Node:
         attr = dict(_PARTS).get(key)
@@ -78,7 +89,9 @@ def group_layers(nodes: Sequence[Node]) -> list[Layer]:
     groups: list[dict[str, Node]] = []
     owner: dict[str, dict[str, Node]] = {}
     for node in nodes:
-        if isinstance(node, Gemm):
+        if isinstance(node, MaxPool):
+            groups.append({"pool": node})
+        elif isinstance(node, LINEAR):
             g: dict[str, Node] = {"gemm": node}
             groups.append(g)
             owner[node.name] = g
@@ -108,11 +121,15 @@ def report_rows(
     """Rows of :class:`CircuitReport`: bit-widths per layer (worst case and calibrated)."""
     rows: list[dict[str, Any]] = []
     for i, layer in enumerate(layers):
+        if layer.pool is not None:
+            rows.append(_pool_row(i, layer.pool, worst, calibrated))
+            continue
         lsbs = layer.round.lsbs if layer.round is not None else 0
         acc = layer.accumulator.name
         if layer.gemm is not None:
             n_in, n_out = layer.gemm.in_features, layer.gemm.out_features
-            nonzero = int(np.count_nonzero(layer.gemm.weight))
+            weight = getattr(layer.gemm, "weight", None)  # a SumPool has none
+            nonzero = 0 if weight is None else int(np.count_nonzero(weight))
         else:  # a lookup of a value that no gemm produced (e.g. after an Add)
             n_in = n_out = widths[acc]
             nonzero = 0
@@ -139,6 +156,32 @@ def report_rows(
             row["output_bits"] = worst[layer.lookup.name].bits
         rows.append(row)
     return rows
+
+
+def _pool_row(i: int, pool: MaxPool, worst: Mapping[str, Interval],
+              calibrated: Mapping[str, Interval]) -> dict[str, Any]:
+    """Report row of a max pooling: its PBS are lookups of differences ``a - b``."""
+
+    def diff_bits(rng: Interval) -> int:
+        return bit_width(rng.min - rng.max, rng.max - rng.min)
+
+    src, pbs = pool.inputs[0], pool.pbs_count
+    return {
+        "layer": i,
+        "name": pool.name,
+        "in_features": pool.in_features,
+        "out_features": pool.out_features,
+        "nonzero_weights": 0,
+        "accumulator_bits": worst[pool.name].bits,
+        "accumulator_bits_calibrated": (calibrated[pool.name].bits
+                                        if pool.name in calibrated else None),
+        "rounding_lsbs": 0,
+        "tlu_input_bits": diff_bits(worst[src]) if pbs else None,
+        "tlu_input_bits_calibrated": (diff_bits(calibrated[src])
+                                      if pbs and src in calibrated else None),
+        "tlu_count": pbs,
+        "output_bits": worst[pool.name].bits,
+    }
 
 
 @dataclass

@@ -13,12 +13,13 @@ Gemm               ``(x - input_zero_point) @ weight.T + bias``  server, leveled
 Round              ``round(x / 2**lsbs) * 2**lsbs`` (half up)    server, PBS-based
 TableLookup        ``fn(x)`` elementwise                        server, one PBS/elt
 Add                ``a + b`` elementwise (two inputs)            server, leveled
+Concat             ``[a, b]`` along the feature axis             server, free
 Dequantize         ``(x - zero_point) * scale``                 client, in clear
 =================  ==========================================  ===================
 
-Values are flat: convolutions and pooling are lowered to :class:`Gemm` over the
-row-major flattened ``(channels, *spatial)`` tensor by the importers, so every node
-sees a ``(batch, features)`` array.
+Values are flat: every node sees a ``(batch, features)`` array.  Convolution and
+pooling nodes (:mod:`.conv_nodes`) know the ``(channels, *spatial)`` shape of their
+input and read and write the row-major flattened tensor.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .functions import UnivariateFunction, int_range, same_parts
 __all__ = [
     "NODE_TYPES",
     "Add",
+    "Concat",
     "Dequantize",
     "Gemm",
     "Node",
@@ -101,6 +103,8 @@ class Node:
                 arrays.update({f"{f.name}.{k}": v for k, v in farrays.items()})
             elif value is None or isinstance(value, (bool, int, float, str)):
                 meta[f.name] = value
+            elif isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+                meta[f.name] = list(value)  # shapes and strides: nodes re-make tuples
             else:  # pragma: no cover - guarded by node definitions
                 raise TypeError(f"cannot serialise field {f.name} of {type(value)}")
         return meta, arrays
@@ -285,6 +289,22 @@ class Add(Node):
 
 
 @dataclass(frozen=True, eq=False)
+class Concat(Node):
+    """Concatenation of two values along the (flat) feature axis: ``[a, b]``.
+
+    For ``(C, *spatial)`` tensors this is the concatenation of channels.  As for
+    :class:`Add`, whoever builds the circuit gives both operands one zero point; their
+    scales may differ per feature.
+    """
+
+    op: ClassVar[str] = "concat"
+    arity: ClassVar[int] = 2
+
+    def apply(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, b], axis=-1)
+
+
+@dataclass(frozen=True, eq=False)
 class Dequantize(Node):
     """Integer -> float: ``(x - zero_point) * scale + offset`` (client side, in the clear).
 
@@ -309,5 +329,5 @@ class Dequantize(Node):
 
 
 NODE_TYPES: dict[str, type[Node]] = {
-    cls.op: cls for cls in (QuantizeInput, Gemm, Round, TableLookup, Add, Dequantize)
+    cls.op: cls for cls in (QuantizeInput, Gemm, Round, TableLookup, Add, Concat, Dequantize)
 }

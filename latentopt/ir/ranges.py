@@ -16,13 +16,15 @@ from typing import Protocol
 
 import numpy as np
 
-from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .conv_nodes import Conv, MaxPool, SumPool, WindowNode
+from .nodes import Add, Concat, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 
 __all__ = [
     "Interval",
     "NodeGraph",
     "add_bounds",
     "bit_width",
+    "concat_bounds",
     "propagate",
     "widen_ranges",
     "worst_case_ranges",
@@ -119,6 +121,31 @@ def _gemm_bounds(node: Gemm, x: Interval) -> Interval:
     return Interval(out_lo.astype(np.int64), out_hi.astype(np.int64))
 
 
+def _window_bounds(node: WindowNode, x: Interval) -> Interval:
+    """Exact bounds of a convolution or pooling (every output reaches them)."""
+    lo, hi = x.lo, x.hi
+    if lo.size == 1 and node.in_features != 1:
+        lo, hi = np.full(node.in_features, lo[0]), np.full(node.in_features, hi[0])
+    if isinstance(node, Conv):
+        # every partial sum below 2**62 (checked in Python ints): int64 is exact below
+        zp = node.input_zero_point
+        mag = max(abs(int(lo.min()) - zp), abs(int(hi.max()) - zp))
+        w_sum = int(np.abs(node.weight).reshape(node.weight.shape[0], -1).sum(axis=1).max())
+        b_max = 0 if node.bias is None else int(np.abs(node.bias).max())
+        if mag * w_sum + b_max >= 2**62:
+            raise OverflowError(f"accumulator of {node.name!r} exceeds 62 bits")
+        # padded positions are a real zero: they add nothing to either bound
+        wpos, wneg = np.maximum(node.weight, 0), np.minimum(node.weight, 0)
+        out_lo = node.apply(lo, wpos, bias=False) + node.apply(hi, wneg, bias=False)
+        out_hi = node.apply(hi, wpos, bias=False) + node.apply(lo, wneg, bias=False)
+        if node.bias is not None:
+            b = np.repeat(node.bias, int(np.prod(node.output_spatial)))
+            out_lo, out_hi = out_lo + b, out_hi + b
+        return Interval(out_lo[0], out_hi[0])
+    assert isinstance(node, (SumPool, MaxPool))  # both monotone in every input
+    return Interval(node.apply(lo)[0], node.apply(hi)[0])
+
+
 def propagate(node: Node, x: Interval, n_features: int) -> Interval:
     """Worst-case output interval of ``node`` given its input interval."""
     if isinstance(node, QuantizeInput):
@@ -126,6 +153,8 @@ def propagate(node: Node, x: Interval, n_features: int) -> Interval:
         return Interval(np.full(n_features, lo), np.full(n_features, hi))
     if isinstance(node, Gemm):
         return _gemm_bounds(node, x)
+    if isinstance(node, WindowNode):
+        return _window_bounds(node, x)
     if isinstance(node, Round):
         r = node.apply
         return Interval(r(x.lo), r(x.hi))
@@ -146,12 +175,18 @@ def add_bounds(a: Interval, b: Interval) -> Interval:
     return Interval(lo.astype(np.int64), hi.astype(np.int64))
 
 
+def concat_bounds(a: Interval, b: Interval) -> Interval:
+    """Interval of ``[a, b]`` (per-feature intervals of both operands)."""
+    return Interval(np.concatenate([a.lo, b.lo]), np.concatenate([a.hi, b.hi]))
+
+
 def worst_case_ranges(circuit: NodeGraph) -> dict[str, Interval]:
     """Worst-case interval of every integer value, from weights and input ranges."""
     out: dict[str, Interval] = {}
     for node in circuit.nodes:
-        if isinstance(node, Add):
-            out[node.name] = add_bounds(out[node.inputs[0]], out[node.inputs[1]])
+        if isinstance(node, (Add, Concat)):
+            rule = add_bounds if isinstance(node, Add) else concat_bounds
+            out[node.name] = rule(out[node.inputs[0]], out[node.inputs[1]])
             continue
         src = node.inputs[0]
         x = out.get(src, Interval(np.zeros(1), np.zeros(1)))

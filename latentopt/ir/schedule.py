@@ -16,7 +16,7 @@ backend needs and that used to be worked out again in each of them:
 Backends are renderers of the steps: ``backends.integer`` maps each step type to a numpy
 kernel, ``backends.onnx_render`` to ONNX operators, ``backends.fhe_lowering`` to the
 traced concrete function (adding only what is FHE-specific: centring, bit-width hints).
-A new node type (say a convolution) is one step type here, registered in
+A new node type (a convolution, say) is one step type here, registered in
 :data:`STEP_TYPES`, plus one rendering per backend; ``tests/test_architecture.py``
 checks that every renderer covers every step type.
 
@@ -61,10 +61,11 @@ import numpy as np
 
 from .carrier import CARRIERS, carrier_dtype, exact_below
 from .circuit import Circuit
+from .conv_nodes import Conv, MaxPool, SumPool
 from .functions import QuantActivation
 from .inputs import InputTypeError, check_features, check_quantized
 from .layers import Layer
-from .nodes import Add, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
+from .nodes import Add, Concat, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
 from .ranges import Interval
 
 __all__ = [
@@ -74,14 +75,18 @@ __all__ = [
     "STEP_TYPES",
     "AddStep",
     "AffineShortcut",
+    "ConcatStep",
+    "ConvStep",
     "DequantizeStep",
     "GemmStep",
     "InputTypeError",
     "LookupStep",
+    "MaxPoolStep",
     "QuantizeStep",
     "RoundStep",
     "Schedule",
     "Step",
+    "SumPoolStep",
     "TableDomain",
     "carrier_dtype",
     "check_features",
@@ -146,6 +151,30 @@ class RoundStep(Step[Round]):
 @dataclass(frozen=True, eq=False)
 class AddStep(Step[Add]):
     """Elementwise sum of two values."""
+
+
+@dataclass(frozen=True, eq=False)
+class ConcatStep(Step[Concat]):
+    """Concatenation of two values along the feature axis."""
+
+
+@dataclass(frozen=True, eq=False)
+class ConvStep(Step[Conv]):
+    """Integer convolution of ``x - input_zero_point`` (zero padded) plus bias."""
+
+
+@dataclass(frozen=True, eq=False)
+class SumPoolStep(Step[SumPool]):
+    """Window sums of ``x - input_zero_point`` (zero padded)."""
+
+
+@dataclass(frozen=True, eq=False)
+class MaxPoolStep(Step[MaxPool]):
+    """Window maxima, padding ignored; ``window - 1`` PBS per output under FHE."""
+
+    @property
+    def pbs_count(self) -> int:
+        return self.node.pbs_count
 
 
 @dataclass(frozen=True, eq=False)
@@ -278,10 +307,15 @@ STEP_TYPES: dict[type[Node], type[Step[Any]]] = {
     Round: RoundStep,
     TableLookup: LookupStep,
     Add: AddStep,
+    Concat: ConcatStep,
+    Conv: ConvStep,
+    SumPool: SumPoolStep,
+    MaxPool: MaxPoolStep,
     Dequantize: DequantizeStep,
 }
 #: Step types evaluated by the server under FHE (between quantizer and dequantizer).
-SERVER_STEPS: tuple[type[Step[Any]], ...] = (GemmStep, RoundStep, LookupStep, AddStep)
+SERVER_STEPS: tuple[type[Step[Any]], ...] = (GemmStep, RoundStep, LookupStep, AddStep,
+                                             ConcatStep, ConvStep, SumPoolStep, MaxPoolStep)
 
 
 # ---------------------------------------------------------------------- schedule

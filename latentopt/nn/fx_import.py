@@ -30,13 +30,17 @@ __all__ = ["SUPPORTED", "Op", "UnsupportedOpError", "read_graph", "record_values
 
 #: Human-readable list of what the importers support (used in error messages).
 SUPPORTED = (
-    "nn.Linear, nn.Conv1d, nn.Conv2d (zero padding; lowered to an integer gemm), "
+    "nn.Linear, nn.Conv1d, nn.Conv2d (zero padding; native integer convolutions), "
     "nn.BatchNorm1d/2d (folded into the layer before it, else a per-channel affine), "
     "activations (nn.ReLU, ReLU6, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, ELU, SELU, CELU, "
     "Softplus, Hardtanh, Hardswish, Hardsigmoid, Mish, Softsign, LogSigmoid, Tanhshrink, "
     "and their torch / torch.nn.functional / tensor-method forms: one table lookup each), "
     "nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d, torch.mean over non-batch dims, "
-    "nn.Flatten, torch.flatten, Tensor.view/reshape/flatten, nn.Dropout, nn.Identity, "
+    "nn.MaxPool1d/2d and F.max_pool1d/2d (window - 1 PBS per output), "
+    "multiplication and division by a constant number, permute/transpose (free when "
+    "the flat order is unchanged, else a permutation gemm), "
+    "nn.Flatten, nn.Unflatten, torch.flatten, Tensor.view/reshape/flatten/unflatten, "
+    "nn.Dropout, nn.Identity, "
     "residual `a + b` / torch.add of two tensors; brevitas QuantIdentity, QuantLinear, "
     "QuantConv1d/2d, QuantReLU, QuantSigmoid, QuantTanh, QuantHardTanh"
 )
@@ -64,8 +68,15 @@ _PLAIN = {"relu", "relu6", "sigmoid", "tanh", "gelu", "silu"}
 _POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _POOL_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
                    torch.mean}
-_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
+_MAX_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d)
+_MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d}
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.unflatten}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "contiguous"}
+_REORDER_FUNCTIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.t}
+_REORDER_METHODS = {"permute", "transpose", "swapaxes", "t"}
+_SCALE_FUNCTIONS = {operator.mul: False, torch.mul: False, operator.truediv: True,
+                    torch.div: True}
+_SCALE_METHODS = {"mul": False, "div": True}
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 
 
@@ -83,7 +94,9 @@ class Op:
     """One node of the imported graph.
 
     ``kind`` is one of ``"input"``, ``"linear"``, ``"conv"``, ``"affine"`` (batch norm
-    not folded), ``"act"``, ``"pool"``, ``"reshape"``, ``"add"``, ``"quant"`` (a brevitas
+    not folded), ``"act"``, ``"pool"``, ``"maxpool"``, ``"scale"`` (multiplication by the
+    constant ``meta["factor"]``), ``"reshape"``, ``"reorder"`` (permute / transpose),
+    ``"add"``, ``"cat"`` (along ``meta["dim"]``), ``"quant"`` (a brevitas
     quantizer, possibly with an activation), ``"output"``.
     """
 
@@ -203,11 +216,13 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
             if isinstance(m, nn.Identity):
                 op.kind = "reshape"
             op.fn = m
-        elif kind == "pool":
+        elif kind in ("pool", "maxpool"):
             op.fn = m
         return op
     if node.op == "call_function":
         fn = cast("Callable[..., Any]", node.target)  # a function for call_function nodes
+        if fn in (torch.cat, torch.concat, torch.concatenate):
+            return _cat_op(node, name)
         if fn in (operator.add, torch.add):
             if len(ins) != 2 or node.kwargs or len(node.args) != 2:
                 raise UnsupportedOpError("addition of a constant (only tensor + tensor)", name)
@@ -219,7 +234,16 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
                       act_name=_ACT_FUNCTIONS[fn] if simple else None)
         if fn in _POOL_FUNCTIONS:
             _check_single_tensor_input(node, getattr(fn, "__name__", str(fn)))
-            return Op(name, "pool", ins[:1], fn=_function_op(node, fn))
+            return Op(name, "pool", ins[:1], fn=_function_op(node, fn),
+                      meta={"function": fn, "args": node.args[1:], "kwargs": dict(node.kwargs)})
+        if fn in _MAX_POOL_FUNCTIONS:
+            _check_single_tensor_input(node, getattr(fn, "__name__", str(fn)))
+            return Op(name, "maxpool", ins[:1], fn=_function_op(node, fn),
+                      meta={"function": fn, "args": node.args[1:], "kwargs": dict(node.kwargs)})
+        if fn in _SCALE_FUNCTIONS:
+            return _scale_op(node, name, ins, _SCALE_FUNCTIONS[fn])
+        if fn in _REORDER_FUNCTIONS:
+            return Op(name, "reorder", ins[:1], fn=_function_op(node, fn))
         if fn in _RESHAPE_FUNCTIONS:
             return Op(name, "reshape", ins[:1])
         if fn in (F.dropout, F.dropout1d, F.dropout2d):
@@ -231,15 +255,47 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
             return Op(name, "shape_query", ins[:1])
         if meth in _RESHAPE_METHODS:
             return Op(name, "reshape", ins[:1])
+        if meth in _SCALE_METHODS:
+            return _scale_op(node, name, ins, _SCALE_METHODS[meth])
+        if meth in _REORDER_METHODS:
+            return Op(name, "reorder", ins[:1], fn=_method_op(node))
         if meth in _ACT_METHODS:
             _check_single_tensor_input(node, f"Tensor.{meth}")
             simple = len(node.args) == 1 and not node.kwargs
             return Op(name, "act", ins[:1], fn=_method_op(node),
                       act_name=_ACT_METHODS[meth] if simple else None)
         if meth == "mean":
-            return Op(name, "pool", ins[:1], fn=_method_op(node))
+            return Op(name, "pool", ins[:1], fn=_method_op(node),
+                      meta={"function": torch.mean, "args": node.args[1:],
+                            "kwargs": dict(node.kwargs)})
         raise UnsupportedOpError(f"tensor method .{meth}()", name)
     raise UnsupportedOpError(f"graph node kind {node.op!r}", name)  # pragma: no cover
+
+
+def _cat_op(node: fx.Node, name: str) -> Op:
+    """``torch.cat(tensors, dim)``: the tensors and the axis (batch axis included)."""
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    if (not isinstance(tensors, (list, tuple)) or len(tensors) < 2
+            or not all(isinstance(t, fx.Node) for t in tensors) or not isinstance(dim, int)):
+        raise UnsupportedOpError("concatenation other than of two or more tensors", name)
+    return Op(name, "cat", [t.name for t in tensors if isinstance(t, fx.Node)],
+              meta={"dim": dim})
+
+
+def _scale_op(node: fx.Node, name: str, ins: list[str], divide: bool) -> Op:
+    """``x * c`` / ``c * x`` / ``x / c`` for a constant number ``c``."""
+    consts = [a for a in node.args if not isinstance(a, fx.Node)]
+    what = "division" if divide else "multiplication"
+    if (len(ins) != 1 or len(consts) != 1 or node.kwargs
+            or not isinstance(consts[0], (int, float)) or isinstance(consts[0], bool)):
+        raise UnsupportedOpError(f"{what} other than by a constant number", name)
+    if divide and node.args[0] is not _tensor_args(node)[0]:
+        raise UnsupportedOpError("division of a constant by a tensor", name)
+    c = float(consts[0])
+    if c == 0 or not np.isfinite(c):
+        raise UnsupportedOpError(f"{what} by {c}", name)
+    return Op(name, "scale", ins, meta={"factor": 1.0 / c if divide else c})
 
 
 def _module_kind(m: nn.Module) -> str | None:
@@ -267,7 +323,9 @@ def _module_kind(m: nn.Module) -> str | None:
         return "act"
     if isinstance(m, _POOL_MODULES):
         return "pool"
-    if isinstance(m, nn.Flatten) or isinstance(m, _DROPOUT):
+    if isinstance(m, _MAX_POOL_MODULES):
+        return "maxpool"
+    if isinstance(m, (nn.Flatten, nn.Unflatten)) or isinstance(m, _DROPOUT):
         return "reshape"
     return None
 

@@ -7,31 +7,34 @@ which a :class:`QuantPolicy` supplies.
 How each operation becomes integer IR (values are flattened row-major, so a
 ``(C, H, W)`` tensor is ``C*H*W`` features and ``Flatten`` costs nothing):
 
-* ``Linear`` / ``Conv1d`` / ``Conv2d``: integer weights (per output channel scales),
-  then one :class:`~latentopt.ir.Gemm`.  A convolution becomes the gemm of its
-  (sparse) Toeplitz matrix, computed exactly by running the integer kernel on the
-  identity basis; the bias is an integer in accumulator units.
+* ``Linear``: integer weights (per output channel scales), then one
+  :class:`~latentopt.ir.Gemm`; the bias is an integer in accumulator units.
+* ``Conv1d`` / ``Conv2d``: likewise one :class:`~latentopt.ir.Conv` (stride, padding,
+  dilation, groups); poolings, constant factors and other fixed linear maps: see
+  :mod:`.spatial_lowering`.
 * activations: one :class:`~latentopt.ir.TableLookup` that dequantizes, applies the
   activation and requantizes (one PBS per element under FHE).
-* average pooling, ``mean``, an unfolded batch norm: linear maps whose rows have one
-  magnitude: a gemm of ``+-1`` weights and a per-row scale (exact, no lookup).
+* average pooling and spatial means: a :class:`~latentopt.ir.SumPool` whose divisors
+  fold into the output scale (exact, no lookup); max pooling: a
+  :class:`~latentopt.ir.MaxPool`; a batch norm that could not be folded: a depthwise
+  1x1 :class:`~latentopt.ir.Conv` of ``+-1`` weights and a per-channel scale.
 * residual ``a + b``: both operands are quantized with one shared scale (a lookup on an
-  operand only when it is not already), then an :class:`~latentopt.ir.Add`.
+  operand only when it is not already), then an :class:`~latentopt.ir.Add`;
+  ``torch.cat`` along the channels: a :class:`~latentopt.ir.Concat` (operands on one zero
+  point).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..ir import (
     Add,
     Circuit,
+    Concat,
     Dequantize,
     ExplicitTable,
     Gemm,
@@ -41,81 +44,18 @@ from ..ir import (
     TableLookup,
     int_range,
 )
-from ..ir.ranges import Interval, add_bounds, propagate
+from ..ir.ranges import Interval, add_bounds, concat_bounds, propagate
 from .fx_import import Op, UnsupportedOpError
+from .quant_values import FloatFns, Pending, QParams, QuantPolicy, QValue
+from .spatial_lowering import SpatialOps, _numel, _probe
 
 __all__ = ["QParams", "QuantPolicy", "QValue", "lower_graph"]
 
-#: Largest dense matrix (entries) a convolution or pooling may lower to.
-MAX_DENSE_ENTRIES = 1 << 26
 #: Largest explicit table (entries over all channels) for activations without a name.
 MAX_TABLE_ENTRIES = 1 << 24
 
 
-@dataclass(frozen=True)
-class QParams:
-    """An activation quantizer: ``q = clip(rint(x / scale) + zero_point)``."""
-
-    scale: float
-    zero_point: int
-    n_bits: int
-    signed: bool
-    narrow: bool = False
-
-
-@dataclass
-class QValue:
-    """An IR integer value standing for a float tensor ``(q - zero_point) * scale``."""
-
-    name: str
-    shape: tuple[int, ...]
-    scale: np.ndarray  # one per flattened element
-    zero_point: int
-    params: QParams | None = None  # set when produced by a quantizer
-
-    @property
-    def uniform(self) -> bool:
-        return bool(np.allclose(self.scale, self.scale[0], rtol=1e-9, atol=0))
-
-
-#: Float elementwise functions with their IR activation names (None: no exact match).
-FloatFns = list[tuple[Callable[[torch.Tensor], torch.Tensor], str | None]]
-
-
-@dataclass
-class Pending:
-    """Float elementwise functions still to apply to a quantized value (brevitas)."""
-
-    src: QValue
-    fns: FloatFns
-    shape: tuple[int, ...]
-
-
-class QuantPolicy(Protocol):
-    """Where quantization parameters come from (calibration or brevitas)."""
-
-    def input_params(self, op: Op, consumers: list[Op]) -> QParams: ...
-
-    def weights(self, op: Op) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Integer weights (module layout), per-output-channel scales, float bias."""
-
-    def bias_int(self, op: Op, bias: np.ndarray, acc_scale: np.ndarray) -> np.ndarray: ...
-
-    def act_params(self, op: Op) -> QParams | None:
-        """Quantizer after activation ``op`` (None: leave the float pending)."""
-
-    def requant_params(self, op_name: str) -> QParams:
-        """Quantizer for an explicit requantization of the value of ``op_name``."""
-
-    def shared_params(self, op_names: list[str]) -> QParams:
-        """One quantizer shared by the operands of an addition."""
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape)) if shape else 1
-
-
-class _Builder:
+class _Builder(SpatialOps):
     def __init__(self, ops: list[Op], shapes: dict[str, tuple[int, ...]],
                  policy: QuantPolicy) -> None:
         self.ops = {op.name: op for op in ops}
@@ -142,8 +82,9 @@ class _Builder:
         return name
 
     def _emit(self, node: Node) -> None:
-        if isinstance(node, Add):
-            rng = add_bounds(self.ranges[node.inputs[0]], self.ranges[node.inputs[1]])
+        if isinstance(node, (Add, Concat)):
+            rule = add_bounds if isinstance(node, Add) else concat_bounds
+            rng = rule(self.ranges[node.inputs[0]], self.ranges[node.inputs[1]])
         else:
             src = self.ranges.get(node.inputs[0], Interval(np.zeros(1), np.zeros(1)))
             rng = propagate(node, src, self.n_features)
@@ -235,15 +176,10 @@ class _Builder:
                                   f"{op.inputs[0]}_requant")
         w_int, w_scale, bias = self.policy.weights(op)
         in_shape, out_shape = self.shapes[op.inputs[0]], self.shapes[op.name]
-        m = op.module
         if op.kind == "conv":
-            assert m is not None
-            conv = F.conv1d if w_int.ndim == 3 else F.conv2d
-            kernel = torch.as_tensor(w_int, dtype=torch.float64)
-            mat = _probe(lambda e: conv(e, kernel, None, m.stride, m.padding, m.dilation,
-                                        m.groups), in_shape, out_shape, op.name)
-            channel = np.repeat(np.arange(w_int.shape[0]), _numel(out_shape[1:]))
-        elif len(in_shape) > 1:  # linear on the last axis of a 3-D+ tensor
+            self._conv(op, x, w_int, w_scale, bias)
+            return
+        if len(in_shape) > 1:  # linear on the last axis of a 3-D+ tensor
             kernel = torch.as_tensor(w_int, dtype=torch.float64)
             mat = _probe(lambda e: e @ kernel.T, in_shape, out_shape, op.name)
             channel = np.tile(np.arange(w_int.shape[0]), _numel(out_shape[:-1]))
@@ -257,45 +193,6 @@ class _Builder:
                         bias=None if b is None else b[channel],
                         input_zero_point=x.zero_point))
         self.env[op.name] = QValue(gname, out_shape, acc_scale, 0)
-
-    def _sum_like(self, op: Op, mat: np.ndarray, bias: np.ndarray | None) -> None:
-        """A fixed linear map whose rows have one magnitude (pooling, mean, diagonal)."""
-        x = self._qvalue(op, "pooling")
-        eff = np.abs(mat) * x.scale[None, :]
-        row_mag = eff.max(axis=1)
-        ok = np.all((eff == 0) | np.isclose(eff, row_mag[:, None], rtol=1e-9, atol=0))
-        if not ok and not x.uniform:
-            x = self._materialise(x, self.policy.requant_params(op.inputs[0]),
-                                  f"{op.inputs[0]}_requant")
-            eff = np.abs(mat) * x.scale[None, :]
-            row_mag = eff.max(axis=1)
-            ok = np.all((eff == 0) | np.isclose(eff, row_mag[:, None], rtol=1e-9, atol=0))
-        if not ok or np.any(row_mag == 0):
-            raise UnsupportedOpError("a weighted pooling (rows of different magnitudes)",
-                                     op.name)
-        weight = np.sign(mat).astype(np.int64)
-        b = None if bias is None else np.rint(bias / row_mag).astype(np.int64)
-        gname = self._unique(op.name)
-        self._emit(Gemm(gname, (x.name,), weight=weight, bias=b, input_zero_point=x.zero_point))
-        self.env[op.name] = QValue(gname, self.shapes[op.name], row_mag, 0)
-
-    def _pool(self, op: Op) -> None:
-        assert op.fn is not None
-        fn = op.fn
-        mat = _probe(lambda e: fn(e), self.shapes[op.inputs[0]], self.shapes[op.name], op.name)
-        self._sum_like(op, mat, None)
-
-    def _affine(self, op: Op) -> None:  # batch norm that could not be folded
-        bn = op.module
-        assert bn is not None
-        a = (bn.weight if bn.affine else torch.ones_like(bn.running_var)).double() / torch.sqrt(
-            bn.running_var.double() + bn.eps)
-        c = (bn.bias.double() if bn.affine else 0.0) - bn.running_mean.double() * a
-        shape = self.shapes[op.name]
-        spatial = _numel(shape[1:])
-        a_flat = np.repeat(a.detach().numpy(), spatial)
-        c_flat = np.repeat(np.broadcast_to(np.asarray(c.detach().numpy()), a.shape), spatial)
-        self._sum_like(op, np.diag(a_flat), c_flat)
 
     def _act(self, op: Op) -> None:
         v = self.env[op.inputs[0]]
@@ -334,6 +231,37 @@ class _Builder:
         self._emit(Add(aname, (operands[0].name, operands[1].name)))
         self.env[op.name] = QValue(aname, self.shapes[op.name], operands[0].scale.copy(), 0)
 
+    def _cat(self, op: Op) -> None:
+        """Concatenation along the first feature axis: the flat values one after the
+        other, on one zero point (scales may differ per feature)."""
+        rank = len(self.shapes[op.name]) + 1
+        if op.meta["dim"] % rank != 1:
+            raise UnsupportedOpError("a concatenation along an axis other than the first "
+                                     "feature axis (channels)", op.name)
+        values = [self.env[i] for i in op.inputs]
+        zps = {v.zero_point for v in values if isinstance(v, QValue)}
+        if len(zps) != 1 or not all(isinstance(v, QValue) for v in values):
+            params = self.policy.shared_params(op.inputs)
+            values = [self._materialise(v, params, f"{i}_requant")  # type: ignore[arg-type]
+                      for v, i in zip(values, op.inputs)]
+        acc = values[0]
+        for k, v in enumerate(values[1:]):
+            assert isinstance(acc, QValue) and isinstance(v, QValue)
+            name = self._unique(op.name if k == len(values) - 2 else f"{op.name}_part")
+            self._emit(Concat(name, (acc.name, v.name)))
+            acc = QValue(name, (), np.concatenate([acc.scale, v.scale]), acc.zero_point)
+        assert isinstance(acc, QValue)
+        self.env[op.name] = QValue(acc.name, self.shapes[op.name], acc.scale, acc.zero_point)
+
+    def _reshape(self, op: Op) -> None:
+        """A new shape over the same row-major flat order: nothing to compute."""
+        v = self.env[op.inputs[0]]
+        if isinstance(v, QValue):
+            v = QValue(v.name, self.shapes[op.name], v.scale, v.zero_point, v.params)
+        elif isinstance(v, Pending):
+            v = Pending(v.src, v.fns, self.shapes[op.name])
+        self.env[op.name] = v
+
     def build(self, metadata: dict[str, Any]) -> Circuit:
         for op in self.order:
             kind = op.kind
@@ -347,17 +275,20 @@ class _Builder:
                 self._quant(op)
             elif kind == "pool":
                 self._pool(op)
+            elif kind == "maxpool":
+                self._maxpool(op)
+            elif kind == "scale":
+                self._scale(op)
             elif kind == "affine":
                 self._affine(op)
             elif kind == "add":
                 self._add(op)
+            elif kind == "cat":
+                self._cat(op)
             elif kind == "reshape":
-                v = self.env[op.inputs[0]]
-                if isinstance(v, QValue):
-                    v = QValue(v.name, self.shapes[op.name], v.scale, v.zero_point, v.params)
-                elif isinstance(v, Pending):
-                    v = Pending(v.src, v.fns, self.shapes[op.name])
-                self.env[op.name] = v
+                self._reshape(op)
+            elif kind == "reorder":
+                self._reorder(op)
             elif kind == "shape_query":
                 continue
             elif kind == "output":
@@ -376,23 +307,6 @@ class _Builder:
                                      zero_point=np.asarray(v.zero_point)))
         meta = dict(metadata, output_shape=list(v.shape))
         return Circuit(self.nodes, n_features=self.n_features, metadata=meta)
-
-
-def _probe(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[int, ...],
-           out_shape: tuple[int, ...], name: str) -> np.ndarray:
-    """Matrix ``M`` (out, in) of a linear map, from its values on the identity basis."""
-    n_in, n_out = _numel(in_shape), _numel(out_shape)
-    if n_in * n_out > MAX_DENSE_ENTRIES:
-        raise ValueError(
-            f"{name!r} would lower to a {n_out} x {n_in} integer matrix (over "
-            f"{MAX_DENSE_ENTRIES} entries): inputs this large are not supported yet "
-            f"(convolutions are lowered to dense gemms)")
-    with torch.no_grad():
-        basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *in_shape)
-        out = fn(basis).reshape(n_in, -1)
-    if out.shape[1] != n_out:  # pragma: no cover - shapes come from the same graph
-        raise ValueError(f"{name!r}: unexpected output size {out.shape[1]} != {n_out}")
-    return out.T.numpy().copy()
 
 
 def lower_graph(ops: list[Op], shapes: dict[str, tuple[int, ...]], policy: QuantPolicy,

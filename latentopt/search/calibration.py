@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .profile import circuit_profile
+
 __all__ = ["calibration_circuit", "measure_point", "time_execute"]
 
 
@@ -29,14 +31,14 @@ def calibration_circuit(bits: int, width: int, n_features: int = 8,
     from ..ir import Circuit, Dequantize, Gemm, QuantActivation, QuantizeInput, TableLookup
 
     rng = np.random.default_rng(seed)
-    act = QuantActivation("relu", input_scale=rng.uniform(0.05, 0.1, width), output_scale=0.5,
-                          n_bits=3, signed=False)
+    act = QuantActivation("relu", input_scale=rng.uniform(0.05, 0.1, width),
+                          output_scale=np.asarray(0.5), n_bits=3, signed=False)
     circuit = Circuit([
-        QuantizeInput("q", ("input",), 0.25, 0, 5, signed=True),
+        QuantizeInput("q", ("input",), np.asarray(0.25), np.asarray(0), 5, signed=True),
         Gemm("fc1", ("q",), rng.integers(-3, 4, (width, n_features))),
         TableLookup("act", ("fc1",), act),
         Gemm("fc2", ("act",), rng.integers(-3, 4, (2, width))),
-        Dequantize("out", ("fc2",), 1.0, 0),
+        Dequantize("out", ("fc2",), np.asarray(1.0), np.asarray(0)),
     ], n_features=n_features)
     X = rng.normal(0.0, 2.0, (200, n_features))
     circuit = IntegerBackend(circuit).calibrate(X)
@@ -66,7 +68,6 @@ def measure_point(bits: int, p_error: float, width: int, n_features: int = 8, *,
     after a first untimed run that decompresses the evaluation keys.
     """
     from ..backends.fhe import FHECircuit
-    from .cost import circuit_profile
 
     circuit, q = calibration_circuit(bits, width, n_features)
     fc = FHECircuit.compile(circuit, q, p_error=p_error, insecure_key_cache=insecure_key_cache)

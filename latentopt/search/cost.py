@@ -1,32 +1,20 @@
-"""Latency cost model of compiled FHE circuits, calibrated per machine.
+"""Latency cost model of compiled FHE circuits, in seconds, calibrated per machine.
 
 Predicts the encrypted latency (seconds per sample: encrypt, run and decrypt as
 :meth:`FHECircuit.execute <latentopt.backends.fhe.FHECircuit.execute>` does it) of a
-compiled circuit *before key generation*, from what concrete reports at compile time:
-programmable bootstrappings (PBS) and key switches per crypto parameter set and layer.
+compiled circuit *before key generation*, from what concrete reports at compile time
+(:func:`latentopt.search.profile.circuit_profile`): programmable bootstrappings (PBS)
+and key switches per crypto parameter set and layer, levelled operations and input
+ciphertexts.  The crypto parameters are those concrete chose for the whole circuit, so
+the precision carried before rounding counts (see :mod:`latentopt.search.profile` for
+the model's terms).
 
-Model.  One call of a compiled function (``single`` or ``batch``) costs, in seconds of
-one core::
-
-    serial = c_call + c_setup * sum_ops N + c_in * input ciphertexts * their LWE dimension
-    pbs    = count * n * (c_fft * (k+1) (l+1) N log2 N + c_mac * (k+1)^2 l N)
-    ks     = count * c_ks * dim_in * level * dim_out
-
-for each lookup op (a layer's PBS with one parameter set: polynomial size ``N``, GLWE
-dimension ``k``, LWE dimension ``n``, level ``l``) and key switch: the operation counts of
-a Fourier-domain bootstrapping (FFTs, then multiply-accumulates with the bootstrapping
-key, which dominate) and of a key switch.  Its wall time spreads the PBS and key switches
-over ``min(S, count)`` cores, ``S`` the effective cores; ``execute`` overlaps two calls,
-so ``n`` samples take ``max(sum work / S, sum wall / 2)``.  Calibration
-(:meth:`CostModel.calibrate`) times small one-layer MLP circuits with real keys: ``S`` is
-the CPU / wall time of its busy calls (about the core count on an idle machine, about 1
-on this 2-core one when other jobs compete: wall times on a shared machine follow its
-load), the coefficients are fitted to wall time by robust least squares in log space.
-
-Calibrations are cached as JSON in ``$LATENTOPT_CACHE_DIR``, else
-``$XDG_CACHE_HOME/latentopt``, else ``~/.cache/latentopt``, with the machine's fingerprint
-(CPU model, core count, concrete-python version): a model from another machine or
-version is never used silently.
+Calibration (:meth:`CostModel.calibrate`) times small one-layer MLP circuits with real
+keys (:mod:`latentopt.search.calibration`): ``S``, the effective cores, is the CPU /
+wall time of its busy calls (about the core count on an idle machine, about 1 on a
+2-core one when other jobs compete); the coefficients are fitted to wall time by robust
+least squares in log space.  Models are cached per machine
+(:mod:`latentopt.search.fingerprint`).
 
 Examples
 --------
@@ -41,7 +29,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import time
 import warnings
 from collections.abc import Sequence
@@ -50,81 +37,39 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import calibration_circuit, measure_point, time_execute
+from .calibration import measure_point
+from .fingerprint import (
+    FORMAT_VERSION,
+    FingerprintMismatchError,
+    cache_file,
+    check_fingerprint,
+    machine_fingerprint,
+    write_json,
+)
+from .profile import _calls, _op_work, circuit_profile, combine, predict_profile
 
-__all__ = ["CACHE_ENV", "GRIDS", "CostModel", "FingerprintMismatchError", "cache_dir",
-           "calibration_circuit", "circuit_profile", "machine_fingerprint", "measure_point",
-           "time_execute"]
+__all__ = ["COEFFICIENTS", "GRIDS", "PRIOR", "CostModel", "FingerprintMismatchError"]
 
-#: Environment variable overriding the cache directory.
-CACHE_ENV = "LATENTOPT_CACHE_DIR"
-#: Bumped whenever the JSON layout or the model form changes.
-FORMAT_VERSION = 1
-#: Fingerprint entries that must match for a stored model to be used.
-FINGERPRINT_KEYS = ("cpu_model", "cpu_count", "concrete_python", "format_version")
-#: Concurrent encrypted calls of ``FHECircuit.execute`` (its default ``n_jobs``).
-EXECUTE_JOBS = 2
 #: Seconds of one core per call, per lookup op and 10^4 N, per 10^6 input
-#: ciphertext-dimensions, per 10^9 FFT, multiply-accumulate and key-switch operations.
-COEFFICIENTS = ("call", "setup", "inputs", "fft", "mac", "ks")
+#: ciphertext-dimensions, per 10^9 FFT, multiply-accumulate and key-switch operations,
+#: per 10^9 levelled-operation ciphertext-dimensions.
+COEFFICIENTS = ("call", "setup", "inputs", "fft", "mac", "ks", "linear")
 #: Prior (2-core AMD EPYC, 2024): the fit shrinks towards it where data are scarce.
-PRIOR = dict(call=0.035, setup=0.05, inputs=0.05, fft=0.05, mac=0.6, ks=0.3)
+PRIOR = dict(call=0.035, setup=0.05, inputs=0.05, fft=0.05, mac=0.6, ks=0.3, linear=1.0)
 #: Calibration grids: (TLU input bits, p_error, lookups per sample, input features).
-#: "quick": N <= 2048, under 30 s; "default": N up to 8192 and more parameter sets, a
+#: "quick": N <= 4096, about 30 s; "default": N up to 8192 and more parameter sets, a
 #: few minutes (keygen included).
 GRIDS: dict[str, list[tuple[int, float, int, int]]] = {
-    "quick": [(3, 1e-2, 1, 8), (3, 1e-5, 16, 8), (5, 1e-2, 8, 32), (6, 1e-2, 16, 8)],
+    "quick": [(3, 1e-2, 1, 8), (3, 1e-5, 16, 8), (5, 1e-2, 8, 32), (6, 1e-2, 16, 8),
+              (4, 1e-2, 16, 784)],
     "default": [
         (2, 1e-2, 1, 8), (2, 1e-5, 16, 8), (3, 1e-2, 24, 32), (3, 1e-5, 16, 8),
         (4, 1e-2, 1, 8), (4, 1e-3, 16, 8), (4, 1e-5, 4, 32), (5, 1e-2, 8, 8),
         (5, 1e-3, 16, 32), (6, 1e-2, 4, 8), (6, 1e-2, 16, 8), (6, 1e-3, 1, 8),
         (6, 1e-3, 4, 8), (6, 1e-5, 16, 8), (7, 1e-2, 4, 8), (7, 1e-5, 2, 8),
+        (4, 1e-2, 16, 784), (3, 1e-3, 32, 256),
     ],
 }
-
-Terms = tuple[float, list[tuple[float, float]]]  # serial s, [(parallel s, items)]
-
-
-class FingerprintMismatchError(RuntimeError):
-    """A stored cost model was calibrated on another machine or concrete version."""
-
-
-# ------------------------------------------------------------------ fingerprint, cache
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def machine_fingerprint() -> dict[str, Any]:
-    """What a calibration depends on: CPU model and cores, concrete-python version."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        concrete = version("concrete-python")
-    except PackageNotFoundError:  # pragma: no cover - concrete is needed to calibrate
-        concrete = None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu_model": _cpu_model(), "cpu_count": int(cores or 1),
-            "concrete_python": concrete, "format_version": FORMAT_VERSION,
-            "machine": platform.machine(), "system": platform.system()}
-
-
-def cache_dir(path: str | Path | None = None) -> Path:
-    """The cache directory: ``path``, else ``$LATENTOPT_CACHE_DIR``, else the user's."""
-    if path is not None:
-        return Path(path)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latentopt"
-
-
-def _cache_file(name: str, directory: str | Path | None) -> Path:
-    return cache_dir(directory) / f"cost_model_{name}.json"
 
 
 def _grid(grid: str | Sequence[Sequence[float]]) -> tuple[str, list[tuple[int, float, int, int]]]:
@@ -136,90 +81,6 @@ def _grid(grid: str | Sequence[Sequence[float]]) -> tuple[str, list[tuple[int, f
     if not points:
         raise ValueError("empty calibration grid")
     return "custom-" + hashlib.sha1(repr(points).encode()).hexdigest()[:10], points
-
-
-# --------------------------------------------------------------------------- profiles
-def _get(obj: Any, name: str) -> int:
-    value = getattr(obj, name)
-    return int(value() if callable(value) else value)
-
-
-def _params(p: Any) -> list[int]:
-    return [_get(p, a) for a in ("polynomial_size", "glwe_dimension", "input_lwe_dimension",
-                                 "level")]
-
-
-def circuit_profile(fhe_circuit: Any) -> dict[str, Any]:
-    """What the cost model reads from a compiled :class:`FHECircuit` (no keys needed).
-
-    ``{"batch_size": B, "functions": {"single": f, "batch": f}}``, each ``f`` with its
-    lookup ops ``[N, k, n, l, count]`` (one per layer and parameter set), key switches
-    ``[dim_in, dim_out, level, count]``, input ciphertexts and their LWE dimension.
-    """
-    module, batch = fhe_circuit.module, int(fhe_circuit.batch_size)
-    info = module.server.program_info
-    dims = [_get(s, "dimension") for s in info.get_keyset_info().secret_keys()]
-    functions = {}
-    for name, st in module.statistics["functions"].items():
-        ops = [[*_params(p), int(c)]
-               for per_param in st["programmable_bootstrap_count_per_tag_per_parameter"].values()
-               for p, c in per_param.items()]
-        for p, count in st["programmable_bootstrap_count_per_parameter"].items():
-            rest = int(count) - sum(o[4] for o in ops if o[:4] == _params(p))
-            if rest > 0:  # untagged lookups
-                ops.append([*_params(p), rest])
-        ks = [[dims[_get(p, "input_secret_key_id")], dims[_get(p, "output_secret_key_id")],
-               _get(p, "level"), int(c)] for p, c in st["key_switch_count_per_parameter"].items()]
-        m = batch if name == "batch" else 1
-        functions[name] = {"ops": ops, "ks": ks,
-                           "inputs": m * int(fhe_circuit.circuit.n_features),
-                           "input_dim": dims[info.input_keyid_at(0, name)]}
-    return {"batch_size": batch, "functions": functions}
-
-
-def _op_work(op: Sequence[float]) -> np.ndarray:
-    """(FFT, multiply-accumulate) operations of ``count`` PBS, in 10^9."""
-    N, k, n, level, count = op
-    return count * 1e-9 * np.array([n * (k + 1) * (level + 1) * N * math.log2(N),
-                                    n * (k + 1) ** 2 * level * N])
-
-
-def _profile_terms(f: dict[str, Any], theta: np.ndarray) -> Terms:
-    serial = theta[0] + theta[1] * sum(op[0] for op in f["ops"]) * 1e-4
-    serial += theta[2] * f["inputs"] * f["input_dim"] * 1e-6
-    groups = [(float(_op_work(op) @ theta[3:5]), float(op[4])) for op in f["ops"]]
-    groups += [(theta[5] * c * d_in * lv * d_out * 1e-9, float(c))
-               for d_in, d_out, lv, c in f["ks"]]
-    return float(serial), groups
-
-
-def _calls(n: int, batch: int) -> list[str]:
-    """The functions ``execute`` calls for ``n`` samples."""
-    from ..backends.batching import plan_calls  # numpy only
-
-    return [name for _, _, name in plan_calls(n, batch)]
-
-
-def _combine(terms: dict[str, Terms], batch: int, n_samples: int | None,
-             speedup: float) -> float:
-    """Seconds per sample of ``execute`` on ``n_samples``, from each function's terms."""
-    n = batch if n_samples is None else int(n_samples)
-    if n < 1:
-        raise ValueError("n_samples must be >= 1")
-    calls = _calls(n, batch)
-    work = wall = 0.0
-    for name in calls:
-        serial, groups = terms[name]
-        work += serial + sum(g for g, _ in groups)
-        wall += serial / min(speedup, 1.0) + sum(g / min(speedup, max(items, 1.0))
-                                                 for g, items in groups)
-    return max(work / speedup, wall / min(EXECUTE_JOBS, len(calls))) / n
-
-
-def _predict(profile: dict[str, Any], n_samples: int | None, theta: np.ndarray,
-             speedup: float) -> float:
-    terms = {name: _profile_terms(f, theta) for name, f in profile["functions"].items()}
-    return _combine(terms, int(profile["batch_size"]), n_samples, speedup)
 
 
 # ------------------------------------------------------------------------- the model
@@ -267,16 +128,10 @@ class CostModel:
         for an idle machine).
         """
         profile = circuit if isinstance(circuit, dict) else circuit_profile(circuit)
-        return _predict(profile, n_samples, self._theta, speedup or self.speedup)
+        return predict_profile(profile, n_samples, self._theta, speedup or self.speedup)
 
-    def predict_report(self, report: dict[str, Any], n_samples: int | None = None,
-                       speedup: float | None = None) -> float:
-        """Like :meth:`predict`, from an ``FHECircuit.report`` alone (approximate).
-
-        The report names no crypto parameters: each layer's per-PBS cost and ``N`` are
-        interpolated log-linearly in its TLU input bits and ``log(1/p_error)`` between the
-        calibration circuits (non-decreasing in both).
-        """
+    def _bits_model(self) -> dict[str, np.ndarray]:
+        """Log-linear fits of one PBS's seconds and ``N`` in (1, TLU bits, -log10 p_error)."""
         table = self.info.get("pbs_table")
         if not table:
             raise ValueError("this model has no calibration table (calibrate it first)")
@@ -290,6 +145,23 @@ class CostModel:
             b[1:] = np.maximum(b[1:], 0.0)  # monotone in bits and 1/p_error
             b[0] = float(np.mean(values - z[:, 1:] @ b[1:]))
             beta[key] = b
+        return beta
+
+    def pbs_seconds(self, bits: int, p_error: float = 1e-2) -> float:
+        """Seconds of one core for one lookup of ``bits``-bit inputs (interpolated)."""
+        beta = self._bits_model()["pbs"]
+        log_p = -math.log10(min(max(float(p_error), 1e-300), 0.5))
+        return float(math.exp(np.array([1.0, bits, log_p]) @ beta))
+
+    def predict_report(self, report: dict[str, Any], n_samples: int | None = None,
+                       speedup: float | None = None) -> float:
+        """Like :meth:`predict`, from an ``FHECircuit.report`` alone (approximate).
+
+        The report names no crypto parameters: each layer's per-PBS cost and ``N`` are
+        interpolated log-linearly in its TLU input bits and ``log(1/p_error)`` between the
+        calibration circuits (non-decreasing in both).
+        """
+        beta, theta, table = self._bits_model(), self._theta, self.info["pbs_table"]
         log_p = -math.log10(min(max(float(report.get("p_error", 1e-5)), 1e-300), 0.5))
         batch, input_dim = int(report.get("batch_size", 1)), float(np.median([t[7] for t in table]))
         terms = {}
@@ -300,7 +172,38 @@ class CostModel:
             serial = theta[0] + theta[2] * m * int(report["n_features"]) * input_dim * 1e-6
             serial += theta[1] * sum(math.exp(zl @ beta["N"]) for zl, _ in layers) * 1e-4
             terms[name] = (serial, [(c * math.exp(zl @ beta["pbs"]), float(c)) for zl, c in layers])
-        return _combine(terms, batch, n_samples, speedup or self.speedup)
+        return combine(terms, batch, n_samples, speedup or self.speedup)
+
+    # ---------------------------------------------------------------- bounds
+    def lower_bound(self, n_pbs: int, n_features: int) -> float:
+        """Seconds per sample that *no* circuit with ``n_pbs`` lookups per sample and
+        ``n_features`` encrypted inputs can beat, before anything is trained or compiled.
+
+        Every hidden neuron costs one PBS at least as expensive as the cheapest one
+        calibrated (halved, for lookups narrower than any calibration circuit), every
+        input one encryption at the smallest input dimension seen, spread over the
+        effective cores; call overheads are left out.
+        """
+        table = self.info.get("pbs_table") or []
+        theta = self._theta
+        per_pbs = min((float(_op_work([*t[2:6], 1]) @ theta[3:5]) + theta[5] * t[6] * 1e-9
+                       for t in table), default=0.0)
+        input_dim = min((t[7] for t in table), default=0.0)
+        work = 0.5 * per_pbs * max(int(n_pbs), 0)
+        work += theta[2] * int(n_features) * input_dim * 1e-6
+        return float(work / max(self.speedup, 1.0))
+
+    def max_useful_bits(self, n_pbs: int, seconds: float, p_error: float = 1e-1,
+                        limit: int = 16) -> int:
+        """The widest TLU input (bits) whose ``n_pbs`` lookups can still run in ``seconds``
+        per sample (at the most lenient ``p_error``, on all effective cores); at least 1.
+        """
+        speed = max(self.speedup, 1.0)
+        best = 1
+        for bits in range(1, int(limit) + 1):
+            if max(int(n_pbs), 1) * self.pbs_seconds(bits, p_error) / speed <= seconds:
+                best = bits
+        return best
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -331,7 +234,7 @@ class CostModel:
         z0 = np.log([PRIOR[k] for k in COEFFICIENTS])
 
         def residuals(z: np.ndarray) -> np.ndarray:
-            pred = [_predict(p, n, np.exp(z), speedup) for p, n in zip(profiles, ns)]
+            pred = [predict_profile(p, n, np.exp(z), speedup) for p, n in zip(profiles, ns)]
             return np.r_[np.log(np.array(pred) / wall), prior_weight * (z - z0)]
 
         z = least_squares(residuals, z0, loss="soft_l1", f_scale=0.1).x
@@ -391,7 +294,7 @@ class CostModel:
                   f"): effective cores {model.speedup:.2f}, median error "
                   f"{model.info['fit']['median_abs_rel_error']:.0%}", flush=True)
         if save:
-            model.save(_cache_file(name, cache_dir))
+            model.save(cache_file(name, cache_dir))
         return model
 
     @classmethod
@@ -417,14 +320,14 @@ class CostModel:
         """
         if path is not None:
             return cls.from_file(path)
-        files = [f for f in (_cache_file(g, cache_dir) for g in ("default", "quick")) if f.exists()]
+        files = [f for f in (cache_file(g, cache_dir) for g in ("default", "quick")) if f.exists()]
         for i, file in enumerate(files):
             try:
                 return cls.from_file(file)
             except FingerprintMismatchError:
                 if i == len(files) - 1:
                     raise
-        raise FileNotFoundError(f"no cost model in {_cache_file('', cache_dir).parent}: "
+        raise FileNotFoundError(f"no cost model in {cache_file('', cache_dir).parent}: "
                                 "calibrate one with CostModel.load_or_calibrate()")
 
     @classmethod
@@ -432,7 +335,7 @@ class CostModel:
                     verbose: int) -> CostModel | None:
         names = {"default": ["default"], "quick": ["default", "quick"]}.get(name, [name])
         for candidate in names:
-            path = _cache_file(candidate, directory)
+            path = cache_file(candidate, directory)
             if not path.exists():
                 continue
             try:
@@ -449,14 +352,10 @@ class CostModel:
     # ------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         """Write the model and its calibration records as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
-                "coefficients": self.coefficients, "speedup": self.speedup, "info": self.info}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_json(path, {"format_version": FORMAT_VERSION,
+                                 "fingerprint": self.fingerprint,
+                                 "coefficients": self.coefficients, "speedup": self.speedup,
+                                 "info": self.info})
 
     @classmethod
     def from_file(cls, path: str | Path, check: bool = True) -> CostModel:
@@ -469,15 +368,7 @@ class CostModel:
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or "coefficients" not in data:
             raise ValueError(f"{path} is not a latentopt cost model")
-        stored = dict(data.get("fingerprint", {}), format_version=data.get("format_version"))
-        here = machine_fingerprint()
-        problems = [f"{k}: {stored.get(k)!r} != {here[k]!r} here"
-                    for k in FINGERPRINT_KEYS if stored.get(k) != here[k]]
-        if problems:
-            message = f"calibrated elsewhere ({'; '.join(problems)})"
-            if check or data.get("format_version") != FORMAT_VERSION:
-                raise FingerprintMismatchError(message)
-            warnings.warn(f"using cost model {path} {message}", stacklevel=2)
+        check_fingerprint(data, path, check)
         return cls(data["coefficients"], data["speedup"], data["fingerprint"], data.get("info"))
 
 

@@ -8,19 +8,22 @@ circuit of that model within the accuracy budget.  The two objectives are latenc
 (predicted by the cost model, or concrete's complexity) and the validation metric;
 the budget is an Optuna constraint (NSGA-II).
 
-Studies persist to any Optuna storage (``"sqlite:///search.db"``, a PostgreSQL URL for
-several machines, or a path ending in ``.journal`` for a file journal that several local
-processes share safely) and resume: finished trials are never redone, and trained
-models are cached on disk by parameters so that repeated configurations and the final
-refit reuse them.
+Studies persist to any Optuna storage (:mod:`latentopt.search.storage`:
+``"sqlite:///search.db"``, ``"postgresql://..."`` for several machines, or a path
+ending in ``.journal`` for a file journal that several local processes share) and
+resume: a study records what it searches and refuses a resume by another search,
+evaluated configurations are never redone, dead trials are recovered, and trained
+models are cached on disk by every parameter (:mod:`latentopt.search.trials`).  When no
+configuration meets the budget, the search says so (:attr:`LatencySearch.outcome_`,
+:mod:`latentopt.search.results`) instead of failing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,131 +34,35 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 
 from .inner import search_compile
-from .space import DEFAULT_SPACE, sample_params, validate_space
+from .objective import _NO_LATENCY, _data_key, _Objective
+from .results import Outcome, collect, make_outcome, pareto_front, plot_front, summary_table
+from .screening import seed_configs
+from .selection import select_on_check
+from .space import DEFAULT_SPACE
+from .storage import local_storage_dir, make_storage, recover_stale_trials
+from .trials import (
+    bind_identity,
+    check_main_guard,
+    fingerprint,
+    make_sampler,
+    n_evaluated,
+    optimize,
+    study_identity,
+)
+from .units import latency_label, resolve_cost_model
+from .validation import check_search_args
 
-__all__ = ["LatencySearch", "make_storage"]
-
-#: Objective value of trials with no compilable point (Optuna rejects inf).
-_NO_LATENCY = 1e30
-
-
-def make_storage(storage: Any) -> Any:
-    """An Optuna storage from a URL, a ``.journal`` path, a storage object or None."""
-    import optuna
-
-    if storage is None or not isinstance(storage, (str, os.PathLike)):
-        return storage
-    s = os.fspath(storage)
-    if s.endswith(".journal") or s.startswith("journal:///"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = s[len("journal:///"):] if s.startswith("journal:///") else s
-        return optuna.storages.JournalStorage(JournalFileBackend(path))
-    return s
+__all__ = ["BudgetNotMetWarning", "LatencySearch", "make_storage"]
 
 
-def _local_storage_dir(storage: Any) -> Path | None:
-    """Directory of a file-backed storage (sqlite URL, journal path), else None."""
-    if not isinstance(storage, (str, os.PathLike)):
-        return None
-    s = os.fspath(storage)
-    for prefix in ("sqlite:///", "journal:///"):
-        if s.startswith(prefix):
-            return Path(s[len(prefix):]).parent
-    return None if "://" in s else Path(s).parent  # a server URL has no local directory
-
-
-def _data_key(X: np.ndarray, y: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in (np.ascontiguousarray(X), np.ascontiguousarray(y)):
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
-
-
-class _Objective:
-    """Picklable trial objective (workers in other processes run it too)."""
-
-    def __init__(self, search: LatencySearch, data: tuple, reference: float,
-                 cost_model: Any, cache_dir: Path, teacher: Any = None,
-                 teacher_key: str = "") -> None:
-        self.search = search
-        self.data = data
-        self.reference = reference
-        self.cost_model = cost_model
-        self.cache_dir = cache_dir
-        self.data_key = _data_key(data[0], data[1])
-        # the fitted teacher (or the training rows of an array teacher), shared by trials
-        self.teacher = teacher
-        self.teacher_key = teacher_key
-
-    def _fit(self, params: dict[str, Any]) -> tuple[Any, bool]:
-        X_tr, y_tr = self.data[0], self.data[1]
-        est = clone(self.search.estimator).set_params(**params, verbose=0)
-        if self.teacher is not None:
-            est.set_params(teacher=self.teacher)  # after clone: stays fitted, not refitted
-        key = hashlib.sha256(repr((sorted(params.items()), self.data_key,
-                                   est.get_params().get("random_state"),
-                                   self.teacher_key)).encode()).hexdigest()
-        path = self.cache_dir / f"model-{key[:20]}.pkl"
-        if path.exists():
-            try:
-                with open(path, "rb") as fh:
-                    return pickle.load(fh), True
-            except Exception:  # a corrupt cache entry is retrained
-                path.unlink(missing_ok=True)
-        est.fit(X_tr, y_tr)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump(est, fh)
-        os.replace(tmp, path)
-        return est, False
-
-    def __call__(self, trial: Any) -> tuple[float, float]:
-        s = self.search
-        params = sample_params(trial, s.param_space or DEFAULT_SPACE)
-        trial.set_user_attr("params", {k: (list(v) if isinstance(v, tuple) else v)
-                                       for k, v in params.items()})
-        est, cached = self._fit(params)
-        trial.set_user_attr("cached_model", cached)
-        trial.set_user_attr("pid", os.getpid())
-        inner = search_compile(
-            est, self.data[2], self.data[3], max_accuracy_drop=s.max_accuracy_drop,
-            reference_score=self.reference, n_repeats=s.n_repeats, cost_model=self.cost_model,
-        )
-        compiled = [c for c in inner.candidates if c.error is None]
-        point = inner.best or (max(compiled, key=lambda c: c.score) if compiled else None)
-        score = point.score if point is not None else float(est.score(self.data[2], self.data[3]))
-        latency = point.latency if point is not None else _NO_LATENCY
-        violation = float(inner.threshold - score)
-        trial.set_user_attr("constraint", [violation])
-        trial.set_constraint("accuracy_budget", violation)  # <= 0: feasible (NSGA-II)
-        if point is not None:
-            trial.set_user_attr("compile", {"rounding_bits": point.rounding_bits,
-                                            "rounding_method": point.rounding_method,
-                                            "p_error": point.p_error})
-            trial.set_user_attr("pbs", point.pbs)
-            trial.set_user_attr("max_tlu_bits", point.max_tlu_bits)
-        trial.set_user_attr("tlus", int(est.report().tlu_count))
-        return float(latency), float(score)
+class BudgetNotMetWarning(UserWarning):
+    """No configuration met the accuracy budget (see ``LatencySearch.outcome_``)."""
 
 
 def _is_array_teacher(teacher: Any) -> bool:
     from ..nn.distill import teacher_kind
 
     return teacher_kind(teacher) == "array"
-
-
-def _worker(study_name: str, storage: Any, objective: _Objective, n_trials: int,
-            timeout: float | None, seed: int | None) -> None:  # pragma: no cover - subprocess
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.NSGAIISampler(seed=seed)
-    study = optuna.load_study(study_name=study_name, storage=make_storage(storage),
-                              sampler=sampler)
-    study.optimize(objective, timeout=timeout, callbacks=[optuna.study.MaxTrialsCallback(
-        n_trials, states=(optuna.trial.TrialState.COMPLETE,))])
 
 
 class LatencySearch(MetaEstimatorMixin, BaseEstimator):
@@ -181,22 +88,39 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
     reference_score : float, optional
         Default: a float scikit-learn MLP's validation score (same split).
     n_trials : int, default=20
-        Completed trials the study should hold (a resumed study runs only the rest).
+        Evaluated trials (completed, or failed with a recorded error) the study should
+        hold, counted across all workers (a resumed study runs only the rest).  Trials
+        repeating an evaluated or running configuration are skipped, not counted.
     timeout : float, optional
         Seconds after which no new trial starts.
     storage : str or optuna storage, optional
-        Persist/resume/share the study (see module docstring).
+        Persist/resume/share the study (:func:`~latentopt.search.storage.make_storage`).
     study_name : str, optional
-        Default: derived from the data and the settings.
+        Default: derived from the study's identity (template, space, data, budget).
+        Resuming a named study with another identity raises
+        :class:`~latentopt.search.trials.StudyMismatchError`.
     n_jobs : int, default=1
-        Worker processes (>1 needs, or creates, a storage they share).
+        Worker processes (>1 needs, or creates, a storage they share).  Workers are
+        spawned: a script must call ``fit`` under ``if __name__ == "__main__":``
+        (checked).
     validation_fraction : float, default=0.2
         Held-out share of ``X`` for the metric.
     n_repeats : int, default=3
         FHE simulations per inner-search candidate.
-    cost_model : CostModel, "auto" or None
-        Latency predictor; "auto" loads the cached calibration if there is one;
-        None (or no calibration) ranks by concrete's complexity.
+    holdout_fraction : float, default=0.2
+        Share of ``X`` kept out of the search entirely (the *check* split): the fastest
+        validation-feasible trials are re-scored there, against the float reference
+        scored on the same rows, and the chosen model is the fastest that passes there
+        too (:mod:`latentopt.search.selection`); ``best_score_`` is that honest score.
+        0 selects on the validation split alone (which overfits it).
+    multi_fidelity : bool, default=True
+        Train each trial briefly first and train in full only the promising ones
+        (:mod:`latentopt.search.screening`).
+    cost_model : CostModel, "auto", "complexity" or None
+        Latency predictor, in seconds per sample.  "auto": this machine's cached
+        calibration, or a quick one made now (about 30 s, once per machine, cached).
+        "complexity" or None: rank by concrete's complexity, a unitless estimate that
+        is never reported as seconds (``latency_unit_`` says which unit was used).
     cache_dir : path, optional
         Where trained models are cached (default: a temporary directory, or one next
         to a file storage).
@@ -207,7 +131,24 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         p_error again (a retrained model needs its own compile point: copying the
         trial's gave 0.89 test accuracy instead of 0.96 on breast_cancer).
     random_state : int, optional
+        Seeds the split, the reference and the samplers (each worker and each resume
+        gets its own stream derived from it).
     verbose : int, default=1
+
+    Attributes
+    ----------
+    best_estimator_ : estimator or None
+        The fastest model within the budget, compiled; None when the budget was not met.
+    budget_met_ : bool
+    outcome_ : :class:`~latentopt.search.results.Outcome`
+        Whether the budget was met; if not, the best validation score reached, its
+        latency and what to change (also in :meth:`summary`).
+    results_, failures_ : list of dict
+        Completed trials, and trials that failed with their ``error``.
+    pareto_front_ : list of dict
+    best_trial_, best_params_, best_compile_kwargs_ : dict or None
+    reference_score_, threshold_ : float
+    study_ : optuna.Study
     """
 
     def __init__(self, estimator: Any, *, param_space: Mapping[str, Any] | None = None,
@@ -216,6 +157,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                  n_trials: int = 20, timeout: float | None = None, storage: Any = None,
                  study_name: str | None = None, n_jobs: int = 1,
                  validation_fraction: float = 0.2, n_repeats: int = 3,
+                 holdout_fraction: float = 0.2, multi_fidelity: bool = True,
                  cost_model: Any = "auto", cache_dir: Any = None, refit: bool = False,
                  random_state: int | None = None, verbose: int = 1) -> None:
         self.estimator = estimator
@@ -230,6 +172,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.validation_fraction = validation_fraction
         self.n_repeats = n_repeats
+        self.holdout_fraction = holdout_fraction
+        self.multi_fidelity = multi_fidelity
         self.cost_model = cost_model
         self.cache_dir = cache_dir
         self.refit = refit
@@ -244,76 +188,95 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         from sklearn.neural_network import MLPClassifier, MLPRegressor
 
         cls = MLPClassifier if is_classifier(self.estimator) else MLPRegressor
-        ref = cls(max_iter=1000, random_state=self.random_state).fit(X_tr, y_tr)
-        return float(ref.score(X_val, y_val))
+        self.reference_estimator_ = cls(max_iter=1000,
+                                        random_state=self.random_state).fit(X_tr, y_tr)
+        return float(self.reference_estimator_.score(X_val, y_val))
 
     def _resolve_cost_model(self) -> Any:
-        if self.cost_model != "auto":
-            return self.cost_model
-        try:
-            from .cost import CostModel
-
-            return CostModel.load()
-        except Exception:  # no calibration cached: rank by complexity
-            return None
+        """The cost model in seconds (calibrated now if needed), or None (complexity)."""
+        return resolve_cost_model(self.cost_model, self.verbose)
 
     # --------------------------------------------------------------------- fit
     def fit(self, X: Any, y: Any) -> LatencySearch:
-        """Run (or resume) the search; refit the fastest feasible point."""
+        """Run (or resume) the search; keep the fastest feasible point.
+
+        Every argument is checked before any training.  When no configuration meets
+        the budget, ``best_estimator_`` is None, ``budget_met_`` False and
+        ``outcome_`` says what was reached and what to change (a
+        :class:`BudgetNotMetWarning` carries the same message).
+        """
         import optuna
         from sklearn.utils.validation import check_X_y
 
+        check_search_args(self)
+        if self.n_jobs > 1:
+            check_main_guard()
         X, y = check_X_y(X, y, dtype=np.float64, y_numeric=not is_classifier(self.estimator))
-        if self.param_space is not None:
-            validate_space(self.param_space, self.estimator)
-        if self.n_trials < 1 or self.n_jobs < 1:
-            raise ValueError("n_trials and n_jobs must be >= 1")
+        spec = self.storage
+        if self.n_jobs > 1 and spec is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="latentopt-search-")
+            spec = os.path.join(self._tmp.name, "study.journal")
+        storage = make_storage(spec)  # a malformed URL fails here, before any training
         strat = y if is_classifier(self.estimator) else None
         teacher = self.teacher
         if teacher is None:
             teacher = self.estimator.get_params().get("teacher")
         is_array = teacher is not None and _is_array_teacher(teacher)
-        parts = train_test_split(
-            X, y, *([np.asarray(teacher)] if is_array else []),
-            test_size=self.validation_fraction, stratify=strat,
-            random_state=self.random_state,
-        )
+        arrays = [X, y, *([np.asarray(teacher)] if is_array else [])]
+        check: tuple[np.ndarray, np.ndarray] | None = None
+        if self.holdout_fraction:  # the check split: never seen by training or tuning
+            split = train_test_split(*arrays, test_size=self.holdout_fraction,
+                                     stratify=strat, random_state=self.random_state)
+            arrays, check = split[::2], (split[1], split[3])
+            strat = arrays[1] if strat is not None else None
+        parts = train_test_split(*arrays, test_size=self.validation_fraction, stratify=strat,
+                                 random_state=self.random_state)
         X_tr, X_val, y_tr, y_val = parts[:4]
         trial_teacher, teacher_key = self._prepare_teacher(
             teacher, X_tr, y_tr, parts[4] if is_array else None)
+        self.reference_estimator_ = None
         self.reference_score_ = self._reference(X_tr, y_tr, X_val, y_val)
         self.threshold_ = self.reference_score_ - self.max_accuracy_drop
-        storage = self.storage
-        if self.n_jobs > 1 and storage is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="latentopt-search-")
-            storage = os.path.join(self._tmp.name, "study.journal")
-        if self.cache_dir is not None:
-            cache: Path | None = Path(self.cache_dir)
-        else:
-            local = _local_storage_dir(storage)
-            cache = None if local is None else local / "latentopt-models"
-        if cache is None:
-            self._tmp_cache = tempfile.TemporaryDirectory(prefix="latentopt-models-")
-            cache = Path(self._tmp_cache.name)
-        cache.mkdir(parents=True, exist_ok=True)
-        name = self.study_name or f"latentopt-{_data_key(X, y)}-{self.max_accuracy_drop}"
+        self.cost_model_ = self._resolve_cost_model()
+        self.latency_unit_ = "seconds" if self.cost_model_ is not None else "complexity"
+        cache = self._cache_dir(spec if isinstance(spec, (str, os.PathLike)) else storage)
+        identity = study_identity(self, _data_key(X, y), teacher_key)
+        name = self.study_name or f"latentopt-{fingerprint(identity)}"
         if teacher_key and not self.study_name:
             name += f"-teacher-{teacher_key}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.NSGAIISampler(seed=self.random_state)
         study = optuna.create_study(
-            study_name=name, storage=make_storage(storage), sampler=sampler,
+            study_name=name, storage=storage, sampler=make_sampler(self.random_state),
             directions=["minimize", "maximize"], load_if_exists=True,
         )
+        bind_identity(study, identity)
+        if not study.trials:  # a seeded start: where fast, accurate circuits usually are
+            for seed in seed_configs(self.param_space or DEFAULT_SPACE, self.estimator):
+                study.enqueue_trial(seed, user_attrs={"seeded": True}, skip_if_exists=True)
+        study.sampler = make_sampler(self.random_state, 0, len(study.get_trials(deepcopy=False)))
         objective = _Objective(self, (X_tr, y_tr, X_val, y_val), self.reference_score_,
-                               self._resolve_cost_model(), cache, teacher=trial_teacher,
+                               self.cost_model_, cache, teacher=trial_teacher,
                                teacher_key=teacher_key)
-        self._optimize(study, objective, storage, name)
+        self._optimize(study, objective, spec if spec is not None else storage)
         self.study_ = study
         self._collect(study)
-        if self.best_trial_ is not None:
-            self.best_estimator_ = self._best_estimator(objective, X, y)
+        select_on_check(self, objective, check)
+        self.best_estimator_ = (self._best_estimator(objective, X, y)
+                                if self.best_trial_ is not None else None)
         return self
+
+    def _cache_dir(self, storage: Any) -> Path:
+        if self.cache_dir is not None:
+            cache = Path(self.cache_dir)
+        else:
+            local = local_storage_dir(storage)
+            if local is None:
+                self._tmp_cache = tempfile.TemporaryDirectory(prefix="latentopt-models-")
+                cache = Path(self._tmp_cache.name)
+            else:
+                cache = local / "latentopt-models"
+        cache.mkdir(parents=True, exist_ok=True)
+        return cache
 
     def _prepare_teacher(self, teacher: Any, X_tr: np.ndarray, y_tr: np.ndarray,
                          array_tr: np.ndarray | None) -> tuple[Any, str]:
@@ -346,10 +309,10 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         model, so its rounding / p_error are searched again (on the validation part,
         which it has now seen) rather than copied from the trial.
         """
-        params = self.best_params_
+        params, point = dict(self.best_params_ or {}), dict(self.best_compile_kwargs_ or {})
         if not self.refit:
-            est, _ = objective._fit({k: v for k, v in params.items()})
-            est.compile(**self.best_compile_kwargs_, verbose=0)
+            est, _ = objective._fit(params)
+            est.compile(**point, verbose=0)
             return est
         best = clone(self.estimator).set_params(**params)
         if objective.teacher is not None:
@@ -362,77 +325,53 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                                reference_score=self.reference_score_, n_repeats=self.n_repeats,
                                cost_model=objective.cost_model)
         if inner.best is None:  # the retrained model misses the budget: keep the trial's
-            est, _ = objective._fit(dict(params))
-            est.compile(**self.best_compile_kwargs_, verbose=0)
+            est, _ = objective._fit(params)
+            est.compile(**point, verbose=0)
             return est
-        return best
+        return best.compile(**inner.compile_kwargs, verbose=0)
 
-    def _optimize(self, study: Any, objective: _Objective, storage: Any, name: str) -> None:
-        import optuna
+    def _optimize(self, study: Any, objective: _Objective, storage: Any) -> None:
         from tqdm.auto import tqdm
 
-        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        recover_stale_trials(study)
+        done = n_evaluated(study)
         remaining = max(0, self.n_trials - done)
-        bar = tqdm(total=remaining, desc="latency search", unit="trial",
-                   disable=self.verbose <= 0 or remaining == 0)
+        bar = tqdm(total=remaining, desc=f"search ({latency_label(self.latency_unit_, True)})",
+                   unit="trial", disable=self.verbose <= 0 or remaining == 0)
         threshold = self.threshold_
 
         def progress(study: Any, trial: Any) -> None:
-            bar.update(1)
-            ok = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-                  and t.user_attrs.get("constraint", [1])[0] <= 0]
+            bar.update(max(0, min(remaining, n_evaluated(study) - done) - bar.n))
+            ok = [r for r in collect(study)[0] if r["feasible"] and r["cost"] < _NO_LATENCY]
             if ok:
-                best = min(ok, key=lambda t: t.values[0])
-                bar.set_postfix(best_latency=f"{best.values[0]:.4g}",
-                                score=f"{best.values[1]:.4f}", threshold=f"{threshold:.4f}")
+                best = min(ok, key=lambda r: r["cost"])
+                bar.set_postfix({f"best_{self.latency_unit_}": f"{best['cost']:.4g}",
+                                 "score": f"{best['score']:.4f}",
+                                 "threshold": f"{threshold:.4f}"})
 
-        stop = optuna.study.MaxTrialsCallback(self.n_trials,
-                                              states=(optuna.trial.TrialState.COMPLETE,))
-        procs = []
-        if self.n_jobs > 1 and remaining > 0:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("spawn")
-            for i in range(self.n_jobs - 1):
-                seed = None if self.random_state is None else self.random_state + 1 + i
-                p = ctx.Process(target=_worker, args=(name, storage, objective, self.n_trials,
-                                                      self.timeout, seed))
-                p.start()
-                procs.append(p)
         try:
-            if remaining > 0:
-                study.optimize(objective, timeout=self.timeout, callbacks=[stop, progress])
+            optimize(study, objective, self.n_trials, n_jobs=self.n_jobs, storage=storage,
+                     timeout=self.timeout, seed=self.random_state, callbacks=[progress])
         finally:
-            for p in procs:
-                p.join()
             bar.close()
 
     def _collect(self, study: Any) -> None:
-        import optuna
-
-        rows = []
-        for t in study.trials:
-            if t.state != optuna.trial.TrialState.COMPLETE:
-                continue
-            rows.append({
-                "trial": t.number, **t.user_attrs.get("params", {}),
-                "latency": t.values[0], "score": t.values[1],
-                "feasible": t.user_attrs.get("constraint", [1])[0] <= 0,
-                "pbs": t.user_attrs.get("pbs"), "max_tlu_bits": t.user_attrs.get("max_tlu_bits"),
-                "tlus": t.user_attrs.get("tlus"), **(t.user_attrs.get("compile") or {}),
-            })
+        rows, failures = collect(study, self.latency_unit_)
         self.results_ = rows
-        feasible = [r for r in rows if r["feasible"] and r["latency"] < _NO_LATENCY]
-        self.pareto_front_ = sorted(
-            [r for r in feasible if not any(
-                o["latency"] <= r["latency"] and o["score"] >= r["score"]
-                and (o["latency"] < r["latency"] or o["score"] > r["score"]) for o in feasible)],
-            key=lambda r: r["latency"])
-        best = min(feasible, key=lambda r: (r["latency"], -r["score"])) if feasible else None
+        self.failures_ = failures
+        self.pareto_front_ = pareto_front(rows)
+        feasible = [r for r in rows if r["feasible"] and r["cost"] < _NO_LATENCY]
+        best = min(feasible, key=lambda r: (r["cost"], -r["score"])) if feasible else None
         self.best_trial_ = best
+        self.budget_met_ = best is not None
+        self.outcome_: Outcome = make_outcome(
+            rows, failures, best, reference_score=self.reference_score_,
+            threshold=self.threshold_, max_accuracy_drop=self.max_accuracy_drop,
+            n_trials=self.n_trials, seconds=self.cost_model_ is not None)
         if best is None:
             self.best_params_ = None
             self.best_compile_kwargs_ = None
+            warnings.warn(self.outcome_.message, BudgetNotMetWarning, stacklevel=3)
             return
         trial = study.trials[best["trial"]]
         params = dict(trial.user_attrs["params"])
@@ -442,51 +381,42 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self.best_compile_kwargs_ = dict(trial.user_attrs["compile"])
 
     # ------------------------------------------------------------ use and show
+    def _chosen(self) -> Any:
+        check_is_fitted(self, "outcome_")
+        if self.best_estimator_ is None:
+            raise RuntimeError("no model to use: " + self.outcome_.message)
+        return self.best_estimator_
+
     def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
-        check_is_fitted(self, "best_estimator_")
-        return self.best_estimator_.predict(X, fhe=fhe)
+        """Predictions of ``best_estimator_`` (RuntimeError if the budget was not met)."""
+        return np.asarray(self._chosen().predict(X, fhe=fhe))
 
     def score(self, X: Any, y: Any) -> float:
-        check_is_fitted(self, "best_estimator_")
-        return float(self.best_estimator_.score(X, y))
+        """Score of ``best_estimator_`` (RuntimeError if the budget was not met)."""
+        return float(self._chosen().score(X, y))
 
     def summary(self) -> str:
-        """The results table: every trial, Pareto points marked with ``*``."""
+        """The results table: every trial, Pareto points marked with ``*``; the outcome."""
         check_is_fitted(self, "results_")
-        front = {r["trial"] for r in self.pareto_front_}
-        keys = ["trial", "hidden_layer_sizes", "n_w_bits", "n_a_bits", "pruning_ratio", "lr",
-                "rounding_bits", "p_error", "pbs", "max_tlu_bits", "latency", "score"]
-        if any("distill_alpha" in r for r in self.results_):  # searched
-            keys.insert(keys.index("lr") + 1, "distill_alpha")
-        lines = [" ".join(f"{k[:12]:>12s}" for k in keys) + "  feasible"]
-        for r in sorted(self.results_, key=lambda r: r["latency"]):
-            cells = []
-            for k in keys:
-                v = r.get(k)
-                cells.append(f"{v:12.4g}" if isinstance(v, float) else f"{str(v):>12s}")
-            mark = "*" if r["trial"] in front else " "
-            lines.append(" ".join(cells) + f"  {r['feasible']}{mark}")
-        lines.append(f"reference score {self.reference_score_:.4f}, threshold "
-                     f"{self.threshold_:.4f}; * = Pareto front")
-        return "\n".join(lines)
+        seconds = self.cost_model_ is not None
+        footer = [f"reference score {self.reference_score_:.4f}, threshold "
+                  f"{self.threshold_:.4f}; * = Pareto front; " + (
+                      "s/sample: seconds per encrypted sample predicted by the cost model"
+                      if seconds else "no cost model: trials are ranked by concrete's "
+                      "complexity, which is not seconds")]
+        if self.failures_:
+            footer.append(f"{len(self.failures_)} failed trial(s): "
+                          + "; ".join(f"trial {f['trial']}: {f['error']}"
+                                      for f in self.failures_[:3]))
+        footer.append(self.outcome_.message)
+        return summary_table(self.results_, self.pareto_front_, footer, seconds)
 
     def plot_pareto(self, ax: Any = None) -> Any:
-        """Matplotlib scatter of every trial, the Pareto front and the threshold."""
-        import matplotlib.pyplot as plt
+        """Matplotlib scatter of every trial, the Pareto front and the threshold.
 
+        The legend sits above the axes (never on the points); a new figure uses
+        matplotlib's constrained layout, so the axis labels stay inside it.
+        """
         check_is_fitted(self, "results_")
-        if ax is None:
-            _, ax = plt.subplots(figsize=(6, 4))
-        ok = [r for r in self.results_ if r["latency"] < _NO_LATENCY]
-        ax.scatter([r["latency"] for r in ok], [r["score"] for r in ok],
-                   c=["tab:blue" if r["feasible"] else "tab:gray" for r in ok], s=18,
-                   label="trials")
-        front = self.pareto_front_
-        ax.plot([r["latency"] for r in front], [r["score"] for r in front], "o-",
-                color="tab:red", label="Pareto front")
-        ax.axhline(self.threshold_, ls="--", color="k", lw=0.8, label="accuracy budget")
-        ax.set_xscale("log")
-        ax.set_xlabel("predicted latency" if self._resolve_cost_model() else "complexity")
-        ax.set_ylabel("validation score")
-        ax.legend(loc="lower right")
-        return ax
+        xlabel = latency_label(self.latency_unit_)
+        return plot_front(self.results_, self.pareto_front_, self.threshold_, xlabel, ax)

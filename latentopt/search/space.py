@@ -11,8 +11,13 @@ Two pseudo-parameters build ``hidden_layer_sizes``: ``n_layers`` and ``width`` (
 hidden layer gets the same width; depth is a dimension of the search).
 
 >>> space = DEFAULT_SPACE
->>> sorted(space)
-['lr', 'n_a_bits', 'n_layers', 'n_w_bits', 'pruning_ratio', 'width']
+>>> sorted(space)  # doctest: +NORMALIZE_WHITESPACE
+['activation', 'lr', 'n_a_bits', 'n_accum_bits', 'n_input_bits', 'n_layers', 'n_w_bits',
+ 'pruning_ratio', 'width']
+
+``n_accum_bits`` is the guaranteed accumulator budget (pruning until every worst-case
+accumulator fits; ``None``: no budget).  The rounding bits and ``p_error`` are not in the
+space: the inner search (:mod:`latentopt.search.inner`) picks them per trained model.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ __all__ = ["DEFAULT_SPACE", "sample_params", "validate_space"]
 DEFAULT_SPACE: dict[str, Any] = {
     "n_w_bits": (2, 4),
     "n_a_bits": (2, 4),
+    "n_input_bits": (3, 6),
+    "n_accum_bits": [None, 8, 10, 12],
+    "activation": ["relu", "silu", "tanh"],
     "n_layers": (1, 2),
     "width": ("log", 4, 64),
     "pruning_ratio": [0.0, 0.25, 0.5],

@@ -309,6 +309,10 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
                     f"{max_accuracy_drop} of {result.reference_score:.4f}; allow a larger "
                     f"max_accuracy_drop or retrain with more bits\n{result.table()}"
                 )
+            # the search returns its choice; compiling it is an ordinary compile
+            self.compile(**result.compile_kwargs, range_mode=range_mode,
+                         range_margin=range_margin, security_level=security_level,
+                         batch_size=batch_size, verbose=verbose)
             return self
         if rounding_method not in ("approximate", "exact"):
             raise ValueError(
@@ -366,11 +370,17 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         decrypts and dequantizes; the server (:class:`~latentopt.backends.fhe_deploy.FHEServer`)
         runs on serialised ciphertexts with serialised evaluation keys.  The client
         returns the circuit's dequantized outputs, in the user's units (logits for a
-        classifier, targets for a regressor).  ``via_mlir`` stores the MLIR program
-        instead of the compiled library (portable, recompiled on load).  Returns
-        ``{"server": path, "client": path}``.
+        classifier, targets for a regressor); the artefact also records the task, the
+        classes and the output units (:mod:`latentopt.deploy.artifacts`), so
+        :class:`latentopt.deploy.Client` returns what :meth:`predict` returns.
+        ``via_mlir`` stores the MLIR program instead of the compiled library (portable,
+        recompiled on load).  Returns ``{"server": path, "client": path}``.
         """
-        return dict(self._fhe("save_deployment()").save_deployment(directory, via_mlir=via_mlir))
+        from ..deploy.artifacts import estimator_info, write_estimator_info
+
+        paths = self._fhe("save_deployment()").save_deployment(directory, via_mlir=via_mlir)
+        write_estimator_info(paths["client"], estimator_info(self))
+        return dict(paths)
 
     def to_onnx(self, path: str | Path, **options: Any) -> str:
         """Write the integer network as a standard ONNX model (run it with onnxruntime).

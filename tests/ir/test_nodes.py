@@ -10,13 +10,17 @@ import pytest
 
 from latentopt.ir import (
     Add,
+    Concat,
+    Conv,
     Dequantize,
     ExplicitTable,
     Gemm,
+    MaxPool,
     Node,
     QuantActivation,
     QuantizeInput,
     Round,
+    SumPool,
     TableLookup,
 )
 from latentopt.ir.nodes import NODE_TYPES
@@ -38,7 +42,9 @@ ALL_NODES = {
 # --------------------------------------------------------------------- base Node
 def test_node_types_registry():
     assert NODE_TYPES == {"quantize_input": QuantizeInput, "gemm": Gemm, "round": Round,
-                          "table_lookup": TableLookup, "add": Add, "dequantize": Dequantize}
+                          "table_lookup": TableLookup, "add": Add, "concat": Concat,
+                          "dequantize": Dequantize, "conv": Conv, "sum_pool": SumPool,
+                          "max_pool": MaxPool}
 
 
 @pytest.mark.parametrize("name", ["", None, 3])
@@ -290,7 +296,7 @@ def test_dict_round_trip_keeps_function_behaviour():
 
 def test_from_dict_unknown_op():
     with pytest.raises(ValueError, match="unknown node op"):
-        Node.from_dict({"op": "conv", "name": "c", "inputs": ["x"]}, {})
+        Node.from_dict({"op": "conv3d", "name": "c", "inputs": ["x"]}, {})
 
 
 def test_same_as_detects_differences():

@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentopt.search import cost
-from latentopt.search.cost import (
+from latentopt.search import calibration, cost
+from latentopt.search import profile as profiles
+from latentopt.search.cost import COEFFICIENTS, PRIOR, CostModel
+from latentopt.search.fingerprint import (
     CACHE_ENV,
-    COEFFICIENTS,
-    PRIOR,
-    CostModel,
     FingerprintMismatchError,
     cache_dir,
     machine_fingerprint,
@@ -59,7 +58,7 @@ def synthetic_records(theta: np.ndarray = THETA, speedup: float = 1.5) -> list[d
         for width in (1, 12):
             prof = profile(N, k, n, level, width)
             for n_samples in (1, 4, 8):
-                wall = cost._predict(prof, n_samples, theta, speedup) * n_samples
+                wall = profiles.predict_profile(prof, n_samples, theta, speedup) * n_samples
                 records.append({"bits": bits, "p_error": p_error, "width": width,
                                 "n_features": 4, "n_samples": n_samples, "profile": prof,
                                 "seconds": [wall], "cpu_seconds": [wall * speedup]})
@@ -77,7 +76,7 @@ def test_fit_recovers_a_noiseless_model(model):
     assert model.info["fit"]["median_abs_rel_error"] < 0.01
     prof = profile(1024, 2, 800, 1, 20)
     for n in (1, 3, 8, 20):
-        truth = cost._predict(prof, n, THETA, 1.5)
+        truth = profiles.predict_profile(prof, n, THETA, 1.5)
         assert model.predict(prof, n) == pytest.approx(truth, rel=0.03)
     # fewer effective cores (a busy machine): slower, never faster than one core allows
     assert model.predict(prof, speedup=1.0) > model.predict(prof)
@@ -202,9 +201,9 @@ def test_import_is_light():
 def test_profile_reads_concrete_statistics(model):
     from latentopt.backends.fhe import FHECircuit
 
-    circuit, q = cost.calibration_circuit(bits=3, width=6, n_features=3)
+    circuit, q = calibration.calibration_circuit(bits=3, width=6, n_features=3)
     fc = FHECircuit.compile(circuit, q, p_error=1e-2, batch_size=4)
-    prof = cost.circuit_profile(fc)
+    prof = profiles.circuit_profile(fc)
     single, batch = prof["functions"]["single"], prof["functions"]["batch"]
     assert sum(op[4] for op in single["ops"]) == 6 == fc.report["programmable_bootstrap_count"]
     assert sum(op[4] for op in batch["ops"]) == 24
@@ -224,13 +223,13 @@ def test_quick_calibration_predicts_a_tiny_circuit(tmp_path, key_cache):
                                 insecure_key_cache=key_cache)
     assert list(tmp_path.glob("cost_model_custom-*.json"))
     assert model.info["calibration_seconds"] > 0 and len(model.info["records"]) >= 4
-    circuit, q = cost.calibration_circuit(bits=3, width=4, n_features=2, seed=1)
+    circuit, q = calibration.calibration_circuit(bits=3, width=4, n_features=2, seed=1)
     fc = FHECircuit.compile(circuit, q, p_error=1e-2, batch_size=4,
                             insecure_key_cache=key_cache)
     predicted = model.predict(fc, n_samples=4)
     fc.keygen()
     fc.execute(q[:1])  # decompress the keys
-    wall, _ = cost.time_execute(fc, q[:4], 3)
+    wall, _ = calibration.time_execute(fc, q[:4], 3)
     measured = float(np.median(wall)) / 4
     assert math.isfinite(predicted)
     assert measured / 4 < predicted < measured * 4  # a loose factor: shared, noisy cores

@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 
 from latentopt import QuantizedMLPClassifier
 from latentopt.search import LatencySearch
-from latentopt.search.latency_search import _Objective
+from latentopt.search.objective import _Objective
 
 TINY = dict(hidden_layer_sizes=(6,), n_w_bits=3, n_a_bits=3, n_input_bits=4, max_epochs=30,
             lr=1e-2, random_state=0, verbose=0)
@@ -38,6 +38,7 @@ def data():
 
 
 def _search(tmp_path, **kw):
+    kw.setdefault("holdout_fraction", 0.0)  # all of X but validation trains the trials
     return LatencySearch(QuantizedMLPClassifier(**TINY), param_space=SPACE,
                          max_accuracy_drop=0.1, reference_score=0.9, n_repeats=1,
                          cost_model=None, random_state=0, verbose=0,

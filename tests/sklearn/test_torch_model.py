@@ -105,6 +105,34 @@ def _cases():  # name -> (model factory, input shape)
         "view_reshape_dropout": (lambda: Fn(
             lambda L, x: L[2](L[1](F.relu(L[0](x))).view(x.size(0), -1).reshape(x.size(0), 27)),
             nn.Conv2d(2, 3, 4), nn.Dropout(0.3), nn.Linear(27, 2)), IMG),
+        "same_padding_conv_and_unfolded_batchnorm": (lambda: _seq(
+            nn.Conv2d(2, 3, (2, 3), padding="same"), nn.ReLU(), nn.BatchNorm2d(3),
+            nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Flatten(),
+            nn.Linear(72, 2)), IMG),
+        "avgpool_ceil_padding_functional": (lambda: Fn(
+            lambda L, x: L[1](torch.flatten(F.avg_pool2d(torch.relu(F.avg_pool2d(
+                torch.relu(L[0](x)), 3, 2, 1, ceil_mode=True, count_include_pad=False)), 2),
+                1)),
+            nn.Conv2d(2, 3, 3, padding=1), nn.Linear(12, 2)), IMG),
+        "adaptive_uneven_windows": (lambda: _seq(nn.Conv1d(2, 3, 3), nn.ReLU(),
+                                                 nn.AdaptiveAvgPool1d(4), nn.Flatten(),
+                                                 nn.Linear(12, 2)), SEQ),
+        "maxpool_unflatten_and_constants": (lambda: Fn(
+            lambda L, x: L[2](torch.flatten(F.max_pool2d(torch.relu(L[1](L[0](x) * 0.5)),
+                                                         2, 1, 1, ceil_mode=True), 1) / -4.0),
+            nn.Unflatten(1, (2, 6, 6)), nn.Conv2d(2, 3, 3), nn.Linear(75, 2)), (72,)),
+        "permute_and_transpose": (lambda: Fn(
+            lambda L, x: L[1](torch.relu(L[0](torch.flatten(  # size-1 move, then a real one
+                x.unflatten(1, (1, 2)).transpose(1, 2).flatten(2).permute(0, 2, 1), 1)))),
+            nn.Linear(16, 5), nn.Linear(5, 2)), SEQ),
+        "concat_channels_and_features": (lambda: Fn(
+            lambda L, x: L[3](torch.cat([torch.flatten(torch.cat(
+                (torch.relu(L[0](x)), torch.relu(L[1](x))), dim=1), 1), torch.flatten(x, 1)],
+                -1)), nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 1, 3, padding=1),
+            nn.Identity(), nn.Linear(180, 2)), IMG),
+        "maxpool1d_module": (lambda: _seq(nn.Conv1d(2, 3, 3), nn.ReLU(),
+                                          nn.MaxPool1d(3, 2, dilation=1), nn.Flatten(),
+                                          nn.Linear(6, 2)), SEQ),
         "residual_add": (lambda: _seq(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), Residual(),
                                       nn.Flatten(), nn.Linear(108, 2)), IMG),
         "torch_add_chain": (lambda: Fn(
@@ -160,8 +188,9 @@ def test_batchnorm_is_folded_and_reported():
     q = compile_torch_model(factory(), _data(shape), n_bits=6, fhe=False, verbose=0)
     assert q.import_report_["folded_batch_norms"] == ["1", "5"]
     assert all(kind != "affine" for _, kind in q.import_report_["ops"])
-    # the folded model has one gemm per conv / linear layer and no other gemm
-    assert len([n for n in q.circuit_.nodes if n.op == "gemm"]) == 3
+    # the folded model has one conv / gemm per conv / linear layer and no other
+    assert [n.op for n in q.circuit_.nodes if n.op in ("gemm", "conv")] == [
+        "conv", "gemm", "gemm"]
 
 
 def test_residual_add_shares_one_quantizer_and_reports_the_lookup():
@@ -243,7 +272,12 @@ def test_the_torch_model_is_not_modified():
 
 class _Mul(nn.Module):
     def forward(self, x):  # type: ignore[no-untyped-def]
-        return x * 2
+        return x * x  # (a constant factor is supported)
+
+
+class _Reciprocal(nn.Module):
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return 2.0 / x
 
 
 class _TwoInputs(nn.Module):
@@ -260,7 +294,8 @@ class _Branchy(nn.Module):
 
 @pytest.mark.parametrize("model, match", [
     (nn.Sequential(nn.Linear(6, 4), nn.LSTM(4, 2)), "module LSTM"),
-    (nn.Sequential(nn.Linear(6, 4), _Mul()), "function 'mul'"),
+    (nn.Sequential(nn.Linear(6, 4), _Mul()), "multiplication other than by a constant"),
+    (nn.Sequential(nn.Linear(6, 4), _Reciprocal()), "division of a constant by a tensor"),
     (_TwoInputs(), "2 inputs"),
     (_Branchy(), "could not trace"),
     (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1, padding_mode="circular")), "Conv1d"),

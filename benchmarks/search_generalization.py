@@ -1,0 +1,212 @@
+"""Does the search hold on data it has never seen?  Nine data sets, two budgets.
+
+For each data set of ``bench_datasets.py`` (three bundled, five generated, one
+regression; 25% test split never shown to the search):
+
+* the float scikit-learn MLP's test score (accuracy, or R^2 for the regression);
+* ``LatencySearch`` at a 1-point and a 2-point budget (one shared model cache, so the
+  second search reuses trained models), each for ``--time-budget`` seconds: its Pareto
+  front (validation score against predicted seconds per sample), the chosen point, its
+  honest scores (the search's own check split, and the test split with FHE simulation),
+  and its seconds per sample: predicted before keygen, and measured (real keys, one
+  sample per call, median of ``--n-execute``);
+* Concrete ML 1.9's ``NeuralNetClassifier`` (``concrete_ml_peer.py``) on the same split,
+  read from ``--peer-json`` (JSON lines) when given.
+
+Results go to a JSON-lines file (one line per data set and budget); ``--plot`` draws the
+Pareto fronts from it (``docs/guides/images/search_pareto.png``).
+
+    python benchmarks/search_generalization.py --quick            # ~6 min per data set
+    python benchmarks/search_generalization.py --time-budget 900  # the full benchmark
+    python benchmarks/search_generalization.py --plot results.jsonl --peer-json peer.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import bench_datasets
+import numpy as np
+
+warnings.filterwarnings("ignore")
+HERE = Path(__file__).resolve().parent
+IMAGE = HERE.parent / "docs" / "guides" / "images" / "search_pareto.png"
+
+
+def float_reference(name: str, Xtr: np.ndarray, Xte: np.ndarray, ytr: np.ndarray,
+                    yte: np.ndarray) -> float:
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    cls = MLPRegressor if bench_datasets.is_regression(name) else MLPClassifier
+    return float(cls(max_iter=1000, random_state=0).fit(Xtr, ytr).score(Xte, yte))
+
+
+def measure(est: object, Xte: np.ndarray, n_execute: int) -> dict:
+    """Keygen, then seconds per sample of ``predict(fhe="execute")`` on single samples."""
+    keygen = est.keygen()  # type: ignore[attr-defined]
+    est.predict(Xte[:1], fhe="execute")  # type: ignore[attr-defined]  # decompress keys
+    times = []
+    for i in range(min(n_execute, len(Xte))):
+        t0 = time.perf_counter()
+        est.predict(Xte[i + 1 : i + 2], fhe="execute")  # type: ignore[attr-defined]
+        times.append(time.perf_counter() - t0)
+    return {"keygen_s": keygen, "measured_s": float(np.median(times))}
+
+
+def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
+        cache: Path, max_epochs: int) -> list[dict]:
+    from latentopt import QuantizedMLPClassifier, QuantizedMLPRegressor
+    from latentopt.search import LatencySearch
+    from latentopt.search.inner import score_under
+
+    Xtr, Xte, ytr, yte = bench_datasets.load(name)
+    regression = bench_datasets.is_regression(name)
+    float_score = float_reference(name, Xtr, Xte, ytr, yte)
+    template = (QuantizedMLPRegressor if regression else QuantizedMLPClassifier)(
+        max_epochs=max_epochs, random_state=0, verbose=0)
+    rows = []
+    for drop in budgets:
+        t0 = time.perf_counter()
+        search = LatencySearch(template, max_accuracy_drop=drop, n_trials=10_000,
+                               timeout=time_budget, cache_dir=cache, random_state=0,
+                               verbose=0).fit(Xtr, ytr)
+        row = {"dataset": name, "budget": drop, "float_test": float_score,
+               "max_epochs": max_epochs, "time_budget": time_budget,
+               "search_s": time.perf_counter() - t0, "unit": search.latency_unit_,
+               "n_trials": len(search.study_.trials),
+               "n_complete": len(search.results_),
+               "pareto": [{"cost": r["cost"], "score": r["score"],
+                           "hidden": r.get("hidden_layer_sizes"), "n_w_bits": r.get("n_w_bits")}
+                          for r in search.pareto_front_],
+               "reference_validation": search.reference_score_}
+        if getattr(search, "best_trial_", None) is None:
+            row["chosen"] = None
+            rows.append(row)
+            print(json.dumps(row, default=str), flush=True)
+            continue
+        est = search.best_estimator_
+        fc = est.fhe_circuit_
+        row["chosen"] = {k: search.best_trial_.get(k) for k in (
+            "hidden_layer_sizes", "n_w_bits", "n_a_bits", "n_input_bits", "n_accum_bits",
+            "activation", "pruning_ratio", "rounding_bits", "p_error", "pbs", "max_tlu_bits")}
+        row["validation_score"] = search.best_trial_["score"]
+        row["check_score"] = getattr(search, "best_score_", None)
+        row["test_score"] = float(np.mean([score_under(est, Xte, yte, "simulate")
+                                           for _ in range(3)]))
+        if search.latency_unit_ == "seconds":
+            model = search._resolve_cost_model()
+            row["predicted_s"] = float(model.predict(fc, n_samples=1))
+            row["predicted_batch_s"] = float(model.predict(fc))
+        row.update(measure(est, Xte, n_execute))
+        rows.append(row)
+        print(json.dumps(row, default=str), flush=True)
+    return rows
+
+
+def table(rows: list[dict], peer: dict[str, dict]) -> None:
+    print(f"{'dataset':14s} {'budget':>6s} {'float':>6s} {'val':>6s} {'check':>6s} "
+          f"{'test':>6s} {'pred s':>7s} {'meas s':>7s} {'PBS':>4s} {'trials':>6s} | "
+          f"{'CML acc':>7s} {'CML s':>6s} {'speed-up':>8s}")
+    for r in rows:
+        c, p = r.get("chosen"), peer.get(r["dataset"])
+        cml = (f"{p['accuracy']:7.3f} {p['latency_s']:6.2f} "
+               f"{p['latency_s'] / r['measured_s']:7.1f}x" if p and c else "")
+        if c is None:
+            print(f"{r['dataset']:14s} {r['budget']:6.2f} {r['float_test']:6.3f}  no feasible "
+                  f"point in {r['n_trials']} trials | {cml}")
+            continue
+        print(f"{r['dataset']:14s} {r['budget']:6.2f} {r['float_test']:6.3f} "
+              f"{r['validation_score']:6.3f} {r['check_score'] or float('nan'):6.3f} "
+              f"{r['test_score']:6.3f} {r.get('predicted_s', float('nan')):7.3f} "
+              f"{r['measured_s']:7.3f} {c['pbs']:4d} {r['n_trials']:6d} | {cml}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["dataset"] for r in rows))
+    cols = min(3, len(names))
+    fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(4.2 * cols,
+                             3.2 * -(-len(names) // cols)), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for r, color in zip([r for r in rows if r["dataset"] == name], ("tab:red", "tab:blue")):
+            front = r["pareto"]
+            if r["unit"] != "seconds" or not front:
+                continue
+            ax.plot([p["cost"] for p in front], [p["score"] for p in front], "o-", ms=3,
+                    color=color, label=f"front, budget {r['budget']:.2f}")
+            if r.get("chosen") and r.get("predicted_batch_s"):
+                ax.plot([r["predicted_batch_s"]], [r["test_score"]], "*", ms=11, color=color,
+                        label=f"chosen, test score ({r['budget']:.2f})")
+        ax.axhline(rows[[r["dataset"] for r in rows].index(name)]["float_test"], ls="--",
+                   lw=0.8, color="k", label="float MLP (test)")
+        ax.set_xscale("log")
+        fmt = matplotlib.ticker.FormatStrFormatter("%.2g")
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(fmt)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("predicted seconds per sample", fontsize=8)
+        ax.set_ylabel("validation / test score", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(bench_datasets.ALL))
+    parser.add_argument("--time-budget", type=float, default=900.0,
+                        help="seconds of search per data set and budget")
+    parser.add_argument("--quick", action="store_true",
+                        help="150 s per data set and budget, max_epochs 60, 3 executions")
+    parser.add_argument("--max-epochs", type=int, default=200,
+                        help="the template's max_epochs (QuantizedMLP* default: 200)")
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02])
+    parser.add_argument("--n-execute", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=HERE / "results_search_generalization.jsonl")
+    parser.add_argument("--peer-json", type=Path, default=None,
+                        help="JSON lines of concrete_ml_peer.py on the same data sets")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="only print the table and draw the plot from this results file")
+    args = parser.parse_args()
+    peer: dict[str, dict] = {}
+    if args.peer_json is not None and args.peer_json.exists():
+        lines = [json.loads(x) for x in args.peer_json.read_text().splitlines() if x.strip()]
+        peer = {r["dataset"]: r for r in lines}
+    if args.plot is not None:
+        rows = [json.loads(x) for x in args.plot.read_text().splitlines() if x]
+        table(rows, peer)
+        plot(rows, IMAGE)
+        return
+    if args.quick:
+        args.time_budget, args.n_execute, args.max_epochs = 150.0, 3, 60
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="latentopt-bench-") as tmp:
+        for name in args.datasets:
+            cache = Path(tmp) / name
+            for row in run(name, args.budgets, args.time_budget, args.n_execute, cache,
+                           args.max_epochs):
+                rows.append(row)
+                with open(args.out, "a") as fh:
+                    fh.write(json.dumps(row, default=str) + "\n")
+    table(rows, peer)
+
+
+if __name__ == "__main__":
+    main()

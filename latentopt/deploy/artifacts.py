@@ -1,0 +1,146 @@
+"""What the deployment client needs to return the estimator's own outputs.
+
+:func:`write_estimator_info` adds ``estimator.json`` and ``estimator.npz`` to a client
+artefact written by :func:`latentopt.backends.fhe_deploy.save_deployment`: the task, the
+class labels (classifiers), and the affine map from the circuit's dequantized outputs to
+``predict``'s units (regressors; the identity once the transform is folded into the
+circuit's ``Dequantize``).  :class:`OutputTransform` applies them on the client, so a
+deployed model returns what ``estimator.predict`` / ``predict_proba`` return.
+
+The map is *measured*, not assumed: ``predict(fhe="disable")`` is compared with the
+circuit's dequantized outputs on random inputs and must be exactly affine, otherwise the
+artefact is refused (the client could not reproduce ``predict``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends.fhe_deploy import FHEArtifactError
+
+__all__ = ["OutputTransform", "estimator_info", "read_estimator_info", "write_estimator_info"]
+
+TASKS = ("classifier", "regressor", "outputs")
+
+
+@dataclass
+class OutputTransform:
+    """Maps dequantized circuit outputs to the estimator's ``predict`` units.
+
+    Parameters
+    ----------
+    task : {"classifier", "regressor", "outputs"}
+    classes : ndarray or None
+        Labels, indexed by the argmax of the outputs (classifiers).
+    scale, offset : ndarray or None
+        ``predict = outputs * scale + offset`` per output (regressors).
+    output_shape : tuple of int
+        Shape of one prediction (``()`` for a 1-d target).
+    """
+
+    task: str = "outputs"
+    classes: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    output_shape: tuple[int, ...] | None = None
+
+    def predict(self, outputs: np.ndarray) -> np.ndarray:
+        """What ``estimator.predict`` returns for these dequantized outputs."""
+        out = np.asarray(outputs, dtype=np.float64)
+        if self.task == "classifier":
+            idx = np.argmax(out, axis=1)
+            return idx if self.classes is None else self.classes[idx]
+        if self.scale is not None and self.offset is not None:
+            out = out * self.scale + self.offset
+        if self.output_shape is not None:
+            out = out.reshape((len(out), *self.output_shape))
+        return out
+
+    def predict_proba(self, outputs: np.ndarray) -> np.ndarray:
+        """Softmax of the outputs, as the classifiers' ``predict_proba``."""
+        if self.task != "classifier":
+            raise AttributeError(f"predict_proba is for classifiers; this model is a {self.task}")
+        z = np.asarray(outputs, dtype=np.float64)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+
+def _affine(raw: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column ``pred = raw * a + b``; raises when that does not hold exactly."""
+    a = np.ones(raw.shape[1])
+    b = np.zeros(raw.shape[1])
+    for j in range(raw.shape[1]):
+        r, p = raw[:, j], pred[:, j]
+        spread = np.ptp(r)
+        if spread > 0:
+            a[j] = (p[np.argmax(r)] - p[np.argmin(r)]) / spread
+        b[j] = float(np.mean(p - a[j] * r))
+    if not np.allclose(raw * a + b, pred, rtol=1e-9, atol=1e-9 * (1 + np.abs(pred).max())):
+        raise FHEArtifactError("the estimator's predict is not an affine map of the circuit's "
+                               "outputs; the deployment client cannot reproduce it")
+    return a, b
+
+
+def estimator_info(est: Any, n_probe: int = 64) -> OutputTransform:
+    """Measure the :class:`OutputTransform` of a fitted, compiled latentopt estimator."""
+    circuit = est.active_circuit_
+    rng = np.random.default_rng(0)
+    X = rng.normal(0.0, 2.0, (n_probe, circuit.n_features))
+    raw = np.asarray(est._raw_output(X, "disable"), dtype=np.float64)
+    classes = getattr(est, "classes_", None)
+    if classes is not None or getattr(est, "task", None) == "classification":
+        if classes is None:
+            classes = np.arange(raw.shape[1])
+        return OutputTransform("classifier", classes=np.asarray(classes))
+    pred = np.asarray(est.predict(X, fhe="disable"), dtype=np.float64)
+    a, b = _affine(raw, pred.reshape(len(pred), -1))
+    return OutputTransform("regressor", scale=a, offset=b, output_shape=tuple(pred.shape[1:]))
+
+
+def write_estimator_info(client_zip: str | Path, info: OutputTransform) -> None:
+    """Add ``info`` to a client artefact (its manifest checksums are updated)."""
+    arrays = {k: v for k, v in (("classes", info.classes), ("scale", info.scale),
+                                ("offset", info.offset)) if v is not None}
+    if info.classes is not None and info.classes.dtype.kind == "O":
+        arrays["classes"] = np.asarray(info.classes.tolist())
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    meta = {"task": info.task, "output_shape": None if info.output_shape is None
+            else list(info.output_shape)}
+    extra = {"estimator.json": json.dumps(meta).encode(), "estimator.npz": buf.getvalue()}
+    path = Path(client_zip)
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    manifest = json.loads(members.pop("manifest.json"))
+    members.update(extra)
+    manifest["sha256"] = {k: hashlib.sha256(v).hexdigest() for k, v in members.items()}
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+        for name, data in members.items():
+            zf.writestr(name, data)
+    tmp.replace(path)
+
+
+def read_estimator_info(client_zip: str | Path) -> OutputTransform:
+    """The :class:`OutputTransform` of a client artefact (identity when it has none)."""
+    with zipfile.ZipFile(client_zip) as zf:
+        names = set(zf.namelist())
+        if "estimator.json" not in names:
+            return OutputTransform()
+        meta = json.loads(zf.read("estimator.json"))
+        with np.load(io.BytesIO(zf.read("estimator.npz")), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    if meta.get("task") not in TASKS:
+        raise FHEArtifactError(f"{client_zip}: unknown task {meta.get('task')!r}")
+    shape = meta.get("output_shape")
+    return OutputTransform(meta["task"], arrays.get("classes"), arrays.get("scale"),
+                           arrays.get("offset"), None if shape is None else tuple(shape))

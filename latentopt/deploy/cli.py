@@ -1,0 +1,90 @@
+"""``latentopt serve DIR...``: serve deployed models over HTTP (uvicorn).
+
+Each ``DIR`` holds a model's ``server.zip`` and ``client.zip`` (from
+``save_deployment``); its name on the server is the directory name, or ``NAME=DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+MiB = 2**20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latentopt serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", metavar="[NAME=]DIR",
+                   help="directory of a model's server.zip and client.zip")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--key-store", default=os.environ.get("LATENTOPT_KEY_STORE",
+                                                         "latentopt-keys"),
+                   help="key-store directory, or redis://host:port/db shared by replicas "
+                        "(env LATENTOPT_KEY_STORE)")
+    p.add_argument("--max-keys", type=int, default=10_000,
+                   help="key sets kept; least recently used evicted beyond")
+    p.add_argument("--max-store-mb", type=float, default=64 * 1024,
+                   help="MiB of keys kept; least recently used evicted beyond")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: every core)")
+    p.add_argument("--cache-size", type=int, default=4,
+                   help="deserialised key sets kept in memory per worker (LRU)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="requests of one batch run concurrently in a worker")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="queued requests of one client sent to its worker together")
+    p.add_argument("--max-request-mb", type=float, default=64, help="ciphertext body limit")
+    p.add_argument("--max-key-mb", type=float, default=2048, help="key registration limit")
+    p.add_argument("--max-samples", type=int, default=4096, help="samples per request")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per prediction")
+    p.add_argument("--token", default=os.environ.get("LATENTOPT_TOKEN"),
+                   help="bearer token required from every client (env LATENTOPT_TOKEN)")
+    p.add_argument("--token-file", default=None,
+                   help="per-client tokens: lines of 'name token'")
+    p.add_argument("--ssl-certfile", default=None, help="TLS certificate (PEM), uvicorn")
+    p.add_argument("--ssl-keyfile", default=None, help="TLS private key (PEM), uvicorn")
+    p.add_argument("--graceful-timeout", type=float, default=600,
+                   help="seconds in-flight requests may take to finish on shutdown")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import uvicorn
+
+    from .app import create_app
+    from .config import ServeConfig
+
+    models = {}
+    for item in args.models:
+        name, sep, path = item.partition("=")
+        if not sep:
+            path, name = item, Path(item.rstrip("/")).name
+        if name in models:
+            raise SystemExit(f"latentopt serve: two models named {name!r}; use NAME=DIR")
+        models[name] = path
+    config = ServeConfig(
+        models=models, store=args.key_store, max_keys=args.max_keys,
+        max_store_bytes=int(args.max_store_mb * MiB), workers=args.workers,
+        cache_size=args.cache_size, threads=args.threads, max_batch=args.max_batch,
+        max_request_bytes=int(args.max_request_mb * MiB),
+        max_key_bytes=int(args.max_key_mb * MiB), max_samples=args.max_samples,
+        request_timeout=args.timeout, token=args.token, token_file=args.token_file)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+                timeout_graceful_shutdown=int(args.graceful_timeout), access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

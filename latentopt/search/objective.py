@@ -1,0 +1,137 @@
+"""The trial objective of :class:`~latentopt.search.latency_search.LatencySearch`.
+
+One Optuna trial: sample the parameters, train a clone of the template (or load it from
+the on-disk model cache), run the inner search (rounding bits and ``p_error``) and
+return ``(latency, validation score)`` with the accuracy budget as a constraint.
+The objective is picklable: worker processes run it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+
+from .inner import score_under, search_compile
+from .screening import best_feasible_latency, lower_bound_seconds, promising, short_params
+from .space import DEFAULT_SPACE, sample_params
+from .trials import ModelCache, model_key
+
+#: Objective value of trials with no compilable point (Optuna rejects inf).
+_NO_LATENCY = 1e30
+
+
+def _data_key(X: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(X), np.ascontiguousarray(y)):
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Objective:
+    """Picklable trial objective (workers in other processes run it too)."""
+
+    # ``search`` is the LatencySearch running the study (typed Any: importing
+    # latency_search here would make the two modules import each other)
+    def __init__(self, search: Any, data: tuple, reference: float,
+                 cost_model: Any, cache_dir: Path, teacher: Any = None,
+                 teacher_key: str = "") -> None:
+        self.search = search
+        self.data = data
+        self.reference = reference
+        self.cost_model = cost_model
+        self.cache_dir = cache_dir
+        self.data_key = _data_key(data[0], data[1])
+        # the fitted teacher (or the training rows of an array teacher), shared by trials
+        self.teacher = teacher
+        self.teacher_key = teacher_key
+
+    def _fit(self, params: dict[str, Any]) -> tuple[Any, bool]:
+        X_tr, y_tr = self.data[0], self.data[1]
+        est = clone(self.search.estimator).set_params(**params, verbose=0)
+        if self.teacher is not None:
+            est.set_params(teacher=self.teacher)  # after clone: stays fitted, not refitted
+        # keyed by every effective parameter (the template's fixed ones included)
+        cache, key = ModelCache(self.cache_dir), model_key(est, self.data_key, self.teacher_key)
+        cached = cache.load(key)
+        if cached is not None:
+            return cached, True
+        est.fit(X_tr, y_tr)
+        cache.store(key, est)
+        return est, False
+
+    def _prune(self, trial: Any, reason: str) -> None:
+        import optuna
+
+        trial.set_user_attr("rejected", reason)
+        raise optuna.TrialPruned(reason)
+
+    def _screen(self, trial: Any, params: dict[str, Any], cap: float | None) -> None:
+        """Reject before training what the cost model proves slower than ``cap``."""
+        if self.cost_model is None or cap is None:
+            return
+        bound = lower_bound_seconds(self.cost_model, params, self.data[0].shape[1])
+        trial.set_user_attr("lower_bound_seconds", bound)
+        if bound > cap:
+            self._prune(trial, f"cost bound {bound:.3g} s > best feasible {cap:.3g} s")
+
+    def _short_rung(self, trial: Any, params: dict[str, Any], threshold: float) -> None:
+        """Short training first; full training only if the short score is promising."""
+        if not getattr(self.search, "multi_fidelity", True):
+            return
+        short, _ = self._fit(short_params(self.search.estimator, params))
+        score = score_under(short, self.data[2], self.data[3], "disable")
+        trial.set_user_attr("short_score", score)
+        if trial.user_attrs.get("seeded"):  # a seeded configuration: always full
+            return
+        previous = [t.user_attrs["short_score"] for t in trial.study.get_trials(deepcopy=False)
+                    if "short_score" in t.user_attrs and t.number != trial.number]
+        if not promising(score, previous, threshold):
+            self._prune(trial, f"short-training score {score:.4f} not in the top third of "
+                               f"{len(previous)} earlier trials")
+
+    def __call__(self, trial: Any) -> tuple[float, float]:
+        import optuna
+
+        s = self.search
+        params = sample_params(trial, s.param_space or DEFAULT_SPACE)
+        trial.set_user_attr("params", {k: (list(v) if isinstance(v, tuple) else v)
+                                       for k, v in params.items()})
+        trial.set_user_attr("pid", os.getpid())
+        threshold = self.reference - s.max_accuracy_drop
+        cap = best_feasible_latency(trial.study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        self._screen(trial, params, cap)
+        self._short_rung(trial, params, threshold)
+        est, cached = self._fit(params)
+        trial.set_user_attr("cached_model", cached)
+        inner = search_compile(
+            est, self.data[2], self.data[3], max_accuracy_drop=s.max_accuracy_drop,
+            reference_score=self.reference, n_repeats=s.n_repeats, cost_model=self.cost_model,
+            latency_cap=cap,
+        )
+        trial.set_user_attr("latency_unit", inner.latency_unit)
+        compiled = [c for c in inner.candidates if c.error is None and not c.dominated]
+        if inner.best is None and not compiled and any(c.dominated for c in inner.candidates):
+            self._prune(trial, "every compiled point is slower than the best feasible one")
+        point = inner.best or (max(compiled, key=lambda c: c.score) if compiled else None)
+        score = (point.score if point is not None else inner.unrounded_score
+                 if inner.unrounded_score is not None
+                 else score_under(est, self.data[2], self.data[3], "disable"))
+        latency = point.latency if point is not None else _NO_LATENCY
+        violation = float(inner.threshold - score)
+        trial.set_user_attr("constraint", [violation])
+        trial.set_constraint("accuracy_budget", violation)  # <= 0: feasible (NSGA-II)
+        if point is not None:
+            trial.set_user_attr("compile", {"rounding_bits": point.rounding_bits,
+                                            "rounding_method": point.rounding_method,
+                                            "p_error": point.p_error})
+            trial.set_user_attr("pbs", point.pbs)
+            trial.set_user_attr("max_tlu_bits", point.max_tlu_bits)
+        trial.set_user_attr("tlus", int(est.bit_width_report().tlu_count))
+        return float(latency), float(score)

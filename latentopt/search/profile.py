@@ -1,0 +1,150 @@
+"""What the cost model reads from a compiled circuit, and how it turns it into seconds.
+
+:func:`circuit_profile` extracts, from concrete's compile-time statistics (no keys
+needed), every function's lookup ops (crypto parameters and counts), key switches,
+levelled (linear) operations and input ciphertexts.  The crypto parameters are the ones
+concrete chose for the *whole* circuit, so the precision carried before rounding is
+accounted for: a 17-bit accumulator rounded to 6 bits gets a larger decomposition level
+(or, with exact rounding, extra PBS) than a 10-bit one rounded to the same 6 bits, and
+its linear operations run on ciphertexts of the same (large) dimension.
+
+The model's terms for one call of a function, with coefficients ``theta`` in the order
+of :data:`latentopt.search.cost.COEFFICIENTS`::
+
+    serial = c_call + c_setup * sum_ops N + c_in * inputs * input dim + c_lin * linear ops * dim
+    pbs    = count * n * (c_fft * (k+1) (l+1) N log2 N + c_mac * (k+1)^2 l N)
+    ks     = count * c_ks * dim_in * level * dim_out
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Terms", "circuit_profile", "combine", "predict_profile", "synthetic_profile"]
+
+Terms = tuple[float, list[tuple[float, float]]]  # serial s, [(parallel s, items)]
+#: Concurrent encrypted calls of ``FHECircuit.execute`` (its default ``n_jobs``).
+EXECUTE_JOBS = 2
+#: Levelled operations counted by the linear term (all cost about one pass over a ciphertext).
+LINEAR_STATS = ("encrypted_addition_count_per_parameter",
+                "clear_multiplication_count_per_parameter",
+                "clear_addition_count_per_parameter",
+                "encrypted_negation_count_per_parameter")
+
+
+def _get(obj: Any, name: str) -> int:
+    value = getattr(obj, name)
+    return int(value() if callable(value) else value)
+
+
+def _params(p: Any) -> list[int]:
+    return [_get(p, a) for a in ("polynomial_size", "glwe_dimension", "input_lwe_dimension",
+                                 "level")]
+
+
+def circuit_profile(fhe_circuit: Any) -> dict[str, Any]:
+    """What the cost model reads from a compiled :class:`FHECircuit` (no keys needed).
+
+    ``{"batch_size": B, "functions": {"single": f, "batch": f}}``, each ``f`` with its
+    lookup ops ``[N, k, n, l, count]`` (one per layer and parameter set), key switches
+    ``[dim_in, dim_out, level, count]``, input ciphertexts and their LWE dimension, and
+    ``linear``: levelled operations times their ciphertexts' dimension.
+    """
+    module, batch = fhe_circuit.module, int(fhe_circuit.batch_size)
+    info = module.server.program_info
+    dims = [_get(s, "dimension") for s in info.get_keyset_info().secret_keys()]
+    functions = {}
+    for name, st in module.statistics["functions"].items():
+        ops = [[*_params(p), int(c)]
+               for per_param in st["programmable_bootstrap_count_per_tag_per_parameter"].values()
+               for p, c in per_param.items()]
+        for p, count in st["programmable_bootstrap_count_per_parameter"].items():
+            rest = int(count) - sum(o[4] for o in ops if o[:4] == _params(p))
+            if rest > 0:  # untagged lookups
+                ops.append([*_params(p), rest])
+        ks = [[dims[_get(p, "input_secret_key_id")], dims[_get(p, "output_secret_key_id")],
+               _get(p, "level"), int(c)] for p, c in st["key_switch_count_per_parameter"].items()]
+        linear = sum(int(c) * _get(p, "dimension")
+                     for key in LINEAR_STATS for p, c in st.get(key, {}).items())
+        m = batch if name == "batch" else 1
+        functions[name] = {"ops": ops, "ks": ks, "linear": linear,
+                           "inputs": m * int(fhe_circuit.circuit.n_features),
+                           "input_dim": dims[info.input_keyid_at(0, name)]}
+    return {"batch_size": batch, "functions": functions}
+
+
+def synthetic_profile(op: Sequence[int], n_pbs: int, n_features: int, input_dim: int,
+                      batch_size: int = 1, ks: Sequence[int] | None = None,
+                      linear_per_sample: int = 0) -> dict[str, Any]:
+    """A profile of ``n_pbs`` lookups per sample with one parameter set ``op = [N, k, n, l]``.
+
+    Used for bounds before anything is compiled (:meth:`CostModel.lower_bound`).
+    ``ks = [dim_in, dim_out, level]``: one key switch per lookup, if given.
+    """
+    def fn(m: int) -> dict[str, Any]:
+        return {"ops": [[*op[:4], n_pbs * m]] if n_pbs else [],
+                "ks": [[*ks[:3], n_pbs * m]] if ks is not None and n_pbs else [],
+                "linear": linear_per_sample * m, "inputs": n_features * m,
+                "input_dim": input_dim}
+
+    functions = {"single": fn(1)}
+    if batch_size > 1:
+        functions["batch"] = fn(batch_size)
+    return {"batch_size": batch_size, "functions": functions}
+
+
+def _op_work(op: Sequence[float]) -> np.ndarray:
+    """(FFT, multiply-accumulate) operations of ``count`` PBS, in 10^9."""
+    N, k, n, level, count = op
+    return count * 1e-9 * np.array([n * (k + 1) * (level + 1) * N * math.log2(N),
+                                    n * (k + 1) ** 2 * level * N])
+
+
+def _profile_terms(f: dict[str, Any], theta: np.ndarray) -> Terms:
+    serial = theta[0] + theta[1] * sum(op[0] for op in f["ops"]) * 1e-4
+    serial += theta[2] * f["inputs"] * f["input_dim"] * 1e-6
+    if len(theta) > 6:
+        serial += theta[6] * f.get("linear", 0) * 1e-9
+    groups = [(float(_op_work(op) @ theta[3:5]), float(op[4])) for op in f["ops"]]
+    groups += [(theta[5] * c * d_in * lv * d_out * 1e-9, float(c))
+               for d_in, d_out, lv, c in f["ks"]]
+    return float(serial), groups
+
+
+def _calls(n: int, batch: int) -> list[str]:
+    """The functions ``execute`` calls for ``n`` samples."""
+    from ..backends.batching import plan_calls  # numpy only
+
+    return [name for _, _, name in plan_calls(n, batch)]
+
+
+def combine(terms: dict[str, Terms], batch: int, n_samples: int | None,
+            speedup: float) -> float:
+    """Seconds per sample of ``execute`` on ``n_samples``, from each function's terms.
+
+    Each call's PBS and key switches spread over ``min(speedup, count)`` cores;
+    ``execute`` overlaps :data:`EXECUTE_JOBS` calls, so ``n`` samples take
+    ``max(sum work / S, sum wall / 2)``.
+    """
+    n = batch if n_samples is None else int(n_samples)
+    if n < 1:
+        raise ValueError("n_samples must be >= 1")
+    calls = _calls(n, batch)
+    work = wall = 0.0
+    for name in calls:
+        serial, groups = terms[name]
+        work += serial + sum(g for g, _ in groups)
+        wall += serial / min(speedup, 1.0) + sum(g / min(speedup, max(items, 1.0))
+                                                 for g, items in groups)
+    return max(work / speedup, wall / min(EXECUTE_JOBS, len(calls))) / n
+
+
+def predict_profile(profile: dict[str, Any], n_samples: int | None, theta: np.ndarray,
+                    speedup: float) -> float:
+    """Seconds per sample of a :func:`circuit_profile` under coefficients ``theta``."""
+    terms = {name: _profile_terms(f, theta) for name, f in profile["functions"].items()}
+    return combine(terms, int(profile["batch_size"]), n_samples, speedup)

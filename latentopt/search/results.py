@@ -1,0 +1,200 @@
+"""What a search found: the trials' table, the Pareto front, the outcome, the plot.
+
+:func:`collect` reads a finished study into plain rows; :class:`Outcome` says in words
+whether the accuracy budget was met and, when it was not, the best validation score
+reached, its latency and what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import TrialState
+
+from .objective import _NO_LATENCY
+from .trials import ERROR_ATTR
+
+__all__ = ["Outcome", "collect", "pareto_front", "plot_front", "summary_table"]
+
+
+@dataclass
+class Outcome:
+    """The answer of a search, met budget or not.
+
+    Attributes
+    ----------
+    budget_met : bool
+        Some trial reached ``threshold`` on validation with a compilable circuit.
+    threshold, reference_score : float
+        The validation score required, and the reference it was derived from.
+    best_score : float or None
+        The best validation score any trial reached (None: no trial completed).
+    best_score_latency : float or None
+        That trial's latency (None when it had no compilable point).
+    best_score_trial : int or None
+    n_evaluated, n_failed : int
+        Trials evaluated (completed or failed), and failed with an error.
+    message : str
+        All of the above in words, with what to change when the budget was not met.
+    """
+
+    budget_met: bool
+    threshold: float
+    reference_score: float
+    best_score: float | None
+    best_score_latency: float | None
+    best_score_trial: int | None
+    n_evaluated: int
+    n_failed: int
+    message: str = field(default="")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Feasible rows no other feasible row beats on both latency and score."""
+    feasible = [r for r in rows if r["feasible"] and r["cost"] < _NO_LATENCY]
+    return sorted(
+        [r for r in feasible if not any(
+            o["cost"] <= r["cost"] and o["score"] >= r["score"]
+            and (o["cost"] < r["cost"] or o["score"] > r["score"]) for o in feasible)],
+        key=lambda r: r["cost"])
+
+
+def collect(study: Any, unit: str = "seconds") -> tuple[list[dict[str, Any]],
+                                                         list[dict[str, Any]]]:
+    """Rows of the completed trials, and of the trials that failed with an error.
+
+    Each row holds its latency objective twice: ``cost`` (for sorting) and under its
+    unit's own name, ``seconds`` (predicted per sample) or ``complexity`` (concrete's
+    unitless estimate) -- never under "latency".
+    """
+    rows, failures = [], []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs:
+            failures.append({"trial": t.number, **t.user_attrs.get("params", {}),
+                             "error": t.user_attrs[ERROR_ATTR]})
+        if t.state != TrialState.COMPLETE:
+            continue
+        rows.append({
+            "trial": t.number, **t.user_attrs.get("params", {}),
+            "cost": t.values[0], unit: t.values[0], "score": t.values[1],
+            "feasible": t.user_attrs.get("constraint", [1])[0] <= 0,
+            "pbs": t.user_attrs.get("pbs"), "max_tlu_bits": t.user_attrs.get("max_tlu_bits"),
+            "tlus": t.user_attrs.get("tlus"), **(t.user_attrs.get("compile") or {}),
+        })
+    return rows, failures
+
+
+def _latency_words(latency: float | None, seconds: bool) -> str:
+    if latency is None or latency >= _NO_LATENCY:
+        return "no circuit of it compiled"
+    if seconds:
+        return f"{latency:.4g} s per sample (predicted)"
+    return f"complexity {latency:.4g} (no cost model: not seconds)"
+
+
+def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
+                 best: dict[str, Any] | None, *, reference_score: float, threshold: float,
+                 max_accuracy_drop: float, n_trials: int, seconds: bool = True) -> Outcome:
+    """The outcome in numbers and words."""
+    top = max(rows, key=lambda r: (r["score"], -r["cost"])) if rows else None
+    n_eval = len(rows) + len(failures)
+    common = dict(threshold=threshold, reference_score=reference_score,
+                  best_score=None if top is None else float(top["score"]),
+                  best_score_latency=None if top is None or top["cost"] >= _NO_LATENCY
+                  else float(top["cost"]),
+                  best_score_trial=None if top is None else int(top["trial"]),
+                  n_evaluated=n_eval, n_failed=len(failures))
+    budget = (f"validation score >= {threshold:.4f} (reference {reference_score:.4f} "
+              f"minus max_accuracy_drop={max_accuracy_drop:g})")
+    if best is not None:
+        msg = (f"Budget met: {budget}. Chosen: trial {best['trial']}, score "
+               f"{best['score']:.4f}, {_latency_words(best['cost'], seconds)}.")
+        return Outcome(budget_met=True, message=msg, **common)  # type: ignore[arg-type]
+    lines = [f"Budget NOT met: none of the {n_eval} evaluated trials reached {budget}."]
+    if top is not None:
+        lines.append(f"Best validation score reached: {top['score']:.4f} (trial {top['trial']}, "
+                     f"{_latency_words(top['cost'], seconds)}).")
+    else:
+        lines.append("No trial completed.")
+    if failures:
+        lines.append(f"{len(failures)} trial(s) failed; first error: {failures[0]['error']}")
+    advice = []
+    if top is not None:
+        need = reference_score - float(top["score"])
+        advice.append(f"allow a larger drop (max_accuracy_drop >= {need:.3g} accepts trial "
+                      f"{top['trial']}"
+                      + (")" if top["cost"] < _NO_LATENCY else " if it compiles)"))
+    advice.append(f"run more trials (n_trials={n_trials})")
+    advice.append("widen the search space (wider or deeper layers, more weight/activation "
+                  "bits, less pruning, more training epochs in the template)")
+    lines.append("To find a model: " + "; or ".join(advice) + ".")
+    return Outcome(budget_met=False, message="\n".join(lines), **common)  # type: ignore[arg-type]
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "-" if v >= _NO_LATENCY else f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "(" + ",".join(str(x) for x in v) + ")"
+    return "-" if v is None else str(v)
+
+
+def summary_table(rows: list[dict[str, Any]], front: list[dict[str, Any]],
+                  footer: list[str], seconds: bool = True) -> str:
+    """Every completed trial by latency; columns as wide as their names and values.
+
+    Columns no trial fills are left out; the ``cost`` column is named by its unit
+    (``s/sample`` predicted by the cost model, else ``complexity``).
+    """
+    marks = {r["trial"] for r in front}
+    keys = ["trial", "hidden_layer_sizes", "n_w_bits", "n_a_bits", "pruning_ratio", "lr",
+            "rounding_bits", "p_error", "pbs", "max_tlu_bits", "cost", "score"]
+    extra = sorted({k for r in rows for k in r} - set(keys)
+                   - {"feasible", "tlus", "rounding_method", "seconds", "complexity"})
+    keys[keys.index("lr") + 1:keys.index("lr") + 1] = extra  # searched dimensions
+    keys = [k for k in keys if k in ("trial", "cost", "score")
+            or any(r.get(k) is not None for r in rows)]
+    table = [[_cell(r.get(k)) for k in keys] + [f"{r['feasible']}" + ("*" if r["trial"] in marks
+                                                                      else " ")]
+             for r in sorted(rows, key=lambda r: r["cost"])]
+    header = [("s/sample" if seconds else "complexity") if k == "cost" else k
+              for k in keys] + ["feasible"]
+    widths = [max([len(h)] + [len(row[i]) for row in table]) for i, h in enumerate(header)]
+    lines = [" ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += [" ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table]
+    return "\n".join(lines + footer)
+
+
+def plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]], threshold: float,
+               xlabel: str, ax: Any = None) -> Any:
+    """Scatter of the trials, the front and the budget; labels and legend kept clear."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4), layout="constrained")
+    ok = [r for r in rows if r["cost"] < _NO_LATENCY]
+    feasible = [r for r in ok if r["feasible"]]
+    other = [r for r in ok if not r["feasible"]]
+    for group, color, label in ((feasible, "tab:blue", "feasible trials"),
+                                (other, "tab:gray", "below budget")):
+        if group:
+            ax.scatter([r["cost"] for r in group], [r["score"] for r in group],
+                       color=color, s=18, label=label)
+    ax.plot([r["cost"] for r in front], [r["score"] for r in front], "o-",
+            color="tab:red", label="Pareto front")
+    ax.axhline(threshold, ls="--", color="k", lw=0.8, label="accuracy budget")
+    ax.set_xscale("log")
+    ax.margins(x=0.06, y=0.08)  # no marker on the frame
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation score")
+    # the legend sits outside the axes (above), so it never covers a point
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.02, 1.0, 0.2), mode="expand",
+              ncol=2, fontsize="small", frameon=False, borderaxespad=0.0)
+    fig = ax.figure
+    if fig.get_layout_engine() is None:
+        fig.set_layout_engine("constrained")
+    return ax

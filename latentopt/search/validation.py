@@ -1,0 +1,129 @@
+"""Checks of every :class:`~latentopt.search.latency_search.LatencySearch` argument.
+
+All run in ``fit`` before any training, so that a wrong argument costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from .space import validate_space
+
+__all__ = ["check_search_args", "check_space_values"]
+
+#: Bit-width parameters and their smallest supported value.
+_MIN_BITS = {"n_w_bits": 2, "n_a_bits": 2, "n_input_bits": 2}
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_search_args(search: Any) -> None:
+    """Raise ``ValueError`` / ``TypeError`` for any invalid argument of a search."""
+    drop = search.max_accuracy_drop
+    if not _real(drop) or not math.isfinite(float(drop)) or float(drop) < 0:
+        raise ValueError(f"max_accuracy_drop must be a finite number >= 0, got {drop!r}")
+    ref = search.reference_score
+    if ref is not None and (not _real(ref) or not math.isfinite(float(ref))):
+        raise ValueError(f"reference_score must be None or a finite number, got {ref!r}")
+    for name in ("n_trials", "n_jobs", "n_repeats"):
+        v = getattr(search, name)
+        if not _int(v) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    t = search.timeout
+    if t is not None and (not _real(t) or not math.isfinite(float(t)) or float(t) <= 0):
+        raise ValueError(f"timeout must be None or a finite number of seconds > 0, got {t!r}")
+    vf = search.validation_fraction
+    if not _real(vf) or not 0.0 < float(vf) < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {vf!r}")
+    if not _int(search.verbose):
+        raise ValueError(f"verbose must be an int, got {search.verbose!r}")
+    if not isinstance(search.refit, bool):
+        raise ValueError(f"refit must be a bool, got {search.refit!r}")
+    if search.study_name is not None and (not isinstance(search.study_name, str)
+                                          or not search.study_name):
+        raise ValueError(f"study_name must be None or a non-empty str, got "
+                         f"{search.study_name!r}")
+    if search.cache_dir is not None and not isinstance(search.cache_dir, (str, os.PathLike)):
+        raise ValueError(f"cache_dir must be None or a path, got {search.cache_dir!r}")
+    cm = search.cost_model
+    if not (cm is None or (isinstance(cm, str) and cm in ("auto", "complexity"))
+            or hasattr(cm, "predict")):
+        raise ValueError(f"cost_model must be 'auto', 'complexity', None or a CostModel, "
+                         f"got {cm!r}")
+    hf = search.holdout_fraction
+    if not _real(hf) or not 0.0 <= float(hf) < 1.0:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {hf!r}")
+    if not isinstance(search.multi_fidelity, bool):
+        raise ValueError(f"multi_fidelity must be a bool, got {search.multi_fidelity!r}")
+    est = search.estimator
+    if not (hasattr(est, "get_params") and hasattr(est, "compile")):
+        raise TypeError(f"estimator must be a latentopt estimator (QuantizedMLPClassifier or "
+                        f"QuantizedMLPRegressor), got {type(est).__name__}")
+    _check_bits(est.get_params(), "the estimator")
+    if search.param_space is not None:
+        if not isinstance(search.param_space, Mapping):
+            raise ValueError("param_space must be a dict (see latentopt.search.space)")
+        validate_space(search.param_space, est)
+        check_space_values(search.param_space, est)
+
+
+def _check_bits(params: Mapping[str, Any], where: str) -> None:
+    for name, lo in _MIN_BITS.items():
+        if name not in params or params[name] is None:
+            continue
+        v = params[name]
+        values = list(v) if isinstance(v, (list, tuple)) else [v]
+        for b in values:
+            if not _int(b) or b < lo:
+                extra = (" (binary weights are not supported: a signed narrow-range 1-bit "
+                         "quantizer has the single level 0, so the model cannot train)"
+                         if name == "n_w_bits" and b == 1 else "")
+                raise ValueError(f"{name}={v!r} in {where}: bit-widths must be ints >= {lo}"
+                                 f"{extra}")
+
+
+def _extremes(spec: Any) -> list[Any]:
+    if isinstance(spec, list):
+        return list(spec)
+    if spec[0] == "log":
+        if spec[1] <= 0:
+            raise ValueError(f"a log-uniform range needs a lower bound > 0, got {spec!r}")
+        return [spec[1], spec[2]]
+    if spec[0] == "step":
+        return [spec[1], spec[2]]
+    return [spec[0], spec[1]]
+
+
+def check_space_values(space: Mapping[str, Any], estimator: Any) -> None:
+    """Check the values a space can produce against the estimator's own validation."""
+    for name, spec in space.items():
+        values = _extremes(spec)
+        if name in ("n_layers", "width"):
+            if not all(_int(v) and v >= 1 for v in values):
+                raise ValueError(f"search space entry {name!r} must hold ints >= 1, got {spec!r}")
+            continue
+        for v in values:
+            _check_bits({name: v}, f"search space entry {name!r}")
+            if not hasattr(estimator, "_check_params"):
+                continue
+            try:
+                _with(estimator, name, v)._check_params()
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"search space entry {name!r} can produce {v!r}, which the "
+                                 f"estimator rejects: {exc}") from exc
+
+
+def _with(estimator: Any, name: str, value: Any) -> Any:
+    from sklearn.base import clone
+
+    return clone(estimator).set_params(**{name: value})

@@ -1,0 +1,114 @@
+"""What a search reports: an unmet budget as an answer, the summary table, the plot."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from test_search import TINY  # noqa: E402
+
+from latentopt import QuantizedMLPClassifier  # noqa: E402
+from latentopt.search import LatencySearch  # noqa: E402
+from latentopt.search.latency_search import BudgetNotMetWarning  # noqa: E402
+
+SPACE = {"n_w_bits": [2, 3], "pruning_ratio": [0.0, 0.25], "width": ("log", 3, 8),
+         "n_layers": (1, 1)}
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    X = rng.randn(160, 5)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    return X, y
+
+
+def _search(**kw):
+    kw = {"max_accuracy_drop": 0.3, "reference_score": 0.9, "n_trials": 2, **kw}
+    return LatencySearch(QuantizedMLPClassifier(**TINY), param_space=SPACE, n_repeats=1,
+                         cost_model=None, random_state=0, verbose=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")  # trained models shared by these searches
+
+
+@pytest.fixture(scope="module")
+def fitted(data, cache):
+    return _search(cache_dir=cache).fit(*data)
+
+
+def test_an_unmet_budget_is_an_answer(data, cache):
+    X, y = data
+    with pytest.warns(BudgetNotMetWarning, match="Budget NOT met"):
+        s = _search(reference_score=1.01, max_accuracy_drop=0.0, n_trials=2,
+                    cache_dir=cache).fit(X, y)
+    assert s.best_estimator_ is None and s.budget_met_ is False  # no AttributeError
+    assert s.best_params_ is None and s.pareto_front_ == []
+    out = s.outcome_
+    top = max(s.results_, key=lambda r: (r["score"], -r["cost"]))  # ties: the faster
+    assert not out.budget_met and out.threshold == pytest.approx(1.01)
+    assert out.best_score == pytest.approx(top["score"])
+    assert out.best_score_trial == top["trial"]
+    assert out.best_score_latency == pytest.approx(top["cost"])
+    msg = out.message
+    assert f"{top['score']:.4f}" in msg
+    assert f"complexity {top['cost']:.4g} (no cost model: not seconds)" in msg
+    # what to change, with the drop that would have accepted the best trial
+    assert f"max_accuracy_drop >= {1.01 - top['score']:.3g}" in msg
+    assert "n_trials=2" in msg and "widen the search space" in msg
+    assert msg in s.summary()
+    with pytest.raises(RuntimeError, match="Budget NOT met"):
+        s.predict(X)
+    with pytest.raises(RuntimeError, match="Budget NOT met"):
+        s.score(X, y)
+
+
+def test_a_met_budget_says_so(fitted, data):
+    assert fitted.budget_met_ and fitted.outcome_.budget_met
+    assert fitted.best_estimator_ is not None
+    assert fitted.outcome_.message.startswith("Budget met")
+    assert f"trial {fitted.best_trial_['trial']}" in fitted.outcome_.message
+
+
+def test_summary_shows_whole_column_names(fitted):
+    text = fitted.summary()
+    header = text.splitlines()[0].split()
+    for name in ("hidden_layer_sizes", "pruning_ratio", "rounding_bits", "max_tlu_bits",
+                 "score", "feasible"):
+        assert name in header
+    # without a cost model the column is what it holds: complexity, never "latency"
+    assert "complexity" in header and "latency" not in header and "lr" not in header
+    assert "not seconds" in text
+    rows = text.splitlines()[1:1 + len(fitted.results_)]
+    # every row lines up with the header (right-aligned columns of equal width)
+    assert {len(r.rstrip("* ")) for r in rows} <= {len(text.splitlines()[0]),
+                                                   len(text.splitlines()[0]) - 1}
+    assert any(r.rstrip().endswith("*") for r in rows)  # Pareto points marked
+
+
+def test_plot_keeps_labels_inside_and_legend_off_the_points(fitted, tmp_path):
+    ax = fitted.plot_pareto()
+    fig = ax.figure
+    path = tmp_path / "pareto.png"
+    fig.savefig(path, dpi=100)  # no bbox_inches="tight": the figure itself must fit
+    assert path.stat().st_size > 5000
+    renderer = fig.canvas.get_renderer()
+    tight = fig.get_tightbbox(renderer)  # inches
+    W, H = fig.get_size_inches()
+    assert tight.x0 >= -1e-6 and tight.y0 >= -1e-6
+    assert tight.x1 <= W + 1e-6 and tight.y1 <= H + 1e-6
+    for label in (ax.xaxis.label, ax.yaxis.label):
+        box = label.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width
+        assert box.y1 <= fig.bbox.height
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(ax.get_window_extent(renderer))  # outside the data area
+    pts = ax.transData.transform([(r["cost"], r["score"]) for r in fitted.results_])
+    assert not any(legend.contains(x, y) for x, y in pts)
+    plt.close(fig)

@@ -1,0 +1,281 @@
+"""Cheap search decisions: cost bounds, early rejection, short training, seeds, units.
+
+Tiny and fast: synthetic cost models, tiny estimators, no keys.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+
+from latentopt import QuantizedMLPClassifier
+from latentopt.search import DEFAULT_SPACE, LatencySearch, search_compile
+from latentopt.search.cost import PRIOR, CostModel
+from latentopt.search.fingerprint import machine_fingerprint
+from latentopt.search.objective import _Objective
+from latentopt.search.screening import (
+    best_feasible_latency,
+    lower_bound_seconds,
+    n_lookups,
+    promising,
+    seed_configs,
+    short_params,
+)
+from latentopt.search.selection import check_on_holdout
+from latentopt.search.units import latency_label, resolve_cost_model
+
+TINY = dict(hidden_layer_sizes=(6,), n_w_bits=3, n_a_bits=3, n_input_bits=4, max_epochs=30,
+            lr=1e-2, random_state=0, verbose=0)
+# bits, p_error, N, k, n, level, key-switch ops per PBS, input LWE dimension
+TABLE = [[3, 1e-2, 2048, 1, 815, 2, 2048 * 815 * 8, 2048],
+         [6, 1e-2, 2048, 1, 854, 1, 2048 * 854 * 6, 2048],
+         [6, 1e-5, 4096, 1, 899, 2, 4096 * 899 * 6, 4096],
+         [8, 1e-2, 8192, 1, 950, 1, 8192 * 950 * 6, 8192]]
+
+
+@pytest.fixture(scope="module")
+def model() -> CostModel:
+    """A cost model with the prior coefficients and a calibration table (no timing)."""
+    return CostModel(PRIOR, 1.0, machine_fingerprint(), {"grid": "test", "pbs_table": TABLE})
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    X = rng.randn(240, 5)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    return X[:160], y[:160], X[160:], y[160:]
+
+
+# ------------------------------------------------------------------ bounds
+def test_lower_bound_grows_with_lookups_and_inputs(model):
+    small = {"hidden_layer_sizes": (8,)}
+    assert n_lookups(small) == 8
+    assert n_lookups({"hidden_layer_sizes": (8, 8), "pruning_ratio": 0.5}) == 8
+    bounds = [lower_bound_seconds(model, {"hidden_layer_sizes": (w,)}, 10)
+              for w in (4, 16, 64, 256)]
+    assert all(b > a > 0 for a, b in zip(bounds, bounds[1:]))
+    assert lower_bound_seconds(model, small, 784) > lower_bound_seconds(model, small, 10)
+
+
+def test_max_useful_bits_shrinks_with_the_cap(model):
+    caps = [model.max_useful_bits(16, s) for s in (100.0, 1.0, 0.1, 1e-4)]
+    assert caps[0] == 16 and caps[-1] == 1
+    assert all(b <= a for a, b in zip(caps, caps[1:]))
+    # per-PBS cost is monotone in the bits (what the cap relies on)
+    assert model.pbs_seconds(9) > model.pbs_seconds(4) > 0
+
+
+def test_best_feasible_latency_ignores_infeasible_and_pruned():
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    for value, violation in ((0.5, 0.0), (0.1, 0.2), (0.3, -0.1)):
+        study.add_trial(optuna.trial.create_trial(
+            values=[value, 0.9], user_attrs={"constraint": [violation]}))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    assert best_feasible_latency(study.trials) == 0.3
+    assert best_feasible_latency([]) is None
+
+
+def test_configuration_proven_slower_is_rejected_before_training(model, data, tmp_path):
+    """Early rejection: no model is trained, the trial is pruned with a reason."""
+    Xtr, ytr, Xv, yv = data
+    search = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.1,
+                           param_space={"width": [64], "n_layers": [2]}, n_repeats=1)
+    objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, model, tmp_path)
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    best = 1e-4  # seconds: a feasible point no 128-neuron circuit can approach
+    study.add_trial(optuna.trial.create_trial(values=[best, 0.95],
+                                              user_attrs={"constraint": [-0.05]}))
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[-1]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert "cost bound" in trial.user_attrs["rejected"]
+    assert trial.user_attrs["lower_bound_seconds"] > best
+    assert not list(tmp_path.glob("model-*.pkl")), "nothing may be trained"
+
+
+# ---------------------------------------------------------- multi-fidelity
+def test_short_rung_params_and_median_rule():
+    template = QuantizedMLPClassifier(max_epochs=200)
+    assert short_params(template, {"lr": 0.01}) == {"lr": 0.01, "max_epochs": 25}
+    assert short_params(template, {"max_epochs": 10})["max_epochs"] == 5
+    assert promising(0.1, [0.9, 0.8], threshold=0.95)  # too few earlier trials
+    assert not promising(0.5, [0.9, 0.8, 0.7, 0.6], threshold=0.95)
+    assert not promising(0.75, [0.9, 0.8, 0.7, 0.6], threshold=0.95)  # median: not enough
+    assert promising(0.81, [0.9, 0.8, 0.7, 0.6], threshold=0.95)  # top third
+    assert promising(0.96, [0.99, 0.99, 0.99], threshold=0.95)  # meets the budget already
+
+
+def test_trials_train_short_first(data, tmp_path):
+    Xtr, ytr, _, _ = data
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), param_space={"n_w_bits": [3]},
+                      max_accuracy_drop=0.1, reference_score=0.9, n_repeats=1, n_trials=1,
+                      cost_model=None, holdout_fraction=0.0, random_state=0,
+                      verbose=0, cache_dir=tmp_path).fit(Xtr, ytr)
+    trial = s.study_.trials[0]
+    assert 0.0 <= trial.user_attrs["short_score"] <= 1.0
+    epochs = sorted(m.max_epochs for m in map(_load, tmp_path.glob("model-*.pkl")))
+    assert epochs == [5, 30]  # the short rung, then the full training
+
+
+def _load(path):  # type: ignore[no-untyped-def]
+    import pickle
+
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
+
+
+# ------------------------------------------------------------------ seeding
+def test_seed_configs_fit_the_space():
+    seeds = seed_configs(DEFAULT_SPACE, QuantizedMLPClassifier())
+    assert seeds[0]["width"] == 16 and seeds[0]["n_layers"] == 1
+    assert seeds[0]["n_w_bits"] == 3 and seeds[0]["n_a_bits"] == 3
+    assert seeds[0]["n_accum_bits"] is None and seeds[0]["pruning_ratio"] == 0.0
+    assert all(set(s) == set(DEFAULT_SPACE) for s in seeds)
+    narrow = {"n_w_bits": (2, 2), "width": ("log", 4, 8), "n_layers": (1, 1)}
+    seeds = seed_configs(narrow, QuantizedMLPClassifier())
+    assert seeds == [{"n_w_bits": 2, "width": 8, "n_layers": 1}]  # clipped, deduplicated
+
+
+def test_search_starts_with_the_seeds(data):
+    Xtr, ytr, _, _ = data
+    space = {"n_w_bits": (2, 4), "width": ("log", 4, 32), "n_layers": (1, 2)}
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), param_space=space,
+                      max_accuracy_drop=0.1, reference_score=0.9, n_repeats=1, n_trials=1,
+                      cost_model=None, holdout_fraction=0.0, random_state=0,
+                      verbose=0).fit(Xtr, ytr)
+    first = s.study_.trials[0]
+    assert first.user_attrs["seeded"] is True
+    assert first.params == {"n_w_bits": 3, "width": 16, "n_layers": 1}
+
+
+# ------------------------------------------------------- inner search bounds
+def test_inner_search_never_rounds_wider_than_its_cap(data, model):
+    Xtr, ytr, Xv, yv = data
+    est = QuantizedMLPClassifier(**dict(TINY, n_input_bits=6, n_w_bits=4)).fit(Xtr, ytr)
+    assert est.circuit_.report().max_tlu_input_bits > 3
+    res = search_compile(est, Xv, yv, max_accuracy_drop=1.0, n_repeats=1, max_rounding_bits=3)
+    assert res.max_bits == 3
+    assert all(c.rounding_bits is None or c.rounding_bits <= 3 for c in res.candidates)
+    # under a tiny latency cap, the cost model allows 1 bit only and nothing is simulated
+    capped = search_compile(est, Xv, yv, max_accuracy_drop=1.0, n_repeats=1,
+                            cost_model=model, latency_cap=1e-6)
+    assert capped.max_bits == 1 and capped.latency_unit == "seconds"
+    assert capped.best is None and all(c.dominated or c.error for c in capped.candidates)
+    assert all(np.isnan(c.score) for c in capped.candidates)
+
+
+# ------------------------------------------------------------ honest check
+class _Fixed:
+    def __init__(self, score: float) -> None:
+        self.value = score
+
+
+def test_check_on_holdout_takes_the_fastest_that_holds():
+    rows = [{"trial": 0, "cost": 0.1, "score": 0.95}, {"trial": 1, "cost": 0.2, "score": 0.93},
+            {"trial": 2, "cost": 0.3, "score": 0.97}]
+    on_check = {0: 0.80, 1: 0.91, 2: 0.96}
+    chosen, checked = check_on_holdout(
+        rows, lambda r: _Fixed(on_check[r["trial"]]), np.zeros((3, 1)), np.zeros(3),
+        threshold=0.9, score=lambda e, X, y: e.value, n_repeats=2)
+    assert chosen is not None and chosen["trial"] == 1 and chosen["holdout_score"] == 0.91
+    assert [r["trial"] for r in checked] == [0, 1]  # fastest first, stops at the first pass
+    assert checked[0]["holdout_pass"] is False
+    none, checked = check_on_holdout(rows, lambda r: _Fixed(0.5), np.zeros((3, 1)),
+                                     np.zeros(3), 0.9, lambda e, X, y: e.value, max_checks=2)
+    assert none is None and len(checked) == 2
+
+
+def test_search_checks_its_choice_on_unseen_rows(data):
+    Xtr, ytr, _, _ = data
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), param_space={"n_w_bits": [3]},
+                      max_accuracy_drop=0.3, n_repeats=1, n_trials=1, cost_model=None,
+                      holdout_fraction=0.25, random_state=0, verbose=0).fit(Xtr, ytr)
+    check = s.holdout_
+    assert check["n_samples"] == 40  # 25% of 160, never used by training or tuning
+    # the float reference is scored on the same rows
+    assert check["threshold"] == pytest.approx(check["reference_score"] - 0.3)
+    assert check["checked"] and "holdout_score" in check["checked"][0]
+    if s.best_trial_ is not None:  # the reported score is the honest one
+        assert s.best_score_ == s.best_trial_["holdout_score"] >= check["threshold"]
+
+
+# -------------------------------------------------------------------- units
+def test_complexity_is_never_labelled_latency(data, capsys):
+    Xtr, ytr, _, _ = data
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), param_space={"n_w_bits": [3]},
+                      max_accuracy_drop=0.3, reference_score=0.9, n_repeats=1, n_trials=1,
+                      cost_model="complexity", holdout_fraction=0.0, random_state=0,
+                      verbose=1).fit(Xtr, ytr)
+    assert s.latency_unit_ == "complexity"
+    out = capsys.readouterr()
+    assert "complexity (unitless), not seconds" in out.out
+    assert "latency" not in out.err.lower() and "complexity" in out.err  # progress bar
+    row = s.results_[0]
+    assert "complexity" in row and "seconds" not in row and "latency" not in row
+    header = s.summary().splitlines()[0]
+    assert "complexity" in header and "latency" not in header and "seconds" not in header
+    assert "not seconds" in s.plot_pareto().get_xlabel()
+    assert latency_label("seconds") == "predicted seconds per sample"
+
+
+def test_search_ranks_by_seconds_with_a_cost_model(data, model):
+    Xtr, ytr, _, _ = data
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), param_space={"n_w_bits": [3]},
+                      max_accuracy_drop=0.3, reference_score=0.9, n_repeats=1, n_trials=1,
+                      cost_model=model, holdout_fraction=0.0, random_state=0,
+                      verbose=0).fit(Xtr, ytr)
+    assert s.latency_unit_ == "seconds"
+    row = s.results_[0]
+    assert 1e-4 < row["seconds"] < 100  # seconds per sample, not a complexity (~1e8)
+    assert "s/sample" in s.summary().splitlines()[0]  # seconds per sample
+
+
+def test_auto_uses_the_cached_calibration(model, tmp_path, monkeypatch):
+    from latentopt.search import cost
+
+    monkeypatch.setenv("LATENTOPT_CACHE_DIR", str(tmp_path))
+    model.save(tmp_path / "cost_model_quick.json")
+
+    def no_timing(*a, **k):  # type: ignore[no-untyped-def]
+        raise AssertionError("a cached calibration must not be measured again")
+
+    monkeypatch.setattr(cost, "measure_point", no_timing)
+    loaded = resolve_cost_model("auto", verbose=0)
+    assert loaded is not None and loaded.coefficients == model.coefficients
+    assert resolve_cost_model("complexity", verbose=0) is None
+    with pytest.raises(ValueError, match="cost_model"):
+        resolve_cost_model("fast", verbose=0)
+
+
+def test_auto_calibrates_once_when_nothing_is_cached(tmp_path, monkeypatch):
+    from search.test_cost import synthetic_records  # type: ignore[import-not-found]
+
+    from latentopt.search import cost
+
+    monkeypatch.setenv("LATENTOPT_CACHE_DIR", str(tmp_path))
+    calls: list = []
+    records = synthetic_records()
+
+    def fake(bits, p_error, width, n_features=8, **kw):  # type: ignore[no-untyped-def]
+        calls.append(bits)
+        return [r for r in records if r["bits"] == bits] or records[:3]
+
+    monkeypatch.setattr(cost, "measure_point", fake)
+    first = resolve_cost_model("auto", verbose=0)
+    assert first is not None and calls and (tmp_path / "cost_model_quick.json").exists()
+    calls.clear()
+    again = resolve_cost_model("auto", verbose=0)
+    assert not calls and again.coefficients == first.coefficients
+
+
+def test_hopeless_model_is_not_compiled(data):
+    """A model whose unrounded circuit misses the budget is compiled once, never simulated."""
+    Xtr, ytr, Xv, yv = data
+    est = QuantizedMLPClassifier(**TINY).fit(Xtr, ytr)
+    res = search_compile(est, Xv, yv, reference_score=1.5, max_accuracy_drop=0.01)
+    assert res.best is None and len(res.candidates) == 1  # compiled once, for its latency
+    only = res.candidates[0]
+    assert only.score == res.unrounded_score and 0.0 <= only.score <= 1.0
+    assert only.pbs > 0 and np.isfinite(only.latency) and not only.feasible
