@@ -54,8 +54,11 @@ from .batching import pad_batch, plan_calls
 from .fhe_concrete import concrete_fhe
 from .fhe_deploy import save_deployment
 from .fhe_diagnostics import (
+    DEFAULT_RANGE_MODE,
+    ON_OVERFLOW,
     FHEBitWidthError,
     FHECompilationError,
+    FHEOverflowError,
     FHEParametersError,
     module_report,
     translate_error,
@@ -67,6 +70,7 @@ __all__ = [
     "FHEBitWidthError",
     "FHECircuit",
     "FHECompilationError",
+    "FHEOverflowError",
     "FHEParametersError",
     "RANGE_MODES",
     "concrete_fhe",
@@ -153,8 +157,9 @@ class FHECircuit:
         p_error: float | None = None,
         global_p_error: float | None = None,
         security_level: int = 128,
-        range_mode: str = "calibrated",
+        range_mode: str = DEFAULT_RANGE_MODE,
         range_margin: float = 0.0,
+        on_overflow: str = "warn",
         batch_size: int | None = None,
         compress: bool = True,
         verbose: int = 0,
@@ -173,15 +178,23 @@ class FHECircuit:
             the per-lookup error of the single-sample one.
         security_level : {128, 132}
         range_mode : {"calibrated", "worst_case"}
-            ``"calibrated"``: bit-widths cover the values reached on ``inputset_q`` (as
-            Concrete ML does); inputs far from the calibration data may overflow an
-            accumulator and give wrong results.  ``"worst_case"``: every value gets its
-            worst-case width (``circuit.worst_case_ranges()``), exact for any input in the
-            quantizer's range, at the price of wider lookups.
+            ``"calibrated"`` (default): bit-widths cover the values reached on
+            ``inputset_q`` (as Concrete ML does); inputs far from the calibration data
+            may overflow an accumulator and give wrong results, which :meth:`overflows`
+            detects (the estimators check every sample they run, see ``on_overflow``).
+            ``"worst_case"``: every value gets its worst-case width
+            (``circuit.worst_case_ranges()``), so every compiled value provably fits for
+            every input the quantizer can produce (it clips): no input can overflow.
+            Same cost at the same lookup widths, but after rounding to the same width
+            less accurate (``benchmarks/range_modes.py``).
         range_margin : float
             With ``"calibrated"``: widen every calibrated range by this fraction of its
             span on each side (capped at the worst case) and enforce the widths with
             hints, so inputs a little beyond the calibration data do not overflow.
+        on_overflow : {"warn", "raise"}
+            With ``"calibrated"``: what callers do with samples that would overflow (or lie
+            outside the enforced input box, ``report["input_box"]``): warn and go on, or
+            raise :class:`FHEOverflowError`.  Stored in the report and the deployment.
         batch_size : int, optional
             Samples per batched call (1 disables batching); default: about 128 lookups in
             the narrowest layer, between 8 and 16 samples.
@@ -200,6 +213,8 @@ class FHECircuit:
             raise ValueError(f"security_level must be one of {SECURITY_LEVELS}")
         if range_mode not in RANGE_MODES:
             raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {range_mode!r}")
+        if on_overflow not in ON_OVERFLOW:
+            raise ValueError(f"on_overflow must be one of {ON_OVERFLOW}, got {on_overflow!r}")
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError("batch_size must be >= 1")
         t0 = time.perf_counter()
@@ -245,6 +260,11 @@ class FHECircuit:
             raise translate_error(exc) from exc
         report = module_report(module, plan.layers, plan.max_tlu_bits, circuit, batch_size,
                                n_calls)
+        box = input_box(circuit, inputset_q, range_mode, float(range_margin),
+                        report["input_range"])
+        report.update(input_box=[box[0].tolist(), box[1].tolist()],
+                      input_range=(int(box[0].min()), int(box[1].max())),
+                      range_margin=float(range_margin), on_overflow=on_overflow)
         report.update(range_mode=range_mode, security_level=security_level,
                       p_error_requested=p_error,
                       global_p_error_requested=global_p_error if p_error is None else None,
@@ -256,8 +276,9 @@ class FHECircuit:
         fc = cls(circuit, plan, module, batch_size, report, verbose)
         fc._recompile = dict(
             inputset_q=rows, p_error=p_error, global_p_error=report["global_p_error_requested"],
-            security_level=security_level, range_mode=range_mode, batch_size=batch_size,
-            compress=compress, insecure_key_cache=insecure_key_cache)
+            security_level=security_level, range_mode=range_mode, range_margin=range_margin,
+            on_overflow=on_overflow, batch_size=batch_size, compress=compress,
+            insecure_key_cache=insecure_key_cache)
         return fc
 
     # -------------------------------------------------------------- keys, run
@@ -343,17 +364,17 @@ class FHECircuit:
     def overflows(self, q: np.ndarray) -> np.ndarray:
         """Which samples may overflow a compiled bit-width (wrong under real execution).
 
-        Exact integer evaluation checked against the widths of the lowering; always all
-        ``False`` in ``"worst_case"`` mode.
+        Exact integer evaluation checked against the widths of the lowering; samples
+        outside the encryptable ``report["input_range"]`` are flagged too.  ``q`` may be
+        anything the input quantizer produces.  Always all ``False`` in ``"worst_case"``
+        mode.
         """
-        q = self.check_inputs(q)
-        _, values = IntegerBackend(self.circuit).run_integers(q, return_all=True)
-        bad = np.zeros(q.shape[0], dtype=bool)
-        for name, vp in self.plan.values.items():
-            if name != self.plan.input_name and name in values:
-                centred = values[name] - vp.offset
-                bad |= ((centred < 0) | (centred >= 1 << vp.bits)).any(axis=1)
-        return bad
+        q = check_quantized(q, self.circuit.n_features, self.circuit.input_quantizer.qrange)
+        lo, hi = self.report["input_range"]
+        outside = ((q < lo) | (q > hi)).any(axis=1)
+        widths = {name: (vp.offset, vp.bits) for name, vp in self.plan.values.items()
+                  if name != self.plan.input_name}
+        return outside | IntegerBackend(self.circuit).overflows(q, widths)
 
     def save_deployment(self, directory: str | Path, via_mlir: bool = False) -> dict[str, Path]:
         """Write the server and client artefacts, see :mod:`.fhe_deploy`."""
@@ -366,6 +387,26 @@ class FHECircuit:
             reason=f"the range this FHE circuit was compiled for, range_mode="
                    f"{self.report['range_mode']!r}; use range_mode='worst_case' or a "
                    f"calibration set covering the inputs")
+
+
+def input_box(circuit: Circuit, inputset_q: np.ndarray, range_mode: str, range_margin: float,
+              encryptable: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature bounds of the quantized inputs a compiled circuit is meant for.
+
+    ``"worst_case"``: the quantizer's whole range (every input it can produce).
+    ``"calibrated"``: the calibration data's per-feature bounds widened by ``range_margin``
+    x their span on each side, within the quantizer's range and the encryptable range.
+    """
+    qlo, qhi = circuit.input_quantizer.qrange
+    n = circuit.n_features
+    if range_mode == "worst_case":
+        return np.full(n, qlo, np.int64), np.full(n, qhi, np.int64)
+    q = np.asarray(inputset_q, np.int64).reshape(-1, n)
+    lo, hi = q.min(axis=0), q.max(axis=0)
+    pad = np.ceil(range_margin * (hi - lo)).astype(np.int64)
+    lo = np.maximum(lo - pad, max(qlo, encryptable[0]))
+    hi = np.minimum(hi + pad, min(qhi, encryptable[1]))
+    return lo, hi
 
 
 def remove_library_dirs(module: Any) -> None:

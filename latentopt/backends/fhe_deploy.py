@@ -54,6 +54,7 @@ from ..ir.nodes import Dequantize, Node, QuantizeInput
 from ..ir.schedule import check_features, check_quantized
 from .batching import pad_batch, plan_calls
 from .fhe_concrete import concrete_fhe
+from .fhe_diagnostics import report_overflow
 from .fhe_lowering import LoweringPlan
 
 __all__ = ["CompiledCircuit", "FHEArtifactError", "FHEClient", "FHEServer", "check_key_id",
@@ -163,7 +164,10 @@ def save_deployment(fc: CompiledCircuit, directory: PathLike,
     arrays["output_offset"] = np.asarray(fc.plan.output_offset, np.int64)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    client_meta = dict(meta, nodes=node_meta, input_range=list(fc.report["input_range"]))
+    client_meta = dict(meta, nodes=node_meta, input_range=list(fc.report["input_range"]),
+                       input_box=fc.report.get("input_box"),
+                       range_mode=fc.report.get("range_mode", "worst_case"),
+                       on_overflow=fc.report.get("on_overflow", "warn"))
     _write_artifact(out / "client.zip", CLIENT_FORMAT, client_meta,
                     {"client.specs": specs, "arrays.npz": buf.getvalue()})
     return {"server": out / "server.zip", "client": out / "client.zip"}
@@ -349,8 +353,27 @@ class FHEClient:
         return self.quantizer.apply(X)
 
     def encrypt(self, X: np.ndarray) -> bytes:
-        """Quantize and encrypt float features; returns the ciphertext blob."""
-        return self.encrypt_integers(self.quantize(X))
+        """Quantize and encrypt float features; returns the ciphertext blob.
+
+        For a ``range_mode="calibrated"`` circuit, samples outside the calibrated input
+        box (per feature, with the margin: ``manifest["input_box"]``) are clipped to it
+        with a warning, or refused with ``FHEOverflowError`` (the compile option
+        ``on_overflow``): their encrypted result could otherwise be silently wrong.
+        """
+        return self.encrypt_integers(self.clip_to_box(self.quantize(X)))
+
+    def clip_to_box(self, q: np.ndarray) -> np.ndarray:
+        """Quantized inputs clipped to the compiled input box, telling the user if any
+        sample was outside (see :meth:`encrypt`); unchanged for a worst-case circuit."""
+        box = self.manifest.get("input_box")
+        if self.manifest.get("range_mode") != "calibrated" or box is None:
+            return q
+        lo, hi = np.asarray(box[0], np.int64), np.asarray(box[1], np.int64)
+        outside = ((q < lo) | (q > hi)).any(axis=1)
+        report_overflow(int(outside.sum()), len(q), self.manifest.get("on_overflow", "warn"),
+                        "lie outside the calibrated input box of this circuit (range_mode="
+                        "'calibrated'); they were clipped to it")
+        return np.clip(q, lo, hi)
 
     def encrypt_integers(self, q: np.ndarray) -> bytes:
         q = check_quantized(q, self.n_features, self.manifest["input_range"],

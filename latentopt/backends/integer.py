@@ -31,7 +31,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -293,6 +293,36 @@ class IntegerBackend:
         if not parts:
             return np.empty((0, self.circuit.n_outputs))
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def overflows(self, q: np.ndarray,
+                  widths: Mapping[str, tuple[np.ndarray | int, int]]) -> np.ndarray:
+        """Which samples reach a value outside a set of compiled widths.
+
+        Parameters
+        ----------
+        q : int array of shape (n_samples, n_features)
+            Quantized inputs.
+        widths : mapping name -> (offset, bits)
+            A value ``v`` fits when ``0 <= v - offset < 2**bits`` (``offset`` per channel,
+            broadcast on the last axis), as in the FHE lowering's value plans.
+
+        Returns
+        -------
+        bool array of shape (n_samples,)
+            ``True`` for the samples whose exact evaluation leaves some width: a circuit
+            compiled with these widths would compute garbage for them.
+        """
+        q = self.schedule.check_quantized(q)
+        bad = np.zeros(q.shape[0], dtype=bool)
+        for start in range(0, q.shape[0], CHUNK_ROWS):
+            _, values = self._run(q[start : start + CHUNK_ROWS].astype(self.dtype), keep=True)
+            for name, (offset, bits) in widths.items():
+                if name not in values:
+                    continue
+                centred = values[name].astype(np.int64) - np.asarray(offset, np.int64)
+                out = (centred < 0) | (centred >= 1 << int(bits))
+                bad[start : start + CHUNK_ROWS] |= out.reshape(out.shape[0], -1).any(axis=1)
+        return bad
 
     def calibrate(self, X: np.ndarray) -> Circuit:
         """A copy of the circuit with calibrated ranges observed on ``X``."""

@@ -231,6 +231,7 @@ def compile_torch_model(
     global_p_error: float | None = None,
     range_mode: str = "calibrated",
     range_margin: float = 0.25,
+    on_overflow: str = "warn",
     security_level: int = 128,
     batch_size: int | None = None,
     fhe: bool = True,
@@ -260,7 +261,7 @@ def compile_torch_model(
     rounding_bits, rounding_method, p_error, global_p_error : optional
         FHE compilation options (rounding, error probability), as in
         :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile`.
-    range_mode, range_margin, security_level, batch_size : optional
+    range_mode, range_margin, on_overflow, security_level, batch_size : optional
         FHE compilation options (value ranges, security, batching), with the defaults
         of :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile` (the same for
         every estimator).
@@ -289,7 +290,8 @@ def compile_torch_model(
     return _finish(circuit, X, report, task, fhe_mode, verbose, fhe,
                    rounding_bits=rounding_bits, rounding_method=rounding_method,
                    p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
-                   range_margin=range_margin, security_level=security_level,
+                   range_margin=range_margin, on_overflow=on_overflow,
+                   security_level=security_level,
                    batch_size=batch_size)
 
 
@@ -304,6 +306,7 @@ def compile_brevitas_qat_model(
     global_p_error: float | None = None,
     range_mode: str = "calibrated",
     range_margin: float = 0.25,
+    on_overflow: str = "warn",
     security_level: int = 128,
     batch_size: int | None = None,
     fhe: bool = True,
@@ -325,5 +328,6 @@ def compile_brevitas_qat_model(
     return _finish(circuit, X, report, task, fhe_mode, verbose, fhe,
                    rounding_bits=rounding_bits, rounding_method=rounding_method,
                    p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
-                   range_margin=range_margin, security_level=security_level,
+                   range_margin=range_margin, on_overflow=on_overflow,
+                   security_level=security_level,
                    batch_size=batch_size)

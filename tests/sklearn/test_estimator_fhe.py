@@ -157,9 +157,9 @@ def test_range_margin_prevents_overflow_beyond_calibration(tiny_clf):
     # calibrate on a narrow slice of the data: the rest lies beyond its ranges
     narrow = Xtr[:15]
     q = clf._integer_backend().quantize(Xte)
-    clf.compile(narrow, p_error=2**-40, range_margin=0.0)
+    clf.compile(narrow, p_error=2**-40, range_mode="calibrated", range_margin=0.0)
     tight = int(clf.fhe_circuit_.overflows(clf._integer_backend().quantize(Xte)).sum())
-    clf.compile(narrow, p_error=2**-40, range_margin=1.0)
+    clf.compile(narrow, p_error=2**-40, range_mode="calibrated", range_margin=1.0)
     wide = int(clf.fhe_circuit_.overflows(q).sum())
     assert wide < tight
     with pytest.raises(ValueError, match="range_margin"):

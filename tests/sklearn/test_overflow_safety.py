@@ -1,0 +1,149 @@
+"""No silent overflow: ``range_mode="worst_case"`` is exact on every input, and the default
+``"calibrated"`` tells the user (in process, and on the deployed client side)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.preprocessing import StandardScaler
+
+from latentopt import QuantizedMLPClassifier
+from latentopt.backends.fhe import FHEOverflowError
+
+TINY = dict(hidden_layer_sizes=(6,), n_w_bits=2, n_a_bits=2, n_input_bits=3, max_epochs=30,
+            lr=1e-2, random_state=0, verbose=0)
+EXACT = dict(rounding_bits=3, rounding_method="exact", p_error=2**-40)  # deterministic TLUs
+
+
+@pytest.fixture(autouse=True)
+def _key_cache(tmp_path_factory, monkeypatch):
+    path = tmp_path_factory.getbasetemp() / "fhe-key-cache"
+    path.mkdir(exist_ok=True)
+    monkeypatch.setattr(QuantizedMLPClassifier, "_insecure_key_cache", str(path), raising=False)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from sklearn.datasets import load_wine
+
+    X, y = load_wine(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    clf = QuantizedMLPClassifier(**TINY).fit(X[::2], y[::2])
+    return clf, X[::2], X[1::2]
+
+
+def _ood(X):
+    return {"scaled x50": X * 50, "shifted +8": X + 8, "shifted -8": X - 8}
+
+
+def test_worst_case_is_exact_out_of_distribution(fitted):
+    clf, Xtr, Xte = fitted
+    clf.compile(Xtr[:10], range_mode="worst_case", **EXACT)  # narrow calibration: no matter
+    report = clf.fhe_report_
+    assert report["range_mode"] == "worst_case"
+    qlo, qhi = clf.rounded_circuit_.input_quantizer.qrange
+    assert tuple(report["input_range"]) == (qlo, qhi)
+    assert report["input_box"] == [[qlo] * Xte.shape[1], [qhi] * Xte.shape[1]]
+    for name, X in _ood(Xte).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing to warn about
+            sim = clf.predict(X, fhe="simulate")
+        np.testing.assert_array_equal(sim, clf.predict(X, fhe="disable"), err_msg=name)
+        q = clf._integer_backend().quantize(X)
+        assert not clf.fhe_circuit_.overflows(q).any()
+
+
+def test_calibrated_default_warns_or_raises_on_overflow(fitted):
+    clf, Xtr, Xte = fitted
+    clf.compile(Xtr[:10], range_margin=0.0, **EXACT)
+    assert clf.fhe_report_["range_mode"] == "calibrated"  # the default
+    X = Xte + 8
+    q = clf._integer_backend().quantize(X)
+    affected = int(clf.fhe_circuit_.overflows(q).sum())
+    assert affected > 0
+    assert affected > 0
+    with pytest.warns(UserWarning, match=f"{affected} of {len(X)} samples"):
+        clf.predict(X, fhe="simulate")
+    with warnings.catch_warnings():  # in-distribution samples: silent
+        warnings.simplefilter("error")
+        clf.predict(Xtr[:10], fhe="simulate")
+    clf.compile(Xtr[:10], range_mode="calibrated", range_margin=0.0, on_overflow="raise",
+                **EXACT)
+    with pytest.raises(FHEOverflowError, match="worst_case"):
+        clf.predict(X, fhe="simulate")
+    with pytest.raises(ValueError, match="on_overflow"):
+        clf.compile(range_mode="calibrated", on_overflow="ignore", **EXACT)
+
+
+def test_calibrated_never_silently_wrong(fitted):
+    clf, Xtr, Xte = fitted
+    clf.compile(Xtr[:10], range_margin=0.0, **EXACT)  # narrow calibration set
+    wrong_somewhere = False
+    for name, X in _ood(Xte).items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sim = clf.predict(X, fhe="simulate")
+        wrong = sim != clf.predict(X, fhe="disable")
+        told = [w for w in caught if "range_mode='calibrated'" in str(w.message)]
+        assert not wrong.any() or told, name  # every difference is announced
+        wrong_somewhere |= bool(wrong.any())
+    assert wrong_somewhere  # the check is not vacuous on these inputs
+
+
+def test_calibrated_input_box_is_what_is_enforced(fitted):
+    clf, Xtr, _ = fitted
+    narrow = Xtr[:10]
+    clf.compile(narrow, range_mode="calibrated", range_margin=0.25, **EXACT)
+    q = clf._integer_backend().quantize(narrow)
+    lo, hi = (np.asarray(b) for b in clf.fhe_report_["input_box"])
+    qlo, qhi = clf.rounded_circuit_.input_quantizer.qrange
+    span = q.max(0) - q.min(0)
+    np.testing.assert_array_equal(lo, np.maximum(q.min(0) - np.ceil(0.25 * span), qlo))
+    assert (hi >= q.max(0)).all() and (hi <= qhi).all()
+    assert tuple(clf.fhe_report_["input_range"]) == (lo.min(), hi.max())
+    assert ((lo > qlo) | (hi < qhi)).any()  # not the whole quantizer range
+
+
+def test_integer_backend_reports_overflowing_samples(fitted):
+    clf, Xtr, Xte = fitted
+    from latentopt.backends.integer import IntegerBackend
+
+    backend = IntegerBackend(clf.circuit_)
+    q = backend.quantize(Xte)
+    _, values = backend.run_integers(q, return_all=True)
+    name = clf.circuit_.nodes[1].name  # the first accumulator
+    v = values[name].reshape(len(q), -1)
+    cut = int(np.median(v.max(axis=1)))  # widths that half the samples exceed
+    lo = int(v.min())
+    widths = {name: (lo, int(np.floor(np.log2(cut - lo + 1))))}
+    bits = widths[name][1]
+    expected = ((v - lo) >= (1 << bits)).any(axis=1)
+    assert expected.any() and not expected.all()
+    np.testing.assert_array_equal(backend.overflows(q, widths), expected)
+
+
+def test_deployed_client_checks_the_calibrated_box(fitted, tmp_path):
+    from latentopt.backends.fhe_deploy import FHEClient
+
+    clf, Xtr, Xte = fitted
+    clf.compile(Xtr[:10], range_mode="calibrated", range_margin=0.0, **EXACT)
+    client = FHEClient.load(clf.save_deployment(tmp_path / "cal")["client"])
+    q = client.quantize(Xte + 8)
+    lo, hi = (np.asarray(b) for b in clf.fhe_report_["input_box"])
+    n_out = int(((q < lo) | (q > hi)).any(axis=1).sum())
+    assert n_out > 0
+    with pytest.warns(UserWarning, match=f"{n_out} of {len(q)} samples"):
+        clipped = client.clip_to_box(q)
+    np.testing.assert_array_equal(clipped, np.clip(q, lo, hi))
+    clf.compile(Xtr[:10], range_mode="calibrated", on_overflow="raise", **EXACT)
+    client = FHEClient.load(clf.save_deployment(tmp_path / "raise")["client"])
+    with pytest.raises(FHEOverflowError):
+        client.clip_to_box(client.quantize(Xte + 8))
+    clf.compile(Xtr[:10], range_mode="worst_case", **EXACT)  # nothing to clip, nothing to say
+    client = FHEClient.load(clf.save_deployment(tmp_path / "wc")["client"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(client.clip_to_box(client.quantize(Xte + 8)),
+                                      client.quantize(Xte + 8))
