@@ -106,10 +106,6 @@ def _extremes(spec: Any) -> list[Any]:
 
 def check_space_values(space: Mapping[str, Any], estimator: Any) -> None:
     """Check the values a space can produce against the estimator's own validation."""
-    from ..sklearn.mlp import QuantizedMLPClassifier, QuantizedMLPRegressor
-    from ..sklearn.validation import check_mlp_params
-
-    mlp = isinstance(estimator, (QuantizedMLPClassifier, QuantizedMLPRegressor))
     for name, spec in space.items():
         values = _extremes(spec)
         if name in ("n_layers", "width"):
@@ -118,10 +114,10 @@ def check_space_values(space: Mapping[str, Any], estimator: Any) -> None:
             continue
         for v in values:
             _check_bits({name: v}, f"search space entry {name!r}")
-            if not mlp:
+            if not hasattr(estimator, "_check_params"):
                 continue
             try:
-                check_mlp_params(_with(estimator, name, v))
+                _with(estimator, name, v)._check_params()
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"search space entry {name!r} can produce {v!r}, which the "
                                  f"estimator rejects: {exc}") from exc

@@ -214,6 +214,11 @@ class _QuantizedMLPBase(DistillationMixin, MLPTrainingMixin, QuantizedEstimatorB
         self.distill_temperature = distill_temperature
         self.distill_alpha = distill_alpha
 
+    def _check_params(self) -> tuple[int, ...]:
+        """Validate the hyper-parameters as :meth:`fit` does (before any training); return
+        the hidden widths.  The search checks every value of its space through it."""
+        return check_mlp_params(self)
+
     def _upgrade_fitted(self) -> None:
         if "module_" in self.__dict__ and "hidden_layer_sizes_" not in self.__dict__:
             self.hidden_layer_sizes_ = tuple(
