@@ -190,6 +190,7 @@ class MLPTrainingMixin:
         idx = rng.permutation(len(X))[:N_CALIBRATION]
         self.calibration_set_ = np.array(X[np.sort(idx)], dtype=np.float64)
         self._forget_compilation()  # a (re)fit invalidates what compile() produced
+        self._exact_runtime()  # built now: predict must not add to the estimator's state
 
     def prune(
         self,
