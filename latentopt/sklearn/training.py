@@ -65,6 +65,7 @@ class MLPTrainingMixin:
     _soft_loss: Callable[[], Callable[..., Any]]
     _distill_targets: Callable[[np.ndarray, np.ndarray | None], np.ndarray | None]
     _forget_compilation: Callable[[], None]
+    _exact_runtime: Callable[[], Any]
     _encode_for_pruning: Callable[[Any, Any], tuple[np.ndarray, np.ndarray]]
     # fitted state
     module_: QuantMLP
