@@ -23,6 +23,7 @@ import re
 import shutil
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,40 +57,42 @@ class KeyRecord:
     created: float
 
 
-class KeyStore:
+class KeyStore(ABC):
     """Interface of the key stores (see the module docstring)."""
 
     max_keys: int | None
     max_bytes: int | None
 
+    @abstractmethod
     def put(self, record: KeyRecord, keys: bytes, warmup: bytes) -> bool:
         """Store a record; ``False`` when the same keys are stored already (idempotent),
         :class:`KeyConflictError` when other keys hold this id."""
-        raise NotImplementedError
 
+    @abstractmethod
     def meta(self, key_id: str, touch: bool = True) -> KeyRecord | None:
         """The record's metadata (marking it used), or ``None``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, key_id: str) -> tuple[bytes, bytes] | None:
         """``(keys, warmup)`` of a record, or ``None``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def delete(self, key_id: str) -> bool:
-        raise NotImplementedError
+        """Remove a record; ``False`` when there was none."""
 
+    @abstractmethod
     def recent(self, n: int) -> list[str]:
         """The ``n`` most recently used key ids, newest first."""
-        raise NotImplementedError
 
+    @abstractmethod
     def usage(self) -> tuple[int, int]:
         """``(records, bytes)`` stored."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """One line naming the store, for logs and model info."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not every store holds connections
         """Release connections."""
 
     def _over(self, count: int, size: int) -> bool:
@@ -301,7 +304,7 @@ class RedisKeyStore(KeyStore):
     def describe(self) -> str:
         return f"redis {self.url.split('@')[-1]}"  # no password in logs
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not every store holds connections
         self.client.close()
 
 
