@@ -17,7 +17,13 @@ import numpy as np
 from sklearn.base import clone
 
 from .inner import score_under, search_compile
-from .screening import best_feasible_latency, lower_bound_seconds, promising, short_params
+from .screening import (
+    accumulator_floor,
+    best_feasible_latency,
+    lower_bound_seconds,
+    promising,
+    short_params,
+)
 from .space import DEFAULT_SPACE, sample_params
 from .trials import ModelCache, model_key
 
@@ -72,7 +78,14 @@ class _Objective:
         raise optuna.TrialPruned(reason)
 
     def _screen(self, trial: Any, params: dict[str, Any], cap: float | None) -> None:
-        """Reject before training what the cost model proves slower than ``cap``."""
+        """Reject before training what can never work: an accumulator budget below one
+        product, or what the cost model proves slower than ``cap``."""
+        floor = accumulator_floor(self.search.estimator, params, self.data[0].shape[1])
+        budget = dict(self.search.estimator.get_params(), **params).get("n_accum_bits")
+        if floor is not None and budget is not None and floor > int(budget):
+            trial.set_user_attr("accumulator_floor", floor)
+            self._prune(trial, f"n_accum_bits={budget} is impossible at these bit-widths: "
+                               f"one product max|w| * max|x| needs {floor} bits")
         if self.cost_model is None or cap is None:
             return
         bound = lower_bound_seconds(self.cost_model, params, self.data[0].shape[1])

@@ -15,6 +15,7 @@ from latentopt.search.cost import PRIOR, CostModel
 from latentopt.search.fingerprint import machine_fingerprint
 from latentopt.search.objective import _Objective
 from latentopt.search.screening import (
+    accumulator_floor,
     best_feasible_latency,
     lower_bound_seconds,
     n_lookups,
@@ -92,6 +93,36 @@ def test_configuration_proven_slower_is_rejected_before_training(model, data, tm
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert "cost bound" in trial.user_attrs["rejected"]
     assert trial.user_attrs["lower_bound_seconds"] > best
+    assert not list(tmp_path.glob("model-*.pkl")), "nothing may be trained"
+
+
+def test_accumulator_floor_matches_the_trained_model(data):
+    """The floor from bit-widths alone is what the pruner finds on a trained model."""
+    from latentopt.prune.accumulator import min_accumulator_bits
+
+    Xtr, ytr, _, _ = data
+    for params in ({"n_w_bits": 3, "n_a_bits": 3, "n_input_bits": 6},
+                   {"n_w_bits": 4, "n_a_bits": 2, "n_input_bits": 3, "activation": "tanh"}):
+        est = QuantizedMLPClassifier(**dict(TINY, **params)).fit(Xtr, ytr)
+        floor = accumulator_floor(QuantizedMLPClassifier(**TINY),
+                                  dict(params, n_accum_bits=4), Xtr.shape[1])
+        assert floor == max(min_accumulator_bits(est.module_))
+    assert accumulator_floor(QuantizedMLPClassifier(**TINY), {"n_accum_bits": None}, 5) is None
+
+
+def test_impossible_accumulator_budget_is_rejected_before_training(data, tmp_path):
+    """n_accum_bits below one product: pruned at once with the reason, nothing trained."""
+    Xtr, ytr, Xv, yv = data
+    search = LatencySearch(QuantizedMLPClassifier(**dict(TINY, n_input_bits=6)),
+                           max_accuracy_drop=0.1, param_space={"n_accum_bits": [6]},
+                           n_repeats=1)
+    objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, None, tmp_path)
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[-1]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert "n_accum_bits=6 is impossible" in trial.user_attrs["rejected"]
+    assert trial.user_attrs["accumulator_floor"] == 8  # 3 * 32 needs 8 signed bits
     assert not list(tmp_path.glob("model-*.pkl")), "nothing may be trained"
 
 
