@@ -34,10 +34,14 @@ PROMOTE = 1 / 3
 #: Fewest short-trained trials before the promotion rule prunes anything.
 MIN_RUNG_TRIALS = 3
 #: Seeded configurations (in estimator terms, clipped into the space).
+#: The learning rate is the largest of the default space: at 3-4 bits and a short
+#: budget of epochs, 1e-3 under-trains (measured on a generated 3-class set, 100
+#: epochs: 0.75 validation accuracy at 1e-3 against 0.82 at 1e-2, float 0.86).
 SEEDS: tuple[dict[str, Any], ...] = (
-    {"hidden_layer_sizes": (16,), "n_w_bits": 3, "n_a_bits": 3},
-    {"hidden_layer_sizes": (32,), "n_w_bits": 3, "n_a_bits": 3},
-    {"hidden_layer_sizes": (16,), "n_w_bits": 4, "n_a_bits": 4},
+    {"hidden_layer_sizes": (16,), "n_w_bits": 3, "n_a_bits": 3, "lr": 1e-2},
+    {"hidden_layer_sizes": (32,), "n_w_bits": 3, "n_a_bits": 3, "lr": 1e-2},
+    {"hidden_layer_sizes": (16,), "n_w_bits": 4, "n_a_bits": 4, "lr": 1e-2},
+    {"hidden_layer_sizes": (32,), "n_w_bits": 4, "n_a_bits": 4, "lr": 1e-2},
 )
 
 

@@ -110,11 +110,9 @@ def select_on_check(search: Any, objective: Any,
         search.outcome_ = make_outcome(
             search.results_, search.failures_, None, reference_score=search.reference_score_,
             threshold=search.threshold_, max_accuracy_drop=search.max_accuracy_drop,
-            n_trials=search.n_trials, seconds=search.cost_model_ is not None)
-        search.outcome_.message += (
-            f"\n{len(checked)} validation-feasible trial(s) were checked on "
-            f"{len(y_chk)} held-out rows and none reached {threshold:.4f} there "
-            f"(float reference {reference:.4f}): they overfit the validation split.")
+            n_trials=search.n_trials, seconds=search.cost_model_ is not None,
+            held_out={"n_checked": len(checked), "n_samples": int(len(y_chk)),
+                      "threshold": threshold, "reference_score": reference})
         return
     search.best_trial_ = chosen
     search.best_params_ = params(chosen)
