@@ -57,13 +57,17 @@ class _Objective:
         self.teacher = teacher
         self.teacher_key = teacher_key
 
-    def _fit(self, params: dict[str, Any]) -> tuple[Any, bool]:
-        X_tr, y_tr = self.data[0], self.data[1]
+    def _fit(self, params: dict[str, Any], X: np.ndarray | None = None,
+             y: np.ndarray | None = None) -> tuple[Any, bool]:
+        """The model of ``params`` trained on the training split (or on ``X, y``), from
+        the model cache if it holds it; and whether it came from there."""
+        X_tr, y_tr = (self.data[0], self.data[1]) if X is None or y is None else (X, y)
+        data_key = self.data_key if X is None or y is None else _data_key(X, y)
         est = clone(self.search.estimator).set_params(**params, verbose=0)
         if self.teacher is not None:
             est.set_params(teacher=self.teacher)  # after clone: stays fitted, not refitted
         # keyed by every effective parameter (the template's fixed ones included)
-        cache, key = ModelCache(self.cache_dir), model_key(est, self.data_key, self.teacher_key)
+        cache, key = ModelCache(self.cache_dir), model_key(est, data_key, self.teacher_key)
         cached = cache.load(key)
         if cached is not None:
             return cached, True

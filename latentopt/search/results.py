@@ -123,14 +123,14 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
         n_val = sum(1 for r in rows if r.get("feasible"))
         lines = [f"Budget NOT met on unseen rows: {n_val} of the {n_eval} evaluated trials "
                  f"reached {budget}, but none of the {held_out['n_checked']} fastest held on "
-                 f"{held_out['n_samples']} held-out rows (score >= "
+                 f"{held_out['n_samples']} {held_out.get('rows', 'held-out rows')} (score >= "
                  f"{held_out['threshold']:.4f} there, float reference "
                  f"{held_out['reference_score']:.4f}): they overfit the validation split."]
         lines.append("To find a model: give the search more rows (the check split is "
                      "holdout_fraction of X), allow a larger drop (max_accuracy_drop), or run "
                      f"more trials (n_trials={n_trials}).")
-        return Outcome(budget_met=False, message="\n".join(lines),  # type: ignore[arg-type]
-                       **common)
+        msg = "\n".join(lines)
+        return Outcome(budget_met=False, message=msg, **common)  # type: ignore[arg-type]
     lines = [f"Budget NOT met: none of the {n_eval} evaluated trials reached {budget}."]
     if top is not None:
         lines.append(f"Best validation score reached: {top['score']:.4f} (trial {top['trial']}, "

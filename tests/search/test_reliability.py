@@ -46,7 +46,8 @@ def _search(**kw):
     kw.setdefault("n_trials", 1)
     kw.setdefault("param_space", SPACE)
     est = kw.pop("estimator", QuantizedMLPClassifier(**TINY))
-    kw = {"max_accuracy_drop": 0.2, "reference_score": 0.9, "n_repeats": 1,
+    # check_folds=1: these tests are about the study, not the (slower) cross-validated check
+    kw = {"max_accuracy_drop": 0.2, "reference_score": 0.9, "n_repeats": 1, "check_folds": 1,
           "cost_model": None, "random_state": 0, "verbose": 0, **kw}
     return LatencySearch(est, **kw)
 
