@@ -116,8 +116,10 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
     budget = (f"validation score >= {threshold:.4f} (reference {reference_score:.4f} "
               f"minus max_accuracy_drop={max_accuracy_drop:g})")
     if best is not None:
+        checked = (f" ({best['holdout_score']:.4f} on rows the search never tuned on)"
+                   if best.get("holdout_score") is not None else "")
         msg = (f"Budget met: {budget}. Chosen: trial {best['trial']}, score "
-               f"{best['score']:.4f}, {_latency_words(best['cost'], seconds)}.")
+               f"{best['score']:.4f}{checked}, {_latency_words(best['cost'], seconds)}.")
         return Outcome(budget_met=True, message=msg, **common)  # type: ignore[arg-type]
     if held_out is not None:
         n_val = sum(1 for r in rows if r.get("feasible"))

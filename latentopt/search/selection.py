@@ -20,6 +20,13 @@ How the fastest validation-feasible trials are re-checked (``check_folds``):
   trainings per re-checked trial, at most :data:`MAX_CV_CHECKS` trials.
 
 The chosen model is the fastest that passes; its reported accuracy is the checked one.
+
+During the study, compiled points slower than the best validation-feasible point are
+not simulated (``latency_cap``): such trials record only their fast, inaccurate points.
+When the check then refutes every validation-feasible trial, the cap came from a lucky
+point, so :func:`reopen_capped` runs the inner search again *without* the cap on the
+most accurate capped models (unrounded validation score within the budget, at most
+:data:`MAX_REOPEN`), and their fastest feasible points go through the same check.
 """
 
 from __future__ import annotations
@@ -29,12 +36,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_CHECKS", "MAX_CV_CHECKS", "check_on_holdout", "cv_folds", "select_on_check"]
+__all__ = ["MAX_CHECKS", "MAX_CV_CHECKS", "MAX_REOPEN", "check_on_holdout", "cv_folds",
+           "reopen_capped", "select_on_check"]
 
 #: Feasible trials re-scored on the check split, fastest first.
 MAX_CHECKS = 6
 #: Feasible trials cross-validated (``check_folds`` trainings each), fastest first.
 MAX_CV_CHECKS = 3
+#: Capped trials searched again without the cap when every checked trial failed.
+MAX_REOPEN = 3
+#: Compile keys of a result row (the trial's chosen point).
+POINT_KEYS = ("rounding_bits", "rounding_method", "p_error")
 
 
 def check_on_holdout(rows: Sequence[dict[str, Any]],
@@ -104,6 +116,37 @@ def _cv_scores(fit: Callable[[dict[str, Any], np.ndarray, np.ndarray], Any],
     return list(totals / len(y))
 
 
+def reopen_capped(search: Any, objective: Any, params: Callable[[dict[str, Any]], dict],
+                  exclude: set[int]) -> list[dict[str, Any]]:
+    """Validation-feasible rows of capped trials, searched again without the cap.
+
+    Candidates: completed trials whose inner search skipped points as slower than the
+    best feasible one, whose unrounded validation score meets the threshold, most
+    accurate first (at most :data:`MAX_REOPEN`).  Each one's model (from the model
+    cache) gets a full inner search; the rows returned carry its fastest feasible point.
+    """
+    from .inner import search_compile
+
+    pool = [t for t in search.study_.trials
+            if t.state.name == "COMPLETE" and t.user_attrs.get("capped")
+            and t.number not in exclude
+            and t.user_attrs.get("unrounded_score", -np.inf) >= search.threshold_]
+    pool.sort(key=lambda t: -t.user_attrs["unrounded_score"])
+    rows = []
+    for t in pool[:MAX_REOPEN]:
+        row = {"trial": t.number, **t.user_attrs["params"]}
+        est, _ = objective._fit(params(row))
+        inner = search_compile(est, objective.data[2], objective.data[3],
+                               max_accuracy_drop=search.max_accuracy_drop,
+                               reference_score=search.reference_score_,
+                               n_repeats=search.n_repeats, cost_model=objective.cost_model)
+        if inner.best is not None:
+            rows.append(dict(row, cost=inner.best.latency, score=inner.best.score,
+                             feasible=True, pbs=inner.best.pbs, reopened=True,
+                             max_tlu_bits=inner.best.max_tlu_bits, **inner.compile_kwargs))
+    return rows
+
+
 def select_on_check(search: Any, objective: Any,
                     check: tuple[np.ndarray, np.ndarray] | None) -> None:
     """Choose among a finished search's validation-feasible trials on the check split.
@@ -135,7 +178,7 @@ def select_on_check(search: Any, objective: Any,
         return p
 
     def point(row: dict[str, Any]) -> dict[str, Any]:
-        return dict(trials[row["trial"]].user_attrs["compile"])
+        return {k: row[k] for k in POINT_KEYS}
 
     def simulate(e: Any, X: np.ndarray, y: np.ndarray) -> float:
         return score_under(e, X, y, "simulate")
@@ -167,10 +210,16 @@ def select_on_check(search: Any, objective: Any,
             return [simulate(est, X_chk, y_chk) for _ in range(max(1, search.n_repeats))]
     threshold = reference - search.max_accuracy_drop
     chosen, checked = check_on_holdout(feasible, scores, threshold, max_checks=max_checks)
+    reopened: list[dict[str, Any]] = []
+    if chosen is None:  # the cap came from points the check refutes: look past it
+        reopened = reopen_capped(search, objective, params, {r["trial"] for r in checked})
+        chosen, more = check_on_holdout(reopened, scores, threshold, max_checks=max_checks)
+        checked += more
     search.holdout_ = {"reference_score": reference, "threshold": threshold,
                        "n_samples": int(n_samples), "checked": checked,
                        "method": "cross-validation" if folds is not None else "check split",
-                       "folds": len(folds) if folds is not None else 1}
+                       "folds": len(folds) if folds is not None else 1,
+                       "reopened": [r["trial"] for r in reopened]}
     by_trial = {r["trial"]: r for r in checked}
     for row in search.results_:
         if row["trial"] in by_trial:
@@ -192,5 +241,11 @@ def select_on_check(search: Any, objective: Any,
         return
     search.best_trial_ = chosen
     search.best_params_ = params(chosen)
-    search.best_compile_kwargs_ = dict(trials[chosen["trial"]].user_attrs["compile"])
+    search.best_compile_kwargs_ = point(chosen)
     search.best_score_ = chosen["holdout_score"]
+    from .results import make_outcome
+
+    search.outcome_ = make_outcome(
+        search.results_, search.failures_, chosen, reference_score=search.reference_score_,
+        threshold=search.threshold_, max_accuracy_drop=search.max_accuracy_drop,
+        n_trials=search.n_trials, seconds=search.cost_model_ is not None)

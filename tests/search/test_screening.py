@@ -360,3 +360,29 @@ def test_hopeless_model_is_not_compiled(data):
     only = res.candidates[0]
     assert only.score == res.unrounded_score and 0.0 <= only.score <= 1.0
     assert only.pbs > 0 and np.isfinite(only.latency) and not only.feasible
+
+
+def test_reopen_capped_searches_accurate_capped_trials_again(data, tmp_path):
+    """When every checked trial fails, capped trials (points skipped as slower than a
+    refuted one) get a full inner search: accurate ones first, inaccurate ones never."""
+    from latentopt.search.selection import reopen_capped
+
+    Xtr, ytr, Xv, yv = data
+    search = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.2,
+                           n_repeats=1, cost_model=None)
+    objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, None, tmp_path)
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    attrs = [({"n_w_bits": 3}, True, 0.95),   # capped and accurate: reopened
+             ({"n_w_bits": 4}, True, 0.40),   # capped but hopeless: left alone
+             ({"n_w_bits": 2}, False, 0.95)]  # not capped: its record is complete
+    for params, capped, unrounded in attrs:
+        study.add_trial(optuna.trial.create_trial(
+            values=[1e-3, 0.5], user_attrs={"params": params, "capped": capped,
+                                            "unrounded_score": unrounded}))
+    search.study_, search.reference_score_, search.threshold_ = study, 0.9, 0.7
+    rows = reopen_capped(search, objective, lambda r: {"n_w_bits": r["n_w_bits"]}, set())
+    assert [r["trial"] for r in rows] == [0]
+    row = rows[0]
+    assert row["reopened"] and row["feasible"] and row["score"] >= 0.7
+    assert {"rounding_bits", "rounding_method", "p_error"} <= set(row)
+    assert reopen_capped(search, objective, lambda r: r, {0}) == []  # already checked
