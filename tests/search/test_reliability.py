@@ -184,8 +184,9 @@ class FlakyClassifier(QuantizedMLPClassifier):
 
 def test_failing_trial_in_a_search_is_a_result(data):
     X, y = data
+    # a wide budget: FHE simulation is random, and this test is about the failure
     s = _search(estimator=FlakyClassifier(**TINY), param_space={"n_w_bits": [2, 3]},
-                n_trials=2).fit(X, y)
+                n_trials=2, max_accuracy_drop=0.4).fit(X, y)
     assert len(s.results_) == 1 and len(s.failures_) == 1
     assert s.failures_[0]["n_w_bits"] == 2 and "loss is NaN" in s.failures_[0]["error"]
     assert s.best_estimator_ is not None and s.best_params_["n_w_bits"] == 3
