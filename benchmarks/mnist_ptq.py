@@ -45,6 +45,7 @@ from latentopt import compile_torch_model  # noqa: E402
 
 CML_PYTHON = os.environ.get("CML_PYTHON", "/work/wt/cml-venv/bin/python")
 PEER = Path(__file__).resolve().parent / "concrete_ml_torch_peer.py"
+SECTIONS = ("main", "maxpool", "methods", "ablation", "peer")
 METHODS = {"minmax": ("minmax", False), "percentile": ("percentile", False),
            "mse": ("mse", False), "minmax+bc": ("minmax", True), "mse+bc": ("mse", True)}
 
@@ -64,7 +65,7 @@ def _emit(row: dict[str, Any], path: str | None) -> None:
 def ours(model: torch.nn.Module, data: tuple[np.ndarray, ...], n_bits: Any, args: Any,
          calibration: str = "minmax", bias_correction: bool = False,
          maxpool: str = "exact", execute: bool = False,
-         rounding_bits: int | None = None) -> dict[str, Any]:
+         rounding_bits: int | None = None, fhe: bool = True) -> dict[str, Any]:
     Xcal, Xte, yte = data
     row: dict[str, Any] = {"library": "latentopt", "n_bits": n_bits,
                            "calibration": calibration + ("+bc" if bias_correction else ""),
@@ -78,7 +79,7 @@ def ours(model: torch.nn.Module, data: tuple[np.ndarray, ...], n_bits: Any, args
                                 task="classification", fhe=False, verbose=0)
         row["ptq_s"] = time.perf_counter() - t0
         row["acc_int"] = _acc(q.predict(Xte), yte)
-        if rb is None:
+        if not fhe:
             return row
         q.compile(rounding_bits=rb, p_error=args.p_error, batch_size=1, verbose=0)
         rep = q.fhe_report_
@@ -139,6 +140,7 @@ def main() -> None:
     ap.add_argument("--outliers", action="store_true",
                     help="only the per-pixel standardised input experiment (cnn_ref)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     ap.add_argument("--peer-timeout", type=int, default=3600)
     ap.add_argument("--jsonl", default=None)
     ap.add_argument("--table", default=None, help="print the table of a JSONL file")
@@ -158,31 +160,31 @@ def main() -> None:
     for name in args.models:
         model = mnist_models.float_model(name)
         base = {"model": name, "float_acc": mnist_models.accuracy(model, Xte, yte)}
-        for b in args.bits:
+        for b in args.bits if "main" in args.sections else []:
             run = name in args.execute and b == args.execute_bits
             _emit({**base, "kind": "main", **ours(model, data, b, args, execute=run)},
                   args.jsonl)
         has_max = any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
-        if has_max:
+        if has_max and "maxpool" in args.sections:
             run = name in args.execute
             _emit({**base, "kind": "maxpool", **ours(model, data, args.execute_bits, args,
                                                      maxpool="avg", execute=run)},
                   args.jsonl)
-        for b in args.method_bits:
+        for b in args.method_bits if "methods" in args.sections else []:
             for meth in args.methods:
                 cal, bc = METHODS[meth]
                 _emit({**base, "kind": "method", **ours(model, data, b, args, cal, bc)},
                       args.jsonl)
-        if name in args.ablation:
+        if name in args.ablation and "ablation" in args.sections:
             for b in args.method_bits:
                 for what in ("inputs", "weights", "activations"):
                     nb = {"inputs": 16, "weights": 16, "activations": 16, what: b}
                     _emit({**base, "kind": "ablation", "only": what,
-                           **ours(model, data, nb, args, rounding_bits=None)}, args.jsonl)
+                           **ours(model, data, nb, args, fhe=False)}, args.jsonl)
                 for rb in (b, b + 1, b + 2):
                     _emit({**base, "kind": "ablation", "only": f"all+rounding{rb}",
                            **ours(model, data, b, args, rounding_bits=rb)}, args.jsonl)
-        if not args.no_peer:
+        if not args.no_peer and "peer" in args.sections:
             load = os.getloadavg()
             n_exec = args.n_execute if name in args.execute else 0
             bits = [b for b in args.bits if b != args.execute_bits or not n_exec]
@@ -209,7 +211,7 @@ def outliers(Xtr: np.ndarray, Xte: np.ndarray, ytr: np.ndarray, yte: np.ndarray,
         for meth in args.methods:
             cal, bc = METHODS[meth]
             nb = {"inputs": b, "weights": 16, "activations": 16}
-            only = ours(model, data, nb, args, cal, bc, rounding_bits=None)
+            only = ours(model, data, nb, args, cal, bc, fhe=False)
             _emit({**base, **ours(model, data, b, args, cal, bc),
                    "acc_inputs_only": only["acc_int"]}, args.jsonl)
 
