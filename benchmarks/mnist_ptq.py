@@ -70,6 +70,17 @@ def ours(model: torch.nn.Module, data: tuple[np.ndarray, ...], n_bits: Any, args
     row: dict[str, Any] = {"library": "latentopt", "n_bits": n_bits,
                            "calibration": calibration + ("+bc" if bias_correction else ""),
                            "maxpool": maxpool}
+    try:
+        return _ours(model, data, n_bits, args, calibration, bias_correction, maxpool,
+                     execute, rounding_bits, fhe, row)
+    except Exception as exc:  # one failing setting must not end the benchmark
+        return {**row, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+
+
+def _ours(model: torch.nn.Module, data: tuple[np.ndarray, ...], n_bits: Any, args: Any,
+          calibration: str, bias_correction: bool, maxpool: str, execute: bool,
+          rounding_bits: int | None, fhe: bool, row: dict[str, Any]) -> dict[str, Any]:
+    Xcal, Xte, yte = data
     rb = args.rounding_bits if rounding_bits is None else rounding_bits
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
