@@ -235,13 +235,13 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     meta = [r for r in rows if r.get("kind") == "meta"]
     if meta:
         print(f"run {meta[0]['date']}, load average at start {meta[0]['load_avg']}\n")
-    head = ("| model | library | bits | calibration | float | int | rounded int | simulate "
-            "| PBS | max TLU | compile s | keygen s | s/sample |")
+    head = ("| model | library | bits | round | calibration | float | int | rounded int "
+            "| simulate | PBS | max TLU | compile s | keygen s | s/sample |")
     for kind in ("main", "maxpool", "method", "outliers"):
         sel = [r for r in rows if r.get("kind") == kind]
         if not sel:
             continue
-        print(f"\n### {kind}\n\n{head}\n" + "|---" * 13 + "|")
+        print(f"\n### {kind}\n\n{head}\n" + "|---" * 14 + "|")
         for r in sel:
             acc_int = r.get("acc_int", r.get("accuracy_disable"))
             sim = r.get("acc_sim", r.get("accuracy_simulate"))
@@ -250,7 +250,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             cal = r.get("calibration", "-")
             if "acc_inputs_only" in r:
                 cal += f" (inputs alone: {r['acc_inputs_only']:.3f})"
-            print(f"| {r.get('model')} | {lib} | {r.get('n_bits')} | {cal} | "
+            print(f"| {r.get('model')} | {lib} | {r.get('n_bits')} | "
+                  f"{r.get('rounding_bits', '-')} | {cal} | "
                   f"{f(r.get('float_acc'))} | {f(acc_int)} | "
                   f"{f(r.get('acc_rounded_int'))} | {f(sim)} | {r.get('pbs', '-')} | "
                   f"{r.get('max_tlu_bits', r.get('max_bit_width', '-'))} | "
