@@ -134,6 +134,8 @@ class FHECircuit:
         self.verbose = verbose
         self._functions = module.functions()
         self._recompile: dict[str, Any] = {}
+        #: whether the keys have served a run (the first run decompresses them)
+        self.warm = False
         # concrete leaves each compiled library in a temporary directory: remove them
         self._cleanup = weakref.finalize(self, remove_library_dirs, module)
 
@@ -164,6 +166,7 @@ class FHECircuit:
         compress: bool = True,
         verbose: int = 0,
         insecure_key_cache: str | Path | None = None,
+        concrete_options: dict[str, Any] | None = None,
     ) -> FHECircuit:
         """Lower and compile ``circuit``.
 
@@ -206,6 +209,10 @@ class FHECircuit:
             0 silent; 1 timings and progress bars; 2 also concrete's own progress.
         insecure_key_cache : path, optional
             **Tests only**: reuse keys from this directory (insecure).
+        concrete_options : dict, optional
+            Advanced: further ``concrete.fhe.Configuration`` options (e.g.
+            ``{"dataflow_parallelize": True}``), overriding latentopt's; used by
+            ``benchmarks/fhe_profile.py`` to compare them.
         """
         fhe = concrete_fhe()
         _check_p_error(p_error, global_p_error)
@@ -245,6 +252,7 @@ class FHECircuit:
         else:  # concrete's global error covers every function of the module
             assert global_p_error is not None
             conf["global_p_error"] = float(-math.expm1(n_calls * math.log1p(-global_p_error)))
+        conf.update(concrete_options or {})
         if insecure_key_cache is not None:
             conf.update(use_insecure_key_cache=True, enable_unsafe_features=True,
                         insecure_key_cache_location=str(insecure_key_cache))
@@ -278,7 +286,7 @@ class FHECircuit:
             inputset_q=rows, p_error=p_error, global_p_error=report["global_p_error_requested"],
             security_level=security_level, range_mode=range_mode, range_margin=range_margin,
             on_overflow=on_overflow, batch_size=batch_size, compress=compress,
-            insecure_key_cache=insecure_key_cache)
+            insecure_key_cache=insecure_key_cache, concrete_options=concrete_options)
         return fc
 
     # -------------------------------------------------------------- keys, run
@@ -297,6 +305,7 @@ class FHECircuit:
             print(f"[latentopt] generating keys ({size:.0f} MiB of evaluation keys) ...",
                   flush=True)
         self.module.keygen(force=force, seed=seed)
+        self.warm = False
         seconds = time.perf_counter() - t0
         self.report["keygen_seconds"] = seconds
         if self.verbose:
@@ -352,7 +361,16 @@ class FHECircuit:
             while pending:
                 finish()
         bar.close()
+        self.warm = True
         return out + self.plan.output_offset
+
+    def profile(self, q: np.ndarray, repeats: int = 5, cost_model: Any = None) -> Any:
+        """Latency breakdown of one sample (the first row of ``q``): encryption, server
+        run (split into bootstraps, key switches and linear work with ``cost_model``),
+        decryption, and the floor; a :class:`~.fhe_profile.LatencyProfile`."""
+        from .fhe_profile import profile_execution
+
+        return profile_execution(self, q, repeats=repeats, cost_model=cost_model)
 
     def chunks(self, n: int, pad_from: float | None = None) -> list[tuple[int, int, str]]:
         """The calls covering ``n`` samples, see :func:`plan_calls`."""
