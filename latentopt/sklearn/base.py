@@ -107,8 +107,9 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         return backend
 
     def _exact_runtime(self) -> ExactRuntime:
-        """The fastest exact runtime of the active circuit (numpy or onnxruntime, chosen
-        by measurement on the first large batch, see :mod:`latentopt.backends.runtime`)."""
+        """The fastest exact runtime of the active circuit (numpy, onnxruntime or its int8
+        rendering, chosen by measurement on the first large batch, see
+        :mod:`latentopt.backends.runtime`)."""
         backend = self._integer_backend()
         runtime = getattr(self, "_runtime", None)
         if runtime is None or runtime.numpy is not backend:
@@ -123,12 +124,10 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         check_is_fitted(self, "circuit_")
         mode = self._check_fhe(fhe)
         X = self._validate_X(X, reset=False)
+        if mode == "disable":  # the fastest exact pipeline, quantizer included
+            return np.asarray(self._exact_runtime().predict(X))
         backend = self._integer_backend()
-        q = backend.quantize(X)
-        if mode == "disable":
-            out = self._exact_runtime().run_integers(q)
-        else:
-            out = self._run_fhe(q, mode)
+        out = self._run_fhe(backend.quantize(X), mode)
         return np.asarray(backend.dequantize(out))
 
     def _forget_compilation(self) -> None:
