@@ -91,7 +91,7 @@ def compile_variant(clf: QuantizedMLPClassifier, extra: dict[str, Any]) -> FHECi
 
 
 def compare_variants(clf: QuantizedMLPClassifier, X: np.ndarray, names: list[str],
-                     repeats: int) -> dict[str, dict[str, Any]]:
+                     repeats: int, batch_rounds: int = 2) -> dict[str, dict[str, Any]]:
     """Every variant compiled and keyed, then timed in turns (one run of each per round),
     so that load changes on a shared machine hit all of them alike."""
     rows: dict[str, dict[str, Any]] = {}
@@ -128,7 +128,7 @@ def compare_variants(clf: QuantizedMLPClassifier, X: np.ndarray, names: list[str
             r["encrypt"].append(t1 - t0)
             r["run"].append(t2 - t1)
             r["decrypt"].append(t3 - t2)
-    for _ in range(2):
+    for _ in range(batch_rounds):
         for name, fc in circuits.items():
             if fc.batch_size > 1:
                 r, fn = rows[name], fc._functions["batch"]
@@ -148,6 +148,8 @@ def main() -> None:
     parser.add_argument("--circuits", nargs="+", default=list(CIRCUITS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-rounds", type=int, default=2,
+                        help="timed calls of the batched function per variant (0: skip)")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()}, cores {len(os.sched_getaffinity(0))}")
     cost_model = CostModel.load_or_calibrate(grid="quick", verbose=1)
@@ -171,7 +173,7 @@ def main() -> None:
         print(f"\n{'variant':15s} {'keygen s':>8s} {'1st run':>8s} {'run ms':>8s} "
               f"{'enc ms':>7s} {'dec ms':>7s} {'batch ms/s':>10s} {'keys MiB':>8s} "
               f"{'ser MiB':>8s} {'run/floor':>9s}")
-        rows = compare_variants(clf, X, args.variants, args.repeats)
+        rows = compare_variants(clf, X, args.variants, args.repeats, args.batch_rounds)
         for variant, r in rows.items():
             if "error" in r:
                 print(f"{variant:15s} failed: {r['error']}")
@@ -180,7 +182,8 @@ def main() -> None:
                   f"{1e3 * r['run']:8.1f} {1e3 * r['encrypt']:7.2f} {1e3 * r['decrypt']:7.2f} "
                   f"{1e3 * r['batch']:10.1f} {r['keys_mem'] / 2**20:8.0f} "
                   f"{r['keys_ser'] / 2**20:8.1f} {r['run'] / floor:9.2f}")
-        print(f"(load average after: {os.getloadavg()})", flush=True)
+        print(f"(* first run after keygen and its warm-up; load average after: "
+              f"{os.getloadavg()})", flush=True)
 
 
 if __name__ == "__main__":

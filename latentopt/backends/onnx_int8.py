@@ -138,7 +138,7 @@ def int8_mlp_onnx(circuit: Circuit) -> Any:
     shift = int(zp_in) - lo  # stored u = q - lo = rint(x / s) + zp - lo
     if not 0 <= shift <= 255:
         return None
-    axis = {"axis": 1} if scale.ndim == 1 else {}
+    axis: dict[str, Any] = {"axis": 1} if scale.ndim == 1 else {}
     zp_vec = np.full(scale.shape, shift, np.uint8) if scale.ndim == 1 else shift
     nodes.append(helper.make_node("QuantizeLinear", ["input", const("x/scale", scale, np.float32),
                                                      const("x/zp", zp_vec, np.uint8)],
