@@ -170,7 +170,7 @@ def main() -> None:
         print(f"evaluation keys: {rep['size_of_evaluation_keys'] / 2**20:.0f} MiB in memory, "
               f"{p.info['evaluation_keys_serialized'] / 2**20:.1f} MiB serialized")
         floor = p.floor or float("nan")  # (dataflow circuits report no PBS statistics)
-        print(f"\n{'variant':15s} {'keygen s':>8s} {'1st run':>8s} {'run ms':>8s} "
+        print(f"\n{'variant':15s} {'keygen s':>8s} {'1st run*':>8s} {'run ms':>8s} "
               f"{'enc ms':>7s} {'dec ms':>7s} {'batch ms/s':>10s} {'keys MiB':>8s} "
               f"{'ser MiB':>8s} {'run/floor':>9s}")
         rows = compare_variants(clf, X, args.variants, args.repeats, args.batch_rounds)
