@@ -17,16 +17,17 @@ How each number is obtained
   ``info["warmup_seconds"]``); ``evaluation_keys_serialized``, the bytes of
   the evaluation keys as shipped (seeded when compressed), beside concrete's
   ``size_of_evaluation_keys`` (their size in memory, uncompressed).
-* **Modelled** (needs a calibrated :class:`~latentopt.search.cost.CostModel`): the split
-  of the server run.  From concrete's compile-time statistics, per layer (concrete
-  tags each layer's operations), the number of bootstraps and key switches and their
-  crypto parameters; the cost model gives one core's seconds per bootstrap (FFT and
-  multiply-accumulate work of ``N, k, n, l``) and per key switch.  A layer's lookups
-  are independent, so they spread over ``min(cores, count)`` cores; layers run one
-  after the other.  ``pbs`` and ``key switch`` are these critical-path times, ``linear``
-  the model's levelled-operation term (additions and clear multiplications, one
-  core), and ``other`` the measured run minus the three (input decompression,
-  scheduling, the runtime's call overhead, model error: it can be negative).
+* **Modelled** (needs a calibrated :class:`~latentopt.search.cost.CostModel`): the
+  split of the server run (:func:`latentopt.search.profile.critical_path`).  From
+  concrete's compile-time statistics, per layer (concrete tags each layer's
+  operations), the number of bootstraps and key switches and their crypto parameters;
+  the cost model gives one core's seconds per bootstrap (FFT and multiply-accumulate
+  work of ``N, k, n, l``) and per key switch.  A layer's lookups are independent, so
+  they spread over ``min(cores, count)`` cores; layers run one after the other.
+  ``pbs`` and ``key switch`` are these critical-path times, ``linear`` the model's
+  levelled-operation term (additions and clear multiplications, one core), and
+  ``other`` the measured run minus the three (input decompression, scheduling, the
+  runtime's call overhead, model error: it can be negative).
 * **Floor**: the lookups (bootstrap and its key switch) on the critical path, divided
   over the cores: sum over layers of ``count * (t_pbs + t_ks) / min(cores, count)``.
   No implementation of this circuit on this machine can be faster per sample.
@@ -48,8 +49,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LatencyProfile", "available_cores", "evaluation_keys_bytes", "layer_lookups",
-           "model_server", "profile_execution"]
+__all__ = ["LatencyProfile", "available_cores", "evaluation_keys_bytes", "profile_execution"]
 
 
 def available_cores() -> int:
@@ -58,43 +58,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def _get(obj: Any, name: str) -> int:
-    value = getattr(obj, name)
-    return int(value() if callable(value) else value)
-
-
-def layer_lookups(module: Any, function: str = "single") -> list[dict[str, Any]]:
-    """Per tagged layer of a compiled concrete module: its bootstraps and key switches.
-
-    Each row: ``layer`` (concrete's tag), ``pbs`` as ``[N, k, n, l, count]`` per
-    parameter set, ``ks`` as ``[dim_in, dim_out, level, count]``.  Lookups outside any
-    tag are listed under ``""``.
-    """
-    info = module.server.program_info
-    dims = [_get(s, "dimension") for s in info.get_keyset_info().secret_keys()]
-    st = module.statistics["functions"][function]
-    rows: dict[str, dict[str, Any]] = {}
-
-    def row(tag: str) -> dict[str, Any]:
-        return rows.setdefault(tag, {"layer": tag, "pbs": [], "ks": []})
-
-    for tag, per in st["programmable_bootstrap_count_per_tag_per_parameter"].items():
-        for p, c in per.items():
-            row(tag)["pbs"].append([_get(p, a) for a in ("polynomial_size", "glwe_dimension",
-                                                          "input_lwe_dimension", "level")]
-                                   + [int(c)])
-    for tag, per in st["key_switch_count_per_tag_per_parameter"].items():
-        for p, c in per.items():
-            row(tag)["ks"].append([dims[_get(p, "input_secret_key_id")],
-                                   dims[_get(p, "output_secret_key_id")],
-                                   _get(p, "level"), int(c)])
-    tagged = sum(o[4] for r in rows.values() for o in r["pbs"])
-    untagged = int(st["programmable_bootstrap_count"]) - tagged
-    if untagged > 0:  # pragma: no cover - every lookup of the lowering is tagged
-        rows[""] = {"layer": "", "pbs": [], "ks": [], "untagged_pbs": untagged}
-    return list(rows.values())
 
 
 @dataclass
@@ -154,32 +117,12 @@ def _median(times: list[float]) -> float:
     return float(statistics.median(times))
 
 
-def model_server(module: Any, cost_model: Any, cores: int,
-                 function: str = "single") -> tuple[float, float, float, list[dict[str, Any]]]:
-    """Modelled critical-path seconds of bootstraps and key switches, and of the linear
-    work, for one call of ``function``; also the per-layer rows (see module docstring)."""
-    from ..search.profile import LINEAR_STATS, _op_work
-
-    theta = cost_model.coefficients
-    rows = layer_lookups(module, function)
-    pbs_total = ks_total = 0.0
-    for r in rows:
-        count = sum(o[4] for o in r["pbs"]) or 1
-        width = min(cores, count)
-        pbs = sum(float(_op_work(o) @ np.array([theta["fft"], theta["mac"]])) for o in r["pbs"])
-        ks = sum(theta["ks"] * c * d_in * lv * d_out * 1e-9 for d_in, d_out, lv, c in r["ks"])
-        r.update(pbs_seconds=pbs / width, ks_seconds=ks / width)
-        pbs_total += pbs / width
-        ks_total += ks / width
-    st = module.statistics["functions"][function]
-    linear = sum(int(c) * _get(p, "dimension") for key in LINEAR_STATS
-                 for p, c in st.get(key, {}).items())
-    return pbs_total, ks_total, theta["linear"] * linear * 1e-9, rows
-
-
 def profile_execution(fhe_circuit: Any, q: np.ndarray, repeats: int = 5,
                       cost_model: Any = None, cores: int | None = None) -> LatencyProfile:
     """Time one sample's encryption, server run and decryption on ``fhe_circuit``.
+
+    Keys are generated first if needed; the first run after that is reported as
+    ``first_run``.
 
     Parameters
     ----------
@@ -189,12 +132,11 @@ def profile_execution(fhe_circuit: Any, q: np.ndarray, repeats: int = 5,
     repeats : int
         Timed runs; stages are medians.
     cost_model : CostModel, optional
-        For the modelled split of the server run and the floor (left out when ``None``).
+        For the modelled split of the server run and the floor (left out when ``None``):
+        its ``critical_path`` method (:func:`latentopt.search.profile.critical_path`).
     cores : int, optional
         Cores for the floor (default: those this process may use).
 
-    Keys are generated first if needed; the first run after that is reported as
-    ``first_run``.
     """
     q = fhe_circuit.check_inputs(np.asarray(q)[:1])
     cold = not fhe_circuit.keys_generated or not getattr(fhe_circuit, "warm", True)
@@ -233,7 +175,7 @@ def profile_execution(fhe_circuit: Any, q: np.ndarray, repeats: int = 5,
     server: dict[str, float] = {}
     floor = None
     if cost_model is not None:
-        pbs, ks, linear, rows = model_server(fhe_circuit.module, cost_model, cores)
+        pbs, ks, linear, rows = cost_model.critical_path(fhe_circuit, cores)
         server = {"pbs": pbs, "key switch": ks, "linear": linear,
                   "other": stages["run"] - pbs - ks - linear}
         floor = pbs + ks

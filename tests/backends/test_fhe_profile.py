@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from latentopt.backends.fhe import FHECircuit
-from latentopt.backends.fhe_profile import LatencyProfile, layer_lookups, model_server
+from latentopt.backends.fhe_profile import LatencyProfile
 from latentopt.backends.integer import IntegerBackend
 from latentopt.search.cost import PRIOR, CostModel
+from latentopt.search.profile import layer_lookups
 
 TINY_P = 2.0**-40
 
@@ -49,9 +50,9 @@ def test_layer_lookups_follow_the_layers(two_layer):
 def test_floor_is_the_critical_path_over_the_cores(two_layer):
     _, _, fc = two_layer
     model = prior_model()
-    pbs1, ks1, linear, rows = model_server(fc.module, model, cores=1)
-    pbs2, ks2, _, _ = model_server(fc.module, model, cores=2)
-    pbs8, ks8, _, _ = model_server(fc.module, model, cores=8)
+    pbs1, ks1, linear, rows = model.critical_path(fc, cores=1)
+    pbs2, ks2, _, _ = model.critical_path(fc, cores=2)
+    pbs8, ks8, _, _ = model.critical_path(fc, cores=8)
     assert pbs1 > 0 and ks1 > 0 and linear > 0
     # 3 lookups on 2 cores take 2/3 of one core's time, 2 lookups half of it; beyond the
     # widest layer more cores do not help
