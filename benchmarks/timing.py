@@ -19,3 +19,19 @@ def median_time(fn: Callable[[], Any], repeats: int = 15) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int = 15) -> dict[str, float]:
+    """Median wall time of each function, timed in turns (one call of each per round,
+    after one warm-up round), so that load changes on a shared machine hit every
+    function alike; ``nan`` for a ``None`` entry."""
+    live = {k: f for k, f in fns.items() if f is not None}
+    for f in live.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in live}
+    for _ in range(repeats):
+        for k, f in live.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(times[k])) if k in times else float("nan") for k in fns}

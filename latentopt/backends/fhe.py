@@ -134,6 +134,8 @@ class FHECircuit:
         self.verbose = verbose
         self._functions = module.functions()
         self._recompile: dict[str, Any] = {}
+        #: whether the keys have served a run (the first run decompresses them)
+        self.warm = False
         # concrete leaves each compiled library in a temporary directory: remove them
         self._cleanup = weakref.finalize(self, remove_library_dirs, module)
 
@@ -164,6 +166,7 @@ class FHECircuit:
         compress: bool = True,
         verbose: int = 0,
         insecure_key_cache: str | Path | None = None,
+        concrete_options: dict[str, Any] | None = None,
     ) -> FHECircuit:
         """Lower and compile ``circuit``.
 
@@ -206,6 +209,10 @@ class FHECircuit:
             0 silent; 1 timings and progress bars; 2 also concrete's own progress.
         insecure_key_cache : path, optional
             **Tests only**: reuse keys from this directory (insecure).
+        concrete_options : dict, optional
+            Advanced: further ``concrete.fhe.Configuration`` options (e.g.
+            ``{"dataflow_parallelize": True}``), overriding latentopt's; used by
+            ``benchmarks/fhe_profile.py`` to compare them.
         """
         fhe = concrete_fhe()
         _check_p_error(p_error, global_p_error)
@@ -245,6 +252,7 @@ class FHECircuit:
         else:  # concrete's global error covers every function of the module
             assert global_p_error is not None
             conf["global_p_error"] = float(-math.expm1(n_calls * math.log1p(-global_p_error)))
+        conf.update(concrete_options or {})
         if insecure_key_cache is not None:
             conf.update(use_insecure_key_cache=True, enable_unsafe_features=True,
                         insecure_key_cache_location=str(insecure_key_cache))
@@ -295,7 +303,7 @@ class FHECircuit:
             inputset_q=rows, p_error=p_error, global_p_error=report["global_p_error_requested"],
             security_level=security_level, range_mode=range_mode, range_margin=range_margin,
             on_overflow=on_overflow, batch_size=batch_size, compress=compress,
-            insecure_key_cache=insecure_key_cache)
+            insecure_key_cache=insecure_key_cache, concrete_options=concrete_options)
         return fc
 
     # -------------------------------------------------------------- keys, run
@@ -304,8 +312,14 @@ class FHECircuit:
         keys = self.module.keys
         return keys is not None and keys.are_generated
 
-    def keygen(self, force: bool = False, seed: int | None = None) -> float:
-        """Generate the secret and evaluation keys; return the seconds it took."""
+    def keygen(self, force: bool = False, seed: int | None = None, warm: bool = True) -> float:
+        """Generate the secret and evaluation keys; return the seconds it took.
+
+        ``warm`` (default): then run the single-sample function once (see
+        :meth:`warm_up`), so that the one-off work of the first run on new keys is paid
+        here, not by the first prediction; its seconds are ``report["warmup_seconds"]``,
+        not part of the returned keygen time.
+        """
         if self.keys_generated and not force:
             return 0.0
         t0 = time.perf_counter()
@@ -314,10 +328,31 @@ class FHECircuit:
             print(f"[latentopt] generating keys ({size:.0f} MiB of evaluation keys) ...",
                   flush=True)
         self.module.keygen(force=force, seed=seed)
+        self.warm = False
         seconds = time.perf_counter() - t0
         self.report["keygen_seconds"] = seconds
         if self.verbose:
             print(f"[latentopt] keygen {seconds:.2f}s", flush=True)
+        if warm:
+            self.warm_up()
+        return seconds
+
+    def warm_up(self) -> float:
+        """Run one encrypted sample (the lowest encryptable input) and discard it.
+
+        The first run after key generation costs far more than the next ones: the server
+        expands the seeded (compressed) evaluation keys and prepares them (measured 0.3-3.7
+        s on 2 cores, against 0.1-0.5 s for a steady run; ``benchmarks/fhe_profile.py``).
+        :meth:`keygen` calls this by default.  Returns the seconds it took (also
+        ``report["warmup_seconds"]``).
+        """
+        t0 = time.perf_counter()
+        fn = self._functions["single"]
+        q = np.full((1, self.circuit.n_features), self.report["input_range"][0], np.int64)
+        fn.run(fn.encrypt(q))
+        self.warm = True
+        seconds = time.perf_counter() - t0
+        self.report["warmup_seconds"] = seconds
         return seconds
 
     def simulate(self, q: np.ndarray) -> np.ndarray:
@@ -369,7 +404,16 @@ class FHECircuit:
             while pending:
                 finish()
         bar.close()
+        self.warm = True
         return out + self.plan.output_offset
+
+    def profile(self, q: np.ndarray, repeats: int = 5, cost_model: Any = None) -> Any:
+        """Latency breakdown of one sample (the first row of ``q``): encryption, server
+        run (split into bootstraps, key switches and linear work with ``cost_model``),
+        decryption, and the floor; a :class:`~.fhe_profile.LatencyProfile`."""
+        from .fhe_profile import profile_execution
+
+        return profile_execution(self, q, repeats=repeats, cost_model=cost_model)
 
     def chunks(self, n: int, pad_from: float | None = None) -> list[tuple[int, int, str]]:
         """The calls covering ``n`` samples, see :func:`plan_calls`."""

@@ -8,6 +8,14 @@ batches).  :class:`ExactRuntime` runs the numpy reference on small batches
 (< ``MIN_MEASURE_ROWS`` rows) and, on the first larger one, times both on the same rows
 and keeps the faster for that circuit, after checking that both return the same
 integers (a mismatch, or a circuit onnxruntime cannot run, keeps numpy).
+
+:meth:`ExactRuntime.predict` (float features in, dequantized outputs out: what
+``predict(fhe="disable")`` runs) chooses separately among whole-pipeline runtimes that
+also quantize and dequantize: numpy (:meth:`IntegerBackend.predict`), the standard ONNX
+model with its quantizer (``OnnxRunner.predict``) and, for MLPs whose values fit 8
+bits, the int8 model of :mod:`.onnx_int8` (``uint8 x int8`` GEMMs with the lookup fused
+into the requantization: faster than the float network).  Each candidate must return
+numpy's output integers and floats on the probe rows, or it is not used.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..ir import Circuit
+from ..ir.schedule import check_features
 from .integer import IntegerBackend
 
 __all__ = ["MIN_MEASURE_ROWS", "ExactRuntime"]
@@ -45,22 +54,33 @@ class ExactRuntime:
     circuit : Circuit
     backend : IntegerBackend, optional
         The numpy reference, if already built.
+    intra_op_num_threads : int, optional
+        Threads of the onnxruntime sessions (onnxruntime's default: the cores).
 
     Attributes
     ----------
     chosen : {"numpy", "onnxruntime"} or None
-        The runtime for batches of at least ``MIN_MEASURE_ROWS`` rows (``None`` until one
-        was measured).
+        The runtime of :meth:`run_integers` for batches of at least ``MIN_MEASURE_ROWS``
+        rows (``None`` until one was measured).
     timings : dict
         Seconds per probe of each runtime, from the measurement.
+    chosen_predict : {"numpy", "onnxruntime", "onnxruntime-int8"} or None
+        The runtime of :meth:`predict` (float features to outputs) for large batches.
+    predict_timings : dict
+        Seconds per probe of each exact candidate of :meth:`predict`.
     """
 
-    def __init__(self, circuit: Circuit, backend: IntegerBackend | None = None) -> None:
+    def __init__(self, circuit: Circuit, backend: IntegerBackend | None = None,
+                 intra_op_num_threads: int | None = None) -> None:
         self.circuit = circuit
+        self.intra_op_num_threads = intra_op_num_threads
         self.numpy = backend if backend is not None else IntegerBackend(circuit)
         self.onnx: Any = None
         self.chosen: str | None = None
         self.timings: dict[str, float] = {}
+        self.chosen_predict: str | None = None
+        self.predict_timings: dict[str, float] = {}
+        self._predictors: dict[str, Any] = {}
 
     def run_integers(self, q: np.ndarray) -> np.ndarray:
         """Quantized inputs -> output integers (identical on every runtime)."""
@@ -74,14 +94,77 @@ class ExactRuntime:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Float features -> dequantized outputs (quantized as ``IntegerBackend`` does)."""
-        return self.numpy.dequantize(self.run_integers(self.numpy.quantize(X)))
+        X = np.asarray(X)
+        if len(X) < MIN_MEASURE_ROWS:
+            return self.numpy.predict(X)
+        if self.chosen_predict is None:
+            self._choose_predict(X[:PROBE_ROWS])
+        assert self.chosen_predict is not None
+        return np.asarray(self._predictors[self.chosen_predict](X))
+
+    def _choose_predict(self, probe: np.ndarray) -> None:
+        ref = self.numpy.predict(probe)
+        ref_int = self.numpy.run_integers(self.numpy.quantize(probe))
+        self._predictors = {"numpy": self.numpy.predict}
+        for name, make in (("onnxruntime", self._onnx_predictor),
+                           ("onnxruntime-int8", self._int8_predictor)):
+            try:
+                pair = make()
+                if pair is None:
+                    continue
+                out, ints = pair(probe)
+                if np.array_equal(ints, ref_int) and np.array_equal(out, ref):
+                    self._predictors[name] = lambda X, pair=pair: pair(X)[0]
+            except Exception:  # no onnxruntime, or an operator it cannot run
+                continue
+        self.predict_timings = {name: _best_of(lambda fn=fn: fn(probe))
+                                for name, fn in self._predictors.items()}
+        self.chosen_predict = min(self.predict_timings, key=self.predict_timings.__getitem__)
+
+    def _onnx_predictor(self) -> Any:
+        from .onnx_runner import OnnxRunner
+
+        if self.onnx is None:
+            self.onnx = OnnxRunner(self.circuit, intra_op_num_threads=self.intra_op_num_threads)
+        onnx = self.onnx
+
+        def run(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            out, ints = onnx.run(X)
+            return np.asarray(out), np.asarray(ints, np.int64)
+
+        return run
+
+    def _int8_predictor(self) -> Any:
+        from .onnx_int8 import int8_mlp_onnx
+
+        model = int8_mlp_onnx(self.circuit)
+        if model is None:
+            return None
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.intra_op_num_threads is not None:
+            options.intra_op_num_threads = int(self.intra_op_num_threads)
+        session = ort.InferenceSession(model.SerializeToString(), options,
+                                       providers=["CPUExecutionProvider"])
+        n = self.circuit.n_features
+
+        def run(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            X32 = check_features(X, n).astype(np.float32)
+            if np.isnan(X32).any():
+                raise ValueError("cannot quantize NaN inputs")
+            out, ints = session.run(None, {"input": X32})
+            return np.asarray(out), np.asarray(ints, np.int64)
+
+        return run
 
     def _choose(self, probe: np.ndarray) -> None:
         self.chosen = "numpy"
         try:
             from .onnx_runner import OnnxRunner
 
-            onnx = OnnxRunner(self.circuit)
+            onnx = OnnxRunner(self.circuit, intra_op_num_threads=self.intra_op_num_threads)
             ref = self.numpy.run_integers(probe)
             if not np.array_equal(np.asarray(onnx.run_integers(probe), np.int64), ref):
                 return

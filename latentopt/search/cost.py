@@ -130,6 +130,18 @@ class CostModel:
         profile = circuit if isinstance(circuit, dict) else circuit_profile(circuit)
         return predict_profile(profile, n_samples, self._theta, speedup or self.speedup)
 
+    def critical_path(self, fhe_circuit: Any, cores: int | None = None,
+                      ) -> tuple[float, float, float, list[dict[str, Any]]]:
+        """Seconds of bootstraps and key switches on the critical path of one sample over
+        ``cores`` (default: this process's), of the linear work, and per-layer rows:
+        :func:`latentopt.search.profile.critical_path` (the floor of
+        :meth:`FHECircuit.profile <latentopt.backends.fhe.FHECircuit.profile>`)."""
+        from ..backends.fhe_profile import available_cores
+        from .profile import critical_path
+
+        return critical_path(fhe_circuit.module, self.coefficients,
+                             int(cores or available_cores()))
+
     def _bits_model(self) -> dict[str, np.ndarray]:
         """Log-linear fits of one PBS's seconds and ``N`` in (1, TLU bits, -log10 p_error)."""
         table = self.info.get("pbs_table")

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Terms", "circuit_profile", "combine", "predict_profile", "synthetic_profile"]
+__all__ = ["Terms", "circuit_profile", "combine", "critical_path", "layer_lookups",
+           "predict_profile", "synthetic_profile"]
 
 Terms = tuple[float, list[tuple[float, float]]]  # serial s, [(parallel s, items)]
 #: Concurrent encrypted calls of ``FHECircuit.execute`` (its default ``n_jobs``).
@@ -148,3 +149,57 @@ def predict_profile(profile: dict[str, Any], n_samples: int | None, theta: np.nd
     """Seconds per sample of a :func:`circuit_profile` under coefficients ``theta``."""
     terms = {name: _profile_terms(f, theta) for name, f in profile["functions"].items()}
     return combine(terms, int(profile["batch_size"]), n_samples, speedup)
+
+
+def layer_lookups(module: Any, function: str = "single") -> list[dict[str, Any]]:
+    """Per tagged layer of a compiled concrete module: its bootstraps and key switches.
+
+    Each row: ``layer`` (concrete's tag: the lowering tags each layer), ``pbs`` as
+    ``[N, k, n, l, count]`` per parameter set, ``ks`` as ``[dim_in, dim_out, level,
+    count]``.
+    """
+    info = module.server.program_info
+    dims = [_get(s, "dimension") for s in info.get_keyset_info().secret_keys()]
+    st = module.statistics["functions"][function]
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(tag: str) -> dict[str, Any]:
+        return rows.setdefault(tag, {"layer": tag, "pbs": [], "ks": []})
+
+    for tag, per in st["programmable_bootstrap_count_per_tag_per_parameter"].items():
+        for p, c in per.items():
+            row(tag)["pbs"].append([*_params(p), int(c)])
+    for tag, per in st["key_switch_count_per_tag_per_parameter"].items():
+        for p, c in per.items():
+            row(tag)["ks"].append([dims[_get(p, "input_secret_key_id")],
+                                   dims[_get(p, "output_secret_key_id")],
+                                   _get(p, "level"), int(c)])
+    return list(rows.values())
+
+
+def critical_path(module: Any, coefficients: dict[str, float], cores: int,
+                  function: str = "single") -> tuple[float, float, float, list[dict[str, Any]]]:
+    """Modelled seconds of one call of ``function``: bootstraps and key switches on the
+    critical path, and the linear work; with the per-layer rows of :func:`layer_lookups`.
+
+    A layer's lookups are independent: ``count`` of them take ``count * t / min(cores,
+    count)``; layers run one after the other.  ``t`` is one core's seconds per
+    bootstrap (FFT and multiply-accumulate work of its ``N, k, n, l``) or key switch,
+    from ``coefficients`` (:data:`latentopt.search.cost.COEFFICIENTS`); the linear term
+    is the levelled operations times their ciphertexts' dimension, on one core.
+    """
+    rows = layer_lookups(module, function)
+    fft_mac = np.array([coefficients["fft"], coefficients["mac"]])
+    pbs_total = ks_total = 0.0
+    for r in rows:
+        width = min(max(int(cores), 1), sum(o[4] for o in r["pbs"]) or 1)
+        pbs = sum(float(_op_work(o) @ fft_mac) for o in r["pbs"])
+        ks = sum(coefficients["ks"] * c * d_in * lv * d_out * 1e-9
+                 for d_in, d_out, lv, c in r["ks"])
+        r.update(pbs_seconds=pbs / width, ks_seconds=ks / width)
+        pbs_total += pbs / width
+        ks_total += ks / width
+    st = module.statistics["functions"][function]
+    linear = sum(int(c) * _get(p, "dimension") for key in LINEAR_STATS
+                 for p, c in st.get(key, {}).items())
+    return pbs_total, ks_total, coefficients["linear"] * linear * 1e-9, rows

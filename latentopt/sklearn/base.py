@@ -107,8 +107,9 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         return backend
 
     def _exact_runtime(self) -> ExactRuntime:
-        """The fastest exact runtime of the active circuit (numpy or onnxruntime, chosen
-        by measurement on the first large batch, see :mod:`latentopt.backends.runtime`)."""
+        """The fastest exact runtime of the active circuit (numpy, onnxruntime or its int8
+        rendering, chosen by measurement on the first large batch, see
+        :mod:`latentopt.backends.runtime`)."""
         backend = self._integer_backend()
         runtime = getattr(self, "_runtime", None)
         if runtime is None or runtime.numpy is not backend:
@@ -123,12 +124,10 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         check_is_fitted(self, "circuit_")
         mode = self._check_fhe(fhe)
         X = self._validate_X(X, reset=False)
+        if mode == "disable":  # the fastest exact pipeline, quantizer included
+            return np.asarray(self._exact_runtime().predict(X))
         backend = self._integer_backend()
-        q = backend.quantize(X)
-        if mode == "disable":
-            out = self._exact_runtime().run_integers(q)
-        else:
-            out = self._run_fhe(q, mode)
+        out = self._run_fhe(backend.quantize(X), mode)
         return np.asarray(backend.dequantize(out))
 
     def _forget_compilation(self) -> None:
@@ -362,6 +361,54 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         (reproducible keys, for tests: never reuse a seed in production).
         """
         return float(self._fhe("keygen()").keygen(force=force, seed=seed))
+
+    def fhe_profile(self, X: ArrayLike, repeats: int = 5, cost_model: Any = None) -> Any:
+        """Where the time of one encrypted prediction goes (the first row of ``X``).
+
+        Times, as medians of ``repeats`` runs: ``quantize`` (validation and input
+        quantizer), ``range check`` (calibrated circuits: the overflow check of every
+        ``predict``), ``encrypt``, ``run`` (server), ``decrypt``, ``dequantize`` and
+        ``python`` (the rest of ``predict(X[:1], fhe="execute")``, timed end to end).
+        With a calibrated :class:`~latentopt.search.cost.CostModel` the server run is
+        split into bootstraps, key switches, linear work and the rest, and the floor
+        (lookups on the critical path over the cores) is given.  Keys are generated if
+        needed.  Returns a :class:`~latentopt.backends.fhe_profile.LatencyProfile`
+        (``print(p.table())``); see :mod:`latentopt.backends.fhe_profile` for how each
+        number is obtained.
+        """
+        import time
+
+        from ..backends.fhe_profile import _median
+
+        fhe_circuit = self._fhe("fhe_profile()")
+        X1 = np.asarray(X)[:1]
+        backend = self._integer_backend()
+        t_quant, t_check, t_deq, t_total = [], [], [], []
+        q = backend.quantize(self._validate_X(X1, reset=False))
+        profile = fhe_circuit.profile(q, repeats=repeats, cost_model=cost_model)
+        out = np.asarray(profile.info["output"], dtype=np.int64) + fhe_circuit.plan.output_offset
+        for _ in range(max(1, int(repeats))):
+            t0 = time.perf_counter()
+            q = backend.quantize(self._validate_X(X1, reset=False))
+            t1 = time.perf_counter()
+            if fhe_circuit.report["range_mode"] == "calibrated":
+                fhe_circuit.overflows(q)
+            t2 = time.perf_counter()
+            backend.dequantize(out)
+            t3 = time.perf_counter()
+            self.predict(X1, fhe="execute")
+            t4 = time.perf_counter()
+            t_quant.append(t1 - t0)
+            t_check.append(t2 - t1)
+            t_deq.append(t3 - t2)
+            t_total.append(t4 - t3)
+        total = _median(t_total)
+        stages = {"quantize": _median(t_quant), "range check": _median(t_check),
+                  **profile.stages, "dequantize": _median(t_deq)}
+        stages["python"] = max(0.0, total - sum(stages.values()))
+        profile.stages = stages
+        profile.total = max(total, sum(stages.values()))
+        return profile
 
     def save_deployment(self, directory: str | Path, via_mlir: bool = False) -> dict[str, Path]:
         """Write the server artefact (no secret key) and the client artefact.

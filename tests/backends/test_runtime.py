@@ -45,3 +45,40 @@ def test_a_mismatch_keeps_numpy(make_mlp, sample_q, monkeypatch):
     q = sample_q(circuit, 500)
     np.testing.assert_array_equal(run.run_integers(q), IntegerBackend(circuit).run_integers(q))
     assert run.chosen == "numpy"
+
+
+def test_predict_chooses_among_exact_pipelines_and_matches_numpy(make_mlp):
+    circuit = make_mlp(seed=4, n_features=16, hidden=32)
+    backend = IntegerBackend(circuit)
+    run = ExactRuntime(circuit)
+    X = np.random.default_rng(1).normal(scale=2.0, size=(3000, 16))
+    np.testing.assert_array_equal(run.predict(X), backend.predict(X))
+    # the int8 rendering applies to this MLP and returned numpy's integers on the probe
+    assert {"numpy", "onnxruntime", "onnxruntime-int8"} <= set(run.predict_timings)
+    assert run.chosen_predict == min(run.predict_timings, key=run.predict_timings.get)
+    np.testing.assert_array_equal(run.predict(X[::-1]), backend.predict(X[::-1]))
+    np.testing.assert_array_equal(run.predict(X[:5]), backend.predict(X[:5]))  # numpy
+
+
+def test_int8_model_is_exact_or_absent(make_mlp, make_table_circuit):
+    import onnxruntime as ort
+
+    from latentopt.backends.onnx_int8 import int8_mlp_onnx
+
+    assert int8_mlp_onnx(make_table_circuit()) is None  # lookups on raw inputs: not an MLP
+    circuit = make_mlp(seed=6, n_features=8, hidden=12)
+    model = int8_mlp_onnx(circuit)
+    assert model is not None
+    assert "QGemm" in {n.op_type for n in model.graph.node}
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    backend = IntegerBackend(circuit)
+    scale = float(np.ravel(circuit.input_quantizer.scale)[0])
+    rng = np.random.default_rng(2)
+    # ties (x / scale = k + 1/2) and saturating inputs are where rounding could differ
+    X = np.concatenate([rng.normal(scale=3.0, size=(2000, 8)),
+                        (rng.integers(-9, 9, (500, 8)) + 0.5) * scale,
+                        rng.normal(scale=1e4, size=(100, 8))])
+    out, ints = session.run(None, {"input": X.astype(np.float32)})
+    np.testing.assert_array_equal(ints, backend.run_integers(backend.quantize(X)))
+    np.testing.assert_array_equal(out, backend.predict(X))
