@@ -18,7 +18,7 @@ from sklearn.base import clone
 
 from .inner import score_under, search_compile
 from .screening import best_feasible_latency, lower_bound_seconds, promising, short_params
-from .space import DEFAULT_SPACE, sample_params
+from .space import default_space, sample_params
 from .trials import ModelCache, model_key
 
 #: Objective value of trials with no compilable point (Optuna rejects inf).
@@ -75,7 +75,8 @@ class _Objective:
         """Reject before training what the cost model proves slower than ``cap``."""
         if self.cost_model is None or cap is None:
             return
-        bound = lower_bound_seconds(self.cost_model, params, self.data[0].shape[1])
+        bound = lower_bound_seconds(self.cost_model, params,
+                                    int(np.prod(self.data[0].shape[1:])))
         trial.set_user_attr("lower_bound_seconds", bound)
         if bound > cap:
             self._prune(trial, f"cost bound {bound:.3g} s > best feasible {cap:.3g} s")
@@ -99,7 +100,7 @@ class _Objective:
         import optuna
 
         s = self.search
-        params = sample_params(trial, s.param_space or DEFAULT_SPACE)
+        params = sample_params(trial, s.param_space or default_space(s.estimator), s.estimator)
         trial.set_user_attr("params", {k: (list(v) if isinstance(v, tuple) else v)
                                        for k, v in params.items()})
         trial.set_user_attr("pid", os.getpid())
