@@ -54,3 +54,19 @@ def trained_cnn() -> nn.Module:
 def float_accuracy(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
     with torch.no_grad():
         return float((model(torch.as_tensor(X)).argmax(1).numpy() == y).mean())
+
+
+@functools.lru_cache(maxsize=None)
+def _trained_tiny_cnn() -> nn.Module:
+    X, y = digits_images()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(36, 10))
+    return train_float(model, X[:1200], y[:1200], epochs=150)
+
+
+def trained_tiny_cnn() -> nn.Module:
+    """A very small float CNN (36 lookups) for search tests (a fresh copy each call)."""
+    import copy
+
+    return copy.deepcopy(_trained_tiny_cnn())
