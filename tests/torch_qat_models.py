@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_images() -> tuple[np.ndarray, np.ndarray]:
     """sklearn digits as (n, 1, 8, 8) float32 images in [0, 1], and their labels."""
     X, y = load_digits(return_X_y=True)
@@ -37,7 +37,7 @@ def train_float(model: nn.Module, X: np.ndarray, y: np.ndarray, epochs: int = 80
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained_cnn() -> nn.Module:
     X, y = digits_images()
     torch.manual_seed(0)
@@ -56,7 +56,7 @@ def float_accuracy(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
         return float((model(torch.as_tensor(X)).argmax(1).numpy() == y).mean())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained_tiny_cnn() -> nn.Module:
     X, y = digits_images()
     torch.manual_seed(0)

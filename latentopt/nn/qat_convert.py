@@ -84,10 +84,12 @@ def _quant_layer(m: nn.Module, n_bits: int) -> nn.Module:
         cls = qnn.QuantConv1d if isinstance(m, nn.Conv1d) else qnn.QuantConv2d
         q = cls(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
                 padding=m.padding, dilation=m.dilation, groups=m.groups, **common)
+    src: Any = m
+    dst: Any = q
     with torch.no_grad():
-        q.weight.copy_(m.weight)
-        if m.bias is not None:
-            q.bias.copy_(m.bias)
+        dst.weight.copy_(src.weight)
+        if src.bias is not None:
+            dst.bias.copy_(src.bias)
     return q
 
 
@@ -198,8 +200,8 @@ class _Rewriter:
 
     def _shared(self, node: fx.Node, op: Op) -> None:
         """Both operands through one quantizer (same scale: exact integer addition)."""
-        operands = [a for a in (node.args[0] if op.kind == "cat" else node.args)
-                    if isinstance(a, fx.Node)] if node.args else []
+        args: Any = node.args[0] if op.kind == "cat" else node.args
+        operands = [a for a in args if isinstance(a, fx.Node)]
         b = self.bits.activations
         q = self._new_quant(_act_quant(b, False), f"{op.name}_operands")
         for a in dict.fromkeys(operands):

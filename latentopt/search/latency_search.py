@@ -70,7 +70,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
 
     Parameters
     ----------
-    estimator : QuantizedMLPClassifier, QuantizedMLPRegressor, QuantizedTorchClassifier or QuantizedTorchRegressor
+    estimator : QuantizedMLPClassifier, QuantizedMLPRegressor, QuantizedTorchClassifier, ...
         Template; sampled parameters are set on clones.  A torch estimator starts every
         trial from its float ``module`` (QAT fine-tuning, channel pruning); ``X`` may
         then be image-shaped, ``(n_samples, *input_shape)``.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from torch_qat_models import digits_images, float_accuracy, trained_tiny_cnn
 
