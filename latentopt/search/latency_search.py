@@ -268,6 +268,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                                self.cost_model_, cache, teacher=trial_teacher,
                                teacher_key=teacher_key)
         self._optimize(study, objective, spec if spec is not None else storage)
+        self._objective = objective
         self.study_ = study
         self._collect(study)
         select_on_check(self, objective, check)
@@ -396,6 +397,20 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if self.best_estimator_ is None:
             raise RuntimeError("no model to use: " + self.outcome_.message)
         return self.best_estimator_
+
+    def trial_estimator(self, trial: int) -> Any:
+        """The model trial number ``trial`` trained (from the model cache, no retraining
+        unless evicted), compiled at the point the trial chose: e.g. to measure every
+        point of ``pareto_front_``."""
+        check_is_fitted(self, "results_")
+        attrs = self.study_.trials[int(trial)].user_attrs
+        if "compile" not in attrs:
+            raise ValueError(f"trial {trial} has no compiled point")
+        params = dict(attrs["params"])
+        if "hidden_layer_sizes" in params:
+            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        est, _ = self._objective._fit(params)
+        return est.compile(**attrs["compile"], verbose=0)
 
     def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Predictions of ``best_estimator_`` (RuntimeError if the budget was not met)."""

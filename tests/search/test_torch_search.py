@@ -41,6 +41,9 @@ def test_search_trains_from_the_float_model_and_finds_a_front(data):
     assert bits["inputs"] == 5 and bits["weights"] == s.best_params_["n_bits"]["weights"]
     assert bits["1"]["activations"] == best.qat_report_["activations"]["1"]
     assert best.rounded_circuit_ is not None  # compiled at its chosen point
+    for row in s.pareto_front_:  # every front point's model, from the model cache
+        est = s.trial_estimator(row["trial"])
+        assert est.fhe_report_["programmable_bootstrap_count"] == row["pbs"]
     Xte, yte = digits_images()[0][1200:1400], digits_images()[1][1200:1400]
     assert best.score(Xte, yte, fhe="simulate") >= s.threshold_ - 0.1
 
