@@ -251,6 +251,10 @@ class FHECircuit:
         namespace: dict[str, Any] = {"composition": fhe.NotComposable()}
         for name in pieces:
             namespace[name] = fhe.function({"x": "encrypted"})(build_function(plan, fhe, name))
+        if verbose:  # large circuits compile for minutes: say so before starting
+            print(f"[latentopt] FHE compile of {len(circuit.nodes)} IR nodes, "
+                  f"{len(pieces)} function(s) ..." + ("" if verbose >= 2 else
+                  " (verbose=2 shows the compiler's progress)"), flush=True)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*pkg_resources.*")

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["SUPPORTED", "Op", "UnsupportedOpError", "read_graph", "record_values"]
+__all__ = ["SUPPORTED", "Op", "UnsupportedOpError", "maxpool_to_avgpool", "read_graph",
+           "record_values"]
 
 #: Human-readable list of what the importers support (used in error messages).
 SUPPORTED = (
@@ -330,12 +331,69 @@ def _module_kind(m: nn.Module) -> str | None:
     return None
 
 
-def read_graph(model: nn.Module) -> tuple[fx.GraphModule, list[Op], list[str]]:
+def _avg_like(kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool,
+              nd: int, name: str) -> nn.Module:
+    if any(d != 1 for d in (dilation if isinstance(dilation, (list, tuple)) else [dilation])):
+        raise UnsupportedOpError("rewriting a dilated max pooling as an average pooling", name)
+    cls = nn.AvgPool1d if nd == 1 else nn.AvgPool2d
+    # padded positions are -inf for max pooling: leave them out of the average
+    return cls(kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
+               count_include_pad=False)
+
+
+def maxpool_to_avgpool(gm: fx.GraphModule) -> list[str]:
+    """Replace every max pooling of ``gm`` by the average pooling of the same windows.
+
+    Under FHE a max pooling costs ``window - 1`` comparisons (PBS) per output value; an
+    average pooling is a sum (free) whose divisor folds into a scale.  The model
+    computes something else, so its accuracy must be re-measured: this is an opt-in
+    (``compile_torch_model(..., maxpool="avg")``).  Returns the rewritten node names.
+    """
+    done = []
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module":
+            m = gm.get_submodule(str(node.target))
+            if not isinstance(m, _MAX_POOL_MODULES):
+                continue
+            if m.return_indices:
+                raise UnsupportedOpError("max pooling with return_indices", node.name)
+            nd = 1 if isinstance(m, nn.MaxPool1d) else 2
+            _set_module(gm, str(node.target), _avg_like(
+                m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, nd, node.name))
+            done.append(node.name)
+        elif node.op == "call_function" and node.target in _MAX_POOL_FUNCTIONS:
+            names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                     "return_indices")
+            kw = dict(zip(names, node.args[1:]))
+            kw.update(node.kwargs)
+            if kw.get("return_indices"):
+                raise UnsupportedOpError("max pooling with return_indices", node.name)
+            nd = 1 if node.target is F.max_pool1d else 2
+            pool = _avg_like(kw["kernel_size"], kw.get("stride") or None, kw.get("padding", 0),
+                             kw.get("dilation", 1), bool(kw.get("ceil_mode", False)), nd,
+                             node.name)
+            target = f"_avg_from_{node.name}"
+            gm.add_submodule(target, pool)
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_module(target, (node.args[0],))
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+            done.append(node.name)
+    gm.graph.lint()
+    gm.recompile()
+    return done
+
+
+def read_graph(model: nn.Module, maxpool: str = "exact",
+               ) -> tuple[fx.GraphModule, list[Op], list[str]]:
     """Trace ``model`` (a copy, in eval mode), fold batch norms, classify every node.
 
-    Returns the traced (folded) graph module, the operations in topological order and
-    the names of the folded batch norms.
+    ``maxpool="avg"`` rewrites max poolings as average poolings first
+    (:func:`maxpool_to_avgpool`).  Returns the traced (folded) graph module, the
+    operations in topological order and the names of the folded batch norms.
     """
+    if maxpool not in ("exact", "avg"):
+        raise ValueError(f"maxpool must be 'exact' or 'avg', got {maxpool!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).eval().to(dtype=torch.float32)
@@ -343,6 +401,8 @@ def read_graph(model: nn.Module) -> tuple[fx.GraphModule, list[Op], list[str]]:
         model = nn.Sequential(model)
     gm = _trace(model)
     folded = _fold_batch_norms(gm)
+    if maxpool == "avg":
+        maxpool_to_avgpool(gm)
     ops = [_classify(gm, node) for node in gm.graph.nodes]
     inputs = [op for op in ops if op.kind == "input"]
     if len(inputs) != 1:

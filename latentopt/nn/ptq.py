@@ -1,13 +1,17 @@
 """Static post-training quantization (PTQ) of a float torch model into the IR.
 
-Calibration runs the model on data and records the range of every intermediate tensor
-(min/max, or percentiles to ignore outliers).  Then:
+Calibration runs the model on data and records every intermediate tensor; the range of
+each quantizer comes from those values (min/max, percentiles, or an MSE search of the
+clipping range, see :mod:`.ptq_ranges`).  Then:
 
 * inputs: ``n_bits["inputs"]`` bits, asymmetric (with a zero point) when only layers
   with weights or pooling read them, symmetric otherwise;
-* weights: symmetric, narrow, one scale per output channel;
+* weights: symmetric, narrow, one scale per output channel (with ``calibration="mse"``
+  the clipping of each channel is searched too);
 * activations: one scale per tensor; unsigned when the tensor is never negative,
-  symmetric signed otherwise; operands of an addition share one quantizer.
+  symmetric signed otherwise; operands of an addition share one quantizer;
+* biases: optionally corrected for the mean shift quantization causes in each layer's
+  outputs (:mod:`.bias_correction`).
 
 ``n_bits`` is one int for everything, or a dict with keys ``"inputs"``, ``"weights"``,
 ``"activations"`` and, per layer, a module name (``"features.0"``) or graph node name
@@ -22,10 +26,9 @@ import numpy as np
 
 from .fx_import import Op
 from .graph_lowering import QParams
+from .ptq_ranges import CALIBRATIONS, mse_weight_scales, observed_range
 
-__all__ = ["BitSpec", "PTQPolicy", "activation_params", "parse_bits"]
-
-CALIBRATIONS = ("minmax", "percentile")
+__all__ = ["CALIBRATIONS", "BitSpec", "PTQPolicy", "activation_params", "parse_bits"]
 
 
 class BitSpec:
@@ -95,7 +98,8 @@ class PTQPolicy:
     """Quantization parameters from calibration data (see module docstring)."""
 
     def __init__(self, ops: list[Op], values: dict[str, np.ndarray], bits: BitSpec,
-                 calibration: str = "minmax", percentile: float = 99.99) -> None:
+                 calibration: str = "minmax", percentile: float = 99.99,
+                 weight_calibration: str | None = None) -> None:
         if calibration not in CALIBRATIONS:
             raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {calibration!r}")
         if not 50.0 < float(percentile) <= 100.0:
@@ -105,7 +109,16 @@ class PTQPolicy:
         self.bits = bits
         self.calibration = calibration
         self.percentile = float(percentile)
+        #: "minmax" or "mse" clipping of weights (default: "mse" with calibration="mse")
+        self.weight_calibration = weight_calibration or (
+            "mse" if calibration == "mse" else "minmax")
+        if self.weight_calibration not in ("minmax", "mse"):
+            raise ValueError(f"weight_calibration must be 'minmax' or 'mse', got "
+                             f"{weight_calibration!r}")
+        #: corrected float biases by op name (see :mod:`.bias_correction`)
+        self.bias_overrides: dict[str, np.ndarray] = {}
         self._group = self._add_groups(ops)
+        self._cache: dict[tuple[Any, ...], tuple[float, float]] = {}
 
     @staticmethod
     def _add_groups(ops: list[Op]) -> dict[str, frozenset[str]]:
@@ -126,16 +139,20 @@ class PTQPolicy:
             members.setdefault(find(name), set()).add(name)
         return {n: frozenset(m) for m in members.values() for n in m}
 
-    def _range(self, names: Any) -> tuple[float, float]:
-        lo, hi = np.inf, -np.inf
-        for name in names:
-            v = self.values[name]
-            if self.calibration == "percentile":
-                a, b = np.percentile(v, [100.0 - self.percentile, self.percentile])
-            else:
-                a, b = v.min(), v.max()
-            lo, hi = min(lo, float(a)), max(hi, float(b))
-        return lo, hi
+    def _range(self, names: Any, n_bits: int, asymmetric: bool = False) -> tuple[float, float]:
+        key = (tuple(names), n_bits, asymmetric)
+        if key not in self._cache:
+            if self.calibration == "mse":
+                self._cache[key] = observed_range([self.values[n] for n in names], "mse",
+                                                  n_bits, asymmetric=asymmetric)
+            else:  # per tensor, then the union (as before for groups)
+                lo, hi = np.inf, -np.inf
+                for n in names:
+                    a, b = observed_range([self.values[n]], self.calibration, n_bits,
+                                          self.percentile)
+                    lo, hi = min(lo, a), max(hi, b)
+                self._cache[key] = (lo, hi)
+        return self._cache[key]
 
     def _act_bits(self, name: str) -> int:
         return self.bits.for_op(self.ops[name], "activations")
@@ -144,15 +161,16 @@ class PTQPolicy:
         group = self._group.get(name)
         if group is not None:
             return self.shared_params(sorted(group))
-        return activation_params(*self._range([name]), self._act_bits(name))
+        n = self._act_bits(name)
+        return activation_params(*self._range([name], n), n)
 
     # policy interface ------------------------------------------------------
     def input_params(self, op: Op, consumers: list[Op]) -> QParams:
         n = self.bits.inputs
-        lo, hi = self._range([op.name])
         if op.name in self._group or any(c.kind not in ("linear", "conv", "pool")
                                          for c in consumers):
-            return activation_params(lo, hi, n)
+            return activation_params(*self._range([op.name], n), n)
+        lo, hi = self._range([op.name], n, asymmetric=True)
         if lo >= 0:
             return QParams((hi if hi > 0 else 1.0) / (2**n - 1), 0, n, signed=False)
         hi = max(hi, 0.0)
@@ -166,11 +184,16 @@ class PTQPolicy:
         w = m.weight.detach().double().numpy()
         n = self.bits.for_op(op, "weights")
         qmax = 2 ** (n - 1) - 1
-        top = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-        scale = np.where(top > 0, top / qmax, 1.0)
+        if self.weight_calibration == "mse":
+            scale = mse_weight_scales(w, n)
+        else:
+            top = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
+            scale = np.where(top > 0, top / qmax, 1.0)
         shape = (-1,) + (1,) * (w.ndim - 1)
         w_int = np.clip(np.rint(w / scale.reshape(shape)), -qmax, qmax).astype(np.int64)
-        bias = None if m.bias is None else m.bias.detach().double().numpy()
+        bias = self.bias_overrides.get(op.name)
+        if bias is None and m.bias is not None:
+            bias = m.bias.detach().double().numpy()
         return w_int, scale, bias
 
     def bias_int(self, op: Op, bias: np.ndarray, acc_scale: np.ndarray) -> np.ndarray:
@@ -187,4 +210,4 @@ class PTQPolicy:
         for n in op_names:
             names |= self._group.get(n, frozenset())
         bits = max(self._act_bits(n) for n in names)
-        return activation_params(*self._range(sorted(names)), bits)
+        return activation_params(*self._range(sorted(names), bits), bits)

@@ -224,6 +224,8 @@ def compile_torch_model(
     n_bits: int | dict[str, Any] = 8,
     calibration: str = "minmax",
     percentile: float = 99.99,
+    bias_correction: bool = False,
+    maxpool: str = "exact",
     task: str | None = None,
     rounding_bits: int | Sequence[int] | None = None,
     rounding_method: str = "approximate",
@@ -253,9 +255,23 @@ def compile_torch_model(
         Bit-widths: one for inputs, weights and activations, or a dict with keys
         ``"inputs"``, ``"weights"``, ``"activations"`` and per-layer entries (module or
         graph-node name -> int or ``{"weights": .., "activations": ..}``).
-    calibration : {"minmax", "percentile"}
-        Range of each activation: its observed min/max, or the ``100 - percentile`` and
-        ``percentile`` percentiles (clips rare outliers; finer steps elsewhere).
+    calibration : {"minmax", "percentile", "mse"}
+        Range of each activation: its observed min/max, the ``100 - percentile`` and
+        ``percentile`` percentiles (clips rare outliers; finer steps elsewhere), or the
+        clipping that minimises the mean squared quantization error of the tensor
+        (searched on a grid; ``"mse"`` also searches each output channel's weight
+        clipping).  See :mod:`latentopt.nn.ptq_ranges`.
+    percentile : float
+        With ``calibration="percentile"``.
+    bias_correction : bool
+        Correct each convolution / linear layer's bias for the per-channel mean shift
+        that quantization causes in its outputs, measured on ``X_calib`` with the
+        quantized network (:mod:`latentopt.nn.bias_correction`).
+    maxpool : {"exact", "avg"}
+        ``"exact"``: max poolings are computed exactly (under FHE, ``window - 1``
+        comparisons, i.e. PBS, per output value).  ``"avg"``: rewrite them as average
+        poolings over the same windows (free under FHE) — the model changes, check its
+        accuracy.
     task : {None, "classification", "regression"}
         See :class:`QuantizedTorchModel`.
     rounding_bits, rounding_method, p_error, global_p_error : optional
@@ -272,18 +288,22 @@ def compile_torch_model(
     -------
     QuantizedTorchModel
     """
+    from ..nn.bias_correction import correct_biases
     from ..nn.fx_import import read_graph, record_values
     from ..nn.graph_lowering import lower_graph
     from ..nn.ptq import PTQPolicy, parse_bits
 
     _check_common(task, fhe_mode)
     X = _calibration_array(model, X_calib)
-    gm, ops, folded = read_graph(model)
+    gm, ops, folded = read_graph(model, maxpool=maxpool)
     bits = parse_bits(n_bits, ops)
     values = record_values(gm, X)
     shapes = {k: tuple(v.shape[1:]) for k, v in values.items()}
     policy = PTQPolicy(ops, values, bits, calibration=calibration, percentile=percentile)
+    if bias_correction:
+        correct_biases(gm, ops, policy, X, values)
     report = {"method": "ptq", "calibration": calibration, "n_bits": bits.to_dict(),
+              "bias_correction": bool(bias_correction), "maxpool": maxpool,
               "folded_batch_norms": folded, "ops": [(op.name, op.kind) for op in ops]}
     circuit = lower_graph(ops, shapes, policy, metadata={"source": "compile_torch_model",
                                                         "n_bits": bits.to_dict()})

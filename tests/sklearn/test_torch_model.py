@@ -224,7 +224,7 @@ def test_per_layer_bits_and_percentile_calibration():
     with pytest.raises(ValueError, match=r"\[2, 16\]"):
         compile_torch_model(model, X, n_bits=1, fhe=False)
     with pytest.raises(ValueError, match="calibration"):
-        compile_torch_model(model, X, calibration="mse", fhe=False)
+        compile_torch_model(model, X, calibration="kl", fhe=False)
 
 
 def test_classification_api_pickle_and_input_shapes():
