@@ -402,8 +402,10 @@ class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
     def _score_fn(out: Any, target: Any) -> float:
         return float((out.reshape(len(out), -1).argmax(1) == target).float().mean().item())
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
+    def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Fine-tune a copy of ``module`` on ``X`` (n_samples, *input_shape) and labels."""
+        if y is None:
+            raise ValueError("QuantizedTorchClassifier.fit needs labels y")
         X_arr = self._check_X_fit(X)
         y_arr = column_or_1d(np.asarray(y), warn=True)
         if len(y_arr) != len(X_arr):
@@ -441,8 +443,10 @@ class QuantizedTorchRegressor(RegressorMixin, _TorchQATBase):
     def _score_fn(out: Any, target: Any) -> float:
         return -float(((out.reshape(target.shape) - target) ** 2).mean().item())
 
-    def fit(self, X: ArrayLike, y: ArrayLike) -> Self:
+    def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Fine-tune a copy of ``module`` on ``X`` and real targets ``y`` (1-D or 2-D)."""
+        if y is None:
+            raise ValueError("QuantizedTorchRegressor.fit needs targets y")
         X_arr = self._check_X_fit(X)
         y_arr = np.asarray(y, dtype=np.float32)
         if len(y_arr) != len(X_arr) or y_arr.ndim not in (1, 2):
