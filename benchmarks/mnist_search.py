@@ -15,9 +15,11 @@ training digits scores 1.0 and makes any budget meaningless):
 * Concrete ML 1.9 compiling the *same* float model (``concrete_ml_torch_peer.py`` in its
   own virtualenv, ``--cml-venv``) at its documented settings: ``n_bits=6``,
   ``rounding_threshold_bits=6``, ``p_error=0.01``.
-* CIFAR-size latency: a CNN for 32x32x3 inputs (generated data, labels from a random
-  teacher network: deciles of one of its logits), searched with an unlimited accuracy budget: the fastest circuit the
-  search builds for that input size, and its encrypted time per image.
+* CIFAR-size latency: a CNN for 32x32x3 inputs (``mnist_models.cifar_like`` images,
+  labelled by the untrained CNN itself), searched with no accuracy budget
+  (``max_accuracy_drop=1``): the fastest circuit the search builds for that input
+  size, and its encrypted time per image.  Generated data: its accuracy (agreement
+  with the float network) is reported but means little.
 
     python benchmarks/mnist_search.py [--quick] [--models mlp64 cnn_ref] [--skip-cml]
 
@@ -144,21 +146,36 @@ def cifar_row(args) -> dict:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 5, stride=2), nn.AvgPool2d(2), nn.ReLU(),
                           nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(400, 10))
-    X = mnist_models.cifar_like(600, seed=0)
-    with torch.no_grad():  # a learnable, balanced task: deciles of one teacher logit
-        score = model(torch.as_tensor(X))[:, 0].numpy()
-    y = np.searchsorted(np.quantile(score, np.linspace(0, 1, 11)[1:-1]), score)
-    space = {"n_w_bits": [2, 3], "n_a_bits": [2, 3], "n_input_bits": [3, 4],
+    X = np.concatenate([mnist_models.cifar_like(1000, seed=0),
+                        mnist_models.cifar_like(300, seed=1)])
+    Xt = torch.as_tensor(X)
+    with torch.no_grad():  # labels: the (untrained) float CNN's own, classes balanced
+        z = model(Xt)  # standardise each logit over the data (folded into the last layer)
+        mean, std = z.mean(0), z.std(0)
+        model[-1].weight.div_(std[:, None])
+        model[-1].bias.sub_(mean).div_(std)
+        y = model(Xt).argmax(1).numpy()
+    X, X_test, y, y_test = X[:1000], X[1000:], y[:1000], y[1000:]
+    float_acc = mnist_models.accuracy(model, X_test, y_test)
+    space = {"n_w_bits": [2, 3, 4], "n_a_bits": [2, 3, 4], "n_input_bits": [3, 4, 5],
              "pruning_ratio": [0.0, 0.5]}
     t0 = time.perf_counter()
-    search = LatencySearch(QuantizedTorchClassifier(model, max_epochs=1, verbose=0),
-                           param_space=space, max_accuracy_drop=1.0, n_trials=args.cifar_trials,
+    search = LatencySearch(QuantizedTorchClassifier(model, max_epochs=3, verbose=0),
+                           param_space=space, max_accuracy_drop=1.0,
+                           n_trials=args.cifar_trials,
                            n_repeats=1, random_state=0, multi_fidelity=False, verbose=0,
                            holdout_fraction=0.0).fit(X, y)
-    est = search.best_estimator_
-    row = {"model": "cifar_cnn (32x32x3)", "search_s": time.perf_counter() - t0,
-           "params": search.best_params_, "compile": search.best_compile_kwargs_}
-    row.update(measure(est, X[:50], y[:50], max(1, args.n_execute)))
+    est, trial = search.best_estimator_, search.best_trial_
+    if est is None:  # budget missed: the fastest compiled trial
+        trial = min((r for r in search.results_ if "rounding_bits" in r),
+                    key=lambda r: r["cost"])
+        est = search.trial_estimator(trial["trial"])
+    attrs = search.study_.trials[trial["trial"]].user_attrs
+    row = {"model": "cifar_cnn (32x32x3)", "float_acc": float_acc,
+           "search_s": time.perf_counter() - t0,
+           "budget_met": search.budget_met_, "reference": search.reference_score_,
+           "params": attrs["params"], "compile": attrs["compile"]}
+    row.update(measure(est, X_test, y_test, max(1, args.n_execute)))
     return row
 
 
