@@ -51,11 +51,11 @@ DEFAULT_SPACE: dict[str, Any] = {
 
 #: Default space of the torch estimators (QAT of the user's float model).
 TORCH_SPACE: dict[str, Any] = {
-    "n_w_bits": (2, 5),
-    "n_a_bits": (2, 5),
+    "n_w_bits": (2, 6),
+    "n_a_bits": (2, 6),
     "n_input_bits": (3, 7),
     "pruning_ratio": [0.0, 0.25, 0.5],
-    "lr": [3e-4, 1e-3, 3e-3],
+    "lr": [1e-3, 3e-3, 1e-2],
 }
 
 
