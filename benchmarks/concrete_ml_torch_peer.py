@@ -27,6 +27,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mnist_models  # noqa: E402 - same directory: the shared models
 
 warnings.filterwarnings("ignore")
+
+
+def explicit_padding(model: Any) -> Any:
+    """Replace ``padding="same"`` of stride-1 convolutions by the equal explicit padding.
+
+    Concrete ML 1.9's ONNX import rejects the ``auto_pad`` attribute that torch exports
+    for ``"same"``; for odd kernels (``(k - 1) * dilation`` even) the explicit padding
+    computes exactly the same function.
+    """
+    from torch import nn
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.padding == "same":
+            total = [d * (k - 1) for k, d in zip(m.kernel_size, m.dilation)]
+            if any(t % 2 for t in total):
+                raise ValueError("'same' padding with an even kernel: asymmetric padding")
+            m.padding = tuple(t // 2 for t in total)
+            m._reversed_padding_repeated_twice = [p for t in reversed(total)
+                                                  for p in (t // 2, t // 2)]
+    return model
 
 
 def _rounding(bits: str, method: str) -> dict[str, object] | None:
@@ -62,6 +83,7 @@ def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = mnist_models.load_state(mnist_models.MODELS[args.model](), args.state).eval()
+    model = explicit_padding(model)
     with np.load(args.data) as f:
         X_calib, X_test, y_test = f["X_calib"], f["X_test"], f["y_test"]
     if args.n_simulate:

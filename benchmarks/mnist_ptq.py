@@ -12,6 +12,8 @@ settings (``n_bits``, ``rounding_threshold_bits``, ``p_error``) in its own virtu
 Extra sections: PTQ calibration methods (``--methods``) at 5 and 6 bits, the source of
 the loss (``--ablation``: input quantizer, weights, activations, FHE rounding, FHE
 noise, each alone) and the max-pool -> average-pool rewrite (models with max pooling).
+``--outliers`` runs only the input-outlier experiment: the reference CNN trained on
+per-pixel standardised pixels, every calibration method.
 
     OMP_NUM_THREADS=1 python benchmarks/mnist_ptq.py --jsonl results.jsonl \
         [--models cnn_ref mlp64] [--bits 4 5 6 7 8] [--no-peer]
@@ -43,6 +45,7 @@ from latentopt import compile_torch_model  # noqa: E402
 
 CML_PYTHON = os.environ.get("CML_PYTHON", "/work/wt/cml-venv/bin/python")
 PEER = Path(__file__).resolve().parent / "concrete_ml_torch_peer.py"
+SECTIONS = ("main", "maxpool", "methods", "ablation", "peer")
 METHODS = {"minmax": ("minmax", False), "percentile": ("percentile", False),
            "mse": ("mse", False), "minmax+bc": ("minmax", True), "mse+bc": ("mse", True)}
 
@@ -62,11 +65,22 @@ def _emit(row: dict[str, Any], path: str | None) -> None:
 def ours(model: torch.nn.Module, data: tuple[np.ndarray, ...], n_bits: Any, args: Any,
          calibration: str = "minmax", bias_correction: bool = False,
          maxpool: str = "exact", execute: bool = False,
-         rounding_bits: int | None = None) -> dict[str, Any]:
+         rounding_bits: int | None = None, fhe: bool = True) -> dict[str, Any]:
     Xcal, Xte, yte = data
     row: dict[str, Any] = {"library": "latentopt", "n_bits": n_bits,
                            "calibration": calibration + ("+bc" if bias_correction else ""),
                            "maxpool": maxpool}
+    try:
+        return _ours(model, data, n_bits, args, calibration, bias_correction, maxpool,
+                     execute, rounding_bits, fhe, row)
+    except Exception as exc:  # one failing setting must not end the benchmark
+        return {**row, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+
+
+def _ours(model: torch.nn.Module, data: tuple[np.ndarray, ...], n_bits: Any, args: Any,
+          calibration: str, bias_correction: bool, maxpool: str, execute: bool,
+          rounding_bits: int | None, fhe: bool, row: dict[str, Any]) -> dict[str, Any]:
+    Xcal, Xte, yte = data
     rb = args.rounding_bits if rounding_bits is None else rounding_bits
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -76,7 +90,7 @@ def ours(model: torch.nn.Module, data: tuple[np.ndarray, ...], n_bits: Any, args
                                 task="classification", fhe=False, verbose=0)
         row["ptq_s"] = time.perf_counter() - t0
         row["acc_int"] = _acc(q.predict(Xte), yte)
-        if rb is None:
+        if not fhe:
             return row
         q.compile(rounding_bits=rb, p_error=args.p_error, batch_size=1, verbose=0)
         rep = q.fhe_report_
@@ -134,7 +148,10 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--method-bits", type=int, nargs="*", default=[5, 6])
     ap.add_argument("--ablation", nargs="*", default=["cnn_ref"])
+    ap.add_argument("--outliers", action="store_true",
+                    help="only the per-pixel standardised input experiment (cnn_ref)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     ap.add_argument("--peer-timeout", type=int, default=3600)
     ap.add_argument("--jsonl", default=None)
     ap.add_argument("--table", default=None, help="print the table of a JSONL file")
@@ -148,34 +165,37 @@ def main() -> None:
     data = (Xtr[:args.n_calib], Xte, yte)
     _emit({"kind": "meta", "load_avg": os.getloadavg(), "date": time.strftime("%F %T"),
            "argv": sys.argv[1:]}, args.jsonl)
+    if args.outliers:
+        outliers(Xtr, Xte, ytr, yte, args)
+        return
     for name in args.models:
         model = mnist_models.float_model(name)
         base = {"model": name, "float_acc": mnist_models.accuracy(model, Xte, yte)}
-        for b in args.bits:
+        for b in args.bits if "main" in args.sections else []:
             run = name in args.execute and b == args.execute_bits
             _emit({**base, "kind": "main", **ours(model, data, b, args, execute=run)},
                   args.jsonl)
         has_max = any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
-        if has_max:
+        if has_max and "maxpool" in args.sections:
             run = name in args.execute
             _emit({**base, "kind": "maxpool", **ours(model, data, args.execute_bits, args,
                                                      maxpool="avg", execute=run)},
                   args.jsonl)
-        for b in args.method_bits:
+        for b in args.method_bits if "methods" in args.sections else []:
             for meth in args.methods:
                 cal, bc = METHODS[meth]
                 _emit({**base, "kind": "method", **ours(model, data, b, args, cal, bc)},
                       args.jsonl)
-        if name in args.ablation:
+        if name in args.ablation and "ablation" in args.sections:
             for b in args.method_bits:
                 for what in ("inputs", "weights", "activations"):
                     nb = {"inputs": 16, "weights": 16, "activations": 16, what: b}
                     _emit({**base, "kind": "ablation", "only": what,
-                           **ours(model, data, nb, args, rounding_bits=None)}, args.jsonl)
+                           **ours(model, data, nb, args, fhe=False)}, args.jsonl)
                 for rb in (b, b + 1, b + 2):
                     _emit({**base, "kind": "ablation", "only": f"all+rounding{rb}",
                            **ours(model, data, b, args, rounding_bits=rb)}, args.jsonl)
-        if not args.no_peer:
+        if not args.no_peer and "peer" in args.sections:
             load = os.getloadavg()
             n_exec = args.n_execute if name in args.execute else 0
             bits = [b for b in args.bits if b != args.execute_bits or not n_exec]
@@ -186,6 +206,27 @@ def main() -> None:
                 _emit({**base, "kind": "main", "load_avg": load, **r}, args.jsonl)
 
 
+def outliers(Xtr: np.ndarray, Xte: np.ndarray, ytr: np.ndarray, yte: np.ndarray,
+             args: Any) -> None:
+    """cnn_ref trained on per-pixel standardised pixels (z-scores up to ~40 for rarely
+    inked pixels): the input quantizer alone, the whole PTQ circuit, and FHE."""
+    mu, sd = Xtr.mean(0, keepdims=True), Xtr.std(0, keepdims=True) + 1e-2
+    Ztr, Zte = (Xtr - mu) / sd, (Xte - mu) / sd
+    torch.manual_seed(0)
+    model = mnist_models.train(mnist_models.MODELS["cnn_ref"](), Ztr, ytr)
+    base = {"model": "cnn_ref (standardised inputs)",
+            "float_acc": mnist_models.accuracy(model, Zte, yte), "kind": "outliers",
+            "input_range": [float(Ztr.min()), float(Ztr.max())]}
+    data = (Ztr[:args.n_calib], Zte, yte)
+    for b in args.method_bits:
+        for meth in args.methods:
+            cal, bc = METHODS[meth]
+            nb = {"inputs": b, "weights": 16, "activations": 16}
+            only = ours(model, data, nb, args, cal, bc, fhe=False)
+            _emit({**base, **ours(model, data, b, args, cal, bc),
+                   "acc_inputs_only": only["acc_int"]}, args.jsonl)
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     """Markdown tables of a results file (main, max-pool rewrite, methods, ablation)."""
     def f(v: Any, fmt: str = "{:.3f}") -> str:
@@ -194,20 +235,24 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     meta = [r for r in rows if r.get("kind") == "meta"]
     if meta:
         print(f"run {meta[0]['date']}, load average at start {meta[0]['load_avg']}\n")
-    head = ("| model | library | bits | calibration | float | int | rounded int | simulate "
-            "| PBS | max TLU | compile s | keygen s | s/sample |")
-    for kind in ("main", "maxpool", "method"):
+    head = ("| model | library | bits | round | calibration | float | int | rounded int "
+            "| simulate | PBS | max TLU | compile s | keygen s | s/sample |")
+    for kind in ("main", "maxpool", "method", "outliers"):
         sel = [r for r in rows if r.get("kind") == kind]
         if not sel:
             continue
-        print(f"\n### {kind}\n\n{head}\n" + "|---" * 13 + "|")
+        print(f"\n### {kind}\n\n{head}\n" + "|---" * 14 + "|")
         for r in sel:
             acc_int = r.get("acc_int", r.get("accuracy_disable"))
             sim = r.get("acc_sim", r.get("accuracy_simulate"))
             lib = r.get("library", "?") + (" (maxpool=avg)" if r.get("maxpool") == "avg"
                                            else "")
+            cal = r.get("calibration", "-")
+            if "acc_inputs_only" in r:
+                cal += f" (inputs alone: {r['acc_inputs_only']:.3f})"
             print(f"| {r.get('model')} | {lib} | {r.get('n_bits')} | "
-                  f"{r.get('calibration', '-')} | {f(r.get('float_acc'))} | {f(acc_int)} | "
+                  f"{r.get('rounding_bits', '-')} | {cal} | "
+                  f"{f(r.get('float_acc'))} | {f(acc_int)} | "
                   f"{f(r.get('acc_rounded_int'))} | {f(sim)} | {r.get('pbs', '-')} | "
                   f"{r.get('max_tlu_bits', r.get('max_bit_width', '-'))} | "
                   f"{f(r.get('compile_s'), '{:.1f}')} | {f(r.get('keygen_s'), '{:.1f}')} | "

@@ -51,7 +51,7 @@ import numpy as np
 from ..ir import Circuit
 from ..ir.schedule import check_quantized
 from .batching import pad_batch, plan_calls
-from .fhe_concrete import concrete_fhe
+from .fhe_concrete import concrete_fhe, is_multi_table_clipping_failure, without_active_clipping
 from .fhe_deploy import save_deployment
 from .fhe_diagnostics import (
     DEFAULT_RANGE_MODE,
@@ -255,11 +255,23 @@ class FHECircuit:
             print(f"[latentopt] FHE compile of {len(circuit.nodes)} IR nodes, "
                   f"{len(pieces)} function(s) ..." + ("" if verbose >= 2 else
                   " (verbose=2 shows the compiler's progress)"), flush=True)
-        try:
+
+        def compile_module() -> Any:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-                module = fhe.module()(type("LatentoptCircuit", (), namespace)).compile(
+                return fhe.module()(type("LatentoptCircuit", (), namespace)).compile(
                     pieces, fhe.Configuration(**conf))
+
+        active_clipping = True
+        try:
+            try:
+                module = compile_module()
+            except ValueError as exc:  # concrete 2.11, per-channel tables: see fhe_concrete
+                if not is_multi_table_clipping_failure(exc):
+                    raise
+                conf["approximate_rounding_config"] = without_active_clipping(fhe)
+                active_clipping = False
+                module = compile_module()
         except RuntimeError as exc:
             raise translate_error(exc) from exc
         report = module_report(module, plan.layers, plan.max_tlu_bits, circuit, batch_size,
@@ -270,6 +282,7 @@ class FHECircuit:
                       input_range=(int(box[0].min()), int(box[1].max())),
                       range_margin=float(range_margin), on_overflow=on_overflow)
         report.update(range_mode=range_mode, security_level=security_level,
+                      approximate_active_clipping=active_clipping,
                       p_error_requested=p_error,
                       global_p_error_requested=global_p_error if p_error is None else None,
                       compile_seconds=time.perf_counter() - t0)

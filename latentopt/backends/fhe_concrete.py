@@ -7,10 +7,11 @@ this module does not load the compiler.
 
 from __future__ import annotations
 
+import traceback
 import warnings
 from typing import Any
 
-__all__ = ["concrete_fhe"]
+__all__ = ["concrete_fhe", "is_multi_table_clipping_failure", "without_active_clipping"]
 
 
 def concrete_fhe() -> Any:
@@ -24,3 +25,28 @@ def concrete_fhe() -> Any:
             "the FHE backend needs concrete-python (pip install concrete-python, numpy<2)"
         ) from exc
     return fhe
+
+
+def is_multi_table_clipping_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is concrete-python 2.11's failure on per-channel tables after an
+    approximate rounding that overflows.
+
+    With ``Exactness.APPROXIMATE``, a rounding whose result can overflow its ``k`` bits
+    is clipped *actively* by default (an extra ``k - 1``-bit lookup, for ``k >= 5``), and
+    the next lookup's table shrinks to ``k - 1`` bits.  Concrete does that for one table,
+    but for a multi-table lookup (per-channel tables) it writes the shrunk tables into
+    the full-size array and raises ``ValueError: could not broadcast input array``
+    inside its MLIR converter (``Converter.tlu``, an untested branch there).
+    """
+    if not isinstance(exc, ValueError) or "could not broadcast" not in str(exc):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return any(f.name == "tlu" and f.filename.replace("\\", "/").endswith(
+        "concrete/fhe/mlir/converter.py") for f in frames)
+
+
+def without_active_clipping(fhe: Any) -> Any:
+    """The ``approximate_rounding_config`` that avoids that failure: overflowing
+    approximate roundings are clipped *logically* (the next lookup reads ``k + 1``
+    bits and its table saturates), which concrete supports for per-channel tables."""
+    return fhe.ApproximateRoundingConfig(approximate_clipping_start_precision=False)

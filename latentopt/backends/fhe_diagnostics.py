@@ -67,8 +67,8 @@ def report_overflow(n_bad: int, n_samples: int, on_overflow: str, what: str) -> 
     affected samples out of ``n_samples``; nothing when ``n_bad`` is 0."""
     if n_bad == 0:
         return
-    msg = (f"{n_bad} of {n_samples} samples {what}; compile with range_mode='worst_case' "
-           f"(the default) for a circuit exact on every input")
+    msg = (f"{n_bad} of {n_samples} samples {what}; compile on data that covers them, or "
+           f"with range_mode='worst_case' for a circuit exact on every input (slower)")
     if on_overflow == "raise":
         raise FHEOverflowError(msg)
     warnings.warn(msg, stacklevel=4)

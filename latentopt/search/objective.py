@@ -17,7 +17,13 @@ import numpy as np
 from sklearn.base import clone
 
 from .inner import score_under, search_compile
-from .screening import best_feasible_latency, lower_bound_seconds, promising, short_params
+from .screening import (
+    accumulator_floor,
+    best_feasible_latency,
+    lower_bound_seconds,
+    promising,
+    short_params,
+)
 from .space import default_space, sample_params
 from .trials import ModelCache, model_key
 
@@ -51,13 +57,17 @@ class _Objective:
         self.teacher = teacher
         self.teacher_key = teacher_key
 
-    def _fit(self, params: dict[str, Any]) -> tuple[Any, bool]:
-        X_tr, y_tr = self.data[0], self.data[1]
+    def _fit(self, params: dict[str, Any], X: np.ndarray | None = None,
+             y: np.ndarray | None = None) -> tuple[Any, bool]:
+        """The model of ``params`` trained on the training split (or on ``X, y``), from
+        the model cache if it holds it; and whether it came from there."""
+        X_tr, y_tr = (self.data[0], self.data[1]) if X is None or y is None else (X, y)
+        data_key = self.data_key if X is None or y is None else _data_key(X, y)
         est = clone(self.search.estimator).set_params(**params, verbose=0)
         if self.teacher is not None:
             est.set_params(teacher=self.teacher)  # after clone: stays fitted, not refitted
         # keyed by every effective parameter (the template's fixed ones included)
-        cache, key = ModelCache(self.cache_dir), model_key(est, self.data_key, self.teacher_key)
+        cache, key = ModelCache(self.cache_dir), model_key(est, data_key, self.teacher_key)
         cached = cache.load(key)
         if cached is not None:
             return cached, True
@@ -72,7 +82,15 @@ class _Objective:
         raise optuna.TrialPruned(reason)
 
     def _screen(self, trial: Any, params: dict[str, Any], cap: float | None) -> None:
-        """Reject before training what the cost model proves slower than ``cap``."""
+        """Reject before training what can never work: an accumulator budget below one
+        product, or what the cost model proves slower than ``cap``."""
+        floor = accumulator_floor(self.search.estimator, params,
+                                  int(np.prod(self.data[0].shape[1:])))
+        budget = dict(self.search.estimator.get_params(), **params).get("n_accum_bits")
+        if floor is not None and budget is not None and floor > int(budget):
+            trial.set_user_attr("accumulator_floor", floor)
+            self._prune(trial, f"n_accum_bits={budget} is impossible at these bit-widths: "
+                               f"one product max|w| * max|x| needs {floor} bits")
         if self.cost_model is None or cap is None:
             return
         bound = lower_bound_seconds(self.cost_model, params,
@@ -117,6 +135,11 @@ class _Objective:
             latency_cap=cap,
         )
         trial.set_user_attr("latency_unit", inner.latency_unit)
+        if inner.unrounded_score is not None:
+            trial.set_user_attr("unrounded_score", float(inner.unrounded_score))
+        # points skipped as slower than the best feasible one: if that one fails the
+        # final check, selection reopens this trial (selection.reopen_capped)
+        trial.set_user_attr("capped", any(c.dominated for c in inner.candidates))
         compiled = [c for c in inner.candidates if c.error is None and not c.dominated]
         if inner.best is None and not compiled and any(c.dominated for c in inner.candidates):
             self._prune(trial, "every compiled point is slower than the best feasible one")

@@ -98,8 +98,13 @@ def _latency_words(latency: float | None, seconds: bool) -> str:
 
 def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                  best: dict[str, Any] | None, *, reference_score: float, threshold: float,
-                 max_accuracy_drop: float, n_trials: int, seconds: bool = True) -> Outcome:
-    """The outcome in numbers and words."""
+                 max_accuracy_drop: float, n_trials: int, seconds: bool = True,
+                 held_out: dict[str, Any] | None = None) -> Outcome:
+    """The outcome in numbers and words.
+
+    ``held_out``: when trials met the budget on validation but none held on the check
+    split, that check (``n_checked``, ``n_samples``, ``threshold``, ``reference_score``).
+    """
     top = max(rows, key=lambda r: (r["score"], -r["cost"])) if rows else None
     n_eval = len(rows) + len(failures)
     common = dict(threshold=threshold, reference_score=reference_score,
@@ -111,9 +116,23 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
     budget = (f"validation score >= {threshold:.4f} (reference {reference_score:.4f} "
               f"minus max_accuracy_drop={max_accuracy_drop:g})")
     if best is not None:
+        checked = (f" ({best['holdout_score']:.4f} on rows the search never tuned on)"
+                   if best.get("holdout_score") is not None else "")
         msg = (f"Budget met: {budget}. Chosen: trial {best['trial']}, score "
-               f"{best['score']:.4f}, {_latency_words(best['cost'], seconds)}.")
+               f"{best['score']:.4f}{checked}, {_latency_words(best['cost'], seconds)}.")
         return Outcome(budget_met=True, message=msg, **common)  # type: ignore[arg-type]
+    if held_out is not None:
+        n_val = sum(1 for r in rows if r.get("feasible"))
+        lines = [f"Budget NOT met on unseen rows: {n_val} of the {n_eval} evaluated trials "
+                 f"reached {budget}, but none of the {held_out['n_checked']} fastest held on "
+                 f"{held_out['n_samples']} {held_out.get('rows', 'held-out rows')} (score >= "
+                 f"{held_out['threshold']:.4f} there, float reference "
+                 f"{held_out['reference_score']:.4f}): they overfit the validation split."]
+        lines.append("To find a model: give the search more rows (the check split is "
+                     "holdout_fraction of X), allow a larger drop (max_accuracy_drop), or run "
+                     f"more trials (n_trials={n_trials}).")
+        msg = "\n".join(lines)
+        return Outcome(budget_met=False, message=msg, **common)  # type: ignore[arg-type]
     lines = [f"Budget NOT met: none of the {n_eval} evaluated trials reached {budget}."]
     if top is not None:
         lines.append(f"Best validation score reached: {top['score']:.4f} (trial {top['trial']}, "

@@ -63,6 +63,9 @@ def check_search_args(search: Any) -> None:
     hf = search.holdout_fraction
     if not _real(hf) or not 0.0 <= float(hf) < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {hf!r}")
+    cf = search.check_folds
+    if isinstance(cf, bool) or not isinstance(cf, numbers.Integral) or not 1 <= int(cf) <= 20:
+        raise ValueError(f"check_folds must be an int in [1, 20], got {cf!r}")
     if not isinstance(search.multi_fidelity, bool):
         raise ValueError(f"multi_fidelity must be a bool, got {search.multi_fidelity!r}")
     est = search.estimator

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.base import ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
@@ -352,10 +352,11 @@ class _TorchQATBase(QuantizedEstimatorBase):
                                        weights)
 
 
-class _FloatReference:
-    """The float model scored like the estimators (the search's reference)."""
+class _FloatReference(BaseEstimator):
+    """The float model scored like the estimators (the search's reference; ``fit`` only
+    records the classes: the model is the user's, never retrained)."""
 
-    def __init__(self, module: Any, classifier: bool) -> None:
+    def __init__(self, module: Any = None, classifier: bool = True) -> None:
         self.module = module
         self.classifier = classifier
 

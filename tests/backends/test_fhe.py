@@ -345,3 +345,28 @@ def test_approximate_rounding_is_off_by_at_most_one_step(key_cache):
     r = values["act.round"]
     candidates = np.stack([act(r - 4), act(r), act(r + 4)])
     assert np.all((out[None] == candidates).any(axis=0))
+
+
+def test_per_channel_tables_after_an_overflowing_approximate_rounding_compile():
+    """concrete-python 2.11 fails on per-channel tables after an approximate rounding
+    that overflows ("could not broadcast input array", in its MLIR converter); the
+    compile falls back to logical clipping, which concrete supports there.
+
+    The fixture is the circuit of a real (16,) 3-bit MLP (24 features, 3 classes,
+    rounding 6) that hit it inside a search, with its 720 quantized training rows.
+    """
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    circuit = Circuit.load(data / "multi_table_clipping.circuit")
+    q = np.load(data / "multi_table_clipping_inputs.npy").astype(np.int64)
+    fc = FHECircuit.compile(circuit, q, range_margin=0.25)
+    assert fc.report["approximate_active_clipping"] is False
+    ref = IntegerBackend(circuit).run_integers(q)
+    sim = fc.simulate(q)
+    assert sim.shape == ref.shape
+    # approximate rounding may move a value by one step; the decisions hold
+    assert np.mean(sim.argmax(axis=1) == ref.argmax(axis=1)) >= 0.9
+    # a circuit without the overflow keeps concrete's default (active clipping)
+    assert FHECircuit.compile(circuit, q[:32], range_margin=0.25).report[
+        "approximate_active_clipping"] is True

@@ -172,3 +172,16 @@ def test_maxpool_rewrite_is_the_average_pooling_model(form):
     assert not np.allclose(rewritten.forward(X), mx_float, atol=1e-2)  # a different model
     with pytest.raises(ValueError, match="maxpool"):
         compile_torch_model(mx, X, maxpool="min", fhe=False, verbose=0)
+
+
+def test_maxpool_rewrite_refuses_dilated_windows():
+    from latentopt.nn.fx_import import UnsupportedOpError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2, dilation=2),
+                          nn.Flatten(), nn.Linear(2 * 2 * 2, 2)).eval()
+    X = np.random.default_rng(0).uniform(0, 1, (20, 1, 8, 8)).astype(np.float32)
+    with pytest.raises(UnsupportedOpError, match="dilated max pooling"):
+        compile_torch_model(model, X, maxpool="avg", fhe=False, verbose=0)
+    exact = compile_torch_model(model, X, fhe=False, verbose=0)  # exact max pooling is fine
+    assert "max_pool" in _ops(exact)

@@ -69,6 +69,25 @@ def test_an_unmet_budget_is_an_answer(data, cache):
         s.score(X, y)
 
 
+def test_a_budget_met_only_on_validation_says_so():
+    """Trials that pass on validation but not on the check split: the message says
+    exactly that (not "none reached the budget") and what to change."""
+    from latentopt.search.results import make_outcome
+
+    rows = [{"trial": 0, "score": 0.85, "cost": 3.7, "feasible": True},
+            {"trial": 1, "score": 0.80, "cost": 0.1, "feasible": False}]
+    out = make_outcome(rows, [], None, reference_score=0.86, threshold=0.84,
+                       max_accuracy_drop=0.02, n_trials=30,
+                       held_out={"n_checked": 1, "n_samples": 225, "threshold": 0.8644,
+                                 "reference_score": 0.8844})
+    assert not out.budget_met and out.best_score == pytest.approx(0.85)
+    first = out.message.splitlines()[0]
+    assert first.startswith("Budget NOT met on unseen rows: 1 of the 2 evaluated trials")
+    assert "none of the 1 fastest held on 225 held-out rows" in first
+    assert "0.8644" in first and "0.8844" in first and "overfit" in first
+    assert "holdout_fraction" in out.message and "n_trials=30" in out.message
+
+
 def test_a_met_budget_says_so(fitted, data):
     assert fitted.budget_met_ and fitted.outcome_.budget_met
     assert fitted.best_estimator_ is not None

@@ -15,6 +15,7 @@ from latentopt.search.cost import PRIOR, CostModel
 from latentopt.search.fingerprint import machine_fingerprint
 from latentopt.search.objective import _Objective
 from latentopt.search.screening import (
+    accumulator_floor,
     best_feasible_latency,
     lower_bound_seconds,
     n_lookups,
@@ -22,7 +23,7 @@ from latentopt.search.screening import (
     seed_configs,
     short_params,
 )
-from latentopt.search.selection import check_on_holdout
+from latentopt.search.selection import check_on_holdout, cv_folds
 from latentopt.search.units import latency_label, resolve_cost_model
 
 TINY = dict(hidden_layer_sizes=(6,), n_w_bits=3, n_a_bits=3, n_input_bits=4, max_epochs=30,
@@ -92,6 +93,36 @@ def test_configuration_proven_slower_is_rejected_before_training(model, data, tm
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert "cost bound" in trial.user_attrs["rejected"]
     assert trial.user_attrs["lower_bound_seconds"] > best
+    assert not list(tmp_path.glob("model-*.pkl")), "nothing may be trained"
+
+
+def test_accumulator_floor_matches_the_trained_model(data):
+    """The floor from bit-widths alone is what the pruner finds on a trained model."""
+    from latentopt.prune.accumulator import min_accumulator_bits
+
+    Xtr, ytr, _, _ = data
+    for params in ({"n_w_bits": 3, "n_a_bits": 3, "n_input_bits": 6},
+                   {"n_w_bits": 4, "n_a_bits": 2, "n_input_bits": 3, "activation": "tanh"}):
+        est = QuantizedMLPClassifier(**dict(TINY, **params)).fit(Xtr, ytr)
+        floor = accumulator_floor(QuantizedMLPClassifier(**TINY),
+                                  dict(params, n_accum_bits=4), Xtr.shape[1])
+        assert floor == max(min_accumulator_bits(est.module_))
+    assert accumulator_floor(QuantizedMLPClassifier(**TINY), {"n_accum_bits": None}, 5) is None
+
+
+def test_impossible_accumulator_budget_is_rejected_before_training(data, tmp_path):
+    """n_accum_bits below one product: pruned at once with the reason, nothing trained."""
+    Xtr, ytr, Xv, yv = data
+    search = LatencySearch(QuantizedMLPClassifier(**dict(TINY, n_input_bits=6)),
+                           max_accuracy_drop=0.1, param_space={"n_accum_bits": [6]},
+                           n_repeats=1)
+    objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, None, tmp_path)
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[-1]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert "n_accum_bits=6 is impossible" in trial.user_attrs["rejected"]
+    assert trial.user_attrs["accumulator_floor"] == 8  # 3 * 32 needs 8 signed bits
     assert not list(tmp_path.glob("model-*.pkl")), "nothing may be trained"
 
 
@@ -175,30 +206,80 @@ class _Fixed:
 def test_check_on_holdout_takes_the_fastest_that_holds():
     rows = [{"trial": 0, "cost": 0.1, "score": 0.95}, {"trial": 1, "cost": 0.2, "score": 0.93},
             {"trial": 2, "cost": 0.3, "score": 0.97}]
-    on_check = {0: 0.80, 1: 0.91, 2: 0.96}
-    chosen, checked = check_on_holdout(
-        rows, lambda r: _Fixed(on_check[r["trial"]]), np.zeros((3, 1)), np.zeros(3),
-        threshold=0.9, score=lambda e, X, y: e.value, n_repeats=2)
-    assert chosen is not None and chosen["trial"] == 1 and chosen["holdout_score"] == 0.91
+    on_check = {0: [0.80, 0.80], 1: [0.91, 0.93], 2: [0.96, 0.96]}
+    chosen, checked = check_on_holdout(rows, lambda r: on_check[r["trial"]], threshold=0.9)
+    assert chosen is not None and chosen["trial"] == 1
+    assert chosen["holdout_score"] == pytest.approx(0.92) and chosen["holdout_min"] == 0.91
     assert [r["trial"] for r in checked] == [0, 1]  # fastest first, stops at the first pass
     assert checked[0]["holdout_pass"] is False
-    none, checked = check_on_holdout(rows, lambda r: _Fixed(0.5), np.zeros((3, 1)),
-                                     np.zeros(3), 0.9, lambda e, X, y: e.value, max_checks=2)
+    # every repeat must pass (TLU errors are random)
+    none, _ = check_on_holdout(rows[1:2], lambda r: [0.95, 0.89], threshold=0.9)
+    assert none is None
+    none, checked = check_on_holdout(rows, lambda r: [0.5], 0.9, max_checks=2)
     assert none is None and len(checked) == 2
+
+
+def test_cv_folds_cover_every_row_once():
+    y = np.array([0] * 10 + [1] * 5)
+    folds = cv_folds(y, 3, classification=True, seed=0)
+    assert folds is not None and len(folds) == 3
+    held = np.concatenate([te for _, te in folds])
+    assert sorted(held.tolist()) == list(range(15))
+    assert all(set(tr).isdisjoint(te) for tr, te in folds)
+    assert all(np.sum(y[te] == 1) >= 1 for _, te in folds)  # stratified
+    assert cv_folds(np.array([0] * 10 + [1] * 2), 3, True, 0) is None  # a class too small
+    assert len(cv_folds(np.linspace(0, 1, 12), 4, classification=False, seed=0) or []) == 4
 
 
 def test_search_checks_its_choice_on_unseen_rows(data):
     Xtr, ytr, _, _ = data
     s = LatencySearch(QuantizedMLPClassifier(**TINY), param_space={"n_w_bits": [3]},
                       max_accuracy_drop=0.3, n_repeats=1, n_trials=1, cost_model=None,
-                      holdout_fraction=0.25, random_state=0, verbose=0).fit(Xtr, ytr)
+                      holdout_fraction=0.25, check_folds=1, random_state=0,
+                      verbose=0).fit(Xtr, ytr)
     check = s.holdout_
+    assert check["method"] == "check split"
     assert check["n_samples"] == 40  # 25% of 160, never used by training or tuning
     # the float reference is scored on the same rows
     assert check["threshold"] == pytest.approx(check["reference_score"] - 0.3)
     assert check["checked"] and "holdout_score" in check["checked"][0]
     if s.best_trial_ is not None:  # the reported score is the honest one
         assert s.best_score_ == s.best_trial_["holdout_score"] >= check["threshold"]
+
+
+def test_search_cross_validates_its_choice_without_the_validation_rows(data, tmp_path):
+    """check_folds=3: the configuration is refitted on 3 folds of the training and check
+    rows pooled (144 + 48 of 240; the 48 validation rows never count) and simulated on
+    each fold; the float reference is refitted on the same folds."""
+    from latentopt.search.selection import _cv_reference
+
+    Xtr, ytr, Xv, yv = data
+    X, y = np.concatenate([Xtr, Xv]), np.concatenate([ytr, yv])
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), param_space={"n_w_bits": [3]},
+                      max_accuracy_drop=0.3, n_repeats=1, n_trials=1, cost_model=None,
+                      holdout_fraction=0.2, validation_fraction=0.25, check_folds=3,
+                      random_state=0, verbose=0, cache_dir=tmp_path).fit(X, y)
+    check = s.holdout_
+    assert check["method"] == "cross-validation" and check["folds"] == 3
+    assert check["n_samples"] == 192  # 144 training + 48 check rows, not the 48 validation
+    assert check["threshold"] == pytest.approx(check["reference_score"] - 0.3)
+    assert 0.0 < check["reference_score"] <= 1.0
+    assert check["checked"], "the feasible trial was cross-validated"
+    # one model per fold was trained (plus the trial's short and full trainings)
+    assert len(list(tmp_path.glob("model-*.pkl"))) == 2 + 3
+    if s.best_trial_ is not None:
+        assert s.best_score_ == s.best_trial_["holdout_score"] >= check["threshold"]
+    # the reference is pooled over folds like the model: same folds, refitted
+    folds = [(np.arange(0, 80), np.arange(80, 160)), (np.arange(80, 160), np.arange(0, 80))]
+    ref = s.reference_estimator_
+    expected = np.mean([clone_score(ref, X[:160], y[:160], tr, te) for tr, te in folds])
+    assert _cv_reference(ref, X[:160], y[:160], folds) == pytest.approx(expected)
+
+
+def clone_score(ref, X, y, tr, te):  # noqa: ANN001, ANN201 - test helper
+    from sklearn.base import clone
+
+    return clone(ref).fit(X[tr], y[tr]).score(X[te], y[te])
 
 
 # -------------------------------------------------------------------- units
@@ -279,3 +360,29 @@ def test_hopeless_model_is_not_compiled(data):
     only = res.candidates[0]
     assert only.score == res.unrounded_score and 0.0 <= only.score <= 1.0
     assert only.pbs > 0 and np.isfinite(only.latency) and not only.feasible
+
+
+def test_reopen_capped_searches_accurate_capped_trials_again(data, tmp_path):
+    """When every checked trial fails, capped trials (points skipped as slower than a
+    refuted one) get a full inner search: accurate ones first, inaccurate ones never."""
+    from latentopt.search.selection import reopen_capped
+
+    Xtr, ytr, Xv, yv = data
+    search = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.2,
+                           n_repeats=1, cost_model=None)
+    objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, None, tmp_path)
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    attrs = [({"n_w_bits": 3}, True, 0.95),   # capped and accurate: reopened
+             ({"n_w_bits": 4}, True, 0.40),   # capped but hopeless: left alone
+             ({"n_w_bits": 2}, False, 0.95)]  # not capped: its record is complete
+    for params, capped, unrounded in attrs:
+        study.add_trial(optuna.trial.create_trial(
+            values=[1e-3, 0.5], user_attrs={"params": params, "capped": capped,
+                                            "unrounded_score": unrounded}))
+    search.study_, search.reference_score_, search.threshold_ = study, 0.9, 0.7
+    rows = reopen_capped(search, objective, lambda r: {"n_w_bits": r["n_w_bits"]}, set())
+    assert [r["trial"] for r in rows] == [0]
+    row = rows[0]
+    assert row["reopened"] and row["feasible"] and row["score"] >= 0.7
+    assert {"rounding_bits", "rounding_method", "p_error"} <= set(row)
+    assert reopen_capped(search, objective, lambda r: r, {0}) == []  # already checked
