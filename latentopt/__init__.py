@@ -20,13 +20,17 @@ _LAZY = {
     "QuantizedTorchModel": "latentopt.sklearn.torch_model",
     "compile_torch_model": "latentopt.sklearn.torch_model",
     "compile_brevitas_qat_model": "latentopt.sklearn.torch_model",
+    "QuantizedTorchClassifier": "latentopt.sklearn.torch_qat",
+    "QuantizedTorchRegressor": "latentopt.sklearn.torch_qat",
 }
 
 __all__ = [
     "LatencySearch",
     "QuantizedMLPClassifier",
     "QuantizedMLPRegressor",
+    "QuantizedTorchClassifier",
     "QuantizedTorchModel",
+    "QuantizedTorchRegressor",
     "__version__",
     "compile_brevitas_qat_model",
     "compile_torch_model",

@@ -21,6 +21,8 @@ ESTIMATORS = (
     "latentopt.sklearn.mlp.QuantizedMLPClassifier",
     "latentopt.sklearn.mlp.QuantizedMLPRegressor",
     "latentopt.sklearn.torch_model.QuantizedTorchModel",
+    "latentopt.sklearn.torch_qat.QuantizedTorchClassifier",
+    "latentopt.sklearn.torch_qat.QuantizedTorchRegressor",
 )
 #: Methods every estimator has (with one signature).
 CORE_METHODS = ("fit", "predict", "score", "compile", "keygen", "to_onnx",
@@ -131,7 +133,7 @@ def render() -> str:
     lines = [
         "# API table",
         "",
-        "The public methods of the three estimators, generated from the code by",
+        "The public methods of the estimators, generated from the code by",
         "`python docs/_ext/api_table.py` (`tests/sklearn/test_api.py` fails when this page",
         "is out of date, and when a method has different signatures on different",
         "estimators).  The shared methods come from",

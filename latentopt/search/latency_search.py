@@ -38,7 +38,7 @@ from .objective import _NO_LATENCY, _data_key, _Objective
 from .results import Outcome, collect, make_outcome, pareto_front, plot_front, summary_table
 from .screening import seed_configs
 from .selection import select_on_check
-from .space import DEFAULT_SPACE
+from .space import default_space
 from .storage import local_storage_dir, make_storage, recover_stale_trials
 from .trials import (
     bind_identity,
@@ -70,10 +70,13 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
 
     Parameters
     ----------
-    estimator : QuantizedMLPClassifier or QuantizedMLPRegressor
-        Template; sampled parameters are set on clones.
+    estimator : QuantizedMLPClassifier, QuantizedMLPRegressor, QuantizedTorchClassifier, ...
+        Template; sampled parameters are set on clones.  A torch estimator starts every
+        trial from its float ``module`` (QAT fine-tuning, channel pruning); ``X`` may
+        then be image-shaped, ``(n_samples, *input_shape)``.
     param_space : dict, optional
-        See :mod:`latentopt.search.space`; default :data:`~latentopt.search.space.DEFAULT_SPACE`.
+        See :mod:`latentopt.search.space`; default :data:`~latentopt.search.space.DEFAULT_SPACE`
+        (:data:`~latentopt.search.space.TORCH_SPACE` for torch estimators).
         ``distill_alpha`` / ``distill_temperature`` may be searched too (with a teacher).
     teacher : estimator, torch.nn.Module or array-like, optional
         Distil every trial's model from this teacher (see the estimators' ``teacher``);
@@ -86,7 +89,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
     max_accuracy_drop : float, default=0.01
         Allowed drop of the validation metric below the reference.
     reference_score : float, optional
-        Default: a float scikit-learn MLP's validation score (same split).
+        Default: a float scikit-learn MLP's validation score (same split); for a torch
+        estimator, its float ``module``'s score.
     n_trials : int, default=20
         Evaluated trials (completed, or failed with a recorded error) the study should
         hold, counted across all workers (a resumed study runs only the rest).  Trials
@@ -195,6 +199,10 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                    y_val: np.ndarray) -> float:
         if self.reference_score is not None:
             return float(self.reference_score)
+        float_reference = getattr(self.estimator, "_float_reference", None)
+        if callable(float_reference):  # a torch estimator: the user's float model
+            self.reference_estimator_ = float_reference().fit(X_tr, y_tr)
+            return float(self.reference_estimator_.score(X_val, y_val))
         from sklearn.neural_network import MLPClassifier, MLPRegressor
 
         cls = MLPClassifier if is_classifier(self.estimator) else MLPRegressor
@@ -221,7 +229,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         check_search_args(self)
         if self.n_jobs > 1:
             check_main_guard()
-        X, y = check_X_y(X, y, dtype=np.float64, y_numeric=not is_classifier(self.estimator))
+        X, y = check_X_y(X, y, dtype=np.float64, y_numeric=not is_classifier(self.estimator),
+                         allow_nd=hasattr(self.estimator, "_float_reference"))
         spec = self.storage
         if self.n_jobs > 1 and spec is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="latentopt-search-")
@@ -261,13 +270,15 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         )
         bind_identity(study, identity)
         if not study.trials:  # a seeded start: where fast, accurate circuits usually are
-            for seed in seed_configs(self.param_space or DEFAULT_SPACE, self.estimator):
+            for seed in seed_configs(self.param_space or default_space(self.estimator),
+                                     self.estimator):
                 study.enqueue_trial(seed, user_attrs={"seeded": True}, skip_if_exists=True)
         study.sampler = make_sampler(self.random_state, 0, len(study.get_trials(deepcopy=False)))
         objective = _Objective(self, (X_tr, y_tr, X_val, y_val), self.reference_score_,
                                self.cost_model_, cache, teacher=trial_teacher,
                                teacher_key=teacher_key)
         self._optimize(study, objective, spec if spec is not None else storage)
+        self._objective = objective
         self.study_ = study
         self._collect(study)
         select_on_check(self, objective, check)
@@ -396,6 +407,20 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if self.best_estimator_ is None:
             raise RuntimeError("no model to use: " + self.outcome_.message)
         return self.best_estimator_
+
+    def trial_estimator(self, trial: int) -> Any:
+        """The model trial number ``trial`` trained (from the model cache, no retraining
+        unless evicted), compiled at the point the trial chose: e.g. to measure every
+        point of ``pareto_front_``."""
+        check_is_fitted(self, "results_")
+        attrs = self.study_.trials[int(trial)].user_attrs
+        if "compile" not in attrs:
+            raise ValueError(f"trial {trial} has no compiled point")
+        params = dict(attrs["params"])
+        if "hidden_layer_sizes" in params:
+            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+        est, _ = self._objective._fit(params)
+        return est.compile(**attrs["compile"], verbose=0)
 
     def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Predictions of ``best_estimator_`` (RuntimeError if the budget was not met)."""

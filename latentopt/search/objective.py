@@ -24,7 +24,7 @@ from .screening import (
     promising,
     short_params,
 )
-from .space import DEFAULT_SPACE, sample_params
+from .space import default_space, sample_params
 from .trials import ModelCache, model_key
 
 #: Objective value of trials with no compilable point (Optuna rejects inf).
@@ -84,7 +84,8 @@ class _Objective:
     def _screen(self, trial: Any, params: dict[str, Any], cap: float | None) -> None:
         """Reject before training what can never work: an accumulator budget below one
         product, or what the cost model proves slower than ``cap``."""
-        floor = accumulator_floor(self.search.estimator, params, self.data[0].shape[1])
+        floor = accumulator_floor(self.search.estimator, params,
+                                  int(np.prod(self.data[0].shape[1:])))
         budget = dict(self.search.estimator.get_params(), **params).get("n_accum_bits")
         if floor is not None and budget is not None and floor > int(budget):
             trial.set_user_attr("accumulator_floor", floor)
@@ -92,7 +93,8 @@ class _Objective:
                                f"one product max|w| * max|x| needs {floor} bits")
         if self.cost_model is None or cap is None:
             return
-        bound = lower_bound_seconds(self.cost_model, params, self.data[0].shape[1])
+        bound = lower_bound_seconds(self.cost_model, params,
+                                    int(np.prod(self.data[0].shape[1:])))
         trial.set_user_attr("lower_bound_seconds", bound)
         if bound > cap:
             self._prune(trial, f"cost bound {bound:.3g} s > best feasible {cap:.3g} s")
@@ -116,7 +118,7 @@ class _Objective:
         import optuna
 
         s = self.search
-        params = sample_params(trial, s.param_space or DEFAULT_SPACE)
+        params = sample_params(trial, s.param_space or default_space(s.estimator), s.estimator)
         trial.set_user_attr("params", {k: (list(v) if isinstance(v, tuple) else v)
                                        for k, v in params.items()})
         trial.set_user_attr("pid", os.getpid())

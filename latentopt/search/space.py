@@ -15,6 +15,16 @@ hidden layer gets the same width; depth is a dimension of the search).
 ['activation', 'lr', 'n_a_bits', 'n_accum_bits', 'n_input_bits', 'n_layers', 'n_w_bits',
  'pruning_ratio', 'width']
 
+Torch estimators (:class:`~latentopt.QuantizedTorchClassifier`) have their own default,
+:data:`TORCH_SPACE` (their architecture is the user's model): global bits through the
+pseudo-parameters ``n_w_bits``, ``n_a_bits`` and ``n_input_bits``, per-layer bits through
+``"n_w_bits.<layer>"`` / ``"n_a_bits.<layer>"`` (module names of the model), all merged
+into the estimator's ``n_bits``; and the channel ``pruning_ratio``.
+:func:`default_space` picks the default of an estimator.
+
+>>> sorted(TORCH_SPACE)
+['lr', 'n_a_bits', 'n_input_bits', 'n_w_bits', 'pruning_ratio']
+
 ``n_accum_bits`` is the guaranteed accumulator budget (pruning until every worst-case
 accumulator fits; ``None``: no budget).  The rounding bits and ``p_error`` are not in the
 space: the inner search (:mod:`latentopt.search.inner`) picks them per trained model.
@@ -25,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DEFAULT_SPACE", "sample_params", "validate_space"]
+__all__ = ["DEFAULT_SPACE", "TORCH_SPACE", "default_space", "sample_params", "validate_space"]
 
 DEFAULT_SPACE: dict[str, Any] = {
     "n_w_bits": (2, 4),
@@ -39,12 +49,34 @@ DEFAULT_SPACE: dict[str, Any] = {
     "lr": [1e-3, 3e-3, 1e-2],
 }
 
+#: Default space of the torch estimators (QAT of the user's float model).
+TORCH_SPACE: dict[str, Any] = {
+    "n_w_bits": (2, 6),
+    "n_a_bits": (2, 6),
+    "n_input_bits": (3, 7),
+    "pruning_ratio": [0.0, 0.25, 0.5],
+    "lr": [1e-3, 3e-3, 1e-2],
+}
+
+
+def default_space(estimator: Any) -> dict[str, Any]:
+    """The default search space of ``estimator`` (its own, or :data:`DEFAULT_SPACE`)."""
+    own = getattr(estimator, "_default_search_space", None)
+    return dict(own()) if callable(own) else DEFAULT_SPACE
+
+
+def _pseudo(estimator: Any, name: str) -> bool:
+    check = getattr(estimator, "_is_search_name", None)
+    if callable(check):
+        return bool(check(name))
+    return name in ("n_layers", "width")
+
 
 def validate_space(space: Mapping[str, Any], estimator: Any) -> None:
     """Raise ``ValueError`` for malformed entries or parameters the estimator lacks."""
     params = set(estimator.get_params())
     for name, spec in space.items():
-        if name not in params and name not in ("n_layers", "width"):
+        if name not in params and not _pseudo(estimator, name):
             raise ValueError(f"search space names {name!r}, not a parameter of "
                              f"{type(estimator).__name__}")
         if isinstance(spec, list):
@@ -80,9 +112,13 @@ def _suggest(trial: Any, name: str, spec: Any) -> Any:
     return trial.suggest_float(name, float(lo), float(hi))
 
 
-def sample_params(trial: Any, space: Mapping[str, Any]) -> dict[str, Any]:
-    """Estimator parameters for one Optuna trial."""
+def sample_params(trial: Any, space: Mapping[str, Any], template: Any = None) -> dict[str, Any]:
+    """Estimator parameters for one Optuna trial (``template``: the search's estimator,
+    whose ``_assemble_params`` turns pseudo-parameters into its own)."""
     params = {name: _suggest(trial, name, spec) for name, spec in space.items()}
+    assemble = getattr(template, "_assemble_params", None)
+    if callable(assemble):
+        return dict(assemble(params))
     if "n_layers" in params:
         n, w = int(params.pop("n_layers")), int(params.pop("width"))
         params["hidden_layer_sizes"] = (w,) * n

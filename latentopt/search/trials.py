@@ -36,7 +36,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .space import DEFAULT_SPACE, sample_params
+from .space import default_space, sample_params
 from .storage import recover_stale_trials
 
 __all__ = ["ModelCache", "StudyMismatchError", "bind_identity", "canonical", "check_main_guard",
@@ -78,6 +78,13 @@ def canonical(value: Any) -> Any:
         a = np.ascontiguousarray(value)
         return {"array": hashlib.sha256(a.tobytes()).hexdigest()[:16], "shape": list(a.shape),
                 "dtype": str(a.dtype)}
+    if hasattr(value, "state_dict") and hasattr(value, "named_parameters"):  # torch module
+        h = hashlib.sha256(repr(value).encode())
+        for k, t in value.state_dict().items():
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(t.detach().cpu().float().numpy()).tobytes())
+        return {"module": f"{type(value).__module__}.{type(value).__qualname__}",
+                "weights": h.hexdigest()[:16]}
     if hasattr(value, "get_params"):
         return {"class": f"{type(value).__module__}.{type(value).__qualname__}",
                 "params": canonical(value.get_params(deep=False))}
@@ -105,7 +112,7 @@ def study_identity(search: Any, data_key: str, teacher_key: str) -> dict[str, An
         "estimator": {"class": type(search.estimator).__qualname__,
                       "params": canonical(_template_params(search.estimator))},
         "space": canonical(search.param_space if search.param_space is not None
-                           else DEFAULT_SPACE),
+                           else default_space(search.estimator)),
         "data": {"hash": data_key, "validation_fraction": search.validation_fraction,
                  "holdout_fraction": search.holdout_fraction,
                  "random_state": search.random_state},
@@ -227,7 +234,8 @@ def _presample(objective: Any, trial: Any) -> None:
         sample(trial)
     else:
         search = objective.search
-        sample_params(trial, search.param_space or DEFAULT_SPACE)
+        sample_params(trial, search.param_space or default_space(search.estimator),
+                      search.estimator)
 
 
 class _Guarded:

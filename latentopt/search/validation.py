@@ -70,8 +70,9 @@ def check_search_args(search: Any) -> None:
         raise ValueError(f"multi_fidelity must be a bool, got {search.multi_fidelity!r}")
     est = search.estimator
     if not (hasattr(est, "get_params") and hasattr(est, "compile")):
-        raise TypeError(f"estimator must be a latentopt estimator (QuantizedMLPClassifier or "
-                        f"QuantizedMLPRegressor), got {type(est).__name__}")
+        raise TypeError(f"estimator must be a latentopt estimator (QuantizedMLPClassifier, "
+                        f"QuantizedMLPRegressor, QuantizedTorchClassifier or "
+                        f"QuantizedTorchRegressor), got {type(est).__name__}")
     _check_bits(est.get_params(), "the estimator")
     if search.param_space is not None:
         if not isinstance(search.param_space, Mapping):
@@ -129,4 +130,8 @@ def check_space_values(space: Mapping[str, Any], estimator: Any) -> None:
 def _with(estimator: Any, name: str, value: Any) -> Any:
     from sklearn.base import clone
 
-    return clone(estimator).set_params(**{name: value})
+    params = {name: value}
+    assemble = getattr(estimator, "_assemble_params", None)
+    if callable(assemble):  # pseudo-parameters (e.g. a torch estimator's n_w_bits)
+        params = assemble(params)
+    return clone(estimator).set_params(**params)

@@ -1,0 +1,127 @@
+"""Structured channel pruning of a float torch model (any supported architecture).
+
+Every output channel of a convolution is one table lookup per output position (one
+PBS each under FHE) and one input channel of the next layer; every hidden unit of a
+linear layer one lookup.  :func:`prune_channels` removes a fraction of them with
+torch-pruning, on the float model, before it is converted to QAT and fine-tuned
+(:mod:`latentopt.sklearn.torch_qat`):
+
+* **which groups are coupled**: torch-pruning's ``DependencyGraph``, traced through the
+  model (convolution -> batch norm -> flatten -> linear couplings included);
+* **how important**: :func:`latentopt.prune.importance.make_importance` (``"l1"``,
+  ``"l2"``, ``"random"``);
+* **how much**: one ratio for every prunable layer, or one per layer (module name ->
+  ratio); the layers that produce the model's output are never pruned, and the input
+  channels of the first layer are the model's input (never pruned either).
+
+Examples
+--------
+>>> import torch
+>>> from torch import nn
+>>> m = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+>>> report = prune_channels(m, torch.zeros(1, 1, 6, 6), 0.5)
+>>> m[0].out_channels, m[3].in_features, m[3].out_features
+(4, 64, 3)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .importance import make_importance
+
+__all__ = ["output_layers", "prune_channels"]
+
+_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def output_layers(model: nn.Module) -> list[str]:
+    """Names of the linear / convolution layers whose outputs reach the model's output
+    without another such layer in between (their output width is the model's)."""
+    from ..nn.fx_import import read_graph
+
+    _, ops, _ = read_graph(model)
+    by_name = {op.name: op for op in ops}
+    out, seen = [], set()
+    stack = [i for op in ops if op.kind == "output" for i in op.inputs]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        op = by_name[name]
+        if op.kind in ("linear", "conv"):
+            out.append(op.target)
+        else:
+            stack.extend(op.inputs)
+    return out
+
+
+def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mapping[str, float],
+                   importance: str = "l1", seed: int | None = 0) -> dict[str, Any]:
+    """Remove ``ratio`` of the output channels of every prunable layer, in place.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A float model; its prunable layers are ``Linear``, ``Conv1d`` and ``Conv2d``.
+    example : torch.Tensor
+        One input batch (traced by torch-pruning).
+    ratio : float in [0, 1) or dict
+        Share of output channels removed from every layer but the output layers, or a
+        dict from layer (module) name to ratio (unnamed layers are not pruned).
+    importance : {"l1", "l2", "random"}
+        Channel ranking (see :func:`~latentopt.prune.importance.make_importance`).
+
+    Returns
+    -------
+    dict
+        ``"before"`` and ``"after"``: output channels per layer; ``"ignored"``: the
+        output layers.
+    """
+    import torch_pruning as tp
+
+    named = {n: m for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+    ignored_names = output_layers(model)
+    ratios: dict[str, float]
+    if isinstance(ratio, Mapping):
+        unknown = set(ratio) - set(named)
+        if unknown:
+            raise ValueError(f"pruning ratios name unknown layers {sorted(unknown)}; "
+                             f"prunable: {sorted(named)}")
+        ratios = {k: float(v) for k, v in ratio.items()}
+    else:
+        ratios = {n: float(ratio) for n in named}
+    for name, r in ratios.items():
+        if not 0.0 <= r < 1.0:
+            raise ValueError(f"pruning ratio of {name!r} must be in [0, 1), got {r}")
+    width = {n: int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0))
+             for n, m in named.items()}
+    before = dict(width)
+    for n, r in ratios.items():
+        if n not in ignored_names and int(width[n] * (1.0 - r)) < 1:
+            raise ValueError(f"ratio {r} would remove every channel of {n!r} ({width[n]})")
+    todo = {named[n]: r for n, r in ratios.items() if r > 0 and n not in ignored_names}
+    if todo:
+        gen = torch.random.fork_rng(devices=[])
+        with gen, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            was_training = model.training
+            model.eval()
+            pruner = tp.pruner.MetaPruner(
+                model, example, importance=make_importance(importance), pruning_ratio=0.0,
+                pruning_ratio_dict=todo, ignored_layers=[named[n] for n in ignored_names],
+                root_module_types=list(_PRUNABLE))
+            pruner.step()
+            model.train(was_training)
+    after = {n: int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0))
+             for n, m in named.items()}
+    return {"before": before, "after": after, "ignored": ignored_names,
+            "importance": importance}

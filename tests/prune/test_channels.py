@@ -1,0 +1,58 @@
+"""prune_channels: structured channel pruning of float torch models with torch-pruning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from latentopt.prune.channels import output_layers, prune_channels
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 12), nn.ReLU(),
+                         nn.Linear(12, 3))
+
+
+def test_prunes_every_layer_but_the_output_and_keeps_the_model_runnable():
+    m = _cnn()
+    x = torch.randn(4, 1, 8, 8)
+    report = prune_channels(m, x[:1], 0.5)
+    assert report["before"] == {"0": 8, "3": 6, "6": 12, "8": 3}
+    assert report["after"] == {"0": 4, "3": 3, "6": 6, "8": 3}
+    assert report["ignored"] == ["8"]
+    assert m[0].in_channels == 1 and m[1].num_features == 4 and m[3].in_channels == 4
+    assert m[6].in_features == 3 * 4 * 4
+    assert m(x).shape == (4, 3)
+
+
+def test_l1_keeps_the_largest_channels():
+    m = _cnn()
+    with torch.no_grad():
+        m[0].weight.mul_(torch.tensor([1, 10, 1, 10, 1, 10, 1, 10.0]).view(8, 1, 1, 1))
+    big = m[0].weight[1::2].clone()
+    prune_channels(m, torch.zeros(1, 1, 8, 8), {"0": 0.5})
+    assert torch.equal(m[0].weight, big)
+    assert m[3].out_channels == 6  # not named: not pruned
+
+
+def test_output_layers_of_a_branching_model():
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            h = torch.relu(self.a(x))
+            return self.b(h) + self.c(h)
+
+    assert sorted(output_layers(Two())) == ["b", "c"]
+
+
+@pytest.mark.parametrize("ratio, match", [(1.0, r"\[0, 1\)"), ({"nope": 0.5}, "unknown"),
+                                          ({"6": 0.99}, "every channel")])
+def test_bad_ratios_are_refused(ratio, match):
+    with pytest.raises(ValueError, match=match):
+        prune_channels(_cnn(), torch.zeros(1, 1, 8, 8), ratio)

@@ -1,0 +1,134 @@
+"""QuantizedTorchClassifier / QuantizedTorchRegressor: QAT of a user's float model."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+from torch import nn
+from torch_qat_models import digits_images, float_accuracy, train_float, trained_cnn
+
+from latentopt import QuantizedTorchClassifier, QuantizedTorchRegressor
+
+
+def _clf(**kw):
+    params = dict(n_bits={"inputs": 5, "weights": 4, "activations": 4}, max_epochs=4,
+                  lr=3e-3, random_state=0, verbose=0)
+    params.update(kw)
+    return QuantizedTorchClassifier(trained_cnn(), **params)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = digits_images()
+    return _clf().fit(X[:1200], y[:1200])
+
+
+def test_qat_keeps_the_float_accuracy_and_the_circuit_equals_brevitas(fitted):
+    X, y = digits_images()
+    Xte, yte = X[1200:], y[1200:]
+    ref = float_accuracy(trained_cnn(), Xte, yte)
+    assert fitted.score(Xte, yte) >= ref - 0.03
+    with torch.no_grad():
+        qat = fitted.qat_module_(torch.as_tensor(Xte)).numpy()
+    out = fitted.predict_proba(Xte)
+    np.testing.assert_array_equal(out.argmax(1), qat.argmax(1))
+    assert fitted.history_.n_epochs >= 1 and fitted.n_iter_ == fitted.history_.n_epochs
+    assert fitted.input_shape_ == (1, 8, 8) and fitted.n_features_in_ == 64
+    # flat inputs are accepted too
+    np.testing.assert_array_equal(fitted.predict(Xte.reshape(len(Xte), -1)), fitted.predict(Xte))
+    assert fitted.qat_report_["weights"] == {"0": 4, "5": 4, "7": 4}
+    assert fitted.circuit_.input_quantizer.n_bits == 5
+    assert not fitted.input_signed_  # images in [0, 1]: unsigned input quantizer
+
+
+def test_fit_does_not_touch_the_module_and_is_reproducible(fitted):
+    X, y = digits_images()
+    est = _clf()
+    before = {k: v.clone() for k, v in est.module.state_dict().items()}
+    est.fit(X[:1200], y[:1200])
+    assert all(torch.equal(before[k], v) for k, v in est.module.state_dict().items())
+    np.testing.assert_array_equal(est.predict(X[1200:]), fitted.predict(X[1200:]))
+
+
+def test_clone_and_pickle(fitted):
+    X, y = digits_images()
+    c = clone(fitted)
+    assert c.module is not fitted.module and "circuit_" not in c.__dict__
+    assert c.get_params()["n_bits"] == fitted.get_params()["n_bits"]
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(again.predict(X[1200:]), fitted.predict(X[1200:]))
+    with torch.no_grad():
+        a = again.qat_module_(torch.as_tensor(X[:50])).numpy()
+        b = fitted.qat_module_(torch.as_tensor(X[:50])).numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_pipeline_with_flat_features():
+    X, y = digits_images()
+    flat = X.reshape(len(X), -1)
+    torch.manual_seed(0)
+    mlp = train_float(nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)),
+                      flat[:1200] * 2 - 1, y[:1200])
+    pipe = make_pipeline(FunctionTransformer(lambda a: (a * 2 - 1).astype(np.float32)),
+                         QuantizedTorchClassifier(mlp, n_bits=5, max_epochs=2, random_state=0,
+                                                  verbose=0))
+    pipe.fit(flat[:1200], y[:1200])
+    assert pipe.score(flat[1200:], y[1200:]) > 0.85
+    assert pipe[-1].input_signed_
+    assert clone(pipe).get_params()["quantizedtorchclassifier__n_bits"] == 5
+
+
+def test_channel_pruning_removes_lookups():
+    X, y = digits_images()
+    est = _clf(pruning_ratio=0.5).fit(X[:1200], y[:1200])
+    assert est.qat_report_["pruning"]["after"] == {"0": 4, "5": 8, "7": 10}
+    full = _clf(max_epochs=0).fit(X[:200], y[:200])
+    assert est.circuit_.report().tlu_count < 0.6 * full.circuit_.report().tlu_count
+    assert est.score(X[1200:], y[1200:]) > 0.85
+
+
+def test_fhe_simulation_matches_the_integer_circuit(fitted):
+    X, _ = digits_images()
+    est = pickle.loads(pickle.dumps(fitted))
+    est.compile(rounding_bits=6, rounding_method="exact", p_error=2.0**-40, verbose=0)
+    np.testing.assert_array_equal(est.predict(X[1200:1240], fhe="simulate"),
+                                  est.predict(X[1200:1240]))
+    assert est.fhe_report_["programmable_bootstrap_count"] > 0
+
+
+def test_regressor():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 6)).astype(np.float32)
+    y = (np.sin(X[:, 0]) + 0.5 * X[:, 1] * X[:, 2]).astype(np.float32)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 24), nn.Tanh(), nn.Linear(24, 1))
+    train_float(net, X[:300], y[:300, None], epochs=300)
+    reg = QuantizedTorchRegressor(net, n_bits=6, max_epochs=10, random_state=0, verbose=0)
+    reg.fit(X[:300], y[:300])
+    assert reg.predict(X[300:]).shape == (100,)
+    assert reg.score(X[300:], y[300:]) > 0.6
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(n_bits={"nope": 3}), "unknown key"),
+    (dict(n_bits=1), r"\[2, 16\]"),
+    (dict(pruning_ratio=1.0), "pruning_ratio"),
+    (dict(prune_importance="taylor"), "prune_importance"),
+    (dict(max_epochs=-1), "max_epochs"),
+])
+def test_bad_parameters_are_refused_before_training(params, match):
+    X, y = digits_images()
+    with pytest.raises(ValueError, match=match):
+        _clf(**params).fit(X[:50], y[:50])
+
+
+def test_wrong_number_of_outputs():
+    X, y = digits_images()
+    with pytest.raises(ValueError, match="outputs"):
+        _clf().fit(X[:100], y[:100] % 3)
