@@ -63,8 +63,13 @@ def test_imported_circuit_equals_brevitas(qcnn):
         ref = model(torch.as_tensor(X)).numpy()
     out = q.forward(X)
     # same integers; float outputs differ by float32 round-off of brevitas only
-    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * max(1.0, np.abs(ref).max()))
-    np.testing.assert_array_equal(out.argmax(1), ref.argmax(1))
+    atol = 1e-4 * max(1.0, np.abs(ref).max())
+    np.testing.assert_allclose(out, ref, rtol=0, atol=atol)
+    # classes agree except where brevitas' two top outputs tie within that round-off
+    # (which the thread count of its float32 sums decides)
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    differ = out.argmax(1) != ref.argmax(1)
+    assert np.all(top2[differ, 1] - top2[differ, 0] <= 2 * atol)
     bits = q.import_report_["activation_bits"]
     assert bits == {"q": 4, "r1": 3, "shared": 4, "t2": 4, "shared_1": 4, "r3": 3}
     assert q.circuit_.input_quantizer.n_bits == 4
