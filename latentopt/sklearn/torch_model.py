@@ -132,24 +132,7 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
 
     def _validate_X(self, X: Any, reset: bool) -> np.ndarray:
         self._check_built()
-        if hasattr(X, "detach"):  # torch tensor
-            X = X.detach().cpu().numpy()
-        X = np.asarray(X)
-        if X.dtype.kind not in "fiub":
-            raise ValueError(f"X must be numeric, got dtype {X.dtype}")
-        shape = tuple(self.input_shape_)
-        if X.ndim == len(shape) + 1 and X.shape[1:] == shape:
-            X = X.reshape(len(X), -1)
-        elif not (X.ndim == 2 and X.shape[1] == self.n_features_in_):
-            raise ValueError(
-                f"X must have shape (n_samples, {', '.join(map(str, shape))}) or "
-                f"(n_samples, {self.n_features_in_}), got {X.shape}")
-        if len(X) == 0:
-            raise ValueError("X has 0 samples")
-        X = X.astype(np.float64)
-        if not np.all(np.isfinite(X)):
-            raise ValueError("X contains NaN or infinity")
-        return X
+        return flat_samples(X, tuple(self.input_shape_), int(self.n_features_in_))
 
     # ------------------------------------------------------------- inference
     def forward(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
@@ -169,6 +152,28 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
         if self.task != "classification":
             raise AttributeError("predict_proba needs task='classification'")
         return softmax(self._raw_output(X, fhe))
+
+
+def flat_samples(X: Any, input_shape: tuple[int, ...], n_features: int) -> np.ndarray:
+    """``X`` (array or torch tensor, image-shaped ``(n, *input_shape)`` or flat
+    ``(n, n_features)``) as finite float64 rows ``(n, n_features)``; ValueError else."""
+    if hasattr(X, "detach"):  # torch tensor
+        X = X.detach().cpu().numpy()
+    X = np.asarray(X)
+    if X.dtype.kind not in "fiub":
+        raise ValueError(f"X must be numeric, got dtype {X.dtype}")
+    if X.ndim == len(input_shape) + 1 and X.shape[1:] == input_shape:
+        X = X.reshape(len(X), -1)
+    elif not (X.ndim == 2 and X.shape[1] == n_features):
+        raise ValueError(
+            f"X must have shape (n_samples, {', '.join(map(str, input_shape))}) or "
+            f"(n_samples, {n_features}), got {X.shape}")
+    if len(X) == 0:
+        raise ValueError("X has 0 samples")
+    X = X.astype(np.float64)
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X contains NaN or infinity")
+    return X
 
 
 def _check_common(task: Any, fhe_mode: Any) -> None:

@@ -43,6 +43,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from .base import QuantizedEstimatorBase, softmax
+from .torch_model import flat_samples
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -203,22 +204,7 @@ class _TorchQATBase(QuantizedEstimatorBase):
 
     def _validate_X(self, X: Any, reset: bool) -> np.ndarray:
         check_is_fitted(self, "circuit_")
-        if hasattr(X, "detach"):
-            X = X.detach().cpu().numpy()
-        X = np.asarray(X)
-        if X.dtype.kind not in "fiub":
-            raise ValueError(f"X must be numeric, got dtype {X.dtype}")
-        shape = tuple(self.input_shape_)
-        if X.ndim == len(shape) + 1 and X.shape[1:] == shape:
-            X = X.reshape(len(X), -1)
-        elif not (X.ndim == 2 and X.shape[1] == self.n_features_in_):
-            raise ValueError(
-                f"X must have shape (n_samples, {', '.join(map(str, shape))}) or "
-                f"(n_samples, {self.n_features_in_}), got {X.shape}")
-        X = X.astype(np.float64)
-        if len(X) == 0 or not np.all(np.isfinite(X)):
-            raise ValueError("X is empty or contains NaN or infinity")
-        return X
+        return flat_samples(X, tuple(self.input_shape_), int(self.n_features_in_))
 
     # ------------------------------------------------------------ search hooks
     def _default_search_space(self) -> dict[str, Any]:
