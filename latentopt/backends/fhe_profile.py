@@ -69,8 +69,9 @@ class LatencyProfile:
     stages : dict
         Measured medians (seconds), in the order they happen.
     server : dict
-        Modelled split of the ``run`` stage: ``pbs``, ``key switch``, ``linear`` and
-        ``other`` (seconds; empty without a cost model).
+        Modelled split of the ``run`` stage: ``pbs``, ``key switch``, ``linear``, ``key
+        conversion`` (concrete's runtime converts the bootstrap keys to the Fourier domain
+        on every call, serially) and ``other`` (seconds; empty without a cost model).
     floor : float or None
         Lookups on the critical path over the cores (seconds; ``None`` without a cost
         model).
@@ -110,6 +111,11 @@ class LatencyProfile:
         if self.floor is not None:
             lines.append(f"{'floor (PBS / cores)':24s} {1e3 * self.floor:9.2f}   "
                          f"total/floor {total / self.floor:.2f}x")
+            keys = self.server.get("key conversion")
+            if keys:
+                per_call = self.floor + keys
+                lines.append(f"{'floor + key conversion':24s} {1e3 * per_call:9.2f}   "
+                             f"total/that {total / per_call:.2f}x")
         return "\n".join(lines)
 
 
@@ -176,8 +182,9 @@ def profile_execution(fhe_circuit: Any, q: np.ndarray, repeats: int = 5,
     floor = None
     if cost_model is not None:
         pbs, ks, linear, rows = cost_model.critical_path(fhe_circuit, cores)
-        server = {"pbs": pbs, "key switch": ks, "linear": linear,
-                  "other": stages["run"] - pbs - ks - linear}
+        keys = cost_model.key_conversion(fhe_circuit)
+        server = {"pbs": pbs, "key switch": ks, "linear": linear, "key conversion": keys,
+                  "other": stages["run"] - pbs - ks - linear - keys}
         floor = pbs + ks
         info["layers"] = rows
     if first_run is not None:

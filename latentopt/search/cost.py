@@ -46,16 +46,17 @@ from .fingerprint import (
     machine_fingerprint,
     write_json,
 )
-from .profile import _calls, _op_work, circuit_profile, combine, predict_profile
+from .profile import _calls, _op_work, circuit_profile, combine, key_work, predict_profile
 
 __all__ = ["COEFFICIENTS", "GRIDS", "PRIOR", "CostModel", "FingerprintMismatchError"]
 
-#: Seconds of one core per call, per lookup op and 10^4 N, per 10^6 input
-#: ciphertext-dimensions, per 10^9 FFT, multiply-accumulate and key-switch operations,
-#: per 10^9 levelled-operation ciphertext-dimensions.
+#: Seconds of one core per call, per 10^9 operations of the per-call conversion of the
+#: bootstrap keys to the Fourier domain (:func:`~latentopt.search.profile.key_work`), per
+#: 10^6 input ciphertext-dimensions, per 10^9 FFT, multiply-accumulate and key-switch
+#: operations, per 10^9 levelled-operation ciphertext-dimensions.
 COEFFICIENTS = ("call", "setup", "inputs", "fft", "mac", "ks", "linear")
 #: Prior (2-core AMD EPYC, 2024): the fit shrinks towards it where data are scarce.
-PRIOR = dict(call=0.035, setup=0.05, inputs=0.05, fft=0.05, mac=0.6, ks=0.3, linear=1.0)
+PRIOR = dict(call=0.01, setup=0.45, inputs=0.05, fft=0.05, mac=0.6, ks=0.3, linear=1.0)
 #: Calibration grids: (TLU input bits, p_error, lookups per sample, input features).
 #: "quick": N <= 4096, about 30 s; "default": N up to 8192 and more parameter sets, a
 #: few minutes (keygen included).
@@ -142,15 +143,24 @@ class CostModel:
         return critical_path(fhe_circuit.module, self.coefficients,
                              int(cores or available_cores()))
 
+    def key_conversion(self, fhe_circuit: Any) -> float:
+        """Modelled seconds, per call, of the runtime's conversion of the circuit's bootstrap
+        keys to the Fourier domain (serial, paid by every call whatever its lookups)."""
+        profile = fhe_circuit if isinstance(fhe_circuit, dict) else circuit_profile(fhe_circuit)
+        return float(self.coefficients["setup"] * key_work(profile))
+
     def _bits_model(self) -> dict[str, np.ndarray]:
-        """Log-linear fits of one PBS's seconds and ``N`` in (1, TLU bits, -log10 p_error)."""
+        """Log-linear fits of one PBS's seconds and its key's Fourier-conversion work in
+        (1, TLU bits, -log10 p_error)."""
         table = self.info.get("pbs_table")
         if not table:
             raise ValueError("this model has no calibration table (calibrate it first)")
         theta = self._theta
         z = np.array([[1.0, t[0], -math.log10(t[1])] for t in table])
         y = {"pbs": [math.log(float(_op_work([*t[2:6], 1]) @ theta[3:5]) + theta[5] * t[6] * 1e-9)
-                     for t in table], "N": [math.log(t[2]) for t in table]}
+                     for t in table],
+             "key": [math.log(key_work({"functions": {"f": {"ops": [[*t[2:6], 1]]}}}))
+                     for t in table]}
         beta = {}
         for key, values in y.items():
             b = np.linalg.lstsq(z, values, rcond=None)[0] if len(table) >= 3 else np.zeros(3)
@@ -182,7 +192,8 @@ class CostModel:
                       for layer in report["layers"]
                       if layer.get("tlu_input_bits") and layer.get("pbs")]
             serial = theta[0] + theta[2] * m * int(report["n_features"]) * input_dim * 1e-6
-            serial += theta[1] * sum(math.exp(zl @ beta["N"]) for zl, _ in layers) * 1e-4
+            keys = {tuple(zl) for zl, _ in layers}  # one bootstrap key per distinct width
+            serial += theta[1] * sum(math.exp(np.array(zl) @ beta["key"]) for zl in keys)
             terms[name] = (serial, [(c * math.exp(zl @ beta["pbs"]), float(c)) for zl, c in layers])
         return combine(terms, batch, n_samples, speedup or self.speedup)
 

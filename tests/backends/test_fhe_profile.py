@@ -76,7 +76,8 @@ def test_profile_times_every_stage_and_decrypts_the_right_integers(two_layer, ke
     assert p.first_run is not None and p.first_run > 0 and fc.warm
     assert fc.profile(q[3:4], repeats=1).first_run is None
     # the modelled parts of the run add up to the measured run; the floor is positive
-    assert set(p.server) == {"pbs", "key switch", "linear", "other"}
+    assert set(p.server) == {"pbs", "key switch", "linear", "key conversion", "other"}
+    assert p.server["key conversion"] > 0  # every call converts the bootstrap keys
     assert sum(p.server.values()) == pytest.approx(p.stages["run"])
     assert p.floor == pytest.approx(p.server["pbs"] + p.server["key switch"]) and p.floor > 0
     # the sample really went through: the decrypted integers are the circuit's
@@ -86,6 +87,7 @@ def test_profile_times_every_stage_and_decrypts_the_right_integers(two_layer, ke
     assert 0 < p.info["evaluation_keys_serialized"] < p.info["size_of_evaluation_keys"]
     text = p.table()
     assert "pbs (model)" in text and "floor" in text and "first run" in text
+    assert "floor + key conversion" in text
     # keygen warms new keys up by default: the first prediction does not pay for them
     fc.keygen(force=True)
     assert fc.warm and fc.report["warmup_seconds"] > 0

@@ -212,6 +212,34 @@ def test_profile_reads_concrete_statistics(model):
     assert single["inputs"] == 3 and batch["inputs"] == 12
     assert model.predict(fc) == model.predict(prof) > 0
     assert not fc.keys_generated  # prediction needs no keys
+    # the key-conversion term covers exactly the keyset's bootstrap keys
+    keyset = fc.module.server.program_info.get_keyset_info()
+    bsks = {tuple(profiles._get(b, a) for a in ("polynomial_size", "glwe_dimension",
+                                                "input_lwe_dimension", "level"))
+            for b in keyset.bootstrap_keys()}
+    assert bsks == {tuple(op[:4]) for f in prof["functions"].values() for op in f["ops"]}
+    assert model.key_conversion(fc) == pytest.approx(
+        model.coefficients["setup"] * 1e-9 * sum(n * (k + 1) ** 2 * lv * N * math.log2(N)
+                                                 for N, k, n, lv in bsks))
+
+
+def test_key_conversion_is_paid_once_per_call_and_key():
+    """concrete converts every bootstrap key to the Fourier domain on each call: the term
+    grows with the key (n, k, l, N), not with the number of lookups or functions."""
+    base = profile(N=1024, k=2, n=794, level=1, count=8)
+    work = 1e-9 * 794 * 9 * 1 * 1024 * 10
+    assert profiles.key_work(base) == pytest.approx(work)
+    assert profiles.key_work(profile(N=1024, k=2, n=794, level=1, count=64)) == pytest.approx(work)
+    wider = profile(N=1024, k=2, n=794, level=2, count=8)
+    assert profiles.key_work(wider) == pytest.approx(2 * work)
+    two = profile(N=1024, k=2, n=794, level=1, count=8, extra_ops=[[2048, 1, 854, 1, 4]])
+    assert profiles.key_work(two) == pytest.approx(work + 1e-9 * 854 * 4 * 2048 * 11)
+    # a single-sample call pays it in full: more key, more seconds at equal lookups
+    theta = THETA.copy()
+    small = profiles.predict_profile(base, 1, theta, 2.0)
+    theta[COEFFICIENTS.index("setup")] *= 2
+    assert profiles.predict_profile(base, 1, theta, 2.0) - small == pytest.approx(
+        PRIOR["setup"] * work / 1.0, rel=1e-6)
 
 
 @pytest.mark.fhe
