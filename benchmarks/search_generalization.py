@@ -83,7 +83,14 @@ def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
                "pareto": [{"cost": r["cost"], "score": r["score"],
                            "hidden": r.get("hidden_layer_sizes"), "n_w_bits": r.get("n_w_bits")}
                           for r in search.pareto_front_],
-               "reference_validation": search.reference_score_}
+               "reference_validation": search.reference_score_,
+               "outcome": getattr(search, "outcome_", None),
+               "holdout": {k: v for k, v in (getattr(search, "holdout_", None) or {}).items()
+                           if k != "checked"} | {
+                   "checked": [{k: c.get(k) for k in ("trial", "score", "holdout_score",
+                                                      "holdout_min", "holdout_pass")}
+                               for c in (getattr(search, "holdout_", None) or {}).get(
+                                   "checked", [])]}}
         if getattr(search, "best_trial_", None) is None:
             row["chosen"] = None
             rows.append(row)

@@ -217,6 +217,14 @@ def test_check_on_holdout_takes_the_fastest_that_holds():
     assert none is None
     none, checked = check_on_holdout(rows, lambda r: [0.5], 0.9, max_checks=2)
     assert none is None and len(checked) == 2
+    # the last check goes to the most accurate row: the fastest sit on the budget's edge
+    assert [r["trial"] for r in checked] == [0, 2]
+    edge = [{"trial": i, "cost": 0.1 * (i + 1), "score": 0.905} for i in range(5)]
+    safe = {"trial": 5, "cost": 0.9, "score": 0.97}
+    chosen, checked = check_on_holdout(edge + [safe], lambda r: [0.96 if r["trial"] == 5
+                                                                 else 0.88], 0.9, max_checks=3)
+    assert chosen is not None and chosen["trial"] == 5
+    assert [r["trial"] for r in checked] == [0, 1, 5]
 
 
 def test_cv_folds_cover_every_row_once():
