@@ -35,7 +35,7 @@ from torch import nn
 
 from .importance import make_importance
 
-__all__ = ["output_layers", "prune_channels"]
+__all__ = ["output_layers", "prunable_layers", "prune_channels"]
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -60,6 +60,18 @@ def output_layers(model: nn.Module) -> list[str]:
         else:
             stack.extend(op.inputs)
     return out
+
+
+def prunable_layers(model: nn.Module) -> list[str]:
+    """Module names of the layers :func:`prune_channels` may prune: every ``Linear`` /
+    ``Conv1d`` / ``Conv2d`` but the :func:`output_layers`, in module order.
+
+    >>> m = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(128, 3))
+    >>> prunable_layers(m)
+    ['0']
+    """
+    ignored = set(output_layers(model))
+    return [n for n, m in model.named_modules() if isinstance(m, _PRUNABLE) and n not in ignored]
 
 
 def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mapping[str, float],
