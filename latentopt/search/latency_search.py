@@ -39,7 +39,7 @@ from .reference import fit_reference
 from .results import Outcome, collect, make_outcome, pareto_front, plot_front, summary_table
 from .screening import seed_configs
 from .selection import select_on_check
-from .space import default_space
+from .space import default_space, resolve_space
 from .storage import local_storage_dir, make_storage, recover_stale_trials
 from .trials import (
     bind_identity,
@@ -265,8 +265,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         )
         bind_identity(study, identity)
         if not study.trials:  # a seeded start: where fast, accurate circuits usually are
-            for seed in seed_configs(self.param_space or default_space(self.estimator),
-                                     self.estimator):
+            space = resolve_space(self.param_space or default_space(self.estimator),
+                                  self.estimator)
+            for seed in seed_configs(space, self.estimator):
                 study.enqueue_trial(seed, user_attrs={"seeded": True}, skip_if_exists=True)
         study.sampler = make_sampler(self.random_state, 0, len(study.get_trials(deepcopy=False)))
         objective = _Objective(self, (X_tr, y_tr, X_val, y_val), self.reference_score_,

@@ -186,6 +186,14 @@ class _TorchQATBase(TorchSearchHooks, QuantizedEstimatorBase):
         for r in ratios:
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
                 raise ValueError(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio!r}")
+        if isinstance(self.pruning_ratio, Mapping) and model is not None:
+            from ..prune.channels import PRUNABLE
+
+            layers = {n for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+            unknown = sorted(set(self.pruning_ratio) - layers)
+            if unknown:
+                raise ValueError(f"pruning_ratio names unknown layers {unknown}; prunable: "
+                                 f"{sorted(layers)}")
         if self.prune_importance not in IMPORTANCES:
             raise ValueError(f"prune_importance must be one of {IMPORTANCES}, got "
                              f"{self.prune_importance!r}")

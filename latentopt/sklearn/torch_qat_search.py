@@ -6,7 +6,9 @@ that an estimator turns into its own parameters (:meth:`TorchSearchHooks._assemb
 * ``n_w_bits``, ``n_a_bits``, ``n_input_bits`` (global) and ``"n_w_bits.<layer>"`` /
   ``"n_a_bits.<layer>"`` (one layer, a module name of the model) build ``n_bits``;
 * ``"pruning_ratio.<layer>"`` (one prunable layer) build a per-layer ``pruning_ratio``
-  dict; layers not searched keep the estimator's (or the sampled global) ratio.
+  dict; layers not searched keep the estimator's (or the sampled global) ratio;
+  ``"pruning_ratio.*"`` stands for every prunable layer of the model
+  (:meth:`TorchSearchHooks._expand_search_space`).
 
 :func:`~latentopt.search.space.torch_space` writes a space with one pruning ratio per
 prunable layer.  The search's reference is the user's float model
@@ -60,6 +62,27 @@ class TorchSearchHooks:
         if base == PRUNE_PARAM:
             return bool(layer)
         return base in BIT_PARAMS and not (base == "n_input_bits" and layer)
+
+    def _expand_search_space(self, space: Mapping[str, Any]) -> dict[str, Any]:
+        """``space`` with ``"pruning_ratio.*"`` replaced by one ``"pruning_ratio.<layer>"``
+        entry per prunable layer (entries the space names itself are kept)."""
+        wildcard = f"{PRUNE_PARAM}.*"
+        out = {k: v for k, v in space.items() if k != wildcard}
+        if wildcard not in space:
+            return out
+        import torch
+
+        if not isinstance(self.module, torch.nn.Module):
+            raise ValueError(f"search space entry {wildcard!r} needs a torch.nn.Module (its "
+                             f"layer names), not a module factory: name the layers "
+                             f"('{PRUNE_PARAM}.<layer>') or search '{PRUNE_PARAM}'")
+        names = prunable_layer_names(self.module)
+        if not names:
+            raise ValueError(f"search space entry {wildcard!r}: the model has no prunable "
+                             f"layer (only its output layers are linear / convolutions)")
+        for name in names:
+            out.setdefault(f"{PRUNE_PARAM}.{name}", space[wildcard])
+        return out
 
     def _bits_dict(self) -> dict[str, Any]:
         if not isinstance(self.n_bits, Mapping):
