@@ -42,7 +42,8 @@ SUPPORTED = (
     "the flat order is unchanged, else a permutation gemm), "
     "nn.Flatten, nn.Unflatten, torch.flatten, Tensor.view/reshape/flatten/unflatten, "
     "nn.Dropout, nn.Identity, "
-    "residual `a + b` / torch.add of two tensors; brevitas QuantIdentity, QuantLinear, "
+    "residual `a + b` / torch.add of two tensors, torch.cat along the channels; "
+    "brevitas QuantIdentity, QuantLinear, "
     "QuantConv1d/2d, QuantReLU, QuantSigmoid, QuantTanh, QuantHardTanh"
 )
 

@@ -14,7 +14,10 @@ into exactly the pattern :mod:`latentopt.nn.brevitas_import` imports:
 * a layer whose input is not already quantized (two layers in a row, a layer after
   average pooling) gets a ``QuantIdentity`` in front; both operands of an addition or
   concatenation go through one shared ``QuantIdentity`` (one scale: an exact integer
-  addition).
+  addition; a concatenation whose result stays quantized, with no lookup before the
+  next layer).  A float activation feeding only the addition / concatenation is
+  quantized by the shared quantizer directly (one lookup, not two); the shared
+  quantizer is unsigned when every operand is.
 
 Activation quantizers use brevitas' statistics-initialised scales; :func:`calibrate_qat`
 initialises them from data before fine-tuning (a post-training calibration pass).
@@ -101,6 +104,8 @@ class _Rewriter:
         self.ops = {op.name: op for op in ops}
         self.nodes = {n.name: n for n in gm.graph.nodes}
         self.quantized: set[str] = set()  # nodes whose output is a quantized tensor
+        self.unsigned: set[str] = set()  # nodes whose output is quantized unsigned
+        self.own_out: set[str] = set()  # inserted output quantizers of float activations
         self.info: dict[str, Any] = {"weights": {}, "activations": {}, "inserted": []}
 
     def _new_quant(self, module: nn.Module, hint: str) -> str:
@@ -191,23 +196,43 @@ class _Rewriter:
         if op.act_name == "relu" and node.op == "call_module":
             self._swap(op.target, _quant_relu(b))
             self.quantized.add(node.name)
+            self.unsigned.add(node.name)
             self.info["activations"][op.target] = b
             return
         unsigned = op.act_name in ("relu", "relu6", "sigmoid") or isinstance(op.module, _UNSIGNED)
         q = self._new_quant(_act_quant(b, unsigned), f"{op.name}_out")
-        self._after(node, q)
+        qnode = self._after(node, q)
         self.info["activations"][q] = b
+        self.own_out.add(q)
+        if unsigned:
+            self.unsigned.add(qnode.name)
 
     def _shared(self, node: fx.Node, op: Op) -> None:
-        """Both operands through one quantizer (same scale: exact integer addition)."""
+        """All operands through one quantizer (one scale: an exact integer addition, a
+        concatenation that stays quantized).  An operand that is an activation's own
+        output quantizer (same bits, read only here) is replaced by the shared one: one
+        table lookup per value instead of two."""
         args: Any = node.args[0] if op.kind == "cat" else node.args
-        operands = [a for a in args if isinstance(a, fx.Node)]
+        operands = list(dict.fromkeys(a for a in args if isinstance(a, fx.Node)))
         b = self.bits.activations
-        q = self._new_quant(_act_quant(b, False), f"{op.name}_operands")
-        for a in dict.fromkeys(operands):
-            self._before(node, a, q)
+        unsigned = all(a.name in self.unsigned for a in operands)
+        q = self._new_quant(_act_quant(b, unsigned), f"{op.name}_operands")
+        for a in operands:
+            old = a.target if a.op == "call_module" else None
+            if (isinstance(old, str) and old in self.own_out and len(a.users) == 1
+                    and self.info["activations"].get(old) == b):
+                a.target = q  # the activation's lookup quantizes straight to the shared grid
+                self.gm.delete_submodule(old)
+                self.info["activations"].pop(old)
+                self.info["inserted"].remove(old)
+                self.own_out.discard(old)
+            else:
+                self._before(node, a, q)
         self.info["activations"][q] = b
-        self.quantized.discard(node.name)
+        if op.kind == "cat":  # same scale on every operand: the joined tensor is quantized
+            self.quantized.add(node.name)
+        else:
+            self.quantized.discard(node.name)
 
 
 def convert_to_qat(model: nn.Module, bits: BitSpec, *, input_signed: bool = True

@@ -35,9 +35,10 @@ from torch import nn
 
 from .importance import make_importance
 
-__all__ = ["output_layers", "prune_channels"]
+__all__ = ["PRUNABLE", "output_layers", "prunable_layers", "prune_channels"]
 
-_PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: Layer types whose output channels / units are pruned.
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def output_layers(model: nn.Module) -> list[str]:
@@ -60,6 +61,18 @@ def output_layers(model: nn.Module) -> list[str]:
         else:
             stack.extend(op.inputs)
     return out
+
+
+def prunable_layers(model: nn.Module) -> list[str]:
+    """Module names of the layers :func:`prune_channels` may prune: every ``Linear`` /
+    ``Conv1d`` / ``Conv2d`` but the :func:`output_layers`, in module order.
+
+    >>> m = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(128, 3))
+    >>> prunable_layers(m)
+    ['0']
+    """
+    ignored = set(output_layers(model))
+    return [n for n, m in model.named_modules() if isinstance(m, PRUNABLE) and n not in ignored]
 
 
 def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mapping[str, float],
@@ -86,7 +99,7 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
     """
     import torch_pruning as tp
 
-    named = {n: m for n, m in model.named_modules() if isinstance(m, _PRUNABLE)}
+    named = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     ignored_names = output_layers(model)
     ratios: dict[str, float]
     if isinstance(ratio, Mapping):
@@ -118,7 +131,7 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
             pruner = tp.pruner.MetaPruner(
                 model, example, importance=make_importance(importance), pruning_ratio=0.0,
                 pruning_ratio_dict=todo, ignored_layers=[named[n] for n in ignored_names],
-                root_module_types=list(_PRUNABLE))
+                root_module_types=list(PRUNABLE))
             pruner.step()
             model.train(was_training)
     after = {n: int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0))

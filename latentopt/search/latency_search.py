@@ -35,10 +35,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from .inner import search_compile
 from .objective import _NO_LATENCY, _data_key, _Objective
+from .reference import fit_reference
 from .results import Outcome, collect, make_outcome, pareto_front, plot_front, summary_table
 from .screening import seed_configs
 from .selection import select_on_check
-from .space import default_space
+from .space import default_space, resolve_space
 from .storage import local_storage_dir, make_storage, recover_stale_trials
 from .trials import (
     bind_identity,
@@ -90,7 +91,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         Allowed drop of the validation metric below the reference.
     reference_score : float, optional
         Default: a float scikit-learn MLP's validation score (same split); for a torch
-        estimator, its float ``module``'s score.
+        estimator, its float ``module``'s score (a module factory: the MLP's, on the
+        flattened samples).
     n_trials : int, default=20
         Evaluated trials (completed, or failed with a recorded error) the study should
         hold, counted across all workers (a resumed study runs only the rest).  Trials
@@ -199,15 +201,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                    y_val: np.ndarray) -> float:
         if self.reference_score is not None:
             return float(self.reference_score)
-        float_reference = getattr(self.estimator, "_float_reference", None)
-        if callable(float_reference):  # a torch estimator: the user's float model
-            self.reference_estimator_ = float_reference().fit(X_tr, y_tr)
-            return float(self.reference_estimator_.score(X_val, y_val))
-        from sklearn.neural_network import MLPClassifier, MLPRegressor
-
-        cls = MLPClassifier if is_classifier(self.estimator) else MLPRegressor
-        self.reference_estimator_ = cls(max_iter=1000,
-                                        random_state=self.random_state).fit(X_tr, y_tr)
+        self.reference_estimator_ = fit_reference(self.estimator, X_tr, y_tr,
+                                                  self.random_state)
         return float(self.reference_estimator_.score(X_val, y_val))
 
     def _resolve_cost_model(self) -> Any:
@@ -270,8 +265,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         )
         bind_identity(study, identity)
         if not study.trials:  # a seeded start: where fast, accurate circuits usually are
-            for seed in seed_configs(self.param_space or default_space(self.estimator),
-                                     self.estimator):
+            space = resolve_space(self.param_space or default_space(self.estimator),
+                                  self.estimator)
+            for seed in seed_configs(space, self.estimator):
                 study.enqueue_trial(seed, user_attrs={"seeded": True}, skip_if_exists=True)
         study.sampler = make_sampler(self.random_state, 0, len(study.get_trials(deepcopy=False)))
         objective = _Objective(self, (X_tr, y_tr, X_val, y_val), self.reference_score_,

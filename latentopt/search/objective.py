@@ -24,7 +24,7 @@ from .screening import (
     promising,
     short_params,
 )
-from .space import default_space, sample_params
+from .space import default_space, resolve_space, sample_params
 from .trials import ModelCache, model_key
 
 #: Objective value of trials with no compilable point (Optuna rejects inf).
@@ -118,7 +118,8 @@ class _Objective:
         import optuna
 
         s = self.search
-        params = sample_params(trial, s.param_space or default_space(s.estimator), s.estimator)
+        params = sample_params(trial, resolve_space(s.param_space or default_space(s.estimator),
+                                                    s.estimator), s.estimator)
         trial.set_user_attr("params", {k: (list(v) if isinstance(v, tuple) else v)
                                        for k, v in params.items()})
         trial.set_user_attr("pid", os.getpid())

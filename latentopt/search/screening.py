@@ -49,6 +49,8 @@ def n_lookups(params: Mapping[str, Any]) -> int:
     """Table lookups per sample a configuration keeps at least (one per hidden neuron
     left after structured pruning of ``pruning_ratio``)."""
     hidden = params.get("hidden_layer_sizes") or ()
+    if not hidden:  # a torch estimator's own architecture: no structural bound
+        return 0
     ratio = float(params.get("pruning_ratio") or 0.0)
     return sum(max(1, math.floor(int(h) * (1.0 - ratio))) for h in hidden)
 

@@ -19,7 +19,9 @@ Torch estimators (:class:`~latentopt.QuantizedTorchClassifier`) have their own d
 :data:`TORCH_SPACE` (their architecture is the user's model): global bits through the
 pseudo-parameters ``n_w_bits``, ``n_a_bits`` and ``n_input_bits``, per-layer bits through
 ``"n_w_bits.<layer>"`` / ``"n_a_bits.<layer>"`` (module names of the model), all merged
-into the estimator's ``n_bits``; and the channel ``pruning_ratio``.
+into the estimator's ``n_bits``; and the channel ``pruning_ratio``: one global ratio, or
+one per prunable layer with ``"pruning_ratio.<layer>"`` entries, or ``"pruning_ratio.*"``
+for every prunable layer (:func:`torch_space` with ``per_layer_pruning=True``).
 :func:`default_space` picks the default of an estimator.
 
 >>> sorted(TORCH_SPACE)
@@ -35,7 +37,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DEFAULT_SPACE", "TORCH_SPACE", "default_space", "sample_params", "validate_space"]
+__all__ = ["DEFAULT_SPACE", "TORCH_SPACE", "default_space", "resolve_space", "sample_params",
+           "torch_space", "validate_space"]
 
 DEFAULT_SPACE: dict[str, Any] = {
     "n_w_bits": (2, 4),
@@ -63,6 +66,35 @@ def default_space(estimator: Any) -> dict[str, Any]:
     """The default search space of ``estimator`` (its own, or :data:`DEFAULT_SPACE`)."""
     own = getattr(estimator, "_default_search_space", None)
     return dict(own()) if callable(own) else DEFAULT_SPACE
+
+
+def torch_space(per_layer_pruning: bool = False,
+                ratios: tuple[float, ...] | list[float] = (0.0, 0.25, 0.5)) -> dict[str, Any]:
+    """:data:`TORCH_SPACE`, with one pruning ratio per prunable layer if asked.
+
+    ``per_layer_pruning=True`` replaces the global ``pruning_ratio`` by the entry
+    ``"pruning_ratio.*"``: the torch estimator expands it (:func:`resolve_space`) into one
+    ``"pruning_ratio.<layer>"`` dimension per prunable layer of its model (every
+    ``Linear`` / ``Conv1d`` / ``Conv2d`` but the output layers), each choosing among
+    ``ratios``; a trial's ratios become the estimator's ``pruning_ratio`` dict.
+
+    >>> sorted(torch_space(per_layer_pruning=True))
+    ['lr', 'n_a_bits', 'n_input_bits', 'n_w_bits', 'pruning_ratio.*']
+    """
+    space = dict(TORCH_SPACE)
+    if per_layer_pruning:
+        del space["pruning_ratio"]
+        space["pruning_ratio.*"] = [float(r) for r in ratios]
+    else:
+        space["pruning_ratio"] = [float(r) for r in ratios]
+    return space
+
+
+def resolve_space(space: Mapping[str, Any], estimator: Any) -> dict[str, Any]:
+    """``space`` with the estimator's wildcard entries expanded (a torch estimator's
+    ``"pruning_ratio.*"``: one entry per prunable layer of its model)."""
+    expand = getattr(estimator, "_expand_search_space", None)
+    return dict(expand(space)) if callable(expand) else dict(space)
 
 
 def _pseudo(estimator: Any, name: str) -> bool:

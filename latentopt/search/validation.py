@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .space import validate_space
+from .space import resolve_space, validate_space
 
 __all__ = ["check_search_args", "check_space_values"]
 
@@ -77,8 +77,9 @@ def check_search_args(search: Any) -> None:
     if search.param_space is not None:
         if not isinstance(search.param_space, Mapping):
             raise ValueError("param_space must be a dict (see latentopt.search.space)")
-        validate_space(search.param_space, est)
-        check_space_values(search.param_space, est)
+        space = resolve_space(search.param_space, est)
+        validate_space(space, est)
+        check_space_values(space, est)
 
 
 def _check_bits(params: Mapping[str, Any], where: str) -> None:

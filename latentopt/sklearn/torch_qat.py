@@ -37,13 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, validate_data
 
 from .base import QuantizedEstimatorBase, softmax
+from .targets import fold_target_scaling, target_scaling
 from .torch_model import flat_samples
+from .torch_qat_search import TorchSearchHooks
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -52,18 +54,19 @@ __all__ = ["QuantizedTorchClassifier", "QuantizedTorchRegressor"]
 
 #: Rows of training data kept to calibrate scales and FHE compilation.
 N_CALIBRATION = 512
-#: Search pseudo-parameters that build ``n_bits`` (``"n_w_bits.conv1"``: one layer).
-BIT_PARAMS = {"n_input_bits": "inputs", "n_w_bits": "weights", "n_a_bits": "activations"}
 IMPORTANCES = ("l1", "l2", "random")
 
 _DOC = """
     Parameters
     ----------
-    module : torch.nn.Module
+    module : torch.nn.Module or callable
         The trained float model (supported operations:
         :data:`latentopt.nn.fx_import.SUPPORTED`).  Never modified: ``fit`` works on a
         deep copy, so its trained weights are the starting point of every fit (and of
-        every trial of a search).
+        every trial of a search).  Or a factory ``module(input_shape, n_outputs)``
+        returning a fresh float model, built at fit time for the data's sample shape and
+        the number of classes / targets, seeded by ``random_state`` and trained from its
+        initial weights (e.g. :class:`latentopt.nn.factories.MLPFactory`).
     n_bits : int or dict, default=4
         Bits of inputs, weights and activations: one int, or a dict as in
         :func:`~latentopt.compile_torch_model` (keys ``"inputs"``, ``"weights"``,
@@ -120,7 +123,13 @@ _DOC = """
 """
 
 
-class _TorchQATBase(QuantizedEstimatorBase):
+def _ndim(X: Any) -> int:
+    """Dimensions of array-like ``X`` (without numpy's array function protocol)."""
+    nd = getattr(X, "ndim", None)
+    return int(nd) if nd is not None else int(np.asarray(X).ndim)
+
+
+class _TorchQATBase(TorchSearchHooks, QuantizedEstimatorBase):
     """Hyper-parameters, fit and pickling shared by the two estimators."""
 
     input_shape_: tuple[int, ...]
@@ -151,24 +160,40 @@ class _TorchQATBase(QuantizedEstimatorBase):
         self.fhe_mode = fhe_mode
 
     # ------------------------------------------------------------- validation
-    def _check_params(self) -> Any:
-        """Validate every hyper-parameter (before any training); the parsed bits."""
+    def _check_params(self, model: Any = None) -> Any:
+        """Validate every hyper-parameter (before any training); the bits parsed against
+        ``model`` (default: ``module``; a factory's bits are only parsed at fit, against
+        the module it builds: None before)."""
         import torch
 
         from ..nn.fx_import import read_graph
         from ..nn.ptq import parse_bits
         from .base import FHE_MODES
 
-        if not isinstance(self.module, torch.nn.Module):
-            raise TypeError(f"module must be a torch.nn.Module, got {type(self.module).__name__}")
-        _, ops, _ = read_graph(self.module)
-        bits = parse_bits(dict(self.n_bits) if isinstance(self.n_bits, Mapping) else self.n_bits,
-                          ops)
+        if not isinstance(self.module, torch.nn.Module) and not callable(self.module):
+            raise TypeError(f"module must be a torch.nn.Module or a factory "
+                            f"(input_shape, n_outputs) -> Module, got "
+                            f"{type(self.module).__name__}")
+        if model is None and isinstance(self.module, torch.nn.Module):
+            model = self.module
+        bits = None
+        if model is not None:
+            _, ops, _ = read_graph(model)
+            bits = parse_bits(dict(self.n_bits) if isinstance(self.n_bits, Mapping)
+                              else self.n_bits, ops)
         ratios = (self.pruning_ratio.values() if isinstance(self.pruning_ratio, Mapping)
                   else [self.pruning_ratio])
         for r in ratios:
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
                 raise ValueError(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio!r}")
+        if isinstance(self.pruning_ratio, Mapping) and model is not None:
+            from ..prune.channels import PRUNABLE
+
+            layers = {n for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+            unknown = sorted(set(self.pruning_ratio) - layers)
+            if unknown:
+                raise ValueError(f"pruning_ratio names unknown layers {unknown}; prunable: "
+                                 f"{sorted(layers)}")
         if self.prune_importance not in IMPORTANCES:
             raise ValueError(f"prune_importance must be one of {IMPORTANCES}, got "
                              f"{self.prune_importance!r}")
@@ -189,70 +214,54 @@ class _TorchQATBase(QuantizedEstimatorBase):
             raise ValueError(f"fhe_mode must be one of {FHE_MODES}, got {self.fhe_mode!r}")
         return bits
 
-    def _check_X_fit(self, X: Any) -> np.ndarray:
-        if hasattr(X, "detach"):
+    def _validate_fit(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``X`` (flat rows, or image-shaped batches) as float32 and ``y`` checked by
+        scikit-learn (feature names, sparse and complex input, sample counts)."""
+        if hasattr(X, "detach"):  # torch tensor
             X = X.detach().cpu().numpy()
-        X = np.asarray(X)
-        if X.dtype.kind not in "fiub":
-            raise ValueError(f"X must be numeric, got dtype {X.dtype}")
-        if X.ndim < 2 or len(X) < 2:
-            raise ValueError(f"X must be a batch (n_samples >= 2, ...), got shape {X.shape}")
-        X = X.astype(np.float32)
-        if not np.all(np.isfinite(X)):
-            raise ValueError("X contains NaN or infinity")
-        return X
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target "
+                             f"y is None")
+        kw = dict(dtype=np.float32, ensure_min_samples=2, ensure_all_finite=True,
+                  multi_output=not self._classifier, y_numeric=not self._classifier)
+        if _ndim(X) > 2:  # image-shaped: no feature names, one sample per leading index
+            self.__dict__.pop("feature_names_in_", None)
+            X_arr, y_arr = check_X_y(X, y, allow_nd=True, **kw)  # type: ignore[arg-type]
+        else:
+            X_arr, y_arr = validate_data(self, X, y, **kw)  # type: ignore[arg-type]
+        return np.asarray(X_arr, dtype=np.float32), np.asarray(y_arr)
 
     def _validate_X(self, X: Any, reset: bool) -> np.ndarray:
         check_is_fitted(self, "circuit_")
+        if hasattr(X, "detach"):  # torch tensor
+            X = X.detach().cpu().numpy()
+        if _ndim(X) > 2:
+            X = check_array(X, allow_nd=True, dtype=np.float64, ensure_all_finite=True)
+        else:
+            X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite=True)
         return flat_samples(X, tuple(self.input_shape_), int(self.n_features_in_))
 
-    # ------------------------------------------------------------ search hooks
-    def _default_search_space(self) -> dict[str, Any]:
-        from ..search.space import TORCH_SPACE
-
-        return dict(TORCH_SPACE)
-
-    @staticmethod
-    def _is_search_name(name: str) -> bool:
-        """Whether ``name`` is a search pseudo-parameter (builds ``n_bits``)."""
-        base, _, layer = name.partition(".")
-        return base in BIT_PARAMS and not (base == "n_input_bits" and layer)
-
-    def _bits_dict(self) -> dict[str, Any]:
-        if not isinstance(self.n_bits, Mapping):
-            b = int(self.n_bits)
-            return {"inputs": b, "weights": b, "activations": b}
-        out: dict[str, Any] = {"inputs": 8, "weights": 8, "activations": 8}
-        for k, v in self.n_bits.items():
-            out[k] = dict(v) if isinstance(v, Mapping) else (
-                v if k in out else {"weights": v, "activations": v})
-        return out
-
-    def _assemble_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Search parameters in estimator terms: ``n_w_bits`` / ``n_a_bits`` /
-        ``n_input_bits`` (and ``n_w_bits.<layer>`` / ``n_a_bits.<layer>``) merged into
-        this estimator's ``n_bits``."""
-        out: dict[str, Any] = {}
-        bits, changed = self._bits_dict(), False
-        for key, value in params.items():
-            base, _, layer = key.partition(".")
-            if not self._is_search_name(key):
-                out[key] = value
-                continue
-            what, changed = BIT_PARAMS[base], True
-            if layer:
-                bits.setdefault(layer, {})[what] = int(value)
-            else:
-                bits[what] = int(value)
-        if changed:
-            out["n_bits"] = bits
-        return out
-
-    def _float_reference(self) -> _FloatReference:
-        """The float model as a scorer (the search's reference score)."""
-        return _FloatReference(self.module, self._classifier)
-
     # -------------------------------------------------------------------- fit
+    def _output_circuit(self, circuit: Any) -> Any:
+        """Hook: the imported circuit with outputs in the user's units (the regressor
+        folds its target scaling here)."""
+        return circuit
+
+    def _make_module(self, input_shape: tuple[int, ...], n_outputs: int, seed: int) -> Any:
+        """A float copy of ``module``, or the module its factory builds (seeded)."""
+        import torch
+
+        from ..nn.train import seeded
+
+        if isinstance(self.module, torch.nn.Module):
+            return copy.deepcopy(self.module).float().eval()
+        with seeded(seed):
+            model = self.module(input_shape, n_outputs)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"the module factory returned {type(model).__name__}, not a "
+                            f"torch.nn.Module")
+        return model.float().eval()
+
     def _fit(self, X: np.ndarray, y: np.ndarray, n_outputs: int) -> None:
         import torch
 
@@ -262,10 +271,11 @@ class _TorchQATBase(QuantizedEstimatorBase):
         from ..nn.train import seeded, torch_threads, train_module
         from .training import MLPTrainingMixin
 
-        bits = self._check_params()
+        self._check_params()
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        model = copy.deepcopy(self.module).float().eval()
+        model = self._make_module(tuple(int(s) for s in X.shape[1:]), n_outputs, seed)
+        bits = self._check_params(model)
         with torch.no_grad():
             out = model(torch.as_tensor(X[:2]))
         if int(np.prod(out.shape[1:])) != n_outputs:
@@ -298,6 +308,7 @@ class _TorchQATBase(QuantizedEstimatorBase):
             qat.eval()
             X_cal = X[np.sort(rng.permutation(len(X))[:N_CALIBRATION])]
             circuit, report = import_brevitas(qat, X_cal)
+        circuit = self._output_circuit(circuit)
         self.bits_ = bits
         self.qat_module_ = qat
         self.qat_report_ = dict(info, n_bits=bits.to_dict(), pruning=prune_report)
@@ -312,6 +323,7 @@ class _TorchQATBase(QuantizedEstimatorBase):
         self.__dict__.pop("_backend", None)
         self.__dict__.pop("_runtime", None)
         self._forget_compilation()
+        self._exact_runtime()  # built now: predict must not add to the estimator's state
 
     # --------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
@@ -338,36 +350,6 @@ class _TorchQATBase(QuantizedEstimatorBase):
                                        weights)
 
 
-class _FloatReference(BaseEstimator):
-    """The float model scored like the estimators (the search's reference; ``fit`` only
-    records the classes: the model is the user's, never retrained)."""
-
-    def __init__(self, module: Any = None, classifier: bool = True) -> None:
-        self.module = module
-        self.classifier = classifier
-
-    def _out(self, X: Any) -> np.ndarray:
-        import torch
-
-        m = copy.deepcopy(self.module).float().eval()
-        with torch.no_grad():
-            return np.asarray(m(torch.as_tensor(np.asarray(X), dtype=torch.float32)).numpy())
-
-    def fit(self, X: Any, y: Any) -> _FloatReference:
-        if self.classifier:
-            self.classes_ = np.unique(y)
-        return self
-
-    def score(self, X: Any, y: Any) -> float:
-        from sklearn.metrics import accuracy_score, r2_score
-
-        out = self._out(X)
-        if self.classifier:
-            return float(accuracy_score(y, self.classes_[out.reshape(len(out), -1).argmax(1)]))
-        y = np.asarray(y)
-        return float(r2_score(y.reshape(len(y), -1), out.reshape(len(out), -1)))
-
-
 class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
     __doc__ = ("Classifier: quantization-aware fine-tuning of a float torch model.\n\n"
                "    The module's outputs are logits, one per class of ``np.unique(y)`` "
@@ -391,22 +373,20 @@ class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
 
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Fine-tune a copy of ``module`` on ``X`` (n_samples, *input_shape) and labels."""
-        if y is None:
-            raise ValueError("QuantizedTorchClassifier.fit needs labels y")
-        X_arr = self._check_X_fit(X)
-        y_arr = column_or_1d(np.asarray(y), warn=True)
-        if len(y_arr) != len(X_arr):
-            raise ValueError(f"X has {len(X_arr)} samples, y {len(y_arr)}")
+        X_arr, y_arr = self._validate_fit(X, y)
         check_classification_targets(y_arr)
         self.classes_, y_enc = np.unique(y_arr, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError("QuantizedTorchClassifier needs at least 2 classes in y")
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in "
+                             f"the data, but the data contains only one class: "
+                             f"{self.classes_[0]!r}")
         self._fit(X_arr, y_enc.astype(np.int64), len(self.classes_))
         return self
 
     def predict(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
         """Predicted class labels; ``fhe`` overrides ``fhe_mode``."""
-        return np.asarray(self.classes_[np.argmax(self._raw_output(X, fhe), axis=1)])
+        out = self._raw_output(X, fhe)
+        return np.asarray(self.classes_[np.argmax(out, axis=1)])
 
     def predict_proba(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
         """Softmax of the dequantized logits."""
@@ -415,8 +395,13 @@ class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
 
 class QuantizedTorchRegressor(RegressorMixin, _TorchQATBase):
     __doc__ = ("Regressor: quantization-aware fine-tuning of a float torch model.\n\n"
-               "    The module outputs the targets (in their units); mean squared error.\n"
-               + _DOC)
+               "    The module outputs the targets (in their units); mean squared error.  A\n"
+               "    factory's fresh module learns standardised targets instead (the scaling\n"
+               "    is folded into the circuit's output: every backend returns target units).\n"
+               + _DOC + """
+    y_mean_, y_scale_ : ndarray of shape (n_outputs,)
+        Target standardisation (0 and 1 for a trained ``module``).
+""")
 
     score = QuantizedEstimatorBase.score
 
@@ -432,20 +417,29 @@ class QuantizedTorchRegressor(RegressorMixin, _TorchQATBase):
 
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Fine-tune a copy of ``module`` on ``X`` and real targets ``y`` (1-D or 2-D)."""
-        if y is None:
-            raise ValueError("QuantizedTorchRegressor.fit needs targets y")
-        X_arr = self._check_X_fit(X)
-        y_arr = np.asarray(y, dtype=np.float32)
-        if len(y_arr) != len(X_arr) or y_arr.ndim not in (1, 2):
-            raise ValueError(f"y must have shape (n_samples,) or (n_samples, n_outputs) "
-                             f"with n_samples={len(X_arr)}, got {y_arr.shape}")
-        if not np.all(np.isfinite(y_arr)):
-            raise ValueError("y contains NaN or infinity")
+        X_arr, y_arr = self._validate_fit(X, y)
+        y_arr = y_arr.astype(np.float32)
         self.y_ndim_ = int(y_arr.ndim)
         y2 = y_arr.reshape(len(y_arr), -1)
         self.n_outputs_ = int(y2.shape[1])
-        self._fit(X_arr, y2, self.n_outputs_)
+        import torch
+
+        if isinstance(self.module, torch.nn.Module):  # trained: its own units
+            self.y_mean_ = np.zeros(self.n_outputs_)
+            self.y_scale_ = np.ones(self.n_outputs_)
+        else:  # a factory's fresh model learns standardised targets
+            self.y_mean_, self.y_scale_ = target_scaling(y2.astype(np.float64))
+        y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
+        self._fit(X_arr, y_std, self.n_outputs_)
         return self
+
+    def _output_circuit(self, circuit: Any) -> Any:
+        return fold_target_scaling(circuit, self.y_mean_, self.y_scale_)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
 
     def predict(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
         """Predicted targets; ``fhe`` overrides ``fhe_mode``."""

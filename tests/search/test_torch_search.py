@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from torch_qat_models import digits_images, float_accuracy, trained_tiny_cnn
+from torch_qat_models import digits_images, float_accuracy, trained_cnn, trained_tiny_cnn
 
 from latentopt import QuantizedTorchClassifier
+from latentopt.nn.factories import MLPFactory
 from latentopt.search import LatencySearch
-from latentopt.search.space import TORCH_SPACE, default_space
+from latentopt.search.space import TORCH_SPACE, default_space, resolve_space, torch_space
 from latentopt.search.trials import StudyMismatchError, n_evaluated
 
 SPACE = {"n_w_bits": (3, 4), "n_a_bits.1": [3, 4], "n_input_bits": [5],
@@ -80,3 +81,54 @@ def test_default_space_and_space_validation(data):
                          ({"pruning_ratio": [0.0, 1.0]}, "pruning_ratio")]:
         with pytest.raises(ValueError, match=match):
             _search(param_space=space).fit(X, y)
+
+
+def test_per_layer_pruning_space_expands_to_the_model_layers():
+    est = QuantizedTorchClassifier(trained_cnn(), pruning_ratio=0.25)
+    space = resolve_space(torch_space(per_layer_pruning=True, ratios=[0.0, 0.5]), est)
+    # the CNN's conv "0" and hidden linear "5"; the output layer "7" is never pruned
+    assert {k for k in space if k.startswith("pruning_ratio")} == {"pruning_ratio.0",
+                                                                     "pruning_ratio.5"}
+    assert space["pruning_ratio.0"] == [0.0, 0.5] and "pruning_ratio" not in space
+    # a named layer keeps its own entry; unnamed layers keep the estimator's ratio
+    assert resolve_space({"pruning_ratio.*": [0.5], "pruning_ratio.5": [0.0]}, est) == {
+        "pruning_ratio.0": [0.5], "pruning_ratio.5": [0.0]}
+    assert est._assemble_params({"pruning_ratio.0": 0.5, "lr": 1e-3}) == {
+        "lr": 1e-3, "pruning_ratio": {"0": 0.5, "5": 0.25}}
+    # a sampled global ratio is the base the per-layer ratios override
+    assert est._assemble_params({"pruning_ratio": 0.0, "pruning_ratio.5": 0.5}) == {
+        "pruning_ratio": {"0": 0.0, "5": 0.5}}
+    with pytest.raises(ValueError, match="module factory"):
+        resolve_space({"pruning_ratio.*": [0.5]}, QuantizedTorchClassifier(MLPFactory()))
+
+
+def test_search_with_per_layer_pruning(data):
+    X, y = data
+    est = QuantizedTorchClassifier(trained_cnn(), n_bits=4, max_epochs=2, lr=3e-3, verbose=0)
+    space = {"n_input_bits": [5], "pruning_ratio.*": [0.0, 0.5]}
+    s = LatencySearch(est, param_space=space, n_trials=3, max_accuracy_drop=0.3, n_repeats=1,
+                      cost_model=None, random_state=0, verbose=0, multi_fidelity=False,
+                      check_folds=1).fit(X, y)
+    assert len(s.results_) == 3
+    for row in s.results_:  # every trial records the ratio of each prunable layer
+        assert set(row["pruning_ratio"]) == {"0", "5"}
+        assert set(row["pruning_ratio"].values()) <= {0.0, 0.5}
+    sampled = [t.params for t in s.study_.trials if t.params]
+    assert all(set(p) == {"n_input_bits", "pruning_ratio.0", "pruning_ratio.5"}
+               for p in sampled)
+    assert len({tuple(sorted(p.items())) for p in sampled}) == 3  # 3 distinct configurations
+    best = s.best_estimator_
+    ratios = s.best_params_["pruning_ratio"]
+    assert best.get_params()["pruning_ratio"] == ratios
+    conv, hidden = best.float_module_[0], best.float_module_[5]
+    assert conv.out_channels == int(8 * (1 - ratios["0"]))
+    assert hidden.out_features == int(16 * (1 - ratios["5"]))
+    assert hidden.in_features == conv.out_channels * 9  # the coupled layer follows
+    assert best.qat_report_["pruning"]["after"] == {"0": conv.out_channels,
+                                                    "5": hidden.out_features, "7": 10}
+
+
+def test_unknown_pruning_layers_are_refused(data):
+    X, y = data
+    with pytest.raises(ValueError, match="unknown layers"):
+        _search(param_space={"pruning_ratio.nope": [0.5]}).fit(X, y)

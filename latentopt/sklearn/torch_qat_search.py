@@ -1,0 +1,170 @@
+"""What :class:`~latentopt.search.LatencySearch` needs from the torch QAT estimators.
+
+The search samples *pseudo-parameters* (:data:`~latentopt.search.space.TORCH_SPACE`)
+that an estimator turns into its own parameters (:meth:`TorchSearchHooks._assemble_params`):
+
+* ``n_w_bits``, ``n_a_bits``, ``n_input_bits`` (global) and ``"n_w_bits.<layer>"`` /
+  ``"n_a_bits.<layer>"`` (one layer, a module name of the model) build ``n_bits``;
+* ``"pruning_ratio.<layer>"`` (one prunable layer) build a per-layer ``pruning_ratio``
+  dict; layers not searched keep the estimator's (or the sampled global) ratio;
+  ``"pruning_ratio.*"`` stands for every prunable layer of the model
+  (:meth:`TorchSearchHooks._expand_search_space`).
+
+:func:`~latentopt.search.space.torch_space` writes a space with one pruning ratio per
+prunable layer.  The search's reference is the user's float model
+(:class:`FloatReference`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+__all__ = ["BIT_PARAMS", "FloatReference", "TorchSearchHooks", "prunable_layer_names"]
+
+#: Search pseudo-parameters that build ``n_bits`` (``"n_w_bits.conv1"``: one layer).
+BIT_PARAMS = {"n_input_bits": "inputs", "n_w_bits": "weights", "n_a_bits": "activations"}
+#: Search pseudo-parameter of one layer's pruning ratio (``"pruning_ratio.conv1"``).
+PRUNE_PARAM = "pruning_ratio"
+
+
+def prunable_layer_names(module: Any) -> list[str]:
+    """Module names of the layers whose output channels / units may be pruned (every
+    ``Linear`` / ``Conv1d`` / ``Conv2d`` but those producing the model's output)."""
+    from ..prune.channels import prunable_layers
+
+    return prunable_layers(module)
+
+
+class TorchSearchHooks:
+    """Search hooks of :class:`~latentopt.QuantizedTorchClassifier` and
+    :class:`~latentopt.QuantizedTorchRegressor` (mixed into both)."""
+
+    module: Any
+    n_bits: Any
+    pruning_ratio: Any
+    _classifier: bool
+
+    def _default_search_space(self) -> dict[str, Any]:
+        from ..search.space import TORCH_SPACE
+
+        return dict(TORCH_SPACE)
+
+    @staticmethod
+    def _is_search_name(name: str) -> bool:
+        """Whether ``name`` is a search pseudo-parameter (builds ``n_bits`` or a per-layer
+        ``pruning_ratio``)."""
+        base, _, layer = name.partition(".")
+        if base == PRUNE_PARAM:
+            return bool(layer)
+        return base in BIT_PARAMS and not (base == "n_input_bits" and layer)
+
+    def _expand_search_space(self, space: Mapping[str, Any]) -> dict[str, Any]:
+        """``space`` with ``"pruning_ratio.*"`` replaced by one ``"pruning_ratio.<layer>"``
+        entry per prunable layer (entries the space names itself are kept)."""
+        wildcard = f"{PRUNE_PARAM}.*"
+        out = {k: v for k, v in space.items() if k != wildcard}
+        if wildcard not in space:
+            return out
+        import torch
+
+        if not isinstance(self.module, torch.nn.Module):
+            raise ValueError(f"search space entry {wildcard!r} needs a torch.nn.Module (its "
+                             f"layer names), not a module factory: name the layers "
+                             f"('{PRUNE_PARAM}.<layer>') or search '{PRUNE_PARAM}'")
+        names = prunable_layer_names(self.module)
+        if not names:
+            raise ValueError(f"search space entry {wildcard!r}: the model has no prunable "
+                             f"layer (only its output layers are linear / convolutions)")
+        for name in names:
+            out.setdefault(f"{PRUNE_PARAM}.{name}", space[wildcard])
+        return out
+
+    def _bits_dict(self) -> dict[str, Any]:
+        if not isinstance(self.n_bits, Mapping):
+            b = int(self.n_bits)
+            return {"inputs": b, "weights": b, "activations": b}
+        out: dict[str, Any] = {"inputs": 8, "weights": 8, "activations": 8}
+        for k, v in self.n_bits.items():
+            out[k] = dict(v) if isinstance(v, Mapping) else (
+                v if k in out else {"weights": v, "activations": v})
+        return out
+
+    def _ratio_dict(self, base: Any) -> dict[str, float]:
+        """``base`` (a ratio or a dict) as one ratio per prunable layer of the module."""
+        if isinstance(base, Mapping):
+            return {str(k): float(v) for k, v in base.items()}
+        names = prunable_layer_names(self.module) if hasattr(self.module, "named_modules") \
+            else []
+        return {n: float(base) for n in names}
+
+    def _assemble_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Search parameters in estimator terms: ``n_w_bits`` / ``n_a_bits`` /
+        ``n_input_bits`` (and ``n_w_bits.<layer>`` / ``n_a_bits.<layer>``) merged into
+        this estimator's ``n_bits``; ``pruning_ratio.<layer>`` into a per-layer
+        ``pruning_ratio`` dict (over the sampled or the estimator's global ratio)."""
+        out: dict[str, Any] = {}
+        bits, changed = self._bits_dict(), False
+        layer_ratios: dict[str, float] = {}
+        for key, value in params.items():
+            base, _, layer = key.partition(".")
+            if not self._is_search_name(key):
+                out[key] = value
+            elif base == PRUNE_PARAM:
+                layer_ratios[layer] = float(value)
+            else:
+                what, changed = BIT_PARAMS[base], True
+                if layer:
+                    bits.setdefault(layer, {})[what] = int(value)
+                else:
+                    bits[what] = int(value)
+        if changed:
+            out["n_bits"] = bits
+        if layer_ratios:
+            ratios = self._ratio_dict(out.get(PRUNE_PARAM, self.pruning_ratio))
+            ratios.update(layer_ratios)
+            out[PRUNE_PARAM] = dict(sorted(ratios.items()))
+        return out
+
+    def _float_reference(self) -> FloatReference | None:
+        """The float model as a scorer (the search's reference score); None for a module
+        factory (no trained float model: the search falls back to scikit-learn's MLP)."""
+        import torch
+
+        if not isinstance(self.module, torch.nn.Module):
+            return None
+        return FloatReference(self.module, self._classifier)
+
+
+class FloatReference(BaseEstimator):
+    """The float model scored like the estimators (the search's reference; ``fit`` only
+    records the classes: the model is the user's, never retrained)."""
+
+    def __init__(self, module: Any = None, classifier: bool = True) -> None:
+        self.module = module
+        self.classifier = classifier
+
+    def _out(self, X: Any) -> np.ndarray:
+        import torch
+
+        m = copy.deepcopy(self.module).float().eval()
+        with torch.no_grad():
+            return np.asarray(m(torch.as_tensor(np.asarray(X), dtype=torch.float32)).numpy())
+
+    def fit(self, X: Any, y: Any) -> FloatReference:
+        if self.classifier:
+            self.classes_ = np.unique(y)
+        return self
+
+    def score(self, X: Any, y: Any) -> float:
+        from sklearn.metrics import accuracy_score, r2_score
+
+        out = self._out(X)
+        if self.classifier:
+            return float(accuracy_score(y, self.classes_[out.reshape(len(out), -1).argmax(1)]))
+        y = np.asarray(y)
+        return float(r2_score(y.reshape(len(y), -1), out.reshape(len(out), -1)))
