@@ -124,8 +124,16 @@ def table(rows: list[dict], peer: dict[str, dict]) -> None:
         cml = (f"{p['accuracy']:7.3f} {p['latency_s']:6.2f} "
                f"{p['latency_s'] / r['measured_s']:7.1f}x" if p and c else "")
         if c is None:
-            print(f"{r['dataset']:14s} {r['budget']:6.2f} {r['float_test']:6.3f}  no feasible "
-                  f"point in {r['n_trials']} trials | {cml}")
+            checked = (r.get("holdout") or {}).get("checked") or []
+            if checked:  # validation-feasible points, refuted on rows never tuned on
+                best = max(x["holdout_score"] for x in checked)
+                why = (f"{len(checked)} validation-feasible point(s) failed the check "
+                       f"(best {best:.3f} < {r['holdout']['threshold']:.3f})")
+            elif r.get("pareto"):  # feasible rows, but no check recorded (older rows)
+                why = f"validation-feasible points failed the check ({r['n_trials']} trials)"
+            else:
+                why = f"no validation-feasible point in {r['n_trials']} trials"
+            print(f"{r['dataset']:14s} {r['budget']:6.2f} {r['float_test']:6.3f}  {why}")
             continue
         print(f"{r['dataset']:14s} {r['budget']:6.2f} {r['float_test']:6.3f} "
               f"{r['validation_score']:6.3f} {r['check_score'] or float('nan'):6.3f} "

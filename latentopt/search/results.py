@@ -124,7 +124,8 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
     if held_out is not None:
         n_val = sum(1 for r in rows if r.get("feasible"))
         lines = [f"Budget NOT met on unseen rows: {n_val} of the {n_eval} evaluated trials "
-                 f"reached {budget}, but none of the {held_out['n_checked']} fastest held on "
+                 f"reached {budget}, but none of the {held_out['n_checked']} checked (the fastest, "
+                 f"and the most accurate) held on "
                  f"{held_out['n_samples']} {held_out.get('rows', 'held-out rows')} (score >= "
                  f"{held_out['threshold']:.4f} there, float reference "
                  f"{held_out['reference_score']:.4f}): they overfit the validation split."]
