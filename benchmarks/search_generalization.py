@@ -148,6 +148,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = list({(r["dataset"], r["budget"]): r for r in rows}.values())  # reruns: the last
     names = list(dict.fromkeys(r["dataset"] for r in rows))
     cols = min(3, len(names))
     fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(4.2 * cols,
@@ -165,7 +166,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.axhline(rows[[r["dataset"] for r in rows].index(name)]["float_test"], ls="--",
                    lw=0.8, color="k", label="float MLP (test)")
         ax.set_xscale("log")
-        fmt = matplotlib.ticker.FormatStrFormatter("%.2g")
+        fmt = matplotlib.ticker.FormatStrFormatter("%.3g")
         ax.xaxis.set_major_formatter(fmt)
         ax.xaxis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
         ax.xaxis.set_minor_formatter(fmt)
@@ -175,8 +176,12 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    legend: dict[str, object] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=8,
+               frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
