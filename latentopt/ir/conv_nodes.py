@@ -30,7 +30,7 @@ Examples
 >>> conv.apply(np.arange(9).reshape(1, 9)).reshape(4, 4).tolist()[0]
 [0, 1, 3, 2]
 >>> MaxPool("m", ("x",), input_shape=(1, 4, 4), kernel_size=2).pbs_count
-12
+16
 """
 
 from __future__ import annotations
