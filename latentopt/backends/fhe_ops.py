@@ -95,7 +95,8 @@ class WindowOp(Op):
 
 @dataclass(eq=False)
 class MaxPoolOp(Op):
-    """A max pooling: ``window - 1`` PBS per output on ``plan.diff_bits``-bit inputs."""
+    """A max pooling: ``window`` PBS per output: ``window - 1`` on ``plan.diff_bits``-bit
+    inputs, a cast on ``plan.value_bits``-bit ones."""
 
     plan: MaxPoolPlan
 

@@ -7,7 +7,11 @@ folded with the output's offset into one bias.  A max pooling first shifts its i
 one offset per channel (a clear addition), so that every ciphertext is ``x - b_c >= 0``
 (``b_c`` the channel's least value):
 zero padding then never wins a max, and ``max(a, b) = b + relu(a - b)`` costs one PBS
-per pair on inputs one bit wider (``window - 1`` PBS per output, as the report says).
+per pair on inputs one bit wider.  A last lookup, an identity, hands each maximum on:
+concrete gives every operand of an addition the width of its result, so without it the
+maxima, their differences and the lookups of these would take the width of the next
+layer's accumulator (and fail beyond 16 bits); a lookup's output width is free
+(``window`` PBS per output, as the report says).
 concrete's convolution is 2-D without padding: a 1-D input is an image of height 1, and
 padding is an assignment into encrypted zeros.
 """
@@ -64,6 +68,10 @@ def max_pool_plan(node: MaxPool, in_offset: np.ndarray, in_lo: np.ndarray,
     return MaxPoolPlan(node, shift if np.any(shift) else None,
                        out_bias if np.any(out_bias) else None,
                        bit_width(0, max(top, 0)), bit_width(-top, top))
+
+
+def _identity(v: np.ndarray) -> np.ndarray:
+    return v
 
 
 def _padded(fhe: Any, v: Any, node: WindowNode, image: tuple[int, ...]) -> Any:
@@ -123,5 +131,7 @@ def trace_max_pool(fhe: Any, plan: MaxPoolPlan, v: Any, hints: bool) -> Any:
         if hints:
             out = fhe.hint(out, bit_width=plan.value_bits)
     assert out is not None  # a window has at least one tap
+    if node.window > 1:  # decouple the widths (see the module docstring); one PBS, where
+        out = fhe.univariate(_identity)(out)  # fhe.identity extracts bits: one PBS a bit
     y = out.reshape((v.shape[0], node.out_features))
     return y if plan.out_bias is None else y + plan.out_bias

@@ -31,12 +31,13 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..ir import Circuit
+from ..ir import Circuit, TableLookup
+from ..ir.ranges import widen_ranges
 from ..ir.schedule import (
     MAX_TABLE_ENTRIES,
     AddStep,
@@ -328,3 +329,48 @@ class IntegerBackend:
         """A copy of the circuit with calibrated ranges observed on ``X``."""
         _, values = self.run_integers(self.quantize(X), return_all=True)
         return self.circuit.with_calibration(values)
+
+    def round_lookups(
+        self, q: np.ndarray, bits: int | Sequence[int], method: str = "exact",
+        ranges: str = "calibrated", margin: float = 0.0,
+    ) -> Circuit:
+        """The circuit with every lookup input rounded to ``bits`` bits as FHE lowers it.
+
+        Lookups are rounded in order, each measured (:meth:`Circuit.rounding_lsbs
+        <latentopt.ir.Circuit.rounding_lsbs>`) on the ranges the roundings before it
+        leave: rounding a layer moves the accumulators after it, so LSBs chosen on the
+        unrounded ranges can give lookups a bit narrower or wider than asked.
+
+        Parameters
+        ----------
+        q : int array of shape (n_samples, n_features)
+            Quantized calibration inputs (what the FHE compilation gets).
+        bits : int or sequence of int (one per lookup)
+        method : {"exact", "approximate"}
+        ranges : {"calibrated", "worst_case"}
+            Measure on the ranges reached on ``q`` (widened by ``margin``) or on the
+            worst case.
+
+        Returns
+        -------
+        Circuit
+            Rounded, calibrated on ``q``.
+        """
+        q = self.schedule.check_quantized(q)
+        circuit = self.circuit.with_rounding(0)
+        tlus = [n.name for n in circuit.nodes if isinstance(n, TableLookup)]
+        lsbs: dict[str, int] = {}
+        measured: Circuit | None = None
+        for name in tlus:
+            if measured is None:  # (re)calibrate on what the roundings so far leave
+                _, values = IntegerBackend(circuit).run_integers(q, return_all=True)
+                measured = circuit.with_calibration(values)
+                if ranges == "calibrated" and margin > 0 and measured.calibration:
+                    measured = measured.replace(
+                        calibration=widen_ranges(measured, measured.calibration, margin))
+            lsbs[name] = measured.rounding_lsbs(bits, ranges=ranges)[name]
+            if lsbs[name]:
+                circuit = circuit.with_rounding(lsbs, method=method)
+                measured = None
+        _, values = IntegerBackend(circuit).run_integers(q, return_all=True)
+        return circuit.with_calibration(values)

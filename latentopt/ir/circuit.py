@@ -32,7 +32,7 @@ from .archive import PathOrFile, decode, encode, read_bytes, write_bytes
 from .conv_nodes import WindowNode
 from .layers import CircuitReport, Layer, group_layers, report_rows
 from .nodes import Add, Concat, Dequantize, Gemm, Node, QuantizeInput, Round, TableLookup
-from .ranges import Interval, worst_case_ranges
+from .ranges import Interval, centred_bits, worst_case_ranges
 
 __all__ = ["INPUT", "Circuit"]
 
@@ -254,10 +254,15 @@ class Circuit:
     def rounding_lsbs(
         self, bits: int | Sequence[int], ranges: str = "calibrated"
     ) -> dict[str, int]:
-        """LSBs to remove so that every TLU input has at most ``bits`` bits.
+        """LSBs to remove so that every TLU input has ``bits`` bits under FHE.
 
-        ``bits`` is one int or one per TLU (in order).  Bit-widths come from the
-        calibrated ranges (``ranges="calibrated"``, the default, falling back to the
+        ``bits`` is one int or one per TLU (in order).  Bit-widths are those of the FHE
+        lowering, which centres every value per channel (:func:`~latentopt.ir.ranges.
+        centred_bits`): each TLU gets the fewest LSBs removed that bring its input to at
+        most ``bits`` bits, which is then exactly ``bits`` (fewer only when the unrounded
+        input is already narrower).  The IR's own report measures signed widths
+        (``x >> lsbs``), which may be a bit wider.  Ranges come from the
+        calibration (``ranges="calibrated"``, the default, falling back to the
         worst case where a value has no calibration) or from the worst case.
         """
         if ranges not in ("calibrated", "worst_case"):
@@ -279,10 +284,8 @@ class Circuit:
             if isinstance(self._by_name[src], Round):  # measure the unrounded value
                 src = self._by_name[src].inputs[0]
             rng = (cal.get(src) if ranges == "calibrated" else None) or worst[src]
-            lsbs = max(0, rng.bits - target)
-            # rounding up may carry into a new bit ([0, 127] >> 3 rounds to [0, 16]):
-            # remove more bits until the rounded range really fits
-            while lsbs < rng.bits and _rounded_bits(rng, lsbs) > target:
+            lsbs = 0
+            while centred_bits(rng.lo, rng.hi, lsbs) > target:  # ends: 1 bit at most
                 lsbs += 1
             out[tlu.name] = lsbs
         return out
@@ -341,14 +344,6 @@ class Circuit:
     def __setstate__(self, state: dict[str, Any]) -> None:
         other = decode(state["blob"], Circuit)
         self.__dict__.update(other.__dict__)
-
-
-def _rounded_bits(rng: Interval, lsbs: int) -> int:
-    """Bits of the TLU input after removing ``lsbs`` LSBs with rounding."""
-    if lsbs == 0:
-        return rng.bits
-    r = Round("_", ("_",), lsbs=lsbs)
-    return max(1, Interval(r.apply(rng.lo), r.apply(rng.hi)).bits - lsbs)
 
 
 def _with_inputs(node: Node, inputs: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -18,8 +18,8 @@ end_n)``.  In :class:`Conv` and :class:`SumPool` padded positions hold a real ze
 the integer ``input_zero_point`` (``xz = 0``: they add nothing); in :class:`MaxPool` padded
 positions are ignored (as torch's implicit ``-inf`` padding), so every window must
 overlap the input.  Average pooling is a :class:`SumPool` whose division is folded into
-the next scale by the importer.  ``MaxPool`` costs ``window - 1`` PBS per output element
-under FHE (``max(a, b) = b + relu(a - b)``), see :attr:`MaxPool.pbs_count`.
+the next scale by the importer.  ``MaxPool`` costs ``window`` PBS per output element
+under FHE (``max(a, b) = b + relu(a - b)`` and a cast), see :attr:`MaxPool.pbs_count`.
 
 Examples
 --------
@@ -30,7 +30,7 @@ Examples
 >>> conv.apply(np.arange(9).reshape(1, 9)).reshape(4, 4).tolist()[0]
 [0, 1, 3, 2]
 >>> MaxPool("m", ("x",), input_shape=(1, 4, 4), kernel_size=2).pbs_count
-12
+16
 """
 
 from __future__ import annotations
@@ -296,9 +296,10 @@ class MaxPool(WindowNode):
     """Maximum over each window of every channel; padded positions are ignored.
 
     Every window must overlap the input (as in torch, padding at most half the kernel).
-    Under FHE each output costs ``window - 1`` PBS: ``max(a, b) = b + relu(a - b)``, on
-    inputs one bit wider than ``x`` (:attr:`pbs_count`).  ``stride`` defaults to
-    ``kernel_size`` as in torch.
+    Under FHE each output costs ``window`` PBS: ``window - 1`` for the pairwise maxima
+    ``max(a, b) = b + relu(a - b)``, on inputs one bit wider than ``x``, and an identity
+    lookup that passes the maximum on at the width of its consumer (:attr:`pbs_count`).
+    ``stride`` defaults to ``kernel_size`` as in torch.
     """
 
     op: ClassVar[str] = "max_pool"
@@ -327,8 +328,8 @@ class MaxPool(WindowNode):
 
     @property
     def pbs_count(self) -> int:
-        """PBS per sample under FHE: ``window - 1`` per output element."""
-        return self.out_features * (self.window - 1)
+        """PBS per sample under FHE: ``window`` per output element (none if 1)."""
+        return self.out_features * self.window if self.window > 1 else 0
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Exact window maxima of a flat int64 batch."""

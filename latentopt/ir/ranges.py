@@ -24,6 +24,7 @@ __all__ = [
     "NodeGraph",
     "add_bounds",
     "bit_width",
+    "centred_bits",
     "concat_bounds",
     "propagate",
     "widen_ranges",
@@ -49,6 +50,27 @@ def bit_width(lo: int, hi: int) -> int:
     if lo >= 0:
         return max(1, hi.bit_length())
     return 1 + max(hi.bit_length() if hi > 0 else 0, (-lo - 1).bit_length())
+
+
+def centred_bits(lo: np.ndarray | int, hi: np.ndarray | int, lsbs: int = 0) -> int:
+    """Bits of a value as the FHE lowering encrypts it, after removing ``lsbs`` LSBs.
+
+    The lowering centres every value per channel: the ciphertext holds ``v - o`` with
+    ``o = floor(lo / 2**lsbs) * 2**lsbs`` (a multiple of ``2**lsbs``, so that
+    ``round(v - o) == round(v) - o``).  A lookup behind a rounding of ``lsbs`` LSBs
+    then reads ``max(round(hi) - o) / 2**lsbs``: this many bits (at least 1).
+
+    >>> centred_bits(-100, 27)               # [0, 127]: 7 bits (signed: 8)
+    7
+    >>> centred_bits([-100, 0], [27, 60], 3)  # [0, 16] -> 5 bits; rounding carries
+    5
+    """
+    lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
+    if lsbs < 0:
+        raise ValueError(f"lsbs must be >= 0, got {lsbs}")
+    half = (1 << lsbs) >> 1
+    top = ((hi + half) >> lsbs) - (lo >> lsbs)  # round(hi / 2**l) - floor(lo / 2**l)
+    return max(1, int(top.max()).bit_length())
 
 
 @dataclass(frozen=True, eq=False)

@@ -170,7 +170,7 @@ class SumPoolStep(Step[SumPool]):
 
 @dataclass(frozen=True, eq=False)
 class MaxPoolStep(Step[MaxPool]):
-    """Window maxima, padding ignored; ``window - 1`` PBS per output under FHE."""
+    """Window maxima, padding ignored; ``window`` PBS per output under FHE."""
 
     @property
     def pbs_count(self) -> int:

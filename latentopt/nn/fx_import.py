@@ -37,7 +37,7 @@ SUPPORTED = (
     "Softplus, Hardtanh, Hardswish, Hardsigmoid, Mish, Softsign, LogSigmoid, Tanhshrink, "
     "and their torch / torch.nn.functional / tensor-method forms: one table lookup each), "
     "nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d, torch.mean over non-batch dims, "
-    "nn.MaxPool1d/2d and F.max_pool1d/2d (window - 1 PBS per output), "
+    "nn.MaxPool1d/2d and F.max_pool1d/2d (window PBS per output), "
     "multiplication and division by a constant number, permute/transpose (free when "
     "the flat order is unchanged, else a permutation gemm), "
     "nn.Flatten, nn.Unflatten, torch.flatten, Tensor.view/reshape/flatten/unflatten, "
@@ -345,7 +345,7 @@ def _avg_like(kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: 
 def maxpool_to_avgpool(gm: fx.GraphModule) -> list[str]:
     """Replace every max pooling of ``gm`` by the average pooling of the same windows.
 
-    Under FHE a max pooling costs ``window - 1`` comparisons (PBS) per output value; an
+    Under FHE a max pooling costs ``window - 1`` comparisons and a cast (PBS) per output value; an
     average pooling is a sum (free) whose divisor folds into a scale.  The model
     computes something else, so its accuracy must be re-measured: this is an opt-in
     (``compile_torch_model(..., maxpool="avg")``).  Returns the rewritten node names.

@@ -324,17 +324,11 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         else:
             X_cal = self._validate_X(X, reset=False)
             circuit = IntegerBackend(self.circuit_).calibrate(X_cal)
-        if rounding_bits is not None:
-            rounded_from = circuit
-            if range_mode == "calibrated" and range_margin > 0 and circuit.calibration:
-                from ..ir.ranges import widen_ranges
-
-                rounded_from = circuit.replace(
-                    calibration=widen_ranges(circuit, circuit.calibration, range_margin))
-            lsbs = rounded_from.rounding_lsbs(
-                rounding_bits, ranges="calibrated" if range_mode == "calibrated" else "worst_case"
-            )
-            circuit = circuit.with_rounding(lsbs, method=rounding_method)
+        if rounding_bits is not None:  # measured layer by layer on the calibration set
+            circuit = IntegerBackend(circuit).round_lookups(
+                circuit.input_quantizer.apply(X_cal), rounding_bits, method=rounding_method,
+                ranges="calibrated" if range_mode == "calibrated" else "worst_case",
+                margin=range_margin)
         q = circuit.input_quantizer.apply(X_cal)
         options: dict[str, Any] = dict(
             rounding_bits=rounding_bits, rounding_method=rounding_method, p_error=p_error,

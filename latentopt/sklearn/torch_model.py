@@ -274,9 +274,9 @@ def compile_torch_model(
         quantized network (:mod:`latentopt.nn.bias_correction`).
     maxpool : {"exact", "avg"}
         ``"exact"``: max poolings are computed exactly (under FHE, ``window - 1``
-        comparisons, i.e. PBS, per output value).  ``"avg"``: rewrite them as average
-        poolings over the same windows (free under FHE) — the model changes, check its
-        accuracy.
+        comparisons and a cast, i.e. ``window`` PBS, per output value).  ``"avg"``:
+        rewrite them as average poolings over the same windows (free under FHE) — the
+        model changes, check its accuracy.
     task : {None, "classification", "regression"}
         See :class:`QuantizedTorchModel`.
     rounding_bits, rounding_method, p_error, global_p_error : optional

@@ -11,7 +11,15 @@ from conv_circuits import conv_circuit
 from latentopt.backends.fhe import FHECircuit
 from latentopt.backends.integer import IntegerBackend
 from latentopt.backends.onnx_export import OnnxRunner, circuit_to_onnx
-from latentopt.ir import Circuit, Conv, Dequantize, MaxPool, QuantizeInput
+from latentopt.ir import (
+    Circuit,
+    Conv,
+    Dequantize,
+    MaxPool,
+    QuantActivation,
+    QuantizeInput,
+    TableLookup,
+)
 from latentopt.ir.schedule import carrier_dtype
 
 TINY_P = 2.0**-40
@@ -62,7 +70,7 @@ def test_fhe_simulation_equals_integer_backend(nd, range_mode):
     fc = FHECircuit.compile(c, q_cal, p_error=TINY_P, range_mode=range_mode, batch_size=2)
     q = q_cal[:7] if range_mode == "calibrated" else sample_q(c, 7, 2)
     np.testing.assert_array_equal(fc.simulate(q), IntegerBackend(c).run_integers(q))
-    # max pooling: window - 1 PBS per output, as the circuit's report says
+    # max pooling: window PBS per output, as the circuit's report says
     layers = {row["name"]: row for row in fc.report["layers"]}
     assert layers["mp"]["pbs"] == c["mp"].pbs_count
     assert layers["c1"]["pbs"] >= c.width("a1")  # the ReLU lookups (and exact rounding)
@@ -78,3 +86,31 @@ def test_max_pool_on_the_raw_signed_input():
     fc = FHECircuit.compile(c, q, p_error=TINY_P, range_mode="worst_case", batch_size=1)
     np.testing.assert_array_equal(fc.simulate(q[:5]), c["m"].apply(q[:5]))
     assert fc.report["programmable_bootstrap_count"] == c["m"].pbs_count
+
+
+def test_max_pool_before_a_wide_accumulator_compiles_exactly():
+    """Regression: conv -> ReLU -> max pool -> conv whose accumulator passes 16 bits.
+
+    concrete gives every operand of an addition its result's width: the maxima, their
+    differences and so the comparison lookups took the next accumulator's 17 bits
+    (``FHEBitWidthError``).  An identity lookup hands the maxima on: they stay narrow.
+    """
+    rng = np.random.default_rng(0)
+    c1 = Conv("c1", ("q",), rng.integers(-3, 4, (2, 1, 3, 3)), input_shape=(1, 4, 4),
+              padding=1)
+    mp = MaxPool("mp", ("a1",), input_shape=c1.output_shape, kernel_size=2)
+    w2 = rng.integers(1000, 2000, (1, 2, 2, 2)) * rng.choice([-1, 1], (1, 2, 2, 2))
+    c = Circuit([QuantizeInput("q", ("input",), 0.1, 0, 4, signed=False), c1,
+                 TableLookup("a1", ("c1",), QuantActivation("relu", 0.03, 0.05, n_bits=5,
+                                                            signed=False)),
+                 mp, Conv("c2", ("mp",), w2, input_shape=mp.output_shape),
+                 Dequantize("out", ("c2",), 0.1, 0)], n_features=16)
+    q = sample_q(c, 200, 1)
+    c = IntegerBackend(c).round_lookups(q, 6)
+    assert c.calibration["c2"].bits >= 17  # the accumulator after the pooling
+    fc = FHECircuit.compile(c, q, p_error=1e-6, batch_size=1)
+    layers = {row["name"]: row for row in fc.report["layers"]}
+    assert layers["mp"]["pbs"] == c["mp"].pbs_count == 8 * 4  # 3 maxima + 1 cast each
+    assert layers["mp"]["tlu_input_bits"] == 6  # differences of 5-bit activations
+    assert fc.report["max_tlu_input_bits"] == 6
+    np.testing.assert_array_equal(fc.simulate(q[:10]), IntegerBackend(c).run_integers(q[:10]))

@@ -46,7 +46,7 @@ def test_output_shapes_and_flat_sizes():
     p = SumPool("p", ("x",), input_shape=(3, 8), kernel_size=2)
     assert p.stride == (2,) and p.padding == (0, 0) and p.output_shape == (3, 4)
     m = MaxPool("m", ("x",), input_shape=(2, 5, 5), kernel_size=3, stride=2, padding=1)
-    assert m.output_shape == (2, 3, 3) and m.pbs_count == 18 * 8
+    assert m.output_shape == (2, 3, 3) and m.pbs_count == 18 * 9  # 8 maxima + 1 cast
     assert m.geometry() == {"kernel_shape": (3, 3), "strides": (2, 2),
                             "pads": (1, 1, 1, 1), "dilations": (1, 1)}
 
@@ -218,12 +218,12 @@ def test_layers_and_report_rows():
     assert c1["accumulator_bits"] == worst["c1"].bits and c1["tlu_count"] == 100
     mp = rows["mp"]
     a = worst["a1"]
-    assert mp["tlu_count"] == c["mp"].pbs_count == 64 * 3
+    assert mp["tlu_count"] == c["mp"].pbs_count == 64 * 4
     assert mp["tlu_input_bits"] == bit_width(a.min - a.max, a.max - a.min) == 3
     assert (mp["in_features"], mp["out_features"]) == (100, 64)
     assert rows["sp"]["tlu_count"] == 0 and rows["sp"]["nonzero_weights"] == 0
     report = c.report()
-    assert report.tlu_count == 100 + 192
+    assert report.tlu_count == 100 + 256
     assert "mp" in str(report)
 
 
