@@ -25,7 +25,8 @@ __all__ = ["CACHE_ENV", "FINGERPRINT_KEYS", "FORMAT_VERSION", "FingerprintMismat
 
 #: Environment variable overriding the cache directory.
 CACHE_ENV = "LATENTOPT_CACHE_DIR"
-#: Bumped whenever the JSON layout or the model form changes (2: linear-ops term).
+#: Bumped whenever the JSON layout or the model form changes (2: linear-ops term; 3: the
+#: per-call key-conversion term replaced the per-op N setup term).
 FORMAT_VERSION = 3
 #: Fingerprint entries that must match for a stored model to be used.
 FINGERPRINT_KEYS = ("cpu_model", "cpu_count", "concrete_python", "format_version")
