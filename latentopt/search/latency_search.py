@@ -34,7 +34,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 
 from .inner import search_compile
-from .objective import _NO_LATENCY, _data_key, _Objective
+from .objective import _NO_LATENCY, _data_key, _Objective, trial_params
 from .reference import fit_reference
 from .results import Outcome, collect, make_outcome, pareto_front, plot_front, summary_table
 from .screening import seed_configs
@@ -391,10 +391,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             warnings.warn(self.outcome_.message, BudgetNotMetWarning, stacklevel=3)
             return
         trial = study.trials[best["trial"]]
-        params = dict(trial.user_attrs["params"])
-        if "hidden_layer_sizes" in params:
-            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
-        self.best_params_ = params
+        self.best_params_ = trial_params(trial)
         self.best_compile_kwargs_ = dict(trial.user_attrs["compile"])
 
     # ------------------------------------------------------------ use and show
@@ -409,14 +406,11 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         unless evicted), compiled at the point the trial chose: e.g. to measure every
         point of ``pareto_front_``."""
         check_is_fitted(self, "results_")
-        attrs = self.study_.trials[int(trial)].user_attrs
-        if "compile" not in attrs:
+        record = self.study_.trials[int(trial)]
+        if "compile" not in record.user_attrs:
             raise ValueError(f"trial {trial} has no compiled point")
-        params = dict(attrs["params"])
-        if "hidden_layer_sizes" in params:
-            params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
-        est, _ = self._objective._fit(params)
-        return est.compile(**attrs["compile"], verbose=0)
+        est, _ = self._objective._fit(trial_params(record))
+        return est.compile(**record.user_attrs["compile"], verbose=0)
 
     def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Predictions of ``best_estimator_`` (RuntimeError if the budget was not met)."""

@@ -39,6 +39,15 @@ def _data_key(X: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def trial_params(trial: Any) -> dict[str, Any]:
+    """The estimator parameters a trial recorded (user attribute ``params``), with
+    ``hidden_layer_sizes`` back as a tuple (the storage keeps JSON lists)."""
+    params = dict(trial.user_attrs["params"])
+    if "hidden_layer_sizes" in params:
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    return params
+
+
 class _Objective:
     """Picklable trial objective (workers in other processes run it too)."""
 

@@ -102,8 +102,9 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                  held_out: dict[str, Any] | None = None) -> Outcome:
     """The outcome in numbers and words.
 
-    ``held_out``: when trials met the budget on validation but none held on the check
-    split, that check (``n_checked``, ``n_samples``, ``threshold``, ``reference_score``).
+    ``held_out``: the check of validation-feasible trials on unseen rows (``n_checked``,
+    ``n_samples``, ``threshold``, ``reference_score``), reported when none held there
+    (ignored when ``best`` is given).
     """
     top = max(rows, key=lambda r: (r["score"], -r["cost"])) if rows else None
     n_eval = len(rows) + len(failures)

@@ -169,7 +169,7 @@ def select_on_check(search: Any, objective: Any,
     from sklearn.base import is_classifier
 
     from .inner import score_under
-    from .objective import _NO_LATENCY
+    from .objective import _NO_LATENCY, trial_params
 
     search.holdout_ = None
     best = search.best_trial_
@@ -181,10 +181,7 @@ def select_on_check(search: Any, objective: Any,
     feasible = [r for r in search.results_ if r["feasible"] and r["cost"] < _NO_LATENCY]
 
     def params(row: dict[str, Any]) -> dict[str, Any]:
-        p = dict(trials[row["trial"]].user_attrs["params"])
-        if "hidden_layer_sizes" in p:
-            p["hidden_layer_sizes"] = tuple(p["hidden_layer_sizes"])
-        return p
+        return trial_params(trials[row["trial"]])
 
     def point(row: dict[str, Any]) -> dict[str, Any]:
         return {k: row[k] for k in POINT_KEYS}
@@ -233,28 +230,22 @@ def select_on_check(search: Any, objective: Any,
     for row in search.results_:
         if row["trial"] in by_trial:
             row["holdout_score"] = by_trial[row["trial"]]["holdout_score"]
-    if chosen is None:  # nothing holds on unseen rows: the budget is not met
-        search.best_trial_ = search.best_params_ = search.best_compile_kwargs_ = None
-        search.best_score_ = None
-        search.budget_met_ = False
-        from .results import make_outcome
-
-        search.outcome_ = make_outcome(
-            search.results_, search.failures_, None, reference_score=search.reference_score_,
-            threshold=search.threshold_, max_accuracy_drop=search.max_accuracy_drop,
-            n_trials=search.n_trials, seconds=search.cost_model_ is not None,
-            held_out={"n_checked": len(checked), "n_samples": int(n_samples),
-                      "threshold": threshold, "reference_score": reference,
-                      "rows": (f"rows cross-validated in {len(folds)} folds"
-                               if folds is not None else "held-out rows")})
-        return
-    search.best_trial_ = chosen
-    search.best_params_ = params(chosen)
-    search.best_compile_kwargs_ = point(chosen)
-    search.best_score_ = chosen["holdout_score"]
     from .results import make_outcome
 
     search.outcome_ = make_outcome(
         search.results_, search.failures_, chosen, reference_score=search.reference_score_,
         threshold=search.threshold_, max_accuracy_drop=search.max_accuracy_drop,
-        n_trials=search.n_trials, seconds=search.cost_model_ is not None)
+        n_trials=search.n_trials, seconds=search.cost_model_ is not None,
+        held_out={"n_checked": len(checked), "n_samples": int(n_samples),
+                  "threshold": threshold, "reference_score": reference,
+                  "rows": (f"rows cross-validated in {len(folds)} folds"
+                           if folds is not None else "held-out rows")})
+    if chosen is None:  # nothing holds on unseen rows: the budget is not met
+        search.best_trial_ = search.best_params_ = search.best_compile_kwargs_ = None
+        search.best_score_ = None
+        search.budget_met_ = False
+        return
+    search.best_trial_ = chosen
+    search.best_params_ = params(chosen)
+    search.best_compile_kwargs_ = point(chosen)
+    search.best_score_ = chosen["holdout_score"]
