@@ -41,6 +41,7 @@ import numpy as np
 
 from ..ir import Circuit, QuantActivation
 from ..ir.schedule import DequantizeStep, GemmStep, LookupStep, QuantizeStep, RoundStep, schedule
+from .onnx_graph import INPUT, OUTPUT, OUTPUT_INTEGERS
 
 __all__ = ["int8_mlp_onnx"]
 
@@ -140,7 +141,7 @@ def int8_mlp_onnx(circuit: Circuit) -> Any:
         return None
     axis: dict[str, Any] = {"axis": 1} if scale.ndim == 1 else {}
     zp_vec = np.full(scale.shape, shift, np.uint8) if scale.ndim == 1 else shift
-    nodes.append(helper.make_node("QuantizeLinear", ["input", const("x/scale", scale, np.float32),
+    nodes.append(helper.make_node("QuantizeLinear", [INPUT, const("x/scale", scale, np.float32),
                                                      const("x/zp", zp_vec, np.uint8)],
                                   ["x/sat"], **axis))
     nodes.append(helper.make_node("Clip", ["x/sat", const("x/lo", 0, np.uint8),
@@ -190,25 +191,25 @@ def int8_mlp_onnx(circuit: Circuit) -> Any:
                                                const(f"l{i}/hi", top, np.uint8)], [f"l{i}"]))
         x = f"l{i}"
     out = steps[-1].node
-    nodes.append(helper.make_node("Cast", [x], ["output_integers"], to=onnx.TensorProto.INT64))
-    nodes.append(helper.make_node("Cast", ["output_integers"], ["out/f64"],
+    nodes.append(helper.make_node("Cast", [x], [OUTPUT_INTEGERS], to=onnx.TensorProto.INT64))
+    nodes.append(helper.make_node("Cast", [OUTPUT_INTEGERS], ["out/f64"],
                                   to=onnx.TensorProto.DOUBLE))
     y = "out/f64"
     if np.any(out.zero_point):
         nodes.append(helper.make_node("Sub", [y, const("out/zp", out.zero_point, np.float64)],
                                       ["out/sub"]))
         y = "out/sub"
-    mul = "output" if not np.any(out.offset) else "out/mul"
+    mul = OUTPUT if not np.any(out.offset) else "out/mul"
     nodes.append(helper.make_node("Mul", [y, const("out/scale", out.scale, np.float64)], [mul]))
     if np.any(out.offset):
         nodes.append(helper.make_node("Add", [mul, const("out/offset", out.offset, np.float64)],
-                                      ["output"]))
+                                      [OUTPUT]))
     n_out = circuit.n_outputs
     graph = helper.make_graph(
         nodes, "latentopt_int8_mlp",
-        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", circuit.n_features])],
-        [helper.make_tensor_value_info("output", onnx.TensorProto.DOUBLE, ["N", n_out]),
-         helper.make_tensor_value_info("output_integers", onnx.TensorProto.INT64, ["N", n_out])],
+        [helper.make_tensor_value_info(INPUT, onnx.TensorProto.FLOAT, ["N", circuit.n_features])],
+        [helper.make_tensor_value_info(OUTPUT, onnx.TensorProto.DOUBLE, ["N", n_out]),
+         helper.make_tensor_value_info(OUTPUT_INTEGERS, onnx.TensorProto.INT64, ["N", n_out])],
         initializer=inits)
     return helper.make_model(graph, ir_version=8, opset_imports=[
         helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])

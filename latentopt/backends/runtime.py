@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from ..ir import Circuit
-from ..ir.schedule import check_features
 from .integer import IntegerBackend
 
 __all__ = ["MIN_MEASURE_ROWS", "ExactRuntime"]
@@ -136,28 +135,12 @@ class ExactRuntime:
 
     def _int8_predictor(self) -> Any:
         from .onnx_int8 import int8_mlp_onnx
+        from .onnx_runner import OnnxRunner
 
-        model = int8_mlp_onnx(self.circuit)
+        model = int8_mlp_onnx(self.circuit)  # same inputs and outputs as the standard export
         if model is None:
             return None
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if self.intra_op_num_threads is not None:
-            options.intra_op_num_threads = int(self.intra_op_num_threads)
-        session = ort.InferenceSession(model.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
-        n = self.circuit.n_features
-
-        def run(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            X32 = check_features(X, n).astype(np.float32)
-            if np.isnan(X32).any():
-                raise ValueError("cannot quantize NaN inputs")
-            out, ints = session.run(None, {"input": X32})
-            return np.asarray(out), np.asarray(ints, np.int64)
-
-        return run
+        return OnnxRunner(model, intra_op_num_threads=self.intra_op_num_threads).run
 
     def _choose(self, probe: np.ndarray) -> None:
         self.chosen = "numpy"
