@@ -24,20 +24,12 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-__all__ = ["BIT_PARAMS", "FloatReference", "TorchSearchHooks", "prunable_layer_names"]
+__all__ = ["BIT_PARAMS", "FloatReference", "TorchSearchHooks"]
 
 #: Search pseudo-parameters that build ``n_bits`` (``"n_w_bits.conv1"``: one layer).
 BIT_PARAMS = {"n_input_bits": "inputs", "n_w_bits": "weights", "n_a_bits": "activations"}
 #: Search pseudo-parameter of one layer's pruning ratio (``"pruning_ratio.conv1"``).
 PRUNE_PARAM = "pruning_ratio"
-
-
-def prunable_layer_names(module: Any) -> list[str]:
-    """Module names of the layers whose output channels / units may be pruned (every
-    ``Linear`` / ``Conv1d`` / ``Conv2d`` but those producing the model's output)."""
-    from ..prune.channels import prunable_layers
-
-    return prunable_layers(module)
 
 
 class TorchSearchHooks:
@@ -76,7 +68,9 @@ class TorchSearchHooks:
             raise ValueError(f"search space entry {wildcard!r} needs a torch.nn.Module (its "
                              f"layer names), not a module factory: name the layers "
                              f"('{PRUNE_PARAM}.<layer>') or search '{PRUNE_PARAM}'")
-        names = prunable_layer_names(self.module)
+        from ..prune.channels import prunable_layers
+
+        names = prunable_layers(self.module)
         if not names:
             raise ValueError(f"search space entry {wildcard!r}: the model has no prunable "
                              f"layer (only its output layers are linear / convolutions)")
@@ -98,8 +92,9 @@ class TorchSearchHooks:
         """``base`` (a ratio or a dict) as one ratio per prunable layer of the module."""
         if isinstance(base, Mapping):
             return {str(k): float(v) for k, v in base.items()}
-        names = prunable_layer_names(self.module) if hasattr(self.module, "named_modules") \
-            else []
+        from ..prune.channels import prunable_layers
+
+        names = prunable_layers(self.module) if hasattr(self.module, "named_modules") else []
         return {n: float(base) for n in names}
 
     def _assemble_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
