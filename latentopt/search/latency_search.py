@@ -29,16 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, is_classifier
 from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 
-from .inner import search_compile
 from .objective import _NO_LATENCY, _data_key, _Objective, trial_params
 from .reference import fit_reference
+from .refit import final_estimator
 from .results import Outcome, collect, make_outcome, pareto_front, plot_front, summary_table
 from .screening import seed_configs
-from .selection import select_on_check
+from .selection import make_check, select_on_check
 from .space import default_space, resolve_space
 from .storage import local_storage_dir, make_storage, recover_stale_trials
 from .trials import (
@@ -138,12 +138,12 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
     cache_dir : path, optional
         Where trained models are cached (default: a temporary directory, or one next
         to a file storage).
-    refit : bool, default=False
-        ``False``: ``best_estimator_`` is the fastest feasible trial's own model (trained
-        on the training part, validated on the rest), compiled at its chosen point.
-        ``True``: retrain that configuration on all of ``X`` and search its rounding /
-        p_error again (a retrained model needs its own compile point: copying the
-        trial's gave 0.89 test accuracy instead of 0.96 on breast_cancer).
+    refit : bool, default=True
+        ``True``: retrain the chosen configuration on all of ``X`` (the trials train on
+        64% of it) and compile it at the point the check validated, verified on the
+        retrained model and searched again if it costs more than ``max_accuracy_drop``
+        there (:mod:`latentopt.search.refit`).  ``False``: ``best_estimator_`` is the
+        fastest checked trial's own model, compiled at its chosen point.
     random_state : int, optional
         Seeds the split, the reference and the samplers (each worker and each resume
         gets its own stream derived from it).
@@ -162,6 +162,10 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
     pareto_front_ : list of dict
     best_trial_, best_params_, best_compile_kwargs_ : dict or None
     reference_score_, threshold_ : float
+    refit_ : dict or None
+        With ``refit=True`` and a chosen model: the retrained model's unrounded and
+        simulated scores on the rows that verified its compile point, the point, and
+        whether it was searched again.
     study_ : optuna.Study
     """
 
@@ -173,7 +177,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                  validation_fraction: float = 0.2, n_repeats: int = 3,
                  holdout_fraction: float = 0.2, check_folds: int = 3,
                  multi_fidelity: bool = True,
-                 cost_model: Any = "auto", cache_dir: Any = None, refit: bool = False,
+                 cost_model: Any = "auto", cache_dir: Any = None, refit: bool = True,
                  random_state: int | None = None, verbose: int = 1) -> None:
         self.estimator = estimator
         self.param_space = param_space
@@ -270,14 +274,18 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             for seed in seed_configs(space, self.estimator):
                 study.enqueue_trial(seed, user_attrs={"seeded": True}, skip_if_exists=True)
         study.sampler = make_sampler(self.random_state, 0, len(study.get_trials(deepcopy=False)))
+        check_spec = make_check(self, X_tr, y_tr, check, trial_teacher)
         objective = _Objective(self, (X_tr, y_tr, X_val, y_val), self.reference_score_,
                                self.cost_model_, cache, teacher=trial_teacher,
-                               teacher_key=teacher_key)
+                               teacher_key=teacher_key, check=check_spec)
         self._optimize(study, objective, spec if spec is not None else storage)
         self._objective = objective
         self.study_ = study
         self._collect(study)
-        select_on_check(self, objective, check)
+        select_on_check(self, objective, check_spec)
+        if not self.budget_met_:
+            warnings.warn(self.outcome_.message, BudgetNotMetWarning, stacklevel=2)
+        self.refit_ = None
         self.best_estimator_ = (self._best_estimator(objective, X, y)
                                 if self.best_trial_ is not None else None)
         return self
@@ -318,34 +326,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         return trial_teacher, key.hexdigest()[:12]
 
     def _best_estimator(self, objective: _Objective, X: np.ndarray, y: np.ndarray) -> Any:
-        """The chosen model, compiled at a point validated for *that* model.
-
-        ``refit=False``: the fastest feasible trial's own model (trained on the training
-        part of ``X``, validated on the rest), from the model cache.  ``refit=True``: the
-        same hyper-parameters retrained on all of ``X``; a retrained model is a different
-        model, so its rounding / p_error are searched again (on the validation part,
-        which it has now seen) rather than copied from the trial.
-        """
-        params, point = dict(self.best_params_ or {}), dict(self.best_compile_kwargs_ or {})
-        if not self.refit:
-            est, _ = objective._fit(params)
-            est.compile(**point, verbose=0)
-            return est
-        best = clone(self.estimator).set_params(**params)
-        if objective.teacher is not None:
-            best.set_params(teacher=self.teacher_)
-        if self.verbose <= 1:
-            best.set_params(verbose=0)
-        best.fit(X, y)
-        inner = search_compile(best, objective.data[2], objective.data[3],
-                               max_accuracy_drop=self.max_accuracy_drop,
-                               reference_score=self.reference_score_, n_repeats=self.n_repeats,
-                               cost_model=objective.cost_model)
-        if inner.best is None:  # the retrained model misses the budget: keep the trial's
-            est, _ = objective._fit(params)
-            est.compile(**point, verbose=0)
-            return est
-        return best.compile(**inner.compile_kwargs, verbose=0)
+        """The chosen model, compiled (:func:`~latentopt.search.refit.final_estimator`)."""
+        return final_estimator(self, objective, X, y)
 
     def _optimize(self, study: Any, objective: _Objective, storage: Any) -> None:
         from tqdm.auto import tqdm
@@ -388,7 +370,6 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if best is None:
             self.best_params_ = None
             self.best_compile_kwargs_ = None
-            warnings.warn(self.outcome_.message, BudgetNotMetWarning, stacklevel=3)
             return
         trial = study.trials[best["trial"]]
         self.best_params_ = trial_params(trial)
@@ -429,6 +410,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                       "s/sample: seconds per encrypted sample predicted by the cost model"
                       if seconds else "no cost model: trials are ranked by concrete's "
                       "complexity, which is not seconds")]
+        if any(r.get("refuted") for r in self.results_):
+            footer.append("refuted: met the budget on validation, not on the check's rows "
+                          "(checked during the study)")
         if self.failures_:
             footer.append(f"{len(self.failures_)} failed trial(s): "
                           + "; ".join(f"trial {f['trial']}: {f['error']}"

@@ -55,7 +55,7 @@ class _Objective:
     # latency_search here would make the two modules import each other)
     def __init__(self, search: Any, data: tuple, reference: float,
                  cost_model: Any, cache_dir: Path, teacher: Any = None,
-                 teacher_key: str = "") -> None:
+                 teacher_key: str = "", check: Any = None) -> None:
         self.search = search
         self.data = data
         self.reference = reference
@@ -65,6 +65,8 @@ class _Objective:
         # the fitted teacher (or the training rows of an array teacher), shared by trials
         self.teacher = teacher
         self.teacher_key = teacher_key
+        # the selection's check (selection.Check), run on each new fastest feasible trial
+        self.check = check
 
     def _fit(self, params: dict[str, Any], X: np.ndarray | None = None,
              y: np.ndarray | None = None) -> tuple[Any, bool]:
@@ -123,6 +125,22 @@ class _Objective:
             self._prune(trial, f"short-training score {score:.4f} not in the top third of "
                                f"{len(previous)} earlier trials")
 
+    def _confirm(self, trial: Any, params: dict[str, Any], point: Any,
+                 violation: float) -> float:
+        """Check a trial about to become the fastest feasible one on unseen rows
+        (:class:`~latentopt.search.selection.Check`); a refuted trial's constraint is
+        violated by the check's shortfall, so it neither counts as feasible nor caps
+        the latency of later trials."""
+        scores = self.check.scores(self, params, {"rounding_bits": point.rounding_bits,
+                                                  "rounding_method": point.rounding_method,
+                                                  "p_error": point.p_error})
+        trial.set_user_attr("check_scores", [float(v) for v in scores])
+        shortfall = float(self.check.threshold - min(scores))
+        if shortfall <= 0:
+            return violation
+        trial.set_user_attr("refuted", True)
+        return max(shortfall, 1e-9)
+
     def __call__(self, trial: Any) -> tuple[float, float]:
         import optuna
 
@@ -159,6 +177,9 @@ class _Objective:
                  else score_under(est, self.data[2], self.data[3], "disable"))
         latency = point.latency if point is not None else _NO_LATENCY
         violation = float(inner.threshold - score)
+        if (violation <= 0 and inner.best is not None and self.check is not None
+                and (cap is None or latency < cap)):
+            violation = self._confirm(trial, params, inner.best, violation)
         trial.set_user_attr("constraint", [violation])
         trial.set_constraint("accuracy_budget", violation)  # <= 0: feasible (NSGA-II)
         if point is not None:

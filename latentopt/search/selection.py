@@ -21,6 +21,15 @@ How the fastest validation-feasible trials are re-checked (``check_folds``):
 
 The chosen model is the fastest that passes; its reported accuracy is the checked one.
 
+The check also runs *during* the study (:class:`Check`, built once per fit and handed to
+the trial objective): a trial that would become the fastest validation-feasible one is
+checked at once, and if the check refutes it, it is recorded as infeasible (constraint
+violated by the check's shortfall, ``refuted`` user attribute).  Without that, one lucky
+validation score made a small model look feasible, its latency became the cap, and the
+cost bound then rejected every larger configuration before training: on a generated
+3-class set a (16,) 3-bit model scored 0.883 on validation (float 0.861) and 0.80 in the
+check, and the study ended with 10 completed trials of 62 and no model.
+
 During the study, compiled points slower than the best validation-feasible point are
 not simulated (``latency_cap``): such trials record only their fast, inaccurate points.
 When the check then refutes every validation-feasible trial, the cap came from a lucky
@@ -32,12 +41,13 @@ most accurate capped models (unrounded validation score within the budget, at mo
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_CHECKS", "MAX_CV_CHECKS", "MAX_REOPEN", "check_on_holdout", "cv_folds",
-           "reopen_capped", "select_on_check"]
+__all__ = ["MAX_CHECKS", "MAX_CV_CHECKS", "MAX_REOPEN", "Check", "check_on_holdout",
+           "cv_folds", "make_check", "reopen_capped", "select_on_check"]
 
 #: Feasible trials re-scored on the check split, fastest first.
 MAX_CHECKS = 6
@@ -156,27 +166,121 @@ def reopen_capped(search: Any, objective: Any, params: Callable[[dict[str, Any]]
     return rows
 
 
-def select_on_check(search: Any, objective: Any,
-                    check: tuple[np.ndarray, np.ndarray] | None) -> None:
-    """Choose among a finished search's validation-feasible trials on the check split.
+def _simulate(est: Any, X: np.ndarray, y: np.ndarray) -> float:
+    from .inner import score_under
 
-    Sets ``search.holdout_`` (the check's reference score, threshold, size and every row
-    checked) and ``search.best_score_`` (the chosen model's check-split score; without a
-    check split, its validation score), and moves ``best_trial_`` / ``best_params_`` /
-    ``best_compile_kwargs_`` to the fastest trial that passes there.  If none passes,
-    there is no best trial (``budget_met_`` False, ``outcome_`` says so).
+    return score_under(est, X, y, "simulate")
+
+
+@dataclass
+class Check:
+    """How a configuration is checked on rows the trials never tuned on.
+
+    ``folds`` given: cross-validation over ``X, y`` (the training and check rows
+    pooled); else ``X, y`` is the check split, scored with the trial's own model.
+    Picklable (worker processes run it inside trials).
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]] | None
+    reference_score: float
+    threshold: float
+    n_repeats: int
+
+    @property
+    def method(self) -> str:
+        return "cross-validation" if self.folds is not None else "check split"
+
+    @property
+    def max_checks(self) -> int:
+        return MAX_CV_CHECKS if self.folds is not None else MAX_CHECKS
+
+    def scores(self, objective: Any, params: dict[str, Any],
+               point: dict[str, Any]) -> list[float]:
+        """Simulated scores of configuration ``params`` compiled at ``point``, one per
+        repeat (``objective._fit`` trains, or loads from the model cache)."""
+        if self.folds is not None:
+            def fit(p: dict[str, Any], X: np.ndarray, y: np.ndarray) -> Any:
+                return objective._fit(p, X, y)[0]
+
+            return _cv_scores(fit, params, point, self.X, self.y, self.folds,
+                              self.n_repeats, _simulate)
+        est = objective._fit(params)[0].compile(**point, verbose=0)
+        return [_simulate(est, self.X, self.y) for _ in range(max(1, self.n_repeats))]
+
+    def describe(self) -> dict[str, Any]:
+        return {"reference_score": self.reference_score, "threshold": self.threshold,
+                "n_samples": len(self.y), "method": self.method,
+                "folds": len(self.folds) if self.folds is not None else 1}
+
+
+def make_check(search: Any, X_tr: np.ndarray, y_tr: np.ndarray,
+               check: tuple[np.ndarray, np.ndarray] | None, teacher: Any) -> Check | None:
+    """The check of a search about to run (None without a check split).
+
+    ``check_folds > 1`` (and no array teacher, which follows rows): cross-validation on
+    the training and check rows pooled, against the float reference refitted on the
+    same folds (``search.reference_estimator_``) unless the user fixed
+    ``reference_score``; otherwise the check split, against the reference scored there.
     """
     from sklearn.base import is_classifier
 
-    from .inner import score_under
+    if check is None:
+        return None
+    X_chk, y_chk = check
+    k = int(getattr(search, "check_folds", 1) or 1)
+    folds = None
+    if k > 1 and not isinstance(teacher, np.ndarray):
+        X_pool, y_pool = np.concatenate([X_tr, X_chk]), np.concatenate([y_tr, y_chk])
+        folds = cv_folds(y_pool, k, is_classifier(search.estimator), search.random_state)
+    fixed = search.reference_score
+    if folds is not None:
+        reference = (float(fixed) if fixed is not None
+                     else _cv_reference(search.reference_estimator_, X_pool, y_pool, folds))
+        X_c, y_c = X_pool, y_pool
+    else:
+        reference = (float(fixed) if fixed is not None
+                     else float(search.reference_estimator_.score(X_chk, y_chk)))
+        X_c, y_c = X_chk, y_chk
+    return Check(X_c, y_c, folds, reference, reference - search.max_accuracy_drop,
+                 int(search.n_repeats))
+
+
+def refuted_rows(search: Any) -> list[dict[str, Any]]:
+    """Rows of trials the check refuted during the study, as checked rows."""
+    out = []
+    for t in search.study_.trials:
+        if t.state.name == "COMPLETE" and t.user_attrs.get("refuted"):
+            values = t.user_attrs["check_scores"]
+            out.append({"trial": t.number, "score": t.values[1], "cost": t.values[0],
+                        "holdout_score": float(np.mean(values)),
+                        "holdout_min": float(min(values)), "holdout_pass": False,
+                        "during_study": True})
+    return out
+
+
+def select_on_check(search: Any, objective: Any, check: Check | None) -> None:
+    """Choose among a finished search's validation-feasible trials with ``check``.
+
+    Sets ``search.holdout_`` (the check's reference score, threshold, size and every row
+    checked, during the study or now) and ``search.best_score_`` (the chosen model's
+    checked score; without a check, its validation score), and moves ``best_trial_`` /
+    ``best_params_`` / ``best_compile_kwargs_`` to the fastest trial that passes.  A
+    trial checked during the study keeps its scores (``check_scores``).  If none passes,
+    there is no best trial (``budget_met_`` False, ``outcome_`` says so).
+    """
     from .objective import _NO_LATENCY, trial_params
+    from .results import make_outcome
 
     search.holdout_ = None
     best = search.best_trial_
     search.best_score_ = None if best is None else best["score"]
-    if check is None or best is None:
+    if check is None:
         return
-    X_chk, y_chk = check
+    refuted = refuted_rows(search)
+    if best is None and not refuted:  # nothing reached the budget on validation
+        return
     trials = search.study_.trials
     feasible = [r for r in search.results_ if r["feasible"] and r["cost"] < _NO_LATENCY]
 
@@ -186,60 +290,36 @@ def select_on_check(search: Any, objective: Any,
     def point(row: dict[str, Any]) -> dict[str, Any]:
         return {k: row[k] for k in POINT_KEYS}
 
-    def simulate(e: Any, X: np.ndarray, y: np.ndarray) -> float:
-        return score_under(e, X, y, "simulate")
+    def scores(row: dict[str, Any]) -> list[float]:
+        cached = trials[row["trial"]].user_attrs.get("check_scores")
+        return list(cached) if cached else check.scores(objective, params(row), point(row))
 
-    k = int(getattr(search, "check_folds", 1) or 1)
-    folds = None
-    if k > 1 and not isinstance(objective.teacher, np.ndarray):  # array teachers: by row
-        X_pool = np.concatenate([objective.data[0], X_chk])
-        y_pool = np.concatenate([objective.data[1], y_chk])
-        folds = cv_folds(y_pool, k, is_classifier(search.estimator), search.random_state)
-    if folds is not None:
-        reference = (float(search.reference_score) if search.reference_score is not None
-                     else _cv_reference(search.reference_estimator_, X_pool, y_pool, folds))
-        n_samples, max_checks = len(y_pool), MAX_CV_CHECKS
-
-        def fit(p: dict[str, Any], X: np.ndarray, y: np.ndarray) -> Any:
-            return objective._fit(p, X, y)[0]
-
-        def scores(row: dict[str, Any]) -> list[float]:
-            return _cv_scores(fit, params(row), point(row), X_pool, y_pool, folds,
-                              search.n_repeats, simulate)
-    else:
-        reference = (float(search.reference_score) if search.reference_score is not None
-                     else float(search.reference_estimator_.score(X_chk, y_chk)))
-        n_samples, max_checks = len(y_chk), MAX_CHECKS
-
-        def scores(row: dict[str, Any]) -> list[float]:
-            est = objective._fit(params(row))[0].compile(**point(row), verbose=0)
-            return [simulate(est, X_chk, y_chk) for _ in range(max(1, search.n_repeats))]
-    threshold = reference - search.max_accuracy_drop
-    chosen, checked = check_on_holdout(feasible, scores, threshold, max_checks=max_checks)
+    threshold = check.threshold
+    chosen, checked = check_on_holdout(feasible, scores, threshold,
+                                       max_checks=check.max_checks)
     reopened: list[dict[str, Any]] = []
     if chosen is None:  # the cap came from points the check refutes: look past it
-        reopened = reopen_capped(search, objective, params, {r["trial"] for r in checked})
-        chosen, more = check_on_holdout(reopened, scores, threshold, max_checks=max_checks)
+        done = {r["trial"] for r in checked} | {r["trial"] for r in refuted}
+        reopened = reopen_capped(search, objective, params, done)
+        chosen, more = check_on_holdout(reopened, scores, threshold,
+                                        max_checks=check.max_checks)
         checked += more
-    search.holdout_ = {"reference_score": reference, "threshold": threshold,
-                       "n_samples": int(n_samples), "checked": checked,
-                       "method": "cross-validation" if folds is not None else "check split",
-                       "folds": len(folds) if folds is not None else 1,
-                       "reopened": [r["trial"] for r in reopened]}
+    checked = refuted + checked
+    search.holdout_ = dict(check.describe(), checked=checked,
+                           reopened=[r["trial"] for r in reopened])
     by_trial = {r["trial"]: r for r in checked}
     for row in search.results_:
         if row["trial"] in by_trial:
             row["holdout_score"] = by_trial[row["trial"]]["holdout_score"]
-    from .results import make_outcome
-
     search.outcome_ = make_outcome(
         search.results_, search.failures_, chosen, reference_score=search.reference_score_,
         threshold=search.threshold_, max_accuracy_drop=search.max_accuracy_drop,
         n_trials=search.n_trials, seconds=search.cost_model_ is not None,
-        held_out={"n_checked": len(checked), "n_samples": int(n_samples),
-                  "threshold": threshold, "reference_score": reference,
-                  "rows": (f"rows cross-validated in {len(folds)} folds"
-                           if folds is not None else "held-out rows")})
+        held_out={"n_checked": len(checked), "n_samples": len(check.y),
+                  "threshold": threshold, "reference_score": check.reference_score,
+                  "n_refuted_during_study": len(refuted),
+                  "rows": (f"rows cross-validated in {len(check.folds)} folds"
+                           if check.folds is not None else "held-out rows")})
     if chosen is None:  # nothing holds on unseen rows: the budget is not met
         search.best_trial_ = search.best_params_ = search.best_compile_kwargs_ = None
         search.best_score_ = None
@@ -249,3 +329,4 @@ def select_on_check(search: Any, objective: Any,
     search.best_params_ = params(chosen)
     search.best_compile_kwargs_ = point(chosen)
     search.best_score_ = chosen["holdout_score"]
+    search.budget_met_ = True

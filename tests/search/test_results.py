@@ -75,16 +75,18 @@ def test_a_budget_met_only_on_validation_says_so():
     from latentopt.search.results import make_outcome
 
     rows = [{"trial": 0, "score": 0.85, "cost": 3.7, "feasible": True},
-            {"trial": 1, "score": 0.80, "cost": 0.1, "feasible": False}]
+            {"trial": 1, "score": 0.80, "cost": 0.1, "feasible": False},
+            # validation-feasible, refuted by the check during the study
+            {"trial": 2, "score": 0.86, "cost": 0.2, "feasible": False, "refuted": True}]
     out = make_outcome(rows, [], None, reference_score=0.86, threshold=0.84,
                        max_accuracy_drop=0.02, n_trials=30,
-                       held_out={"n_checked": 1, "n_samples": 225, "threshold": 0.8644,
+                       held_out={"n_checked": 2, "n_samples": 225, "threshold": 0.8644,
                                  "reference_score": 0.8844})
-    assert not out.budget_met and out.best_score == pytest.approx(0.85)
+    assert not out.budget_met and out.best_score == pytest.approx(0.86)
     first = out.message.splitlines()[0]
-    assert first.startswith("Budget NOT met on unseen rows: 1 of the 2 evaluated trials")
-    assert ("none of the 1 checked (the fastest, and the most accurate) held on 225 "
-            "held-out rows") in first
+    assert first.startswith("Budget NOT met on unseen rows: 2 of the 3 evaluated trials")
+    assert ("none of the 2 checked (each new fastest during the study, then the fastest "
+            "and the most accurate) held on 225 held-out rows") in first
     assert "0.8644" in first and "0.8844" in first and "overfit" in first
     assert "holdout_fraction" in out.message and "n_trials=30" in out.message
 

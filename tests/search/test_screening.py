@@ -284,6 +284,61 @@ def test_search_cross_validates_its_choice_without_the_validation_rows(data, tmp
     assert _cv_reference(ref, X[:160], y[:160], folds) == pytest.approx(expected)
 
 
+def _search_with_check(monkeypatch, threshold, **kw):
+    """A search whose check (the real one: trial models simulated on the check split)
+    demands ``threshold``."""
+    import dataclasses
+
+    import latentopt.search.latency_search as ls
+
+    real = ls.make_check
+
+    def shifted(*args):  # noqa: ANN002, ANN202 - test helper
+        check = real(*args)
+        return dataclasses.replace(check, threshold=threshold)
+
+    monkeypatch.setattr(ls, "make_check", shifted)
+    return LatencySearch(QuantizedMLPClassifier(**TINY), param_space={"n_w_bits": [2, 3]},
+                         max_accuracy_drop=0.3, n_repeats=1, cost_model=None,
+                         holdout_fraction=0.25, check_folds=1, random_state=0,
+                         verbose=0, **kw)
+
+
+def test_the_check_runs_during_the_study_and_refutes_lucky_trials(data, monkeypatch):
+    """A trial that would become the fastest validation-feasible one is checked at
+    once; refuted, it is infeasible for the sampler and sets no latency cap."""
+    from latentopt.search.latency_search import BudgetNotMetWarning
+
+    Xtr, ytr, _, _ = data
+    s = _search_with_check(monkeypatch, threshold=1.01, n_trials=2)
+    with pytest.warns(BudgetNotMetWarning, match="checked"):
+        s.fit(Xtr, ytr)
+    complete = [t for t in s.study_.trials if t.state.name == "COMPLETE"]
+    refuted = [t for t in complete if t.user_attrs.get("refuted")]
+    assert refuted, "the validation-feasible trials were refuted by the check"
+    for t in refuted:
+        assert t.user_attrs["constraint"][0] > 0  # infeasible for NSGA-II
+        assert max(t.user_attrs["check_scores"]) < 1.01
+    assert best_feasible_latency(complete) is None  # no cap from a refuted trial
+    assert not s.budget_met_ and s.best_estimator_ is None
+    during = [c for c in s.holdout_["checked"] if c.get("during_study")]
+    assert {c["trial"] for c in during} == {t.number for t in refuted}
+    assert s.outcome_.message.startswith("Budget NOT met on unseen rows")
+    assert "refuted" in s.summary()
+
+
+def test_a_trial_confirmed_during_the_study_is_not_checked_again(data, monkeypatch,
+                                                                  tmp_path):
+    Xtr, ytr, _, _ = data
+    s = _search_with_check(monkeypatch, threshold=-1.0, n_trials=2, cache_dir=tmp_path)
+    s.fit(Xtr, ytr)
+    assert s.budget_met_
+    confirmed = s.study_.trials[s.best_trial_["trial"]]
+    assert "check_scores" in confirmed.user_attrs and not confirmed.user_attrs.get("refuted")
+    # the chosen score is the one recorded during the study
+    assert s.best_score_ == pytest.approx(np.mean(confirmed.user_attrs["check_scores"]))
+
+
 def clone_score(ref, X, y, tr, te):  # noqa: ANN001, ANN201 - test helper
     from sklearn.base import clone
 

@@ -102,7 +102,7 @@ def _search(tmp_path, **kw):
 
 def test_search_results_front_and_refit(data, tmp_path):
     Xtr, ytr, Xv, yv = data
-    s = _search(tmp_path, n_trials=3).fit(Xtr, ytr)
+    s = _search(tmp_path, n_trials=3, refit=False).fit(Xtr, ytr)
     assert len(s.results_) == 3
     front = s.pareto_front_
     assert front and all(r["feasible"] for r in front)
@@ -122,10 +122,42 @@ def test_search_results_front_and_refit(data, tmp_path):
         s.best_compile_kwargs_["rounding_bits"] or 99)
     assert s.best_estimator_.module_.config["hidden_sizes"] == list(
         s.best_params_["hidden_layer_sizes"])
-    # refit=True retrains on all data and searches the compile point again
+    assert s.refit_ is None
+    # refit=True retrains on all data, compiled at the checked point once verified
     r = _search(tmp_path, n_trials=3, refit=True).fit(Xtr, ytr)
     assert r.best_estimator_.n_features_in_ == Xtr.shape[1]
     assert r.best_estimator_.fhe_circuit_ is not None
+    info = r.refit_
+    assert info["n_rows"] == len(Xtr)
+    if not info["searched_again"]:  # the trial's point held for the retrained model
+        assert info["simulated_score"] >= info["unrounded_score"] - r.max_accuracy_drop
+        assert info["point"] == r.best_compile_kwargs_
+        assert r.best_estimator_.fhe_report_["max_tlu_input_bits"] <= (
+            r.best_compile_kwargs_["rounding_bits"] or 99)
+    # a retrained model differs from the trial's (trained on all rows, not a part)
+    trial_model = r.trial_estimator(r.best_trial_["trial"])
+    assert not np.array_equal(trial_model.predict_proba(Xtr),
+                              r.best_estimator_.predict_proba(Xtr))
+
+
+def test_refit_searches_again_when_the_point_fails_the_retrained_model(data, tmp_path):
+    """A checked point that costs the retrained model more than the budget is not
+    copied: rounding and p_error are searched again on the retrained model."""
+    Xtr, ytr, _, _ = data
+    s = _search(tmp_path, n_trials=2, refit=True).fit(Xtr, ytr)
+    assert s.best_params_ is not None
+    s.max_accuracy_drop = 0.02
+    # a point no model survives: 1-bit lookups at a high error rate
+    s.best_compile_kwargs_ = {"rounding_bits": 1, "rounding_method": "approximate",
+                              "p_error": 0.2}
+    est = s._best_estimator(s._objective, Xtr, ytr)
+    info = s.refit_
+    assert info["simulated_score"] < info["unrounded_score"] - 0.02
+    assert info["searched_again"]
+    if not info.get("kept_trial_model"):
+        assert info["point"] != s.best_compile_kwargs_
+        assert est.fhe_report_["max_tlu_input_bits"] <= (info["point"]["rounding_bits"]
+                                                         or 99)
 
 
 def test_search_resumes_without_redoing_trials(data, tmp_path):
