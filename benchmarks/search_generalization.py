@@ -58,6 +58,20 @@ def measure(est: object, Xte: np.ndarray, n_execute: int) -> dict:
     return {"keygen_s": keygen, "measured_s": float(np.median(times))}
 
 
+def _rejections(study: object) -> dict[str, int]:
+    """Pruned trials by reason: short training, cost bound, accumulator, other."""
+    counts: dict[str, int] = {}
+    for t in study.trials:  # type: ignore[attr-defined]
+        reason = t.user_attrs.get("rejected")
+        if reason is None:
+            continue
+        kind = ("short training" if reason.startswith("short-training") else
+                "cost bound" if reason.startswith("cost bound") else
+                "accumulator" if "n_accum_bits" in reason else "other")
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
         cache: Path, max_epochs: int) -> list[dict]:
     from latentopt import QuantizedMLPClassifier, QuantizedMLPRegressor
@@ -84,6 +98,9 @@ def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
                            "hidden": r.get("hidden_layer_sizes"), "n_w_bits": r.get("n_w_bits")}
                           for r in search.pareto_front_],
                "reference_validation": search.reference_score_,
+               "rejected": _rejections(search.study_),
+               "refuted_during_study": [t.number for t in search.study_.trials
+                                        if t.user_attrs.get("refuted")],
                "outcome": getattr(search, "outcome_", None),
                "holdout": {k: v for k, v in (getattr(search, "holdout_", None) or {}).items()
                            if k != "checked"} | {
@@ -103,6 +120,7 @@ def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
             "activation", "pruning_ratio", "rounding_bits", "p_error", "pbs", "max_tlu_bits")}
         row["validation_score"] = search.best_trial_["score"]
         row["check_score"] = getattr(search, "best_score_", None)
+        row["refit"] = getattr(search, "refit_", None)
         row["test_score"] = float(np.mean([score_under(est, Xte, yte, "simulate")
                                            for _ in range(3)]))
         if search.latency_unit_ == "seconds":

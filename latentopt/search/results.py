@@ -202,12 +202,15 @@ def plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]], threshol
         _, ax = plt.subplots(figsize=(6.4, 4), layout="constrained")
     ok = [r for r in rows if r["cost"] < _NO_LATENCY]
     feasible = [r for r in ok if r["feasible"]]
-    other = [r for r in ok if not r["feasible"]]
-    for group, color, label in ((feasible, "tab:blue", "feasible trials"),
-                                (other, "tab:gray", "below budget")):
+    refuted = [r for r in ok if r.get("refuted")]
+    other = [r for r in ok if not r["feasible"] and not r.get("refuted")]
+    for group, color, marker, label in (
+            (feasible, "tab:blue", "o", "feasible trials"),
+            (refuted, "tab:orange", "x", "refuted by the check"),
+            (other, "tab:gray", "o", "below budget")):
         if group:
             ax.scatter([r["cost"] for r in group], [r["score"] for r in group],
-                       color=color, s=18, label=label)
+                       color=color, marker=marker, s=18, label=label)
     ax.plot([r["cost"] for r in front], [r["score"] for r in front], "o-",
             color="tab:red", label="Pareto front")
     ax.axhline(threshold, ls="--", color="k", lw=0.8, label="accuracy budget")

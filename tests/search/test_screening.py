@@ -325,6 +325,8 @@ def test_the_check_runs_during_the_study_and_refutes_lucky_trials(data, monkeypa
     assert {c["trial"] for c in during} == {t.number for t in refuted}
     assert s.outcome_.message.startswith("Budget NOT met on unseen rows")
     assert "refuted" in s.summary()
+    legend = [t.get_text() for t in s.plot_pareto().get_legend().get_texts()]
+    assert "refuted by the check" in legend
 
 
 def test_a_trial_confirmed_during_the_study_is_not_checked_again(data, monkeypatch,
