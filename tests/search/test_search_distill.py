@@ -98,6 +98,12 @@ def test_estimator_teacher_is_used_and_objective_pickles(data, tmp_path):
 def test_array_teacher_is_split_with_the_data(data, tmp_path):
     X, y = data
     proba = np.column_stack([1 - y, y]) * 0.8 + 0.1  # a confident "teacher"
-    s = _search(tmp_path, n_trials=1, teacher=proba).fit(X, y)
+    s = _search(tmp_path, n_trials=1, teacher=proba, refit=False).fit(X, y)
     assert s.teacher_.shape == (len(X), 2)
+    # the trial's model: trained on the training part, with its rows of the teacher
     assert s.best_estimator_.teacher_.shape[0] == len(X) - int(np.ceil(0.2 * len(X)))
+    # refit=True: retrained on all of X, with the whole teacher array
+    r = _search(tmp_path, n_trials=1, teacher=proba, refit=True).fit(X, y)
+    assert r.best_estimator_ is not None and r.refit_ is not None
+    if not r.refit_.get("kept_trial_model"):
+        assert r.best_estimator_.teacher_.shape[0] == len(X)
