@@ -31,7 +31,11 @@ def check_quantized(
     q: Any, n_features: int, bounds: tuple[int, int], name: str = "q",
     reason: str = "the input quantizer's range",
 ) -> np.ndarray:
-    """Validate quantized inputs; return them as int64.
+    """Validate quantized inputs; return them as a C-contiguous int64 array.
+
+    C order matters: concrete-python reads a tensor's buffer in C order whatever its
+    strides, so a Fortran-ordered array (a column selection, a pandas frame, a
+    transpose) was encrypted and simulated with its samples scrambled, silently.
 
     The one input check of every backend: an integer array (else
     :class:`InputTypeError`) of shape ``(n_samples, n_features)`` whose values lie in
@@ -51,4 +55,4 @@ def check_quantized(
     lo, hi = (int(b) for b in bounds)
     if q.size and (q.min() < lo or q.max() > hi):
         raise ValueError(f"quantized inputs must lie in [{lo}, {hi}] ({reason})")
-    return q.astype(np.int64, copy=False)
+    return np.ascontiguousarray(q, dtype=np.int64)

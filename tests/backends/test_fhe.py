@@ -328,6 +328,21 @@ def test_execute_equals_simulation(tiny_fhe, capsys):
 
 
 @pytest.mark.fhe
+def test_fortran_ordered_inputs_are_not_scrambled(tiny_fhe):
+    """concrete-python reads a tensor's buffer in C order whatever its strides: a
+    Fortran-ordered batch (a column selection of a C array, a pandas frame) was
+    simulated and executed with its samples mixed up, silently (found through a
+    deployed wine model whose ``X[:, [0, 6, 9]]`` inputs were Fortran-ordered)."""
+    circuit, fc = tiny_fhe
+    q = np.random.default_rng(11).integers(-4, 4, (circuit.n_features, 12)).T  # F order
+    assert q.flags["F_CONTIGUOUS"] and not q.flags["C_CONTIGUOUS"]
+    exact = IntegerBackend(circuit).run_integers(np.ascontiguousarray(q))
+    assert len({tuple(r) for r in exact}) > 1  # distinct samples: a mix-up would show
+    np.testing.assert_array_equal(fc.simulate(q), exact)
+    np.testing.assert_array_equal(fc.execute(q[:fc.batch_size]), exact[:fc.batch_size])
+
+
+@pytest.mark.fhe
 def test_approximate_rounding_is_off_by_at_most_one_step(key_cache):
     """One layer, the lookup is the output: each value is f at the exact rounding +- 1 step."""
     act = QuantActivation("relu", 0.25, 1.0, n_bits=3)
