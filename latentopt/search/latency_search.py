@@ -39,7 +39,7 @@ from .refit import final_estimator
 from .results import Outcome, collect, make_outcome, pareto_front, plot_front, summary_table
 from .screening import seed_configs
 from .selection import make_check, select_on_check
-from .space import default_space, resolve_space
+from .space import search_space
 from .storage import local_storage_dir, make_storage, recover_stale_trials
 from .trials import (
     bind_identity,
@@ -269,8 +269,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         )
         bind_identity(study, identity)
         if not study.trials:  # a seeded start: where fast, accurate circuits usually are
-            space = resolve_space(self.param_space or default_space(self.estimator),
-                                  self.estimator)
+            space = search_space(self.param_space, self.estimator)
             for seed in seed_configs(space, self.estimator):
                 study.enqueue_trial(seed, user_attrs={"seeded": True}, skip_if_exists=True)
         study.sampler = make_sampler(self.random_state, 0, len(study.get_trials(deepcopy=False)))
@@ -390,8 +389,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         record = self.study_.trials[int(trial)]
         if "compile" not in record.user_attrs:
             raise ValueError(f"trial {trial} has no compiled point")
-        est, _ = self._objective._fit(trial_params(record))
-        return est.compile(**record.user_attrs["compile"], verbose=0)
+        return self._objective.compiled(trial_params(record), record.user_attrs["compile"])
 
     def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Predictions of ``best_estimator_`` (RuntimeError if the budget was not met)."""

@@ -24,7 +24,7 @@ from .screening import (
     promising,
     short_params,
 )
-from .space import default_space, resolve_space, sample_params
+from .space import sample_params, search_space
 from .trials import ModelCache, model_key
 
 #: Objective value of trials with no compilable point (Optuna rejects inf).
@@ -86,6 +86,11 @@ class _Objective:
         cache.store(key, est)
         return est, False
 
+    def compiled(self, params: dict[str, Any], point: dict[str, Any]) -> Any:
+        """The model of ``params`` (trained on the training split, or from the model
+        cache) compiled at ``point`` (``rounding_bits``, ``rounding_method``, ``p_error``)."""
+        return self._fit(params)[0].compile(**point, verbose=0)
+
     def _prune(self, trial: Any, reason: str) -> None:
         import optuna
 
@@ -125,15 +130,13 @@ class _Objective:
             self._prune(trial, f"short-training score {score:.4f} not in the top third of "
                                f"{len(previous)} earlier trials")
 
-    def _confirm(self, trial: Any, params: dict[str, Any], point: Any,
+    def _confirm(self, trial: Any, params: dict[str, Any], point: dict[str, Any],
                  violation: float) -> float:
         """Check a trial about to become the fastest feasible one on unseen rows
         (:class:`~latentopt.search.selection.Check`); a refuted trial's constraint is
         violated by the check's shortfall, so it neither counts as feasible nor caps
         the latency of later trials."""
-        scores = self.check.scores(self, params, {"rounding_bits": point.rounding_bits,
-                                                  "rounding_method": point.rounding_method,
-                                                  "p_error": point.p_error})
+        scores = self.check.scores(self, params, point)
         trial.set_user_attr("check_scores", [float(v) for v in scores])
         shortfall = float(self.check.threshold - min(scores))
         if shortfall <= 0:
@@ -145,8 +148,7 @@ class _Objective:
         import optuna
 
         s = self.search
-        params = sample_params(trial, resolve_space(s.param_space or default_space(s.estimator),
-                                                    s.estimator), s.estimator)
+        params = sample_params(trial, search_space(s.param_space, s.estimator), s.estimator)
         trial.set_user_attr("params", {k: (list(v) if isinstance(v, tuple) else v)
                                        for k, v in params.items()})
         trial.set_user_attr("pid", os.getpid())
@@ -179,7 +181,7 @@ class _Objective:
         violation = float(inner.threshold - score)
         if (violation <= 0 and inner.best is not None and self.check is not None
                 and (cap is None or latency < cap)):
-            violation = self._confirm(trial, params, inner.best, violation)
+            violation = self._confirm(trial, params, inner.compile_kwargs, violation)
         trial.set_user_attr("constraint", [violation])
         trial.set_constraint("accuracy_budget", violation)  # <= 0: feasible (NSGA-II)
         if point is not None:

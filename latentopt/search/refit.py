@@ -30,13 +30,6 @@ __all__ = ["REFIT_ROWS", "final_estimator"]
 REFIT_ROWS = 2000
 
 
-def _trial_model(objective: Any, params: dict[str, Any], point: dict[str, Any]) -> Any:
-    """The trial's own model (model cache), compiled at its point."""
-    est, _ = objective._fit(params)
-    est.compile(**point, verbose=0)
-    return est
-
-
 def final_estimator(search: Any, objective: Any, X: np.ndarray, y: np.ndarray) -> Any:
     """``search``'s chosen model, compiled; sets ``search.refit_`` (see module doc).
 
@@ -46,7 +39,7 @@ def final_estimator(search: Any, objective: Any, X: np.ndarray, y: np.ndarray) -
     point = dict(search.best_compile_kwargs_ or {})
     search.refit_ = None
     if not search.refit:
-        return _trial_model(objective, params, point)
+        return objective.compiled(params, point)
     best = clone(search.estimator).set_params(**params)
     if objective.teacher is not None:
         best.set_params(teacher=search.teacher_)
@@ -69,6 +62,6 @@ def final_estimator(search: Any, objective: Any, X: np.ndarray, y: np.ndarray) -
                            cost_model=objective.cost_model)
     if inner.best is None:  # no point holds for the retrained model: keep the trial's
         search.refit_["kept_trial_model"] = True
-        return _trial_model(objective, params, point)
+        return objective.compiled(params, point)
     search.refit_["point"] = dict(inner.compile_kwargs)
     return best.compile(**inner.compile_kwargs, verbose=0)

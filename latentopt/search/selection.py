@@ -59,6 +59,14 @@ MAX_REOPEN = 3
 POINT_KEYS = ("rounding_bits", "rounding_method", "p_error")
 
 
+def _verdict(row: dict[str, Any], values: Sequence[float], threshold: float) -> dict[str, Any]:
+    """``row`` with its check scores: ``holdout_score`` (mean over repeats),
+    ``holdout_min`` and ``holdout_pass`` (every repeat meets ``threshold``)."""
+    values = [float(v) for v in values]
+    return dict(row, holdout_score=float(np.mean(values)), holdout_min=float(min(values)),
+                holdout_pass=bool(min(values) >= threshold))
+
+
 def check_on_holdout(rows: Sequence[dict[str, Any]],
                      scores: Callable[[dict[str, Any]], Sequence[float]], threshold: float,
                      max_checks: int = MAX_CHECKS,
@@ -90,9 +98,7 @@ def check_on_holdout(rows: Sequence[dict[str, Any]],
         order = order[: max_checks - 1] + [max(rest, key=lambda r: (r.get("score", 0.0),
                                                                     -r[key]))]
     for row in order[:max_checks]:
-        values = [float(v) for v in scores(row)]
-        out = dict(row, holdout_score=float(np.mean(values)), holdout_min=float(min(values)),
-                   holdout_pass=bool(min(values) >= threshold))
+        out = _verdict(row, scores(row), threshold)
         checked.append(out)
         if out["holdout_pass"]:
             return out, checked
@@ -206,7 +212,7 @@ class Check:
 
             return _cv_scores(fit, params, point, self.X, self.y, self.folds,
                               self.n_repeats, _simulate)
-        est = objective._fit(params)[0].compile(**point, verbose=0)
+        est = objective.compiled(params, point)
         return [_simulate(est, self.X, self.y) for _ in range(max(1, self.n_repeats))]
 
     def describe(self) -> dict[str, Any]:
@@ -247,17 +253,12 @@ def make_check(search: Any, X_tr: np.ndarray, y_tr: np.ndarray,
                  int(search.n_repeats))
 
 
-def refuted_rows(search: Any) -> list[dict[str, Any]]:
+def refuted_rows(search: Any, threshold: float) -> list[dict[str, Any]]:
     """Rows of trials the check refuted during the study, as checked rows."""
-    out = []
-    for t in search.study_.trials:
-        if t.state.name == "COMPLETE" and t.user_attrs.get("refuted"):
-            values = t.user_attrs["check_scores"]
-            out.append({"trial": t.number, "score": t.values[1], "cost": t.values[0],
-                        "holdout_score": float(np.mean(values)),
-                        "holdout_min": float(min(values)), "holdout_pass": False,
-                        "during_study": True})
-    return out
+    return [_verdict({"trial": t.number, "score": t.values[1], "cost": t.values[0],
+                      "during_study": True}, t.user_attrs["check_scores"], threshold)
+            for t in search.study_.trials
+            if t.state.name == "COMPLETE" and t.user_attrs.get("refuted")]
 
 
 def select_on_check(search: Any, objective: Any, check: Check | None) -> None:
@@ -278,7 +279,7 @@ def select_on_check(search: Any, objective: Any, check: Check | None) -> None:
     search.best_score_ = None if best is None else best["score"]
     if check is None:
         return
-    refuted = refuted_rows(search)
+    refuted = refuted_rows(search, check.threshold)
     if best is None and not refuted:  # nothing reached the budget on validation
         return
     trials = search.study_.trials

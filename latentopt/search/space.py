@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["DEFAULT_SPACE", "TORCH_SPACE", "default_space", "resolve_space", "sample_params",
-           "torch_space", "validate_space"]
+           "search_space", "torch_space", "validate_space"]
 
 DEFAULT_SPACE: dict[str, Any] = {
     "n_w_bits": (2, 4),
@@ -95,6 +95,13 @@ def resolve_space(space: Mapping[str, Any], estimator: Any) -> dict[str, Any]:
     ``"pruning_ratio.*"``: one entry per prunable layer of its model)."""
     expand = getattr(estimator, "_expand_search_space", None)
     return dict(expand(space)) if callable(expand) else dict(space)
+
+
+def search_space(param_space: Mapping[str, Any] | None, estimator: Any) -> dict[str, Any]:
+    """The space a search over ``estimator`` samples: ``param_space``, or the
+    estimator's :func:`default_space` when it is None or empty, wildcards expanded
+    (:func:`resolve_space`).  The study's identity, its seeds and every trial use it."""
+    return resolve_space(param_space or default_space(estimator), estimator)
 
 
 def _pseudo(estimator: Any, name: str) -> bool:

@@ -36,7 +36,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from .space import default_space, resolve_space, sample_params
+from .space import sample_params, search_space
 from .storage import recover_stale_trials
 
 __all__ = ["ModelCache", "StudyMismatchError", "bind_identity", "canonical", "check_main_guard",
@@ -111,9 +111,7 @@ def study_identity(search: Any, data_key: str, teacher_key: str) -> dict[str, An
     return {
         "estimator": {"class": type(search.estimator).__qualname__,
                       "params": canonical(_template_params(search.estimator))},
-        "space": canonical(resolve_space(search.param_space if search.param_space is not None
-                                         else default_space(search.estimator),
-                                         search.estimator)),
+        "space": canonical(search_space(search.param_space, search.estimator)),
         "data": {"hash": data_key, "validation_fraction": search.validation_fraction,
                  "holdout_fraction": search.holdout_fraction,
                  "random_state": search.random_state},
@@ -235,8 +233,8 @@ def _presample(objective: Any, trial: Any) -> None:
         sample(trial)
     else:
         search = objective.search
-        sample_params(trial, resolve_space(search.param_space or default_space(search.estimator),
-                                           search.estimator), search.estimator)
+        sample_params(trial, search_space(search.param_space, search.estimator),
+                      search.estimator)
 
 
 class _Guarded:
