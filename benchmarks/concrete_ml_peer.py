@@ -8,6 +8,9 @@ notebooks: 3 layers, 3-bit weights and activations, width = n_features.
     python concrete_ml_peer.py --n-execute 5 [--datasets breast_cancer gen_3c_24f ...]
 
 Data sets and splits come from ``bench_datasets.py`` (classification sets only).
+``--npz FILE`` runs one data set from a file with arrays ``Xtr, ytr, Xte, yte`` instead
+(``mnist_search.py`` passes real MNIST this way), optionally with ``--n-layers``,
+``--hidden`` (hidden width; Concrete ML's multiplier is set to give it) and ``--bits``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import time
 import warnings
+from pathlib import Path
 
 import bench_datasets  # same directory: the shared data sets and splits
 import numpy as np
@@ -30,16 +34,31 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n-execute", type=int, default=5)
     parser.add_argument("--datasets", nargs="+", default=["breast_cancer", "wine", "digits"])
+    parser.add_argument("--npz", default=None, help="one data set: arrays Xtr ytr Xte yte")
+    parser.add_argument("--n-layers", type=int, default=3)
+    parser.add_argument("--hidden", type=int, default=None, help="hidden width (n_features)")
+    parser.add_argument("--bits", type=int, default=3)
     args = parser.parse_args()
-    for name in args.datasets:
-        if bench_datasets.is_regression(name):
+    names = ["npz"] if args.npz else args.datasets
+    for name in names:
+        if name == "npz":
+            data = np.load(args.npz)
+            Xtr, Xte, ytr, yte = data["Xtr"], data["Xte"], data["ytr"], data["yte"]
+            name = Path(args.npz).stem
+        elif bench_datasets.is_regression(name):
             continue
-        Xtr, Xte, ytr, yte = bench_datasets.load(name)
-        Xtr, Xte = Xtr.astype(np.float32), Xte.astype(np.float32)
+        else:
+            Xtr, Xte, ytr, yte = bench_datasets.load(name)
+        Xtr = Xtr.reshape(len(Xtr), -1).astype(np.float32)
+        Xte = Xte.reshape(len(Xte), -1).astype(np.float32)
+        hidden = args.hidden or Xtr.shape[1]
         torch.manual_seed(0)
         model = NeuralNetClassifier(
-            module__n_layers=3, module__n_w_bits=3, module__n_a_bits=3,
-            module__n_hidden_neurons_multiplier=1, module__activation_function=torch.nn.ReLU,
+            module__n_layers=args.n_layers, module__n_w_bits=args.bits,
+            module__n_a_bits=args.bits,
+            # Concrete ML's width is int(n_features * multiplier)
+            module__n_hidden_neurons_multiplier=(hidden + 0.5) / Xtr.shape[1],
+            module__activation_function=torch.nn.ReLU,
             max_epochs=100, verbose=0,
         )
         model.fit(Xtr, ytr.astype(np.int64))
@@ -58,7 +77,8 @@ def main() -> None:
             model.predict(Xte[i : i + 1], fhe="execute")
             times.append(time.perf_counter() - t0)
         print(json.dumps({
-            "dataset": name, "accuracy": acc, "latency_s": float(np.median(times)),
+            "dataset": name, "n_layers": args.n_layers, "hidden": hidden,
+            "bits": args.bits, "accuracy": acc, "latency_s": float(np.median(times)),
             "keygen_s": keygen_s, "compile_s": compile_s,
             "pbs": int(circuit.programmable_bootstrap_count),
             "max_bit_width": int(circuit.graph.maximum_integer_bit_width()),

@@ -84,6 +84,27 @@ def run_cml(venv: Path, name: str, model, X_calib: np.ndarray, X_test: np.ndarra
     return rows[-1]
 
 
+def run_cml_nn(venv: Path, Xtr: np.ndarray, ytr: np.ndarray, X_test: np.ndarray,
+               y_test: np.ndarray, n_execute: int) -> dict:
+    """Concrete ML's own NeuralNetClassifier on MNIST: one hidden layer of 64, 3 bits.
+
+    The issue's MLP peer.  It trains on every training digit (``Xtr``: both halves),
+    more data than the search sees, i.e. generous to the peer.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "mnist.npz"
+        np.savez(data, Xtr=Xtr, ytr=ytr, Xte=X_test, yte=y_test)
+        out = subprocess.run(
+            [str(venv / "bin" / "python"), str(HERE / "concrete_ml_peer.py"),
+             "--npz", str(data), "--n-layers", "2", "--hidden", "64", "--bits", "3",
+             "--n-execute", str(n_execute)],
+            capture_output=True, text=True, timeout=3600, cwd=HERE)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if not rows:
+        return {"error": out.stderr[-500:]}
+    return rows[-1]
+
+
 def measure(est, X_test: np.ndarray, y_test: np.ndarray, n_execute: int) -> dict:
     """Clear / simulated accuracy, PBS, keygen and encrypted seconds of a compiled model."""
     row = {"acc_clear": float(np.mean(est.predict(X_test) == y_test)),
@@ -193,6 +214,8 @@ def main() -> None:
     ap.add_argument("--cml-venv", type=Path, default=Path("/work/wt/cml-venv"))
     ap.add_argument("--skip-cml", action="store_true")
     ap.add_argument("--skip-cifar", action="store_true")
+    ap.add_argument("--cml-nn-only", action="store_true",
+                    help="only Concrete ML's NeuralNetClassifier (784-64-10, 3 bits)")
     ap.add_argument("--out", type=Path, default=HERE / "results_mnist_search.jsonl")
     args = ap.parse_args()
     args.trials = args.trials or (4 if args.quick else 12)
@@ -210,6 +233,15 @@ def main() -> None:
     out = args.out.open("a")
     out.write(json.dumps({"run": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:],
                           "load": load()}) + "\n")
+    if args.cml_nn_only or ("mlp64" in args.models and not args.skip_cml):
+        nn_row = run_cml_nn(args.cml_venv, np.concatenate([Xf, Xtr]), np.concatenate([yf, ytr]),
+                            Xte, yte, args.n_execute)
+        print("concrete-ml NeuralNetClassifier:", json.dumps(nn_row), flush=True)
+        out.write(json.dumps({"concrete_ml_nn": nn_row}) + "\n")
+        out.flush()
+        if args.cml_nn_only:
+            out.close()
+            return
     for name in args.models:
         model = float_model(name, Xf, yf)
         rows, info = run_search(name, model, Xtr, ytr, Xte, yte, args)

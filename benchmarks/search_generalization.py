@@ -73,7 +73,9 @@ def _rejections(study: object) -> dict[str, int]:
 
 
 def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
-        cache: Path, max_epochs: int) -> list[dict]:
+        cache: Path, max_epochs: int, peer_acc: float | None = None) -> list[dict]:
+    """The searches of one data set.  ``peer_acc``: one more search, whose budget is the
+    float MLP's test accuracy minus the peer's (the fastest model as accurate as it)."""
     from latentopt import QuantizedMLPClassifier, QuantizedMLPRegressor
     from latentopt.search import LatencySearch
     from latentopt.search.inner import score_under
@@ -84,13 +86,17 @@ def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
     template = (QuantizedMLPRegressor if regression else QuantizedMLPClassifier)(
         max_epochs=max_epochs, random_state=0, verbose=0)
     rows = []
-    for drop in budgets:
+    if peer_acc is not None:
+        budgets = [*budgets, round(max(0.0, float_score - peer_acc), 3)]
+    for i, drop in enumerate(budgets):
         t0 = time.perf_counter()
         search = LatencySearch(template, max_accuracy_drop=drop, n_trials=10_000,
                                timeout=time_budget, cache_dir=cache, random_state=0,
                                verbose=0).fit(Xtr, ytr)
         row = {"dataset": name, "budget": drop, "float_test": float_score,
                "max_epochs": max_epochs, "time_budget": time_budget,
+               "matched_peer": peer_acc if peer_acc is not None and i == len(budgets) - 1
+               else None,
                "search_s": time.perf_counter() - t0, "unit": search.latency_unit_,
                "n_trials": len(search.study_.trials),
                "n_complete": len(search.results_),
@@ -134,11 +140,13 @@ def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
 
 
 def table(rows: list[dict], peer: dict[str, dict]) -> None:
+    print("budget: max_accuracy_drop; 'p': the search at the peer's accuracy (--match-peer)")
     print(f"{'dataset':14s} {'budget':>6s} {'float':>6s} {'val':>6s} {'check':>6s} "
           f"{'test':>6s} {'pred s':>7s} {'meas s':>7s} {'PBS':>4s} {'trials':>6s} | "
           f"{'CML acc':>7s} {'CML s':>6s} {'speed-up':>8s}")
     for r in rows:
         c, p = r.get("chosen"), peer.get(r["dataset"])
+        budget = f"{r['budget']:5.3f}{'p' if r.get('matched_peer') is not None else ' '}"
         cml = (f"{p['accuracy']:7.3f} {p['latency_s']:6.2f} "
                f"{p['latency_s'] / r['measured_s']:7.1f}x" if p and c else "")
         if c is None:
@@ -151,9 +159,9 @@ def table(rows: list[dict], peer: dict[str, dict]) -> None:
                 why = f"validation-feasible points failed the check ({r['n_trials']} trials)"
             else:
                 why = f"no validation-feasible point in {r['n_trials']} trials"
-            print(f"{r['dataset']:14s} {r['budget']:6.2f} {r['float_test']:6.3f}  {why}")
+            print(f"{r['dataset']:14s} {budget} {r['float_test']:6.3f}  {why}")
             continue
-        print(f"{r['dataset']:14s} {r['budget']:6.2f} {r['float_test']:6.3f} "
+        print(f"{r['dataset']:14s} {budget} {r['float_test']:6.3f} "
               f"{r['validation_score']:6.3f} {r['check_score'] or float('nan'):6.3f} "
               f"{r['test_score']:6.3f} {r.get('predicted_s', float('nan')):7.3f} "
               f"{r['measured_s']:7.3f} {c['pbs']:4d} {r['n_trials']:6d} | {cml}")
@@ -166,7 +174,8 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list({(r["dataset"], r["budget"]): r for r in rows}.values())  # reruns: the last
+    rows = list({(r["dataset"], r["budget"]): r for r in rows  # reruns: the last
+                 if r.get("matched_peer") is None}.values())
     names = list(dict.fromkeys(r["dataset"] for r in rows))
     cols = min(3, len(names))
     fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(4.2 * cols,
@@ -215,11 +224,14 @@ def main() -> None:
                         help="150 s per data set and budget, max_epochs 60, 3 executions")
     parser.add_argument("--max-epochs", type=int, default=200,
                         help="the template's max_epochs (QuantizedMLP* default: 200)")
-    parser.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02])
+    parser.add_argument("--budgets", nargs="*", type=float, default=[0.01, 0.02])
     parser.add_argument("--n-execute", type=int, default=5)
     parser.add_argument("--out", type=Path, default=HERE / "results_search_generalization.jsonl")
     parser.add_argument("--peer-json", type=Path, default=None,
                         help="JSON lines of concrete_ml_peer.py on the same data sets")
+    parser.add_argument("--match-peer", action="store_true",
+                        help="one more search per data set, at the peer's accuracy "
+                             "(budget = float test accuracy - peer accuracy; --peer-json)")
     parser.add_argument("--plot", type=Path, default=None,
                         help="only print the table and draw the plot from this results file")
     args = parser.parse_args()
@@ -238,8 +250,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="latentopt-bench-") as tmp:
         for name in args.datasets:
             cache = Path(tmp) / name
+            peer_acc = peer[name]["accuracy"] if args.match_peer and name in peer else None
             for row in run(name, args.budgets, args.time_budget, args.n_execute, cache,
-                           args.max_epochs):
+                           args.max_epochs, peer_acc):
                 rows.append(row)
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps(row, default=str) + "\n")
