@@ -128,7 +128,7 @@ def run_search(name: str, model, Xtr, ytr, Xte, yte, args) -> tuple[list[dict], 
 
     float_acc = mnist_models.accuracy(model, Xte, yte)
     est = QuantizedTorchClassifier(model, n_bits=4, max_epochs=args.epochs, lr=1e-3,
-                                   batch_size=64, patience=5, random_state=0, verbose=0)
+                                   batch_size=64, random_state=0, verbose=0)
     t0 = time.perf_counter()
     search = LatencySearch(est, max_accuracy_drop=args.drop, n_trials=args.trials,
                            timeout=args.timeout, n_repeats=1, random_state=0,

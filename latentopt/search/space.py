@@ -25,7 +25,10 @@ for every prunable layer (:func:`torch_space` with ``per_layer_pruning=True``).
 :func:`default_space` picks the default of an estimator.
 
 >>> sorted(TORCH_SPACE)
-['lr', 'n_a_bits', 'n_input_bits', 'n_w_bits', 'pruning_ratio']
+['distill_alpha', 'lr', 'n_a_bits', 'n_input_bits', 'n_w_bits', 'pruning_ratio']
+
+``distill_alpha`` (distillation from the user's float model) is left out for module
+factories, which have no trained model to learn from.
 
 ``n_accum_bits`` is the guaranteed accumulator budget (pruning until every worst-case
 accumulator fits; ``None``: no budget).  The rounding bits and ``p_error`` are not in the
@@ -59,6 +62,7 @@ TORCH_SPACE: dict[str, Any] = {
     "n_input_bits": (3, 7),
     "pruning_ratio": [0.0, 0.25, 0.5],
     "lr": [1e-3, 3e-3, 1e-2],
+    "distill_alpha": [0.0, 0.5],
 }
 
 
@@ -69,8 +73,10 @@ def default_space(estimator: Any) -> dict[str, Any]:
 
 
 def torch_space(per_layer_pruning: bool = False,
-                ratios: tuple[float, ...] | list[float] = (0.0, 0.25, 0.5)) -> dict[str, Any]:
-    """:data:`TORCH_SPACE`, with one pruning ratio per prunable layer if asked.
+                ratios: tuple[float, ...] | list[float] = (0.0, 0.25, 0.5),
+                distill: bool = True) -> dict[str, Any]:
+    """:data:`TORCH_SPACE`, with one pruning ratio per prunable layer if asked, and
+    without distillation if ``distill=False`` (module factories: no trained model).
 
     ``per_layer_pruning=True`` replaces the global ``pruning_ratio`` by the entry
     ``"pruning_ratio.*"``: the torch estimator expands it (:func:`resolve_space`) into one
@@ -78,10 +84,12 @@ def torch_space(per_layer_pruning: bool = False,
     ``Linear`` / ``Conv1d`` / ``Conv2d`` but the output layers), each choosing among
     ``ratios``; a trial's ratios become the estimator's ``pruning_ratio`` dict.
 
-    >>> sorted(torch_space(per_layer_pruning=True))
+    >>> sorted(torch_space(per_layer_pruning=True, distill=False))
     ['lr', 'n_a_bits', 'n_input_bits', 'n_w_bits', 'pruning_ratio.*']
     """
     space = dict(TORCH_SPACE)
+    if not distill:
+        del space["distill_alpha"]
     if per_layer_pruning:
         del space["pruning_ratio"]
         space["pruning_ratio.*"] = [float(r) for r in ratios]

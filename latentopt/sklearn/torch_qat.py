@@ -90,10 +90,28 @@ _DOC = """
     weight_decay : float, default=0.0
     validation_fraction : float, default=0.1
         Share of the training data held out for early stopping.
-    early_stopping : bool, default=True
-        Keep the weights of the best validation epoch; stop after ``patience`` epochs
-        without improvement.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction``, keep the weights of the best validation epoch
+        and stop after ``patience`` epochs without improvement.  Off by default, as for
+        the MLP estimators: fine-tuning then runs the whole cosine schedule on every
+        row.  Measured on real MNIST (2,000 digits, 30 epochs, rounding 6): the issue's
+        CNN pruned by half, 6/5/6 bits, 0.938-0.943 without early stopping against
+        0.933-0.937 with it (patience 5); 0.946 against 0.937-0.941 with
+        ``distill_alpha=0.5``.
     patience : int, default=5
+    distill_alpha : float in [0, 1], default=0.0
+        Knowledge distillation from ``module`` itself: the weight of the float model's
+        temperature-softened outputs in the fine-tuning loss (classification: KL to its
+        softmax; regression: squared error to its outputs), ``1 - distill_alpha`` that of
+        the labels (:func:`latentopt.nn.distill.distillation_loss`).  The teacher is the
+        unpruned float model, so pruned and low-bit students learn its outputs on every
+        training row, not only the labels.  Needs a trained ``module`` (not a factory).
+        It helps when the float model is better than what fine-tuning on the labels
+        reaches (real MNIST, the CNN above: +0.5 point at ``distill_alpha=0.5``) and
+        hurts when it is not (an MLP fine-tuned on new digits beat its float model by 2
+        points; distilled, by 1): the default search space tries both, 0 and 0.5.
+    distill_temperature : float > 0, default=2.0
+        Softening temperature of the classification distillation term.
     random_state : int, RandomState or None, default=None
         Seeds pruning, batch order and the validation split.
     verbose : int, default=1
@@ -140,9 +158,10 @@ class _TorchQATBase(TorchSearchHooks, QuantizedEstimatorBase):
                  pruning_ratio: float | Mapping[str, float] = 0.0,
                  prune_importance: str = "l1", calibrate: bool = True, max_epochs: int = 10,
                  lr: float = 1e-3, batch_size: int = 64, weight_decay: float = 0.0,
-                 validation_fraction: float = 0.1, early_stopping: bool = True,
-                 patience: int = 5, random_state: Any = None, verbose: int = 1,
-                 fhe_mode: str = "disable") -> None:
+                 validation_fraction: float = 0.1, early_stopping: bool = False,
+                 patience: int = 5, distill_alpha: float = 0.0,
+                 distill_temperature: float = 2.0, random_state: Any = None,
+                 verbose: int = 1, fhe_mode: str = "disable") -> None:
         self.module = module
         self.n_bits = n_bits
         self.pruning_ratio = pruning_ratio
@@ -155,6 +174,8 @@ class _TorchQATBase(TorchSearchHooks, QuantizedEstimatorBase):
         self.validation_fraction = validation_fraction
         self.early_stopping = early_stopping
         self.patience = patience
+        self.distill_alpha = distill_alpha
+        self.distill_temperature = distill_temperature
         self.random_state = random_state
         self.verbose = verbose
         self.fhe_mode = fhe_mode
@@ -212,6 +233,13 @@ class _TorchQATBase(TorchSearchHooks, QuantizedEstimatorBase):
                              f"{self.validation_fraction!r}")
         if self.fhe_mode not in FHE_MODES:
             raise ValueError(f"fhe_mode must be one of {FHE_MODES}, got {self.fhe_mode!r}")
+        from ..nn.distill import check_distill_params
+
+        check_distill_params(self.distill_temperature, self.distill_alpha)
+        if self.distill_alpha > 0 and not isinstance(self.module, torch.nn.Module):
+            raise ValueError("distill_alpha > 0 distils the trained float module; a module "
+                             "factory builds an untrained one: pass a trained module, or "
+                             "distill_alpha=0")
         return bits
 
     def _validate_fit(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -281,7 +309,9 @@ class _TorchQATBase(TorchSearchHooks, QuantizedEstimatorBase):
         if int(np.prod(out.shape[1:])) != n_outputs:
             raise ValueError(f"the module has {int(np.prod(out.shape[1:]))} outputs, the "
                              f"targets need {n_outputs}")
-        data = MLPTrainingMixin._split(self, X, y, self._classifier, seed)  # type: ignore[arg-type]
+        soft = self._teacher_targets(model, X, n_outputs)  # the unpruned float model
+        data = MLPTrainingMixin._split(self, X, y, self._classifier, seed,  # type: ignore[arg-type]
+                                       soft=soft)
         prune_report = None
         ratio = self.pruning_ratio
         if isinstance(ratio, Mapping) or float(ratio) > 0:
@@ -298,13 +328,14 @@ class _TorchQATBase(TorchSearchHooks, QuantizedEstimatorBase):
                 calibrate_qat(qat, data[0][idx])
             self.history_ = None
             if self.max_epochs > 0:
-                X_tr, y_tr, X_val, y_val, _ = data
+                X_tr, y_tr, X_val, y_val, soft_tr = data
                 self.history_ = train_module(
                     qat, X_tr, y_tr, self._loss, X_val=X_val, y_val=y_val,
                     score_fn=self._score_fn, max_epochs=int(self.max_epochs), lr=float(self.lr),
                     weight_decay=float(self.weight_decay), batch_size=int(self.batch_size),
                     patience=int(self.patience), seed=seed, verbose=int(self.verbose),
-                    description=f"{type(self).__name__} QAT")
+                    description=f"{type(self).__name__} QAT", soft_targets=soft_tr,
+                    soft_loss_fn=None if soft_tr is None else self._soft_loss())
             qat.eval()
             X_cal = X[np.sort(rng.permutation(len(X))[:N_CALIBRATION])]
             circuit, report = import_brevitas(qat, X_cal)
@@ -324,6 +355,28 @@ class _TorchQATBase(TorchSearchHooks, QuantizedEstimatorBase):
         self.__dict__.pop("_runtime", None)
         self._forget_compilation()
         self._exact_runtime()  # built now: predict must not add to the estimator's state
+
+    def _teacher_targets(self, model: Any, X: np.ndarray, n_outputs: int) -> np.ndarray | None:
+        """The float model's soft targets on ``X`` (None without distillation)."""
+        if not self.distill_alpha > 0:
+            return None
+        from ..nn.distill import teacher_targets
+
+        if self._classifier:
+            return np.asarray(teacher_targets(model, X, classes=np.arange(n_outputs)),
+                              dtype=np.float32)
+        out = teacher_targets(model, X, n_outputs=n_outputs)
+        return np.asarray((out - self.y_mean_) / self.y_scale_, dtype=np.float32)
+
+    def _soft_loss(self) -> Any:
+        from functools import partial
+
+        from ..nn.distill import distillation_loss, regression_distillation_loss
+
+        if self._classifier:
+            return partial(distillation_loss, temperature=float(self.distill_temperature),
+                           alpha=float(self.distill_alpha))
+        return partial(regression_distillation_loss, alpha=float(self.distill_alpha))
 
     # --------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:

@@ -42,9 +42,14 @@ class TorchSearchHooks:
     _classifier: bool
 
     def _default_search_space(self) -> dict[str, Any]:
+        import torch
+
         from ..search.space import TORCH_SPACE
 
-        return dict(TORCH_SPACE)
+        space = dict(TORCH_SPACE)
+        if not isinstance(self.module, torch.nn.Module):  # a factory: nothing to distil
+            space.pop("distill_alpha")
+        return space
 
     @staticmethod
     def _is_search_name(name: str) -> bool:
@@ -57,13 +62,23 @@ class TorchSearchHooks:
 
     def _expand_search_space(self, space: Mapping[str, Any]) -> dict[str, Any]:
         """``space`` with ``"pruning_ratio.*"`` replaced by one ``"pruning_ratio.<layer>"``
-        entry per prunable layer (entries the space names itself are kept)."""
-        wildcard = f"{PRUNE_PARAM}.*"
-        out = {k: v for k, v in space.items() if k != wildcard}
-        if wildcard not in space:
-            return out
+        entry per prunable layer (entries the space names itself are kept).  A module
+        factory with a ``distill_alpha`` > 0 in the space is refused: it has no trained
+        model to distil."""
         import torch
 
+        wildcard = f"{PRUNE_PARAM}.*"
+        out = {k: v for k, v in space.items() if k != wildcard}
+        if not isinstance(self.module, torch.nn.Module) and "distill_alpha" in space:
+            values = space["distill_alpha"]
+            values = values if isinstance(values, (list, tuple)) else [values]
+            if any(not isinstance(v, str) and float(v) > 0 for v in values):
+                raise ValueError("search space entry 'distill_alpha' > 0 distils the trained "
+                                 "float module; a module factory builds an untrained one: "
+                                 "leave 'distill_alpha' out of the space "
+                                 "(torch_space(distill=False))")
+        if wildcard not in space:
+            return out
         if not isinstance(self.module, torch.nn.Module):
             raise ValueError(f"search space entry {wildcard!r} needs a torch.nn.Module (its "
                              f"layer names), not a module factory: name the layers "

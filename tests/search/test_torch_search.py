@@ -102,6 +102,17 @@ def test_per_layer_pruning_space_expands_to_the_model_layers():
         resolve_space({"pruning_ratio.*": [0.5]}, QuantizedTorchClassifier(MLPFactory()))
 
 
+def test_distillation_is_searched_for_trained_modules_only():
+    trained, factory = QuantizedTorchClassifier(trained_cnn()), QuantizedTorchClassifier(
+        MLPFactory())
+    assert default_space(trained)["distill_alpha"] == [0.0, 0.5]
+    assert "distill_alpha" not in default_space(factory)
+    assert "distill_alpha" not in torch_space(distill=False)
+    with pytest.raises(ValueError, match="distill_alpha"):  # before any trial
+        resolve_space(torch_space(), factory)
+    assert resolve_space({"distill_alpha": [0.0]}, factory) == {"distill_alpha": [0.0]}
+
+
 def test_search_with_per_layer_pruning(data):
     X, y = data
     est = QuantizedTorchClassifier(trained_cnn(), n_bits=4, max_epochs=2, lr=3e-3, verbose=0)

@@ -121,6 +121,8 @@ def test_regressor():
     (dict(pruning_ratio=1.0), "pruning_ratio"),
     (dict(prune_importance="taylor"), "prune_importance"),
     (dict(max_epochs=-1), "max_epochs"),
+    (dict(distill_alpha=1.5), "distill_alpha"),
+    (dict(distill_alpha=0.5, distill_temperature=0.0), "distill_temperature"),
 ])
 def test_bad_parameters_are_refused_before_training(params, match):
     X, y = digits_images()
@@ -132,3 +134,43 @@ def test_wrong_number_of_outputs():
     X, y = digits_images()
     with pytest.raises(ValueError, match="outputs"):
         _clf().fit(X[:100], y[:100] % 3)
+
+
+def test_distillation_learns_the_float_model_not_the_labels():
+    """With ``distill_alpha=1`` the student learns the float model's outputs alone: on
+    shuffled labels it still agrees with the float model, while label-only fine-tuning
+    on the same shuffled labels forgets it."""
+    X, y = digits_images()
+    teacher = float_accuracy(trained_cnn(), X[1200:1500], y[1200:1500])
+    y_shuffled = np.random.default_rng(0).permutation(y[:1200])
+    kw = dict(max_epochs=8, lr=1e-2)
+    distilled = _clf(distill_alpha=1.0, distill_temperature=2.0, **kw).fit(X[:1200], y_shuffled)
+    labels = _clf(**kw).fit(X[:1200], y_shuffled)
+    assert distilled.score(X[1200:1500], y[1200:1500]) > teacher - 0.05
+    assert labels.score(X[1200:1500], y[1200:1500]) < teacher - 0.3
+    assert distilled.get_params()["distill_alpha"] == 1.0
+    assert clone(distilled).get_params()["distill_temperature"] == 2.0
+
+
+def test_distillation_needs_a_trained_module():
+    from latentopt.nn.factories import MLPFactory
+
+    X, y = digits_images()
+    est = QuantizedTorchClassifier(MLPFactory((8,)), distill_alpha=0.5, verbose=0)
+    with pytest.raises(ValueError, match="trained float module"):
+        est.fit(X[:50], y[:50])
+
+
+def test_regressor_distillation_follows_the_teacher():
+    """A regressor distilled with ``distill_alpha=1`` on noise targets still fits the
+    float model's function (its outputs, in target units)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 4)).astype(np.float32)
+    y = (np.sin(X[:, 0]) + 0.5 * X[:, 1]).astype(np.float32)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    train_float(net, X[:300], y[:300, None], epochs=300)
+    noise = rng.normal(size=300).astype(np.float32)
+    reg = QuantizedTorchRegressor(net, n_bits=6, max_epochs=10, distill_alpha=1.0,
+                                  random_state=0, verbose=0).fit(X[:300], noise)
+    assert reg.score(X[300:], y[300:]) > 0.6
