@@ -1,10 +1,11 @@
-"""Knowledge distillation for the MLP estimators: the teacher's soft targets and loss.
+"""Knowledge distillation for the estimators: the teacher's soft targets and loss.
 
 The losses and the teacher adapters live in :mod:`latentopt.nn.distill`; this mixin
 fits the teacher (``teacher_``) when ``fit`` runs and turns its outputs into the soft
 targets the training loop mixes with the labels: temperature-softened log-probabilities
 for a classifier, standardised predictions for a regressor (the scale the regressor
-trains on, see :mod:`latentopt.sklearn.targets`).
+trains on, see :mod:`latentopt.sklearn.targets`).  The torch QAT estimators use the
+same soft targets and loss with the user's float module as the teacher.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ __all__ = ["DistillationMixin"]
 
 
 class DistillationMixin:
-    """``teacher`` / ``distill_temperature`` / ``distill_alpha`` of the MLP estimators."""
+    """``teacher`` / ``distill_temperature`` / ``distill_alpha`` of the MLP estimators
+    (the torch estimators have no ``teacher``: their module is one)."""
 
     teacher: Any
     distill_temperature: float

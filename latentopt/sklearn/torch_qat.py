@@ -43,6 +43,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, validate_data
 
 from .base import QuantizedEstimatorBase, softmax
+from .distillation import DistillationMixin
 from .targets import fold_target_scaling, target_scaling
 from .torch_model import flat_samples
 from .torch_qat_search import TorchSearchHooks
@@ -147,7 +148,7 @@ def _ndim(X: Any) -> int:
     return int(nd) if nd is not None else int(np.asarray(X).ndim)
 
 
-class _TorchQATBase(TorchSearchHooks, QuantizedEstimatorBase):
+class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase):
     """Hyper-parameters, fit and pickling shared by the two estimators."""
 
     input_shape_: tuple[int, ...]
@@ -360,23 +361,7 @@ class _TorchQATBase(TorchSearchHooks, QuantizedEstimatorBase):
         """The float model's soft targets on ``X`` (None without distillation)."""
         if not self.distill_alpha > 0:
             return None
-        from ..nn.distill import teacher_targets
-
-        if self._classifier:
-            return np.asarray(teacher_targets(model, X, classes=np.arange(n_outputs)),
-                              dtype=np.float32)
-        out = teacher_targets(model, X, n_outputs=n_outputs)
-        return np.asarray((out - self.y_mean_) / self.y_scale_, dtype=np.float32)
-
-    def _soft_loss(self) -> Any:
-        from functools import partial
-
-        from ..nn.distill import distillation_loss, regression_distillation_loss
-
-        if self._classifier:
-            return partial(distillation_loss, temperature=float(self.distill_temperature),
-                           alpha=float(self.distill_alpha))
-        return partial(regression_distillation_loss, alpha=float(self.distill_alpha))
+        return self._teacher_outputs(model, X)
 
     # --------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
