@@ -377,6 +377,8 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         blob = state.pop("_qat_blob", None)
+        state.setdefault("distill_alpha", 0.0)  # pickled before distillation existed
+        state.setdefault("distill_temperature", 2.0)
         super().__setstate__(state)
         if blob is not None:
             import torch

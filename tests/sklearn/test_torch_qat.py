@@ -174,3 +174,13 @@ def test_regressor_distillation_follows_the_teacher():
     reg = QuantizedTorchRegressor(net, n_bits=6, max_epochs=10, distill_alpha=1.0,
                                   random_state=0, verbose=0).fit(X[:300], noise)
     assert reg.score(X[300:], y[300:]) > 0.6
+
+
+def test_estimators_pickled_before_distillation_still_load(fitted):
+    state = fitted.__getstate__()
+    del state["distill_alpha"], state["distill_temperature"]  # as an older release wrote it
+    old = QuantizedTorchClassifier.__new__(QuantizedTorchClassifier)
+    old.__setstate__(state)
+    assert old.get_params()["distill_alpha"] == 0.0
+    X, _ = digits_images()
+    np.testing.assert_array_equal(old.predict(X[1200:1300]), fitted.predict(X[1200:1300]))
