@@ -176,6 +176,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     rows = list({(r["dataset"], r["budget"]): r for r in rows  # reruns: the last
                  if r.get("matched_peer") is None}.values())
+    if not rows:
+        print("no 1- or 2-point budget rows: nothing to plot")
+        return
     names = list(dict.fromkeys(r["dataset"] for r in rows))
     cols = min(3, len(names))
     fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(4.2 * cols,
