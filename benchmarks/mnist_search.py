@@ -22,6 +22,7 @@ training digits scores 1.0 and makes any budget meaningless):
   with the float network) is reported but means little.
 
     python benchmarks/mnist_search.py [--quick] [--models mlp64 cnn_ref] [--skip-cml]
+        [--per-layer-pruning]   # one channel-pruning ratio per layer (0-0.75)
 
 ``--quick``: fewer trials, shorter fine-tuning, test accuracy on 300 digits (minutes).
 """
@@ -129,8 +130,14 @@ def run_search(name: str, model, Xtr, ytr, Xte, yte, args) -> tuple[list[dict], 
     float_acc = mnist_models.accuracy(model, Xte, yte)
     est = QuantizedTorchClassifier(model, n_bits=4, max_epochs=args.epochs, lr=1e-3,
                                    batch_size=64, random_state=0, verbose=0)
+    space = None
+    if args.per_layer_pruning:  # one ratio per prunable layer, up to 3/4 of the channels
+        from latentopt.search.space import torch_space
+
+        space = torch_space(per_layer_pruning=True, ratios=(0.0, 0.25, 0.5, 0.75))
     t0 = time.perf_counter()
-    search = LatencySearch(est, max_accuracy_drop=args.drop, n_trials=args.trials,
+    search = LatencySearch(est, param_space=space, max_accuracy_drop=args.drop,
+                           n_trials=args.trials,
                            timeout=args.timeout, n_repeats=1, random_state=0,
                            multi_fidelity=False, verbose=1)
     search.fit(Xtr, ytr)
@@ -214,6 +221,8 @@ def main() -> None:
     ap.add_argument("--cml-venv", type=Path, default=Path("/work/wt/cml-venv"))
     ap.add_argument("--skip-cml", action="store_true")
     ap.add_argument("--skip-cifar", action="store_true")
+    ap.add_argument("--per-layer-pruning", action="store_true",
+                    help="search one pruning ratio per layer (0, 0.25, 0.5 or 0.75)")
     ap.add_argument("--cml-nn-only", action="store_true",
                     help="only Concrete ML's NeuralNetClassifier (784-64-10, 3 bits)")
     ap.add_argument("--out", type=Path, default=HERE / "results_mnist_search.jsonl")
