@@ -246,6 +246,8 @@ def main() -> None:
     if args.peer_json is not None and args.peer_json.exists():
         lines = [json.loads(x) for x in args.peer_json.read_text().splitlines() if x.strip()]
         peer = {r["dataset"]: r for r in lines}
+    if args.match_peer and not peer:
+        parser.error("--match-peer needs --peer-json: the peer's accuracy per data set")
     if args.plot is not None:
         rows = [json.loads(x) for x in args.plot.read_text().splitlines() if x]
         table(rows, peer)
