@@ -68,21 +68,25 @@ def float_model(name: str, X: np.ndarray, y: np.ndarray):
     return model.eval()
 
 
+def _run_peer(venv: Path, script: str, args: list[str]) -> dict:
+    """``script`` (a Concrete ML peer) in its own virtualenv: its last JSON row."""
+    out = subprocess.run([str(venv / "bin" / "python"), str(HERE / script), *args],
+                         capture_output=True, text=True, timeout=3600, cwd=HERE)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if not rows:
+        return {"error": out.stderr[-500:]}
+    return rows[-1]
+
+
 def run_cml(venv: Path, name: str, model, X_calib: np.ndarray, X_test: np.ndarray,
             y_test: np.ndarray, n_execute: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         state, data = Path(tmp) / "state.npz", Path(tmp) / "data.npz"
         mnist_models.save_state(model, state)
         np.savez(data, X_calib=X_calib, X_test=X_test, y_test=y_test)
-        out = subprocess.run(
-            [str(venv / "bin" / "python"), str(HERE / "concrete_ml_torch_peer.py"),
-             "--model", name, "--state", str(state), "--data", str(data), "--n-bits", "6",
-             "--rounding-bits", "6", "--p-error", "0.01", "--n-execute", str(n_execute)],
-            capture_output=True, text=True, timeout=3600)
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    if not rows:
-        return {"error": out.stderr[-500:]}
-    return rows[-1]
+        return _run_peer(venv, "concrete_ml_torch_peer.py", [
+            "--model", name, "--state", str(state), "--data", str(data), "--n-bits", "6",
+            "--rounding-bits", "6", "--p-error", "0.01", "--n-execute", str(n_execute)])
 
 
 def run_cml_nn(venv: Path, Xtr: np.ndarray, ytr: np.ndarray, X_test: np.ndarray,
@@ -95,15 +99,9 @@ def run_cml_nn(venv: Path, Xtr: np.ndarray, ytr: np.ndarray, X_test: np.ndarray,
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "mnist.npz"
         np.savez(data, Xtr=Xtr, ytr=ytr, Xte=X_test, yte=y_test)
-        out = subprocess.run(
-            [str(venv / "bin" / "python"), str(HERE / "concrete_ml_peer.py"),
-             "--npz", str(data), "--n-layers", "2", "--hidden", "64", "--bits", "3",
-             "--n-execute", str(n_execute)],
-            capture_output=True, text=True, timeout=3600, cwd=HERE)
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    if not rows:
-        return {"error": out.stderr[-500:]}
-    return rows[-1]
+        return _run_peer(venv, "concrete_ml_peer.py", [
+            "--npz", str(data), "--n-layers", "2", "--hidden", "64", "--bits", "3",
+            "--n-execute", str(n_execute)])
 
 
 def measure(est, X_test: np.ndarray, y_test: np.ndarray, n_execute: int) -> dict:

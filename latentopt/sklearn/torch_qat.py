@@ -310,7 +310,8 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
         if int(np.prod(out.shape[1:])) != n_outputs:
             raise ValueError(f"the module has {int(np.prod(out.shape[1:]))} outputs, the "
                              f"targets need {n_outputs}")
-        soft = self._teacher_targets(model, X, n_outputs)  # the unpruned float model
+        # distillation's teacher: the float model, before pruning
+        soft = self._teacher_outputs(model, X) if self.distill_alpha > 0 else None
         data = MLPTrainingMixin._split(self, X, y, self._classifier, seed,  # type: ignore[arg-type]
                                        soft=soft)
         prune_report = None
@@ -356,12 +357,6 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
         self.__dict__.pop("_runtime", None)
         self._forget_compilation()
         self._exact_runtime()  # built now: predict must not add to the estimator's state
-
-    def _teacher_targets(self, model: Any, X: np.ndarray, n_outputs: int) -> np.ndarray | None:
-        """The float model's soft targets on ``X`` (None without distillation)."""
-        if not self.distill_alpha > 0:
-            return None
-        return self._teacher_outputs(model, X)
 
     # --------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
