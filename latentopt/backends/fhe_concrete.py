@@ -11,7 +11,12 @@ import traceback
 import warnings
 from typing import Any
 
-__all__ = ["concrete_fhe", "is_multi_table_clipping_failure", "without_active_clipping"]
+__all__ = ["PARAMETER_STRATEGIES", "concrete_fhe", "is_multi_table_clipping_failure",
+           "multi_parameter_strategy", "without_active_clipping"]
+
+#: ``parameter_strategy`` values of ``FHECircuit.compile``: how concrete's optimizer
+#: groups lookups into crypto-parameter partitions (``"auto"``: both, the cheaper kept).
+PARAMETER_STRATEGIES = ("auto", "precision", "precision_and_norm2")
 
 
 def concrete_fhe() -> Any:
@@ -50,3 +55,11 @@ def without_active_clipping(fhe: Any) -> Any:
     approximate roundings are clipped *logically* (the next lookup reads ``k + 1``
     bits and its table saturates), which concrete supports for per-channel tables."""
     return fhe.ApproximateRoundingConfig(approximate_clipping_start_precision=False)
+
+
+def multi_parameter_strategy(fhe: Any, name: str) -> Any:
+    """concrete's ``MultiParameterStrategy`` for ``"precision"`` (one parameter set per
+    lookup width: concrete's default) or ``"precision_and_norm2"`` (also per noise growth
+    of the linear work before the lookup: more, smaller partitions, more keys)."""
+    return {"precision": fhe.MultiParameterStrategy.PRECISION,
+            "precision_and_norm2": fhe.MultiParameterStrategy.PRECISION_AND_NORM2}[name]

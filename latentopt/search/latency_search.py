@@ -270,7 +270,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         bind_identity(study, identity)
         if not study.trials:  # a seeded start: where fast, accurate circuits usually are
             space = search_space(self.param_space, self.estimator)
-            for seed in seed_configs(space, self.estimator):
+            for seed in seed_configs(space, self.estimator, X_tr[:1]):
                 study.enqueue_trial(seed, user_attrs={"seeded": True}, skip_if_exists=True)
         study.sampler = make_sampler(self.random_state, 0, len(study.get_trials(deepcopy=False)))
         check_spec = make_check(self, X_tr, y_tr, check, trial_teacher)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["SHORT_FRACTION", "accumulator_floor", "best_feasible_latency",
-           "lower_bound_seconds", "n_lookups", "promising", "seed_configs", "short_params"]
+           "clip_to_space", "lower_bound_seconds", "n_lookups", "promising", "seed_configs", "short_params"]
 
 #: Short training = the template's ``max_epochs`` divided by this.
 SHORT_FRACTION = 8
@@ -122,6 +122,12 @@ def promising(score: float, previous: Sequence[float], threshold: float) -> bool
     return bool(score >= float(np.quantile(previous, 1.0 - PROMOTE)))
 
 
+def clip_to_space(value: Any, spec: Any) -> Any:
+    """``value`` moved into the search-space entry ``spec`` (nearest choice or range
+    bound)."""
+    return _clip(value, spec)
+
+
 def _clip(value: Any, spec: Any) -> Any:
     """``value`` moved into a search-space entry (nearest choice or range bound)."""
     if isinstance(spec, list):
@@ -136,13 +142,19 @@ def _clip(value: Any, spec: Any) -> Any:
     return type(lo)(min(max(value, lo), hi))
 
 
-def seed_configs(space: Mapping[str, Any], template: Any) -> list[dict[str, Any]]:
+def seed_configs(space: Mapping[str, Any], template: Any,
+                 X: Any = None) -> list[dict[str, Any]]:
     """Optuna ``enqueue_trial`` parameter dicts for :data:`SEEDS`, in ``space`` terms.
 
     Parameters the space does not search are left out (the template's values apply);
     parameters the seed does not name take the template's value, clipped into the
-    space.  Duplicates after clipping are dropped.
+    space.  Duplicates after clipping are dropped.  A template with its own
+    ``_search_seeds(space, X)`` (the torch estimators: seeds in their pseudo-parameters,
+    from their model and a sample ``X``) gives its seeds instead.
     """
+    own = getattr(template, "_search_seeds", None)
+    if callable(own):
+        return list(own(space, X))
     defaults = template.get_params()
     out: list[dict[str, Any]] = []
     for seed in SEEDS:

@@ -44,7 +44,7 @@ FHE_MODES = ("disable", "simulate", "execute")
 
 #: Options of :meth:`QuantizedEstimatorBase.compile` passed on to ``FHECircuit.compile``.
 FHE_COMPILER_OPTIONS = ("p_error", "global_p_error", "range_mode", "range_margin", "on_overflow",
-                        "security_level", "batch_size")
+                        "security_level", "batch_size", "parameter_strategy")
 
 #: Fitted attributes that :meth:`~QuantizedEstimatorBase.compile` sets (a refit drops them).
 COMPILED_ATTRIBUTES = ("fhe_circuit_", "rounded_circuit_", "fhe_report_", "compile_options_",
@@ -215,6 +215,7 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         max_accuracy_drop: float = 0.01,
         cost_model: Any = None,
         verbose: int | None = None,
+        parameter_strategy: str = "auto",
     ) -> Self:
         """Compile the fitted circuit to TFHE (concrete-python); returns ``self``.
 
@@ -279,6 +280,10 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
             Latency model for the ``"auto"`` search (default: concrete's complexity).
         verbose : int, optional
             Defaults to the estimator's ``verbose``.
+        parameter_strategy : {"auto", "precision", "precision_and_norm2"}
+            Crypto-parameter partitions of concrete's optimizer (see
+            ``FHECircuit.compile``); ``"auto"`` keeps per-norm partitions when they cut
+            the complexity by 5% or more, ``"precision"`` gives the fewest keys.
         """
         from ..backends.integer import IntegerBackend
 
@@ -311,7 +316,8 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
             # the search returns its choice; compiling it is an ordinary compile
             self.compile(**result.compile_kwargs, range_mode=range_mode,
                          range_margin=range_margin, security_level=security_level,
-                         batch_size=batch_size, verbose=verbose)
+                         batch_size=batch_size, verbose=verbose,
+                         parameter_strategy=parameter_strategy)
             return self
         if rounding_method not in ("approximate", "exact"):
             raise ValueError(
@@ -334,6 +340,7 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
             rounding_bits=rounding_bits, rounding_method=rounding_method, p_error=p_error,
             global_p_error=global_p_error, range_mode=range_mode, range_margin=range_margin,
             on_overflow=on_overflow, security_level=security_level, batch_size=batch_size,
+            parameter_strategy=parameter_strategy,
         )
         fhe_circuit = self._lower_to_fhe(circuit, q, options, verbose)
         self.fhe_circuit_ = fhe_circuit

@@ -168,6 +168,7 @@ def test_random_circuits_are_exact(seed, sample_q):
     ({"security_level": 100}, "security_level"),
     ({"range_mode": "optimistic"}, "range_mode"),
     ({"batch_size": 0}, "batch_size"),
+    ({"parameter_strategy": "norm2"}, "parameter_strategy"),
 ])
 def test_invalid_options(make_mlp, sample_q, kwargs, match):
     circuit = make_mlp()
@@ -291,6 +292,49 @@ def test_pickle_recompiles_the_same_circuit(make_mlp, sample_q):
     for key in ("layers", "programmable_bootstrap_count", "p_error", "input_range"):
         assert clone.report[key] == fc.report[key]
     np.testing.assert_array_equal(clone.simulate(q), fc.simulate(q))
+
+
+def _two_lookup_layers() -> Circuit:
+    """Two 6-bit lookup layers: 16 inputs at weights -1..1, then 4 at -3..3 (another
+    noise growth: a per-norm partition makes concrete's complexity 16% smaller)."""
+    rng = np.random.default_rng(0)
+    return Circuit([
+        QuantizeInput("q", ("input",), scale=0.5, zero_point=0, n_bits=3, signed=True),
+        Gemm("fc1", ("q",), rng.integers(-1, 2, (4, 16))),
+        TableLookup("act1", ("fc1",), QuantActivation(
+            "relu", input_scale=0.3, output_scale=0.5, n_bits=3, signed=False)),
+        Gemm("fc2", ("act1",), rng.integers(-3, 4, (4, 4))),
+        TableLookup("act2", ("fc2",), QuantActivation(
+            "relu", input_scale=0.05, output_scale=0.5, n_bits=2, signed=False)),
+        Gemm("fc3", ("act2",), rng.integers(-2, 3, (2, 4))),
+        Dequantize("out", ("fc3",), scale=0.25, zero_point=0)], n_features=16)
+
+
+def test_parameter_strategy_auto_keeps_the_cheaper_partitions(make_mlp, sample_q):
+    import pickle
+
+    circuit = _two_lookup_layers()
+    q = sample_q(circuit, 200)
+    by = {s: compile_(circuit, q, parameter_strategy=s)
+          for s in ("precision", "precision_and_norm2", "auto")}
+    for name, fc in by.items():  # every partitioning is exact
+        np.testing.assert_array_equal(fc.simulate(q), IntegerBackend(circuit).run_integers(q))
+        assert fc.report["parameter_strategy"] == (name if name != "auto" else
+                                                   "precision_and_norm2")
+    cx = {s: fc.report["complexity"] for s, fc in by.items()}
+    assert cx["precision_and_norm2"] < 0.95 * cx["precision"]  # worth its extra keys
+    assert cx["auto"] == cx["precision_and_norm2"]
+    clone = pickle.loads(pickle.dumps(by["auto"]))  # recompiled with the kept strategy
+    assert clone.report["parameter_strategy"] == "precision_and_norm2"
+    assert clone.report["complexity"] == cx["auto"]
+    old = by["auto"].__getstate__()  # pickled before the option: concrete's default
+    del old["parameter_strategy"]
+    revived = FHECircuit.__new__(FHECircuit)
+    revived.__setstate__(old)
+    assert revived.report["parameter_strategy"] == "precision"
+    # one lookup layer: one partition either way, compiled once with concrete's default
+    single = make_mlp()
+    assert compile_(single, sample_q(single, 50)).report["parameter_strategy"] == "precision"
 
 
 def test_importing_the_backend_does_not_import_concrete():

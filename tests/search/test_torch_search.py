@@ -127,6 +127,12 @@ def test_search_with_per_layer_pruning(data):
     sampled = [t.params for t in s.study_.trials if t.params]
     assert all(set(p) == {"n_input_bits", "pruning_ratio.0", "pruning_ratio.5"}
                for p in sampled)
+    # the study starts from the estimator's seeds (half pruned, then light: 0.25 -> 0.0)
+    seeds = est._search_seeds(resolve_space(space, est), X[:1])
+    assert seeds == [{"n_input_bits": 5, "pruning_ratio.0": 0.5, "pruning_ratio.5": 0.5},
+                     {"n_input_bits": 5, "pruning_ratio.0": 0.0, "pruning_ratio.5": 0.0}]
+    assert sampled[:2] == seeds
+    assert [t.user_attrs.get("seeded", False) for t in s.study_.trials] == [True, True, False]
     assert len({tuple(sorted(p.items())) for p in sampled}) == 3  # 3 distinct configurations
     best = s.best_estimator_
     ratios = s.best_params_["pruning_ratio"]
@@ -137,6 +143,33 @@ def test_search_with_per_layer_pruning(data):
     assert hidden.in_features == conv.out_channels * 9  # the coupled layer follows
     assert best.qat_report_["pruning"]["after"] == {"0": conv.out_channels,
                                                     "5": hidden.out_features, "7": 10}
+
+
+def test_seeds_prune_the_layers_with_most_lookups_per_channel(data):
+    X, _ = data
+    est = QuantizedTorchClassifier(trained_cnn())
+    # conv "0": one channel is a 6x6 map of lookups; the hidden linear "5": one lookup
+    assert est._lookups_per_channel(X[:1]) == {"0": 36.0, "5": 1.0}
+    space = resolve_space(torch_space(per_layer_pruning=True, ratios=(0.0, 0.25, 0.5, 0.75)),
+                          est)
+    seeds = est._search_seeds(space, X[:1])
+    assert len(seeds) == 4 and all(set(s) == set(space) for s in seeds)
+    heavy = seeds[0]  # 3-bit inputs, 4-bit weights and activations, distilled
+    assert (heavy["n_input_bits"], heavy["n_w_bits"], heavy["n_a_bits"]) == (3, 4, 4)
+    assert heavy["pruning_ratio.0"] == 0.75 and heavy["pruning_ratio.5"] == 0.5
+    assert [s["distill_alpha"] for s in seeds] == [0.5, 0.0, 0.5, 0.0]
+    assert {s["lr"] for s in seeds} == {max(TORCH_SPACE["lr"])}
+    for seed in seeds:  # every value is one the space can sample
+        for name, value in seed.items():
+            spec = space[name]
+            assert value in spec if isinstance(spec, list) else spec[0] <= value <= spec[1]
+    # no sample to measure (or a factory): uniform ratios, the seeds still in the space
+    blind = est._search_seeds(space, None)
+    assert blind[0]["pruning_ratio.0"] == blind[0]["pruning_ratio.5"] == 0.5
+    factory = QuantizedTorchClassifier(MLPFactory())
+    assert factory._lookups_per_channel(X[:1].reshape(1, -1)) == {}
+    assert all("distill_alpha" not in s
+               for s in factory._search_seeds(default_space(factory), X[:1]))
 
 
 def test_unknown_pruning_layers_are_refused(data):
