@@ -16,7 +16,10 @@ noise, each alone) and the max-pool -> average-pool rewrite (models with max poo
 per-pixel standardised pixels, every calibration method.
 
     OMP_NUM_THREADS=1 python benchmarks/mnist_ptq.py --jsonl results.jsonl \
-        [--models cnn_ref mlp64] [--bits 4 5 6 7 8] [--no-peer]
+        [--models cnn_ref mlp64] [--bits 4 5 6 7 8] [--no-peer] [--model-seeds 0 1 2]
+
+``--model-seeds``: float models trained from several seeds (rows carry ``model_seed``),
+for comparisons that one 1,000-digit test split cannot resolve alone.
 
 Rows are printed and appended to ``--jsonl`` as they come; ``--table`` prints the
 table of a finished JSONL file.
@@ -150,6 +153,8 @@ def main() -> None:
     ap.add_argument("--ablation", nargs="*", default=["cnn_ref"])
     ap.add_argument("--outliers", action="store_true",
                     help="only the per-pixel standardised input experiment (cnn_ref)")
+    ap.add_argument("--model-seeds", type=int, nargs="+", default=[0],
+                    help="float models trained with each seed (one row set per seed)")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     ap.add_argument("--peer-timeout", type=int, default=3600)
@@ -168,9 +173,11 @@ def main() -> None:
     if args.outliers:
         outliers(Xtr, Xte, ytr, yte, args)
         return
-    for name in args.models:
-        model = mnist_models.float_model(name)
+    for name, seed in [(n, s) for n in args.models for s in args.model_seeds]:
+        model = mnist_models.float_model(name, seed=seed)
         base = {"model": name, "float_acc": mnist_models.accuracy(model, Xte, yte)}
+        if seed:
+            base["model_seed"] = seed
         for b in args.bits if "main" in args.sections else []:
             run = name in args.execute and b == args.execute_bits
             _emit({**base, "kind": "main", **ours(model, data, b, args, execute=run)},
@@ -250,7 +257,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             cal = r.get("calibration", "-")
             if "acc_inputs_only" in r:
                 cal += f" (inputs alone: {r['acc_inputs_only']:.3f})"
-            print(f"| {r.get('model')} | {lib} | {r.get('n_bits')} | "
+            seed = f"/s{r['model_seed']}" if r.get("model_seed") else ""
+            print(f"| {r.get('model')}{seed} | {lib} | {r.get('n_bits')} | "
                   f"{r.get('rounding_bits', '-')} | {cal} | "
                   f"{f(r.get('float_acc'))} | {f(acc_int)} | "
                   f"{f(r.get('acc_rounded_int'))} | {f(sim)} | {r.get('pbs', '-')} | "

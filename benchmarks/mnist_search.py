@@ -23,6 +23,7 @@ training digits scores 1.0 and makes any budget meaningless):
 
     python benchmarks/mnist_search.py [--quick] [--models mlp64 cnn_ref] [--skip-cml]
         [--per-layer-pruning]   # one channel-pruning ratio per layer (0-0.75)
+        [--cml-only | --cml-nn-only]   # only the Concrete ML peers (run beside a search)
 
 ``--quick``: fewer trials, shorter fine-tuning, test accuracy on 300 digits (minutes).
 """
@@ -223,6 +224,8 @@ def main() -> None:
                     help="search one pruning ratio per layer (0, 0.25, 0.5 or 0.75)")
     ap.add_argument("--cml-nn-only", action="store_true",
                     help="only Concrete ML's NeuralNetClassifier (784-64-10, 3 bits)")
+    ap.add_argument("--cml-only", action="store_true",
+                    help="only Concrete ML's compile of the float --models (no search)")
     ap.add_argument("--out", type=Path, default=HERE / "results_mnist_search.jsonl")
     args = ap.parse_args()
     args.trials = args.trials or (4 if args.quick else 12)
@@ -251,18 +254,19 @@ def main() -> None:
             return
     for name in args.models:
         model = float_model(name, Xf, yf)
-        rows, info = run_search(name, model, Xtr, ytr, Xte, yte, args)
-        info.pop("summary")
-        out.write(json.dumps(info) + "\n")
-        for r in rows:
-            out.write(json.dumps(r) + "\n")
+        if not args.cml_only:
+            rows, info = run_search(name, model, Xtr, ytr, Xte, yte, args)
+            info.pop("summary")
+            out.write(json.dumps(info) + "\n")
+            for r in rows:
+                out.write(json.dumps(r) + "\n")
         if not args.skip_cml:
             cml = run_cml(args.cml_venv, name, model, Xf[:500], Xte, yte, args.n_execute)
             cml["model"] = name
             print("concrete-ml:", json.dumps(cml), flush=True)
             out.write(json.dumps({"concrete_ml": cml}) + "\n")
         out.flush()
-    if not args.skip_cifar:
+    if not args.skip_cifar and not args.cml_only:
         row = cifar_row(args)
         print("cifar:", json.dumps(row), flush=True)
         out.write(json.dumps({"cifar": row}) + "\n")
