@@ -112,6 +112,18 @@ def test_p_error_options_are_validated(tiny_clf):
         clf.compile(rounding_method="floor")
     with pytest.raises(ValueError, match="range_mode"):
         clf.compile(range_mode="optimistic")
+    with pytest.raises(ValueError, match="parameter_strategy"):
+        clf.compile(parameter_strategy="fastest")
+
+
+def test_parameter_strategy_reaches_the_compiler(tiny_clf):
+    import copy
+
+    clf = copy.deepcopy(tiny_clf[0])  # one lookup layer: "auto" is concrete's default
+    assert clf.compile(rounding_bits=4).fhe_report_["parameter_strategy"] == "precision"
+    clf.compile(rounding_bits=4, parameter_strategy="precision_and_norm2")
+    assert clf.fhe_report_["parameter_strategy"] == "precision_and_norm2"
+    assert clf.compile_options_["parameter_strategy"] == "precision_and_norm2"
 
 
 def test_wide_accumulator_without_rounding_is_explained():
