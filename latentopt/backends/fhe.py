@@ -230,9 +230,10 @@ class FHECircuit:
             width (``"precision"``, concrete's default), or also by the noise growth of
             the linear work before each lookup (``"precision_and_norm2"``: cheaper
             bootstraps for layers with small weights, but more and larger keys).
-            ``"auto"`` (default): a circuit with lookups in two or more layers is compiled
-            both ways and the second kept only when concrete's complexity drops by at
-            least :data:`NORM2_MIN_GAIN` (real-MNIST CNN, 272 lookups: 16% less
+            ``"auto"`` (default): a circuit with two or more lookup layers of one width
+            (layers of other widths are in other partitions already) is compiled both
+            ways, and the second kept only when concrete's complexity drops by at least
+            :data:`NORM2_MIN_GAIN` (real-MNIST CNN, 272 lookups: 16% less
             complexity, 5.6 s against 6.9 s per sample, 1.5x the key bytes).  The choice
             is ``report["parameter_strategy"]``.
         """
@@ -309,7 +310,8 @@ class FHECircuit:
                 conf["approximate_rounding_config"] = without_active_clipping(fhe)
                 active_clipping = False
                 module = compile_module(strategy)
-            if parameter_strategy == "auto" and sum(bool(r["tlu_count"]) for r in plan.layers) > 1:
+            widths = [r["tlu_input_bits"] for r in plan.layers if r["tlu_count"]]
+            if parameter_strategy == "auto" and len(set(widths)) < len(widths):
                 other = compile_module("precision_and_norm2")
                 if other.complexity < (1.0 - NORM2_MIN_GAIN) * module.complexity:
                     module, strategy = other, "precision_and_norm2"
