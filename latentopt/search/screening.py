@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SHORT_FRACTION", "accumulator_floor", "best_feasible_latency",
-           "clip_to_space", "lower_bound_seconds", "n_lookups", "promising", "seed_configs", "short_params"]
+__all__ = ["SHORT_FRACTION", "accumulator_floor", "best_feasible_latency", "clip_to_space",
+           "lower_bound_seconds", "n_lookups", "promising", "seed_configs", "short_params"]
 
 #: Short training = the template's ``max_epochs`` divided by this.
 SHORT_FRACTION = 8
@@ -123,12 +123,6 @@ def promising(score: float, previous: Sequence[float], threshold: float) -> bool
 
 
 def clip_to_space(value: Any, spec: Any) -> Any:
-    """``value`` moved into the search-space entry ``spec`` (nearest choice or range
-    bound)."""
-    return _clip(value, spec)
-
-
-def _clip(value: Any, spec: Any) -> Any:
     """``value`` moved into a search-space entry (nearest choice or range bound)."""
     if isinstance(spec, list):
         choices = [tuple(c) if isinstance(c, list) else c for c in spec]
@@ -163,13 +157,13 @@ def seed_configs(space: Mapping[str, Any], template: Any,
         trial: dict[str, Any] = {}
         for name, spec in space.items():
             if name == "n_layers":
-                trial[name] = _clip(len(params["hidden_layer_sizes"]), spec)
+                trial[name] = clip_to_space(len(params["hidden_layer_sizes"]), spec)
             elif name == "width":
-                trial[name] = _clip(int(params["hidden_layer_sizes"][0]), spec)
+                trial[name] = clip_to_space(int(params["hidden_layer_sizes"][0]), spec)
             elif name in params:
-                trial[name] = _clip(params[name], spec)
+                trial[name] = clip_to_space(params[name], spec)
             elif name in defaults and defaults[name] is not None:
-                trial[name] = _clip(defaults[name], spec)
+                trial[name] = clip_to_space(defaults[name], spec)
         if trial and trial not in out:
             out.append(trial)
     return out
