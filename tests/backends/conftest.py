@@ -64,6 +64,22 @@ def mlp_circuit(seed: int = 0, n_features: int = 4, hidden: int = 5) -> Circuit:
     )
 
 
+def two_lookup_layers_circuit() -> Circuit:
+    """Two 6-bit lookup layers: 16 inputs at weights -1..1, then 4 at -3..3 (another
+    noise growth: a per-norm partition makes concrete's complexity 16% smaller)."""
+    rng = np.random.default_rng(0)
+    return Circuit([
+        QuantizeInput("q", ("input",), scale=0.5, zero_point=0, n_bits=3, signed=True),
+        Gemm("fc1", ("q",), rng.integers(-1, 2, (4, 16))),
+        TableLookup("act1", ("fc1",), QuantActivation(
+            "relu", input_scale=0.3, output_scale=0.5, n_bits=3, signed=False)),
+        Gemm("fc2", ("act1",), rng.integers(-3, 4, (4, 4))),
+        TableLookup("act2", ("fc2",), QuantActivation(
+            "relu", input_scale=0.05, output_scale=0.5, n_bits=2, signed=False)),
+        Gemm("fc3", ("act2",), rng.integers(-2, 3, (2, 4))),
+        Dequantize("out", ("fc3",), scale=0.25, zero_point=0)], n_features=16)
+
+
 def table_circuit(seed: int = 1, n_features: int = 3) -> Circuit:
     """Lookups on the raw signed input and on an accumulator, with per-channel tables."""
     rng = np.random.default_rng(seed)
@@ -94,6 +110,12 @@ def quantized_inputs(circuit: Circuit, n: int, seed: int = 0) -> np.ndarray:
 def make_mlp():  # type: ignore[no-untyped-def]
     """Factory of :func:`mlp_circuit` circuits."""
     return mlp_circuit
+
+
+@pytest.fixture(scope="session")
+def make_two_lookup_layers():  # type: ignore[no-untyped-def]
+    """Factory of :func:`two_lookup_layers_circuit` circuits."""
+    return two_lookup_layers_circuit
 
 
 @pytest.fixture(scope="session")

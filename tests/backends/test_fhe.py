@@ -294,26 +294,11 @@ def test_pickle_recompiles_the_same_circuit(make_mlp, sample_q):
     np.testing.assert_array_equal(clone.simulate(q), fc.simulate(q))
 
 
-def _two_lookup_layers() -> Circuit:
-    """Two 6-bit lookup layers: 16 inputs at weights -1..1, then 4 at -3..3 (another
-    noise growth: a per-norm partition makes concrete's complexity 16% smaller)."""
-    rng = np.random.default_rng(0)
-    return Circuit([
-        QuantizeInput("q", ("input",), scale=0.5, zero_point=0, n_bits=3, signed=True),
-        Gemm("fc1", ("q",), rng.integers(-1, 2, (4, 16))),
-        TableLookup("act1", ("fc1",), QuantActivation(
-            "relu", input_scale=0.3, output_scale=0.5, n_bits=3, signed=False)),
-        Gemm("fc2", ("act1",), rng.integers(-3, 4, (4, 4))),
-        TableLookup("act2", ("fc2",), QuantActivation(
-            "relu", input_scale=0.05, output_scale=0.5, n_bits=2, signed=False)),
-        Gemm("fc3", ("act2",), rng.integers(-2, 3, (2, 4))),
-        Dequantize("out", ("fc3",), scale=0.25, zero_point=0)], n_features=16)
-
-
-def test_parameter_strategy_auto_keeps_the_cheaper_partitions(make_mlp, sample_q):
+def test_parameter_strategy_auto_keeps_the_cheaper_partitions(make_mlp, make_two_lookup_layers,
+                                                              sample_q):
     import pickle
 
-    circuit = _two_lookup_layers()
+    circuit = make_two_lookup_layers()
     q = sample_q(circuit, 200)
     by = {s: compile_(circuit, q, parameter_strategy=s)
           for s in ("precision", "precision_and_norm2", "auto")}

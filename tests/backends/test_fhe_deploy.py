@@ -138,3 +138,23 @@ def test_round_trip_across_processes(deployed, key_cache, tmp_path):
     again = FHEClient.load(paths["client"])
     again.load_keys(tmp_path / "secret.keys")
     np.testing.assert_array_equal(again.decrypt(result), backend.predict(X))
+
+
+@pytest.mark.fhe
+def test_round_trip_with_per_norm_partitions(make_two_lookup_layers, sample_q, key_cache,
+                                             tmp_path):
+    """A circuit compiled with several crypto-parameter sets (two bootstrap keys of one
+    width) deploys and decrypts exactly."""
+    circuit = make_two_lookup_layers()
+    fc = FHECircuit.compile(circuit, sample_q(circuit, 100), p_error=2.0**-40,
+                            parameter_strategy="precision_and_norm2", batch_size=2)
+    paths = fc.save_deployment(tmp_path / "deploy")
+    client = FHEClient.load(paths["client"], insecure_key_cache=key_cache)
+    client.keygen()
+    server = FHEServer.load(paths["server"])
+    keys = server.load_evaluation_keys(client.evaluation_keys())
+    X = np.random.default_rng(4).normal(0, 2, (3, circuit.n_features))
+    result = server.run(client.encrypt(X), keys)
+    backend = IntegerBackend(circuit)
+    np.testing.assert_array_equal(client.decrypt_integers(result),
+                                  backend.run_integers(backend.quantize(X)))
