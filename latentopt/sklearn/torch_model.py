@@ -241,6 +241,7 @@ def compile_torch_model(
     on_overflow: str = "warn",
     security_level: int = 128,
     batch_size: int | None = None,
+    parameter_strategy: str = "auto",
     fhe: bool = True,
     fhe_mode: str = "disable",
     verbose: int = 1,
@@ -282,7 +283,7 @@ def compile_torch_model(
     rounding_bits, rounding_method, p_error, global_p_error : optional
         FHE compilation options (rounding, error probability), as in
         :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile`.
-    range_mode, range_margin, on_overflow, security_level, batch_size : optional
+    range_mode, range_margin, on_overflow, security_level, batch_size, parameter_strategy : optional
         FHE compilation options (value ranges, security, batching), with the defaults
         of :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile` (the same for
         every estimator).
@@ -317,7 +318,7 @@ def compile_torch_model(
                    p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
                    range_margin=range_margin, on_overflow=on_overflow,
                    security_level=security_level,
-                   batch_size=batch_size)
+                   batch_size=batch_size, parameter_strategy=parameter_strategy)
 
 
 def compile_brevitas_qat_model(
@@ -334,6 +335,7 @@ def compile_brevitas_qat_model(
     on_overflow: str = "warn",
     security_level: int = 128,
     batch_size: int | None = None,
+    parameter_strategy: str = "auto",
     fhe: bool = True,
     fhe_mode: str = "disable",
     verbose: int = 1,
@@ -355,4 +357,4 @@ def compile_brevitas_qat_model(
                    p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
                    range_margin=range_margin, on_overflow=on_overflow,
                    security_level=security_level,
-                   batch_size=batch_size)
+                   batch_size=batch_size, parameter_strategy=parameter_strategy)
