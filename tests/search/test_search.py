@@ -43,6 +43,19 @@ def test_inner_search_finds_fast_feasible_point(data):
     assert "feasible" in res.table()
 
 
+def test_inner_search_costs_its_choice_as_compile_will(data):
+    """Candidates are ranked under concrete's default partitions; the chosen point's
+    latency is the one ``est.compile`` (per-norm partitions where cheaper) gives."""
+    Xtr, ytr, Xv, yv = data
+    est = QuantizedMLPClassifier(**{**TINY, "hidden_layer_sizes": (6, 6)}).fit(Xtr, ytr)
+    res = search_compile(est, Xv, yv, max_accuracy_drop=0.05, n_repeats=1)
+    assert res.best is not None and res.best.shared_width  # one rounding, two layers
+    est.compile(**res.compile_kwargs)
+    assert est.fhe_report_["complexity"] == pytest.approx(res.best.latency)
+    est.compile(**res.compile_kwargs, parameter_strategy="precision")
+    assert est.fhe_report_["complexity"] >= res.best.latency
+
+
 def test_inner_search_budget_zero_and_infeasible(data):
     Xtr, ytr, Xv, yv = data
     est = QuantizedMLPClassifier(**TINY).fit(Xtr, ytr)
