@@ -137,7 +137,7 @@ def run_search(name: str, model, Xtr, ytr, Xte, yte, args) -> tuple[list[dict], 
     t0 = time.perf_counter()
     search = LatencySearch(est, param_space=space, max_accuracy_drop=args.drop,
                            n_trials=args.trials,
-                           timeout=args.timeout, n_repeats=1, random_state=0,
+                           timeout=args.timeout, n_repeats=1, random_state=args.seed,
                            multi_fidelity=False, verbose=1)
     search.fit(Xtr, ytr)
     info = {"model": name, "float_acc": float_acc, "search_s": time.perf_counter() - t0,
@@ -214,6 +214,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per search")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--drop", type=float, default=0.01)
+    ap.add_argument("--seed", type=int, default=0, help="the search's random_state")
     ap.add_argument("--n-execute", type=int, default=2)
     ap.add_argument("--max-points", type=int, default=4, help="front points measured")
     ap.add_argument("--cifar-trials", type=int, default=3)
