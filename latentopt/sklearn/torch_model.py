@@ -284,7 +284,8 @@ def compile_torch_model(
         FHE compilation options (rounding, error probability), as in
         :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile`.
     range_mode, range_margin, on_overflow, security_level, batch_size, parameter_strategy : optional
-        FHE compilation options (value ranges, security, batching), with the defaults
+        FHE compilation options (value ranges, security, batching, crypto-parameter
+        partitions), with the defaults
         of :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile` (the same for
         every estimator).
     fhe : bool
