@@ -67,6 +67,7 @@ from .fhe_diagnostics import (
     FHEOverflowError,
     FHEParametersError,
     module_report,
+    shares_lookup_width,
     translate_error,
 )
 from .fhe_lowering import LoweringPlan, build_function, lower
@@ -310,8 +311,7 @@ class FHECircuit:
                 conf["approximate_rounding_config"] = without_active_clipping(fhe)
                 active_clipping = False
                 module = compile_module(strategy)
-            widths = [r["tlu_input_bits"] for r in plan.layers if r["tlu_count"]]
-            if parameter_strategy == "auto" and len(set(widths)) < len(widths):
+            if parameter_strategy == "auto" and shares_lookup_width(plan.layers):
                 other = compile_module("precision_and_norm2")
                 if other.complexity < (1.0 - NORM2_MIN_GAIN) * module.complexity:
                     module, strategy = other, "precision_and_norm2"

@@ -28,6 +28,7 @@ __all__ = [
     "ON_OVERFLOW",
     "module_report",
     "report_overflow",
+    "shares_lookup_width",
     "translate_error",
 ]
 
@@ -99,6 +100,14 @@ def translate_error(exc: RuntimeError) -> FHECompilationError:
     if "used as an input to a table lookup" in msg:
         return FHEBitWidthError(f"a table-lookup input is too wide for concrete:\n{msg}")
     return FHECompilationError(f"concrete failed to compile the circuit: {msg}")
+
+
+def shares_lookup_width(layers: list[dict[str, Any]]) -> bool:
+    """Whether two lookup layers of a lowering plan (or of a compile report's
+    ``"layers"``) have one input width: only then can concrete's per-norm partitions
+    (``parameter_strategy``) differ from its per-width ones."""
+    widths = [row["tlu_input_bits"] for row in layers if row.get("tlu_count")]
+    return len(set(widths)) < len(widths)
 
 
 def module_report(module: Any, layers: list[dict[str, Any]], max_tlu_bits: int,

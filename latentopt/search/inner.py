@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.fhe_diagnostics import shares_lookup_width
+
 __all__ = ["InnerResult", "score_under", "search_compile"]
 
 #: p_error ladder walked upwards (larger p_error -> smaller crypto parameters -> faster).
@@ -242,9 +244,7 @@ def search_compile(
             cand.latency = _latency(work, cost_model)
             cand.pbs = int(work.fhe_report_["programmable_bootstrap_count"])
             cand.max_tlu_bits = int(work.fhe_report_["max_tlu_input_bits"])
-            widths = [r.get("tlu_input_bits") for r in work.fhe_report_["layers"]
-                      if r.get("pbs")]
-            cand.shared_width = len(set(widths)) < len(widths)
+            cand.shared_width = shares_lookup_width(work.fhe_report_["layers"])
             if not simulate:  # known hopeless: its unrounded score bounds it
                 cand.score = float(unrounded)
             elif cand.latency > cap_latency:
@@ -308,7 +308,7 @@ def _cost_as_compiled(work: Any, X_calib: Any, best: Candidate, cost_model: Any)
         return
     work.compile(X_calib, rounding_bits=best.rounding_bits,
                  rounding_method=best.rounding_method, p_error=best.p_error, verbose=0)
-    best.latency = min(best.latency, _latency(work, cost_model))
+    best.latency = _latency(work, cost_model)
 
 
 def _search_bits(evaluate: Callable[[Any, float], Candidate], top: int, probe_p: float,
