@@ -50,7 +50,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "n_accum_bits": [None, 8, 10, 12],
     "activation": ["relu", "silu", "tanh"],
     "n_layers": (1, 2),
-    "width": ("log", 4, 64),
+    "width": ("log", 4, 128),
     "pruning_ratio": [0.0, 0.25, 0.5],
     "lr": [1e-3, 3e-3, 1e-2],
 }

@@ -164,6 +164,8 @@ def test_seed_configs_fit_the_space():
     assert seeds[0]["n_w_bits"] == 3 and seeds[0]["n_a_bits"] == 3
     assert seeds[0]["n_accum_bits"] is None and seeds[0]["pruning_ratio"] == 0.0
     assert all(set(s) == set(DEFAULT_SPACE) for s in seeds)
+    # one seed is as wide as the float reference (scikit-learn's 100 hidden units)
+    assert max(s["width"] for s in seeds) >= 100 and DEFAULT_SPACE["width"][2] >= 100
     narrow = {"n_w_bits": (2, 2), "width": ("log", 4, 8), "n_layers": (1, 1)}
     seeds = seed_configs(narrow, QuantizedMLPClassifier())
     assert seeds == [{"n_w_bits": 2, "width": 8, "n_layers": 1}]  # clipped, deduplicated
