@@ -36,10 +36,8 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import time
-import warnings
 import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,24 +49,23 @@ import numpy as np
 from ..ir import Circuit
 from ..ir.schedule import check_quantized
 from .batching import pad_batch, plan_calls
-from .fhe_concrete import (
-    PARAMETER_STRATEGIES,
-    concrete_fhe,
-    is_multi_table_clipping_failure,
-    multi_parameter_strategy,
-    without_active_clipping,
+from .fhe_compile import (
+    DEFAULT_GLOBAL_P_ERROR,
+    RANGE_MODES,
+    auto_batch_size,
+    check_options,
+    compile_module,
+    configuration,
 )
+from .fhe_concrete import concrete_fhe
 from .fhe_deploy import save_deployment
 from .fhe_diagnostics import (
     DEFAULT_RANGE_MODE,
-    ON_OVERFLOW,
     FHEBitWidthError,
     FHECompilationError,
     FHEOverflowError,
     FHEParametersError,
     module_report,
-    shares_lookup_width,
-    translate_error,
 )
 from .fhe_lowering import LoweringPlan, build_function, lower
 from .integer import IntegerBackend
@@ -83,32 +80,6 @@ __all__ = [
     "concrete_fhe",
     "plan_calls",
 ]
-
-RANGE_MODES = ("calibrated", "worst_case")
-SECURITY_LEVELS = (128, 132)
-#: Default per-sample probability of at least one wrong table lookup (concrete's default).
-DEFAULT_GLOBAL_P_ERROR = 1e-5
-#: ``parameter_strategy="auto"`` keeps per-norm partitions only for at least this much
-#: less complexity: they cost more keys (up to 2x the bytes for a 0.1% gain, measured
-#: on two-layer MLPs of breast_cancer and wine).
-NORM2_MIN_GAIN = 0.05
-#: Automatic batch size: about 128 lookups in the narrowest layer, between 8 and 16 samples.
-AUTO_BATCH_TLUS, AUTO_BATCH_MIN, AUTO_BATCH_MAX = 128, 8, 16
-
-
-def _security_level(level: int) -> Any:
-    from concrete.fhe.compilation.configuration import SecurityLevel
-
-    return SecurityLevel(level)
-
-
-def _check_p_error(p_error: float | None, global_p_error: float | None) -> None:
-    if p_error is not None and global_p_error is not None:
-        raise ValueError("set at most one of p_error and global_p_error")
-    for name, value in (("p_error", p_error), ("global_p_error", global_p_error)):
-        if value is not None and not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
-            raise ValueError(f"{name} must be a probability in (0, 1), got {value!r}")
-
 
 class FHECircuit:
     """A circuit compiled to TFHE; build with :meth:`compile`.
@@ -234,31 +205,18 @@ class FHECircuit:
             ``"auto"`` (default): a circuit with two or more lookup layers of one width
             (layers of other widths are in other partitions already) is compiled both
             ways, and the second kept only when concrete's complexity drops by at least
-            :data:`NORM2_MIN_GAIN` (real-MNIST CNN, 272 lookups: 16% less
+            :data:`~.fhe_compile.NORM2_MIN_GAIN` (real-MNIST CNN, 272 lookups: 16% less
             complexity, 5.6 s against 6.9 s per sample, 1.5x the key bytes).  The choice
             is ``report["parameter_strategy"]``.
         """
         fhe = concrete_fhe()
-        _check_p_error(p_error, global_p_error)
-        if security_level not in SECURITY_LEVELS:
-            raise ValueError(f"security_level must be one of {SECURITY_LEVELS}")
-        if range_mode not in RANGE_MODES:
-            raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {range_mode!r}")
-        if on_overflow not in ON_OVERFLOW:
-            raise ValueError(f"on_overflow must be one of {ON_OVERFLOW}, got {on_overflow!r}")
-        if batch_size is not None and int(batch_size) < 1:
-            raise ValueError("batch_size must be >= 1")
-        if parameter_strategy not in PARAMETER_STRATEGIES:
-            raise ValueError(f"parameter_strategy must be one of {PARAMETER_STRATEGIES}, "
-                             f"got {parameter_strategy!r}")
+        check_options(p_error=p_error, global_p_error=global_p_error,
+                      security_level=security_level, range_mode=range_mode,
+                      range_margin=range_margin, on_overflow=on_overflow,
+                      batch_size=batch_size, parameter_strategy=parameter_strategy)
         t0 = time.perf_counter()
-        if not 0.0 <= float(range_margin) <= 10.0:
-            raise ValueError(f"range_margin must be in [0, 10], got {range_margin!r}")
         plan, rows = lower(circuit, inputset_q, range_mode, float(range_margin))
-        if batch_size is None:
-            narrow = min((r["tlu_count"] for r in plan.layers if r["tlu_count"]), default=1)
-            batch_size = min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, -(-AUTO_BATCH_TLUS // narrow)))
-        batch_size = int(batch_size)
+        batch_size = int(auto_batch_size(plan) if batch_size is None else batch_size)
         pieces = {"single": [rows[i : i + 1] for i in range(len(rows))]}
         if batch_size > 1:
             padded = pad_batch(rows, "batch", -(-len(rows) // batch_size) * batch_size)
@@ -267,22 +225,11 @@ class FHECircuit:
         n_calls = 1 + (batch_size if batch_size > 1 else 0)  # samples in the whole module
         if p_error is None and global_p_error is None:
             global_p_error = DEFAULT_GLOBAL_P_ERROR
-        conf: dict[str, Any] = dict(
-            security_level=_security_level(security_level),
-            show_progress=verbose >= 2, verbose=False,
-            compress_evaluation_keys=compress, compress_input_ciphertexts=compress,
-            # failures become latentopt errors; don't litter the cwd with .artifacts/
-            dump_artifacts_on_unexpected_failures=False,
-        )
-        if p_error is not None:
-            conf["p_error"] = float(p_error)
-        else:  # concrete's global error covers every function of the module
-            assert global_p_error is not None
-            conf["global_p_error"] = float(-math.expm1(n_calls * math.log1p(-global_p_error)))
-        conf.update(concrete_options or {})
-        if insecure_key_cache is not None:
-            conf.update(use_insecure_key_cache=True, enable_unsafe_features=True,
-                        insecure_key_cache_location=str(insecure_key_cache))
+        conf = configuration(fhe, p_error=p_error, global_p_error=global_p_error,
+                             security_level=security_level, n_calls=n_calls,
+                             compress=compress, verbose=verbose,
+                             insecure_key_cache=insecure_key_cache,
+                             concrete_options=concrete_options)
         namespace: dict[str, Any] = {"composition": fhe.NotComposable()}
         for name in pieces:
             namespace[name] = fhe.function({"x": "encrypted"})(build_function(plan, fhe, name))
@@ -290,33 +237,8 @@ class FHECircuit:
             print(f"[latentopt] FHE compile of {len(circuit.nodes)} IR nodes, "
                   f"{len(pieces)} function(s) ..." + ("" if verbose >= 2 else
                   " (verbose=2 shows the compiler's progress)"), flush=True)
-
-        def compile_module(strategy: str) -> Any:
-            options = dict(conf)
-            options.setdefault("multi_parameter_strategy", multi_parameter_strategy(fhe, strategy))
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-                return fhe.module()(type("LatentoptCircuit", (), namespace)).compile(
-                    pieces, fhe.Configuration(**options))
-
-        strategy = "precision" if parameter_strategy == "auto" else parameter_strategy
-
-        active_clipping = True
-        try:
-            try:
-                module = compile_module(strategy)
-            except ValueError as exc:  # concrete 2.11, per-channel tables: see fhe_concrete
-                if not is_multi_table_clipping_failure(exc):
-                    raise
-                conf["approximate_rounding_config"] = without_active_clipping(fhe)
-                active_clipping = False
-                module = compile_module(strategy)
-            if parameter_strategy == "auto" and shares_lookup_width(plan.layers):
-                other = compile_module("precision_and_norm2")
-                if other.complexity < (1.0 - NORM2_MIN_GAIN) * module.complexity:
-                    module, strategy = other, "precision_and_norm2"
-        except RuntimeError as exc:
-            raise translate_error(exc) from exc
+        module, strategy, active_clipping = compile_module(fhe, plan, namespace, pieces, conf,
+                                                           parameter_strategy)
         report = module_report(module, plan.layers, plan.max_tlu_bits, circuit, batch_size,
                                n_calls)
         box = input_box(circuit, inputset_q, range_mode, float(range_margin),
