@@ -23,6 +23,7 @@ training digits scores 1.0 and makes any budget meaningless):
 
     python benchmarks/mnist_search.py [--quick] [--models mlp64 cnn_ref] [--skip-cml]
         [--per-layer-pruning]   # one channel-pruning ratio per layer (0-0.75)
+        [--reference R --drop 0]   # aim at accuracy R (a peer's) instead of the float model's
         [--cml-only | --cml-nn-only]   # only the Concrete ML peers (run beside a search)
 
 ``--quick``: fewer trials, shorter fine-tuning, test accuracy on 300 digits (minutes).
@@ -136,7 +137,7 @@ def run_search(name: str, model, Xtr, ytr, Xte, yte, args) -> tuple[list[dict], 
         space = torch_space(per_layer_pruning=True, ratios=(0.0, 0.25, 0.5, 0.75))
     t0 = time.perf_counter()
     search = LatencySearch(est, param_space=space, max_accuracy_drop=args.drop,
-                           n_trials=args.trials,
+                           reference_score=args.reference, n_trials=args.trials,
                            timeout=args.timeout, n_repeats=1, random_state=args.seed,
                            multi_fidelity=False, verbose=1)
     search.fit(Xtr, ytr)
@@ -215,6 +216,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--drop", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0, help="the search's random_state")
+    ap.add_argument("--reference", type=float, default=None,
+                    help="the search's reference_score (default: the float model's "
+                         "validation accuracy); with --drop 0, aim at a peer's accuracy")
     ap.add_argument("--n-execute", type=int, default=2)
     ap.add_argument("--max-points", type=int, default=4, help="front points measured")
     ap.add_argument("--cifar-trials", type=int, default=3)
