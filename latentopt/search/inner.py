@@ -102,6 +102,9 @@ class InnerResult:
     max_bits: int | None = None
     #: the unrounded (integer) circuit's score, when the search computed it
     unrounded_score: float | None = None
+    #: ``latency_cap`` narrowed the roundings tried (wider ones could not beat it), so
+    #: an infeasible result says "not within the cap", not "not within the budget"
+    capped_bits: bool = False
 
     @property
     def compile_kwargs(self) -> dict[str, Any]:
@@ -277,6 +280,7 @@ def search_compile(
         top = bits_cap(est, cost_model if latency_cap is not None else None, latency_cap,
                        max_rounding_bits)
         result.max_bits = top
+        result.capped_bits = top < bits_cap(est, None, None, max_rounding_bits)
         bit_choices: list[Any] = _search_bits(evaluate, top, probe_p, rounding_method)
         if not bit_choices and p_error == "auto":  # more accuracy from a smaller p_error
             if evaluate(top, SAFE_P_ERROR).feasible:

@@ -411,6 +411,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if any(r.get("refuted") for r in self.results_):
             footer.append("refuted: met the budget on validation, not on the check's rows "
                           "(checked during the study)")
+        if any(r.get("capped") and not r["feasible"] for r in self.results_):
+            footer.append("slower: no point of it as fast as the best feasible trial met the "
+                          "budget (slower points not tried; the score is its fastest point's)")
         if self.failures_:
             footer.append(f"{len(self.failures_)} failed trial(s): "
                           + "; ".join(f"trial {f['trial']}: {f['error']}"

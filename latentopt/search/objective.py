@@ -167,9 +167,11 @@ class _Objective:
         trial.set_user_attr("latency_unit", inner.latency_unit)
         if inner.unrounded_score is not None:
             trial.set_user_attr("unrounded_score", float(inner.unrounded_score))
-        # points skipped as slower than the best feasible one: if that one fails the
-        # final check, selection reopens this trial (selection.reopen_capped)
-        trial.set_user_attr("capped", any(c.dominated for c in inner.candidates))
+        # points skipped (or roundings not tried) as slower than the best feasible one:
+        # if that one fails the final check, selection reopens this trial
+        # (selection.reopen_capped)
+        capped = inner.capped_bits or any(c.dominated for c in inner.candidates)
+        trial.set_user_attr("capped", capped)
         compiled = [c for c in inner.candidates if c.error is None and not c.dominated]
         if inner.best is None and not compiled and any(c.dominated for c in inner.candidates):
             self._prune(trial, "every compiled point is slower than the best feasible one")

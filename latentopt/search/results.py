@@ -83,6 +83,7 @@ def collect(study: Any, unit: str = "seconds") -> tuple[list[dict[str, Any]],
             "cost": t.values[0], unit: t.values[0], "score": t.values[1],
             "feasible": t.user_attrs.get("constraint", [1])[0] <= 0,
             "refuted": bool(t.user_attrs.get("refuted", False)),
+            "capped": bool(t.user_attrs.get("capped", False)),
             "pbs": t.user_attrs.get("pbs"), "max_tlu_bits": t.user_attrs.get("max_tlu_bits"),
             "tlus": t.user_attrs.get("tlus"), **(t.user_attrs.get("compile") or {}),
         })
@@ -165,6 +166,18 @@ def _cell(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
+def _verdict(row: dict[str, Any]) -> str:
+    """The ``feasible`` cell: True, False, ``refuted`` (met the budget on validation,
+    not on the check) or ``slower`` (no point of it as fast as the best feasible trial
+    met the budget; its slower points were not tried, so its score is that of its
+    fastest point, not of the model)."""
+    if row.get("refuted"):
+        return "refuted"
+    if not row["feasible"] and row.get("capped"):
+        return "slower"
+    return str(row["feasible"])
+
+
 def summary_table(rows: list[dict[str, Any]], front: list[dict[str, Any]],
                   footer: list[str], seconds: bool = True) -> str:
     """Every completed trial by latency; columns as wide as their names and values.
@@ -176,14 +189,13 @@ def summary_table(rows: list[dict[str, Any]], front: list[dict[str, Any]],
     keys = ["trial", "hidden_layer_sizes", "n_w_bits", "n_a_bits", "pruning_ratio", "lr",
             "rounding_bits", "p_error", "pbs", "max_tlu_bits", "cost", "score"]
     extra = sorted({k for r in rows for k in r} - set(keys)
-                   - {"feasible", "refuted", "tlus", "rounding_method", "seconds",
-                      "complexity"})
+                   - {"feasible", "refuted", "capped", "tlus", "rounding_method",
+                      "seconds", "complexity"})
     keys[keys.index("lr") + 1:keys.index("lr") + 1] = extra  # searched dimensions
     keys = [k for k in keys if k in ("trial", "cost", "score")
             or any(r.get(k) is not None for r in rows)]
     table = [[_cell(r.get(k)) for k in keys]
-             + [("refuted" if r.get("refuted") else f"{r['feasible']}")
-                + ("*" if r["trial"] in marks else " ")]
+             + [_verdict(r) + ("*" if r["trial"] in marks else " ")]
              for r in sorted(rows, key=lambda r: r["cost"])]
     header = [("s/sample" if seconds else "complexity") if k == "cost" else k
               for k in keys] + ["feasible"]

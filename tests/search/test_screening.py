@@ -197,6 +197,20 @@ def test_inner_search_never_rounds_wider_than_its_cap(data, model):
     assert capped.max_bits == 1 and capped.latency_unit == "seconds"
     assert capped.best is None and all(c.dominated or c.error for c in capped.candidates)
     assert all(np.isnan(c.score) for c in capped.candidates)
+    # the cap, not the budget, limited the roundings: the result says so (the study then
+    # marks the trial "capped", which selection may reopen and the summary calls "slower")
+    assert capped.capped_bits and not res.capped_bits
+
+
+def test_summary_calls_capped_infeasible_trials_slower():
+    from latentopt.search.results import summary_table
+
+    rows = [{"trial": 0, "cost": 0.1, "score": 0.95, "feasible": True},
+            {"trial": 1, "cost": 0.05, "score": 0.40, "feasible": False, "capped": True},
+            {"trial": 2, "cost": 0.2, "score": 0.50, "feasible": False, "capped": False}]
+    lines = summary_table(rows, rows[:1], []).splitlines()
+    verdicts = {line.split()[0]: line.split()[-1] for line in lines[1:]}
+    assert verdicts == {"0": "True*", "1": "slower", "2": "False"}
 
 
 # ------------------------------------------------------------ honest check

@@ -95,7 +95,7 @@ def test_space_sampling_and_validation():
     params = sample_params(trial, DEFAULT_SPACE)
     assert isinstance(params["hidden_layer_sizes"], tuple)
     assert 1 <= len(params["hidden_layer_sizes"]) <= 2
-    assert 4 <= params["hidden_layer_sizes"][0] <= 64
+    assert 4 <= params["hidden_layer_sizes"][0] <= DEFAULT_SPACE["width"][2] == 128
     est = QuantizedMLPClassifier()
     with pytest.raises(ValueError, match="not a parameter"):
         validate_space({"depth": (1, 2)}, est)
