@@ -113,4 +113,9 @@ def test_max_pool_before_a_wide_accumulator_compiles_exactly():
     assert layers["mp"]["pbs"] == c["mp"].pbs_count == 8 * 4  # 3 maxima + 1 cast each
     assert layers["mp"]["tlu_input_bits"] == 6  # differences of 5-bit activations
     assert fc.report["max_tlu_input_bits"] == 6
-    np.testing.assert_array_equal(fc.simulate(q[:10]), IntegerBackend(c).run_integers(q[:10]))
+    # exact up to concrete's lookup errors: p_error 1e-6 is the smallest it finds
+    # parameters for here, which leaves 7e-5 per sample (68 lookups; 2 wrong samples in
+    # 20,000 measured).  Random errors rarely hit one sample twice; a wrong circuit would.
+    expected = IntegerBackend(c).run_integers(q[:10])
+    runs = [fc.simulate(q[:10]) == expected for _ in range(2)]
+    assert np.all(runs[0] | runs[1]), runs
