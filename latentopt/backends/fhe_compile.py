@@ -88,9 +88,11 @@ def configuration(fhe: Any, *, p_error: float | None, global_p_error: float | No
                   ) -> dict[str, Any]:
     """Keyword arguments of concrete's ``Configuration`` (without the parameter strategy).
 
-    Without ``p_error``, ``global_p_error`` is per sample and the module holds
-    ``n_calls`` samples (one single-sample call and one batch): concrete's global error
-    covers the whole module, so it is raised to ``1 - (1 - global_p_error) ** n_calls``.
+    Exactly one of ``p_error`` and ``global_p_error`` is given (the caller applies
+    :data:`DEFAULT_GLOBAL_P_ERROR`).  ``global_p_error`` is per sample and the module
+    holds ``n_calls`` samples (one single-sample call and one batch): concrete's global
+    error covers the whole module, so it is raised to
+    ``1 - (1 - global_p_error) ** n_calls``.
     """
     from concrete.fhe.compilation.configuration import SecurityLevel
 
@@ -104,8 +106,8 @@ def configuration(fhe: Any, *, p_error: float | None, global_p_error: float | No
     if p_error is not None:
         conf["p_error"] = float(p_error)
     else:
-        conf["global_p_error"] = float(-math.expm1(
-            n_calls * math.log1p(-(global_p_error or DEFAULT_GLOBAL_P_ERROR))))
+        assert global_p_error is not None
+        conf["global_p_error"] = float(-math.expm1(n_calls * math.log1p(-global_p_error)))
     conf.update(concrete_options or {})
     if insecure_key_cache is not None:
         conf.update(use_insecure_key_cache=True, enable_unsafe_features=True,

@@ -271,16 +271,16 @@ def search_compile(
 
     # --- rounding bits -------------------------------------------------------------
     probe_p = PROBE_P_ERROR if p_error == "auto" else float(p_error)  # type: ignore[arg-type]
+    widest = bits_cap(est, None, None, max_rounding_bits)  # before any latency cap
     if rounding_bits == "auto" and unrounded < threshold - UNROUNDED_SLACK:
         # no rounding can rescue it: one compile, no simulation, says how fast it would be
-        evaluate(min(START_BITS, bits_cap(est, None, None, max_rounding_bits)), probe_p,
-                 simulate=False)
+        evaluate(min(START_BITS, widest), probe_p, simulate=False)
         return result
     if rounding_bits == "auto":
         top = bits_cap(est, cost_model if latency_cap is not None else None, latency_cap,
-                       max_rounding_bits)
+                       widest)
         result.max_bits = top
-        result.capped_bits = top < bits_cap(est, None, None, max_rounding_bits)
+        result.capped_bits = top < widest
         bit_choices: list[Any] = _search_bits(evaluate, top, probe_p, rounding_method)
         if not bit_choices and p_error == "auto":  # more accuracy from a smaller p_error
             if evaluate(top, SAFE_P_ERROR).feasible:

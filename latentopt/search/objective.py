@@ -170,10 +170,10 @@ class _Objective:
         # points skipped (or roundings not tried) as slower than the best feasible one:
         # if that one fails the final check, selection reopens this trial
         # (selection.reopen_capped)
-        capped = inner.capped_bits or any(c.dominated for c in inner.candidates)
-        trial.set_user_attr("capped", capped)
+        dominated = any(c.dominated for c in inner.candidates)
+        trial.set_user_attr("capped", inner.capped_bits or dominated)
         compiled = [c for c in inner.candidates if c.error is None and not c.dominated]
-        if inner.best is None and not compiled and any(c.dominated for c in inner.candidates):
+        if inner.best is None and not compiled and dominated:
             self._prune(trial, "every compiled point is slower than the best feasible one")
         point = inner.best or (max(compiled, key=lambda c: c.score) if compiled else None)
         score = (point.score if point is not None else inner.unrounded_score
