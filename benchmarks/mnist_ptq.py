@@ -95,9 +95,10 @@ def _ours(model: torch.nn.Module, data: tuple[np.ndarray, ...], n_bits: Any, arg
         row["acc_int"] = _acc(q.predict(Xte), yte)
         if not fhe:
             return row
-        q.compile(rounding_bits=rb, p_error=args.p_error, batch_size=1, verbose=0)
+        q.compile(rounding_bits=rb, p_error=args.p_error, batch_size=1, verbose=0,
+                  equalize=not args.no_equalize)
         rep = q.fhe_report_
-        row.update(rounding_bits=rb, p_error=args.p_error,
+        row.update(rounding_bits=rb, p_error=args.p_error, equalize=not args.no_equalize,
                    compile_s=rep.get("compile_seconds"),
                    pbs=int(rep["programmable_bootstrap_count"]),
                    max_tlu_bits=int(rep["max_tlu_input_bits"]),
@@ -156,6 +157,8 @@ def main() -> None:
     ap.add_argument("--model-seeds", type=int, nargs="+", default=[0],
                     help="float models trained with each seed (one row set per seed)")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--no-equalize", action="store_true",
+                    help="compile without per-channel gains before rounded lookups")
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     ap.add_argument("--peer-timeout", type=int, default=3600)
     ap.add_argument("--jsonl", default=None)
@@ -254,6 +257,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             sim = r.get("acc_sim", r.get("accuracy_simulate"))
             lib = r.get("library", "?") + (" (maxpool=avg)" if r.get("maxpool") == "avg"
                                            else "")
+            if r.get("equalize") is False:
+                lib += " (no gains)"
             cal = r.get("calibration", "-")
             if "acc_inputs_only" in r:
                 cal += f" (inputs alone: {r['acc_inputs_only']:.3f})"

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..ir import Circuit, TableLookup
+from ..ir.equalize import equalize_lookup, lookup_gains
 from ..ir.ranges import widen_ranges
 from ..ir.schedule import (
     MAX_TABLE_ENTRIES,
@@ -332,7 +333,7 @@ class IntegerBackend:
 
     def round_lookups(
         self, q: np.ndarray, bits: int | Sequence[int], method: str = "exact",
-        ranges: str = "calibrated", margin: float = 0.0,
+        ranges: str = "calibrated", margin: float = 0.0, equalize: bool = False,
     ) -> Circuit:
         """The circuit with every lookup input rounded to ``bits`` bits as FHE lowers it.
 
@@ -350,6 +351,10 @@ class IntegerBackend:
         ranges : {"calibrated", "worst_case"}
             Measure on the ranges reached on ``q`` (widened by ``margin``) or on the
             worst case.
+        equalize : bool
+            Give each channel of the layer feeding a rounded lookup the largest integer
+            gain that keeps the lookup ``bits`` wide (:mod:`latentopt.ir.equalize`):
+            narrow channels then use their whole table instead of a fraction of it.
 
         Returns
         -------
@@ -369,6 +374,14 @@ class IntegerBackend:
                     measured = measured.replace(
                         calibration=widen_ranges(measured, measured.calibration, margin))
             lsbs[name] = measured.rounding_lsbs(bits, ranges=ranges)[name]
+            if lsbs[name] and equalize:
+                target = bits if isinstance(bits, (int, np.integer)) else list(bits)[
+                    tlus.index(name)]
+                rng = measured.worst_case_ranges()
+                if ranges == "calibrated" and measured.calibration:
+                    rng.update(measured.calibration)
+                gains = lookup_gains(measured, name, lsbs[name], int(target), rng)
+                circuit = equalize_lookup(circuit, name, gains)
             if lsbs[name]:
                 circuit = circuit.with_rounding(lsbs, method=method)
                 measured = None

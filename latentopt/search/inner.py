@@ -191,6 +191,7 @@ def search_compile(
     max_rounding_bits: int | None = None,
     latency_cap: float | None = None,
     verbose: int = 0,
+    equalize: bool = True,
 ) -> InnerResult:
     """Find the fastest (rounding, p_error) of a fitted estimator within an accuracy budget.
 
@@ -218,6 +219,9 @@ def search_compile(
         Latency (in the cost model's seconds, or complexity without one) already
         reached elsewhere: slower candidates are not simulated, and with a cost model
         roundings that cannot beat it are not compiled.
+    equalize : bool
+        Compile candidates with per-channel gains before rounded lookups (``compile``'s
+        ``equalize``, the default there too).
     """
     if not max_accuracy_drop >= 0:  # also rejects NaN
         raise ValueError("max_accuracy_drop must be >= 0")
@@ -240,7 +244,8 @@ def search_compile(
         cand = Candidate(bits, rounding_method, perr, feasible=False)
         try:
             work.compile(X_calib, rounding_bits=bits, rounding_method=rounding_method,
-                         p_error=perr, verbose=0, parameter_strategy="precision")
+                         p_error=perr, verbose=0, parameter_strategy="precision",
+                         equalize=equalize)
         except ValueError as exc:  # FHECompilationError and friends: infeasible
             cand.error = type(exc).__name__
         else:
@@ -301,17 +306,19 @@ def search_compile(
     feasible = [c for c in result.candidates if c.feasible]
     if feasible:
         result.best = min(feasible, key=lambda c: (c.latency, -c.score))
-        _cost_as_compiled(work, X_calib, result.best, cost_model)
+        _cost_as_compiled(work, X_calib, result.best, cost_model, equalize)
     return result
 
 
-def _cost_as_compiled(work: Any, X_calib: Any, best: Candidate, cost_model: Any) -> None:
+def _cost_as_compiled(work: Any, X_calib: Any, best: Candidate, cost_model: Any,
+                      equalize: bool = True) -> None:
     """``best``'s latency under ``compile``'s default ``parameter_strategy="auto"``,
     which can differ from the ranking compile only when lookup layers share a width."""
     if not best.shared_width:
         return
     work.compile(X_calib, rounding_bits=best.rounding_bits,
-                 rounding_method=best.rounding_method, p_error=best.p_error, verbose=0)
+                 rounding_method=best.rounding_method, p_error=best.p_error, verbose=0,
+                 equalize=equalize)
     best.latency = _latency(work, cost_model)
 
 

@@ -242,6 +242,7 @@ def compile_torch_model(
     security_level: int = 128,
     batch_size: int | None = None,
     parameter_strategy: str = "auto",
+    equalize: bool = True,
     fhe: bool = True,
     fhe_mode: str = "disable",
     verbose: int = 1,
@@ -283,9 +284,10 @@ def compile_torch_model(
     rounding_bits, rounding_method, p_error, global_p_error : optional
         FHE compilation options (rounding, error probability), as in
         :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile`.
-    range_mode, range_margin, on_overflow, security_level, batch_size, parameter_strategy : optional
+    range_mode, range_margin, on_overflow, security_level, batch_size, parameter_strategy, \
+equalize : optional
         FHE compilation options (value ranges, security, batching, crypto-parameter
-        partitions), with the defaults
+        partitions, per-channel gains before rounded lookups), with the defaults
         of :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.compile` (the same for
         every estimator).
     fhe : bool
@@ -319,7 +321,8 @@ def compile_torch_model(
                    p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
                    range_margin=range_margin, on_overflow=on_overflow,
                    security_level=security_level,
-                   batch_size=batch_size, parameter_strategy=parameter_strategy)
+                   batch_size=batch_size, parameter_strategy=parameter_strategy,
+                   equalize=equalize)
 
 
 def compile_brevitas_qat_model(
@@ -337,6 +340,7 @@ def compile_brevitas_qat_model(
     security_level: int = 128,
     batch_size: int | None = None,
     parameter_strategy: str = "auto",
+    equalize: bool = True,
     fhe: bool = True,
     fhe_mode: str = "disable",
     verbose: int = 1,
@@ -358,4 +362,5 @@ def compile_brevitas_qat_model(
                    p_error=p_error, global_p_error=global_p_error, range_mode=range_mode,
                    range_margin=range_margin, on_overflow=on_overflow,
                    security_level=security_level,
-                   batch_size=batch_size, parameter_strategy=parameter_strategy)
+                   batch_size=batch_size, parameter_strategy=parameter_strategy,
+                   equalize=equalize)
