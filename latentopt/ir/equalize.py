@@ -146,7 +146,8 @@ def equalize_lookup(circuit: Circuit, tlu_name: str, gains: np.ndarray | None) -
     if gains.shape != (_channels(producer),) or np.any(gains < 1):
         raise ValueError(f"expected {_channels(producer)} gains >= 1, got {gains.tolist()}")
     tlu = circuit[tlu_name]
-    fn = tlu.fn  # type: ignore[attr-defined]
+    fn = getattr(tlu, "fn", None)
+    assert isinstance(tlu, TableLookup) and isinstance(fn, QuantActivation)  # gain_chain
     cal = dict(circuit.calibration) if circuit.calibration else None
     scaled = {producer.name, value} | ({pool.name} if pool is not None else set())
     wshape = (-1,) + (1,) * (producer.weight.ndim - 1)  # type: ignore[attr-defined]
@@ -159,7 +160,7 @@ def equalize_lookup(circuit: Circuit, tlu_name: str, gains: np.ndarray | None) -
         elif node.name == tlu_name:
             n_el = circuit.width(value)
             ins = np.broadcast_to(fn.input_scale, (n_el,)) / _per_element(gains, n_el)
-            node = replace(node, fn=replace(fn, input_scale=ins))
+            node = replace(tlu, fn=replace(fn, input_scale=ins))
         new_nodes.append(node)
     if cal is not None:
         for name in scaled & set(cal):
