@@ -11,16 +11,19 @@ lookup (a :class:`~latentopt.ir.Gemm` or :class:`~latentopt.ir.Conv`, possibly t
 a :class:`~latentopt.ir.SumPool`) by the largest integer gain ``g >= 1`` that keeps its
 rounded input within the same ``bits``; the lookup's function reads ``v / g``
 (:class:`~latentopt.ir.QuantActivation`'s ``input_scale`` divided by ``g``).  The circuit
-stays exact integer arithmetic, the lookup keeps its width and the layer's widest
-channel keeps its range, so no value of the circuit gets wider; each narrow channel's
-rounding error shrinks by ``g``.  Under FHE the gain is part of the plaintext weights:
-no operation is added.
+stays exact integer arithmetic, the lookup keeps its width, and a gained channel spans
+at most what the rounding already had to cover for the widest one (its values, as the
+FHE lowering centres them, get no wider); each narrow channel's rounding error shrinks
+by ``g``.  Under FHE the gain is part of the plaintext weights: no operation is added.
 
 A gain also multiplies the channel's weight vector, whose L2 norm enters the noise the
-dot product adds under TFHE.  Measured on real MNIST (MLPs 784-32/64-10 at 4-6-bit
-lookups, gains up to 4), concrete chose the same parameters with and without gains:
-the complexity it reports was identical in every case.  Where a circuit's cost did
-move, the search would see it, since it costs every compiled candidate.
+dot product adds under TFHE, and its offset, so a value's *uncentred* signed width (the
+IR report's) may grow.  Measured on real MNIST: for MLPs 784-32/64-10 at 4-6-bit
+lookups (gains up to 4) concrete reported the same complexity with and without gains;
+for a pruned QAT CNN at 5-bit lookups it rose from 2.6e10 to 3.0e10 (6-bit lookups
+without gains: 4.4e10), and a PTQ CNN at 6 bits ran faster with them (18.9 s against
+23.3 s per image, other per-norm partitions).  The latency search costs every compiled
+candidate, so it sees what gains cost.
 
 Examples
 --------
