@@ -52,7 +52,7 @@ import numpy as np
 from .circuit import Circuit
 from .conv_nodes import Conv, SumPool
 from .functions import QuantActivation
-from .nodes import Gemm, Node, Round, TableLookup
+from .nodes import Concat, Gemm, Node, Round, TableLookup
 from .ranges import Interval, centred_bits
 
 __all__ = ["MAX_GAIN", "equalize_lookup", "gain_chain", "lookup_gains"]
@@ -64,10 +64,15 @@ MAX_GAIN = 64
 def gain_chain(circuit: Circuit, tlu_name: str) -> tuple[Node, SumPool | None, str] | None:
     """``(producer, pool, value)``: the layer a gain can be folded into, the sum pool
     between it and the lookup (or None) and the name of the value the lookup rounds;
-    None where no gain applies (another function or producer, or a value with more
-    than one reader)."""
+    None where no gain applies (another function or producer, a value with more than
+    one reader, or a lookup whose output is concatenated)."""
     tlu = circuit[tlu_name]
     if not isinstance(tlu, TableLookup) or not isinstance(tlu.fn, QuantActivation):
+        return None
+    if any(isinstance(n, Concat) for n in circuit.consumers(tlu_name)):
+        # concrete 2.11's optimizer panics (the process aborts) on per-norm partitions
+        # ("precision_and_norm2", tried by compile's "auto") of a concatenation whose
+        # operands were gained: tests/sklearn/test_torch_qat_cat.py
         return None
     value = tlu.inputs[0]
     reader: Node = tlu

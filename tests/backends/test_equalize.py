@@ -178,6 +178,17 @@ def test_no_gain_where_it_cannot_be_folded():
                  TableLookup("a", ("g",), ExplicitTable(np.arange(64) % 5, offset=0)),
                  Gemm("h", ("a",), [[1, 1]]), Dequantize("o", ("h",), 1.0, 0)], n_features=2)
     assert gain_chain(t, "a") is None
+    # a lookup feeding a concatenation (concrete's per-norm partitions abort on it)
+    from latentopt.ir import Concat
+
+    cat = Circuit([QuantizeInput("q", ("input",), 1.0, 0, 4, signed=False),
+                   Gemm("g", ("q",), [[1, 2], [3, 1]]),
+                   TableLookup("a", ("g",), QuantActivation("relu", 0.1, 0.5, 3)),
+                   Gemm("g2", ("q",), [[1, 1]]),
+                   TableLookup("b", ("g2",), QuantActivation("relu", 0.1, 0.5, 3)),
+                   Concat("c", ("a", "b")), Gemm("h", ("c",), [[1, 1, 1]]),
+                   Dequantize("o", ("h",), 1.0, 0)], n_features=2)
+    assert gain_chain(cat, "a") is None and gain_chain(cat, "b") is None
     # nothing rounded: no gains
     c = conv_pool_circuit()
     q = sample_q(c, 50, 0)
