@@ -377,10 +377,8 @@ class IntegerBackend:
             if lsbs[name] and equalize:
                 target = bits if isinstance(bits, (int, np.integer)) else list(bits)[
                     tlus.index(name)]
-                rng = measured.worst_case_ranges()
-                if ranges == "calibrated" and measured.calibration:
-                    rng.update(measured.calibration)
-                gains = lookup_gains(measured, name, lsbs[name], int(target), rng)
+                gains = lookup_gains(measured, name, lsbs[name], int(target),
+                                     measured.lookup_input_range(name, ranges))
                 circuit = equalize_lookup(circuit, name, gains)
             if lsbs[name]:
                 circuit = circuit.with_rounding(lsbs, method=method)

@@ -276,19 +276,24 @@ class Circuit:
                 raise ValueError(f"expected {len(tlus)} rounding bit-widths, got {len(targets)}")
         if any(b < 1 for b in targets):
             raise ValueError(f"rounding bits must be >= 1, got {targets}")
-        worst = self.worst_case_ranges()
-        cal = self._calibration or {}
         out: dict[str, int] = {}
         for tlu, target in zip(tlus, targets):
-            src = tlu.inputs[0]
-            if isinstance(self._by_name[src], Round):  # measure the unrounded value
-                src = self._by_name[src].inputs[0]
-            rng = (cal.get(src) if ranges == "calibrated" else None) or worst[src]
+            rng = self.lookup_input_range(tlu.name, ranges)
             lsbs = 0
             while centred_bits(rng.lo, rng.hi, lsbs) > target:  # ends: 1 bit at most
                 lsbs += 1
             out[tlu.name] = lsbs
         return out
+
+    def lookup_input_range(self, tlu_name: str, ranges: str = "calibrated") -> Interval:
+        """Interval of the value a lookup rounds (its input before any :class:`Round`):
+        calibrated (``ranges="calibrated"``, falling back to the worst case where the
+        value has no calibration) or worst case.  What :meth:`rounding_lsbs` measures."""
+        src = self._by_name[tlu_name].inputs[0]
+        if isinstance(self._by_name[src], Round):  # measure the unrounded value
+            src = self._by_name[src].inputs[0]
+        cal = self._calibration or {}
+        return (cal.get(src) if ranges == "calibrated" else None) or self.worst_case_ranges()[src]
 
     # ----------------------------------------------------------------- analysis
     def worst_case_ranges(self) -> dict[str, Interval]:

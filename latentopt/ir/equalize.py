@@ -34,8 +34,8 @@ Examples
 >>> c = Circuit([QuantizeInput("q", ("input",), 1.0, 0, 4),
 ...              Gemm("g", ("q",), [[8, 8], [1, 1]]), TableLookup("a", ("g",), relu),
 ...              Dequantize("o", ("a",), 1.0, 0)], n_features=2)
->>> ranges = {"g": Interval(np.array([0, 0]), np.array([240, 30]))}
->>> gains = lookup_gains(c, "a", lsbs=4, bits=4, ranges=ranges)
+>>> span = Interval(np.array([0, 0]), np.array([240, 30]))  # of "g", the lookup's input
+>>> gains = lookup_gains(c, "a", lsbs=4, bits=4, interval=span)
 >>> gains.tolist()      # channel 1 spans 30 of the 240 the 16-level table covers
 [1, 8]
 >>> e = equalize_lookup(c, "a", gains)
@@ -105,22 +105,21 @@ def _per_element(gains: np.ndarray, size: int) -> np.ndarray:
 
 
 def lookup_gains(circuit: Circuit, tlu_name: str, lsbs: int, bits: int,
-                 ranges: dict[str, Interval], max_gain: int = MAX_GAIN) -> np.ndarray | None:
+                 interval: Interval, max_gain: int = MAX_GAIN) -> np.ndarray | None:
     """Largest integer gain per output channel of the layer feeding ``tlu_name`` that
     keeps the lookup's input within ``bits`` bits once ``lsbs`` LSBs are removed.
 
-    ``ranges`` holds the interval of the rounded value (the one the lookup's LSBs were
-    measured on: calibrated, widened by the margin, or worst case).  Returns None where
-    no gain applies (see :func:`gain_chain`) or ``lsbs`` is 0 (nothing is rounded).
+    ``interval`` is that of the rounded value, the one the lookup's LSBs were measured
+    on (:meth:`Circuit.lookup_input_range <latentopt.ir.Circuit.lookup_input_range>`:
+    calibrated, widened by the margin, or worst case).  Returns None where no gain
+    applies (see :func:`gain_chain`) or ``lsbs`` is 0 (nothing is rounded).
     """
     chain = gain_chain(circuit, tlu_name)
     if chain is None or lsbs <= 0:
         return None
-    producer, _, value = chain
-    if value not in ranges:
-        return None
-    r = ranges[value]
-    lo, hi = np.asarray(r.lo, np.int64).ravel(), np.asarray(r.hi, np.int64).ravel()
+    producer = chain[0]
+    lo = np.asarray(interval.lo, np.int64).ravel()
+    hi = np.asarray(interval.hi, np.int64).ravel()
     n_ch = _channels(producer)
     if lo.size % n_ch:
         return None

@@ -170,8 +170,7 @@ def test_no_gain_where_it_cannot_be_folded():
     # the addition
     c = _two_reader_circuit()
     assert gain_chain(c, "a") is None
-    ranges = {"g": Interval(np.array([0, 0]), np.array([300, 10]))}
-    assert lookup_gains(c, "a", 4, 3, ranges) is None
+    assert lookup_gains(c, "a", 4, 3, Interval(np.array([0, 0]), np.array([300, 10]))) is None
     # an explicit table has no input scale to divide
     t = Circuit([QuantizeInput("q", ("input",), 1.0, 0, 4, signed=False),
                  Gemm("g", ("q",), [[1, 2], [3, 1]]),
@@ -193,7 +192,7 @@ def test_no_gain_where_it_cannot_be_folded():
     c = conv_pool_circuit()
     q = sample_q(c, 50, 0)
     cal = c.with_calibration(IntegerBackend(c).run_integers(q, return_all=True)[1])
-    assert lookup_gains(cal, "a", 0, 4, cal.calibration) is None
+    assert lookup_gains(cal, "a", 0, 4, cal.lookup_input_range("a")) is None
     with pytest.raises(ValueError, match="no gain applies"):
         equalize_lookup(_two_reader_circuit(), "a", np.array([2, 1]))
     with pytest.raises(ValueError, match="gains >= 1"):
@@ -208,8 +207,7 @@ def test_a_constant_channel_keeps_gain_one_and_gains_are_bounded():
                  TableLookup("a", ("g",), relu),
                  Gemm("h", ("a",), [[1, 1, 1]]), Dequantize("o", ("h",), 1.0, 0)],
                 n_features=2)
-    ranges = {"g": Interval(np.array([0, 7, 0]), np.array([120, 7, 1]))}
-    gains = lookup_gains(c, "a", 4, 3, ranges)
+    gains = lookup_gains(c, "a", 4, 3, Interval(np.array([0, 7, 0]), np.array([120, 7, 1])))
     assert gains[0] == 1 and gains[1] == 1  # widest channel, constant channel
     assert 1 < gains[2] <= MAX_GAIN
 
