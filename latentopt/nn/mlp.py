@@ -174,6 +174,10 @@ class QuantMLP(nn.Module):
         Activation bits, one per hidden layer.
     n_input_bits : int, optional
         Input quantizer bits (defaults to the first activation's bits).
+    input_signed : bool
+        Quantize the input signed (``False``: unsigned, all ``2**n_input_bits`` levels on
+        ``[0, max]``, for inputs that are never negative, such as pixels or counts; a
+        signed quantizer would use only half of its levels there).
     activation : str
         Hidden activation, a key of :data:`TORCH_ACTIVATIONS`.
     power_of_two_scales : bool
@@ -193,6 +197,7 @@ class QuantMLP(nn.Module):
         n_input_bits: int | None = None,
         activation: str = "relu",
         power_of_two_scales: bool = False,
+        input_signed: bool = True,
     ) -> None:
         super().__init__()
         hidden = [int(h) for h in hidden_sizes]
@@ -208,8 +213,14 @@ class QuantMLP(nn.Module):
             "n_features": int(n_features), "hidden_sizes": hidden, "n_outputs": int(n_outputs),
             "n_w_bits": w_bits, "n_a_bits": a_bits, "n_input_bits": in_bits,
             "activation": activation, "power_of_two_scales": bool(power_of_two_scales),
+            "input_signed": bool(input_signed),
         }
-        in_quant = Int8ActPerTensorFixedPoint if power_of_two_scales else Int8ActPerTensorFloat
+        if input_signed:
+            in_quant = (Int8ActPerTensorFixedPoint if power_of_two_scales
+                        else Int8ActPerTensorFloat)
+        else:
+            in_quant = (Uint8ActPerTensorFixedPoint if power_of_two_scales
+                        else Uint8ActPerTensorFloat)
         w_quant = Int8WeightPerTensorFixedPoint if power_of_two_scales else Int8WeightPerTensorFloat
         self.input_quant = qnn.QuantIdentity(
             act_quant=in_quant, bit_width=in_bits, return_quant_tensor=True

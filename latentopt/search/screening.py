@@ -65,19 +65,25 @@ def lower_bound_seconds(cost_model: Any, params: Mapping[str, Any], n_features: 
     return float(cost_model.lower_bound(n_lookups(params), int(n_features)))
 
 
-def accumulator_floor(template: Any, params: Mapping[str, Any], n_features: int) -> int | None:
+def accumulator_floor(template: Any, params: Mapping[str, Any], n_features: int,
+                      input_signed: bool = True) -> int | None:
     """Fewest bits an accumulator of this MLP configuration can have, or None.
 
     One product ``max|w| * max|x|`` per layer is structural: weight quantizers scale
     to the full signed range and activation quantizers to theirs, whatever training
     does.  None when the configuration has no accumulator budget (``n_accum_bits``) or
     the template is not an MLP estimator.  Below, 3-bit weights (at most 3) times 6-bit
-    signed inputs (down to -32) need 8 bits.
+    signed inputs (down to -32) need 8 bits; unsigned inputs (``input_signed=False``,
+    training data never negative: up to 63) need 9.
 
     >>> from latentopt import QuantizedMLPClassifier
     >>> accumulator_floor(QuantizedMLPClassifier(), {"hidden_layer_sizes": (8,),
     ...     "n_w_bits": 3, "n_a_bits": 4, "n_input_bits": 6, "n_accum_bits": 7}, 10)
     8
+    >>> accumulator_floor(QuantizedMLPClassifier(), {"hidden_layer_sizes": (8,),
+    ...     "n_w_bits": 3, "n_a_bits": 4, "n_input_bits": 6, "n_accum_bits": 7}, 10,
+    ...     input_signed=False)
+    9
     """
     merged = dict(template.get_params(), **params)
     if merged.get("n_accum_bits") is None or "hidden_layer_sizes" not in merged:
@@ -89,7 +95,8 @@ def accumulator_floor(template: Any, params: Mapping[str, Any], n_features: int)
                       n_w_bits=merged["n_w_bits"], n_a_bits=merged["n_a_bits"],
                       n_input_bits=merged.get("n_input_bits"),
                       activation=merged.get("activation", "relu"),
-                      power_of_two_scales=bool(merged.get("power_of_two_scales", False)))
+                      power_of_two_scales=bool(merged.get("power_of_two_scales", False)),
+                      input_signed=input_signed)
     return int(max(min_accumulator_bits(module)))
 
 

@@ -56,7 +56,10 @@ _COMMON_DOC = """
         Activation (table-lookup output) bits, scalar or one per hidden layer.
     n_input_bits : int, default=6
         Bits of the input quantizer.  Inputs are quantized by the client, so this only
-        widens the first accumulator (which rounding can narrow again).
+        widens the first accumulator (which rounding can narrow again).  When no
+        training input is negative (pixels, counts, one-hot columns) the quantizer is
+        unsigned, so all ``2**n_input_bits`` levels cover ``[0, max]`` (a signed one would
+        use half of them); inputs below 0 then saturate at 0.
     activation : {"relu", "sigmoid", "tanh", "gelu", "silu", ...}, default="relu"
         Hidden activation, fused with requantization into one table lookup.
     power_of_two_scales : bool, default=False

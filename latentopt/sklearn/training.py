@@ -84,6 +84,7 @@ class MLPTrainingMixin:
             n_w_bits=config["n_w_bits"], n_a_bits=config["n_a_bits"],
             n_input_bits=config["n_input_bits"], activation=config["activation"],
             power_of_two_scales=config["power_of_two_scales"],
+            input_signed=config.get("input_signed", True),  # older pickles: signed
         )
 
     def _split(self, X: np.ndarray, y: np.ndarray, stratify: bool, seed: int,
@@ -160,6 +161,8 @@ class MLPTrainingMixin:
             "n_outputs": n_outputs, "n_w_bits": self.n_w_bits, "n_a_bits": self.n_a_bits,
             "n_input_bits": self.n_input_bits, "activation": self.activation,
             "power_of_two_scales": bool(self.power_of_two_scales),
+            # inputs never negative in training (pixels, counts): an unsigned quantizer
+            "input_signed": bool(np.min(X) < 0),
         }
         from ..nn.train import seeded
 
