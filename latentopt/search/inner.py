@@ -50,7 +50,7 @@ import numpy as np
 
 from ..backends.fhe_diagnostics import shares_lookup_width
 
-__all__ = ["InnerResult", "score_under", "search_compile"]
+__all__ = ["InnerResult", "compile_searched", "score_under", "search_compile"]
 
 #: p_error ladder walked upwards (larger p_error -> smaller crypto parameters -> faster).
 P_ERROR_LADDER = (1e-5, 1e-3, 1e-2, 3e-2, 1e-1)
@@ -355,3 +355,27 @@ def _search_bits(evaluate: Callable[[Any, float], Candidate], top: int, probe_p:
             lo = mid + 1
     return sorted(set(found))
 
+
+def compile_searched(est: Any, X: Any, y: Any, *, rounding_bits: Any, rounding_method: str,
+                     p_error: Any, max_accuracy_drop: float, cost_model: Any,
+                     verbose: int | None, equalize: bool, **compile_options: Any) -> Any:
+    """An estimator's ``compile`` with ``rounding_bits`` and/or ``p_error`` ``"auto"``:
+    :func:`search_compile` on the held-out ``(X, y)`` (kept in ``inner_search_``), then
+    an ordinary ``compile`` of the chosen point with ``compile_options``.  Raises
+    ``ValueError`` (with the search's table) when no point meets the budget."""
+    X_val = est._validate_X(X, reset=False)
+    result = search_compile(
+        est, X_val, np.asarray(y), max_accuracy_drop=max_accuracy_drop,
+        rounding_bits=rounding_bits, rounding_method=rounding_method,
+        p_error=1e-3 if p_error is None else p_error, cost_model=cost_model,
+        verbose=int(est.verbose if verbose is None else verbose), equalize=bool(equalize))
+    est.inner_search_ = result
+    if result.best is None:
+        raise ValueError(
+            f"no rounding / p_error point keeps the score within "
+            f"{max_accuracy_drop} of {result.reference_score:.4f}; allow a larger "
+            f"max_accuracy_drop or retrain with more bits\n{result.table()}"
+        )
+    # the search returns its choice; compiling it is an ordinary compile
+    return est.compile(**result.compile_kwargs, verbose=verbose, equalize=equalize,
+                       **compile_options)

@@ -307,29 +307,14 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
                 raise ValueError("rounding_bits='auto' / p_error='auto' need held-out X and y")
             if global_p_error is not None:
                 raise ValueError("p_error='auto' cannot be combined with global_p_error")
-            from ..search.inner import search_compile
+            from ..search.inner import compile_searched
 
-            X_val = self._validate_X(X, reset=False)
-            result = search_compile(
-                self, X_val, np.asarray(y), max_accuracy_drop=max_accuracy_drop,
-                rounding_bits=rounding_bits, rounding_method=rounding_method,
-                p_error=1e-3 if p_error is None else p_error, cost_model=cost_model,
-                verbose=int(self.verbose if verbose is None else verbose),
-                equalize=bool(equalize),
-            )
-            self.inner_search_ = result
-            if result.best is None:
-                raise ValueError(
-                    f"no rounding / p_error point keeps the score within "
-                    f"{max_accuracy_drop} of {result.reference_score:.4f}; allow a larger "
-                    f"max_accuracy_drop or retrain with more bits\n{result.table()}"
-                )
-            # the search returns its choice; compiling it is an ordinary compile
-            self.compile(**result.compile_kwargs, range_mode=range_mode,
-                         range_margin=range_margin, security_level=security_level,
-                         batch_size=batch_size, verbose=verbose,
-                         parameter_strategy=parameter_strategy, equalize=equalize)
-            return self
+            return compile_searched(
+                self, X, y, rounding_bits=rounding_bits, rounding_method=rounding_method,
+                p_error=p_error, max_accuracy_drop=max_accuracy_drop, cost_model=cost_model,
+                verbose=verbose, equalize=equalize, range_mode=range_mode,
+                range_margin=range_margin, on_overflow=on_overflow, security_level=security_level,
+                batch_size=batch_size, parameter_strategy=parameter_strategy)
         if rounding_method not in ("approximate", "exact"):
             raise ValueError(
                 f"rounding_method must be 'approximate' or 'exact', got {rounding_method!r}"
@@ -388,39 +373,9 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         (``print(p.table())``); see :mod:`latentopt.backends.fhe_profile` for how each
         number is obtained.
         """
-        import time
+        from ..backends.fhe_profile import profile_predict
 
-        from ..backends.fhe_profile import _median
-
-        fhe_circuit = self._fhe("fhe_profile()")
-        X1 = np.asarray(X)[:1]
-        backend = self._integer_backend()
-        t_quant, t_check, t_deq, t_total = [], [], [], []
-        q = backend.quantize(self._validate_X(X1, reset=False))
-        profile = fhe_circuit.profile(q, repeats=repeats, cost_model=cost_model)
-        out = np.asarray(profile.info["output"], dtype=np.int64) + fhe_circuit.plan.output_offset
-        for _ in range(max(1, int(repeats))):
-            t0 = time.perf_counter()
-            q = backend.quantize(self._validate_X(X1, reset=False))
-            t1 = time.perf_counter()
-            if fhe_circuit.report["range_mode"] == "calibrated":
-                fhe_circuit.overflows(q)
-            t2 = time.perf_counter()
-            backend.dequantize(out)
-            t3 = time.perf_counter()
-            self.predict(X1, fhe="execute")
-            t4 = time.perf_counter()
-            t_quant.append(t1 - t0)
-            t_check.append(t2 - t1)
-            t_deq.append(t3 - t2)
-            t_total.append(t4 - t3)
-        total = _median(t_total)
-        stages = {"quantize": _median(t_quant), "range check": _median(t_check),
-                  **profile.stages, "dequantize": _median(t_deq)}
-        stages["python"] = max(0.0, total - sum(stages.values()))
-        profile.stages = stages
-        profile.total = max(total, sum(stages.values()))
-        return profile
+        return profile_predict(self, X, repeats=repeats, cost_model=cost_model)
 
     def save_deployment(self, directory: str | Path, via_mlir: bool = False) -> dict[str, Path]:
         """Write the server artefact (no secret key) and the client artefact.

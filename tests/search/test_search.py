@@ -69,9 +69,15 @@ def test_inner_search_budget_zero_and_infeasible(data):
 def test_compile_auto(data):
     Xtr, ytr, Xv, yv = data
     est = QuantizedMLPClassifier(**TINY).fit(Xtr, ytr)
-    est.compile(Xv, yv, rounding_bits="auto", p_error="auto", max_accuracy_drop=0.05)
+    est.compile(Xv, yv, rounding_bits="auto", p_error="auto", max_accuracy_drop=0.05,
+                on_overflow="raise", range_margin=0.5, equalize=False)
     assert est.inner_search_.best is not None
     assert est.fhe_report_["p_error"] > 0
+    # the chosen point is compiled with every other option the user gave
+    chosen = est.inner_search_.compile_kwargs
+    assert {k: est.compile_options_[k] for k in chosen} == chosen
+    assert (est.compile_options_["on_overflow"], est.compile_options_["range_margin"],
+            est.compile_options_["equalize"]) == ("raise", 0.5, False)
     with pytest.raises(ValueError, match="held-out"):
         est.compile(rounding_bits="auto")
     with pytest.raises(ValueError, match="max_accuracy_drop"):
