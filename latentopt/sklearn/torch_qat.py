@@ -55,7 +55,6 @@ __all__ = ["QuantizedTorchClassifier", "QuantizedTorchRegressor"]
 
 #: Rows of training data kept to calibrate scales and FHE compilation.
 N_CALIBRATION = 512
-IMPORTANCES = ("l1", "l2", "random")
 
 _DOC = """
     Parameters
@@ -186,62 +185,9 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
         """Validate every hyper-parameter (before any training); the bits parsed against
         ``model`` (default: ``module``; a factory's bits are only parsed at fit, against
         the module it builds: None before)."""
-        import torch
+        from .validation import check_torch_qat_params
 
-        from ..nn.fx_import import read_graph
-        from ..nn.ptq import parse_bits
-        from .base import FHE_MODES
-
-        if not isinstance(self.module, torch.nn.Module) and not callable(self.module):
-            raise TypeError(f"module must be a torch.nn.Module or a factory "
-                            f"(input_shape, n_outputs) -> Module, got "
-                            f"{type(self.module).__name__}")
-        if model is None and isinstance(self.module, torch.nn.Module):
-            model = self.module
-        bits = None
-        if model is not None:
-            _, ops, _ = read_graph(model)
-            bits = parse_bits(dict(self.n_bits) if isinstance(self.n_bits, Mapping)
-                              else self.n_bits, ops)
-        ratios = (self.pruning_ratio.values() if isinstance(self.pruning_ratio, Mapping)
-                  else [self.pruning_ratio])
-        for r in ratios:
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
-                raise ValueError(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio!r}")
-        if isinstance(self.pruning_ratio, Mapping) and model is not None:
-            from ..prune.channels import PRUNABLE
-
-            layers = {n for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
-            unknown = sorted(set(self.pruning_ratio) - layers)
-            if unknown:
-                raise ValueError(f"pruning_ratio names unknown layers {unknown}; prunable: "
-                                 f"{sorted(layers)}")
-        if self.prune_importance not in IMPORTANCES:
-            raise ValueError(f"prune_importance must be one of {IMPORTANCES}, got "
-                             f"{self.prune_importance!r}")
-        for name, lo in (("max_epochs", 0), ("batch_size", 1), ("patience", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-        for name in ("lr", "weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                    v > 0 if name == "lr" else v >= 0):
-                raise ValueError(f"{name} must be a number {'> 0' if name == 'lr' else '>= 0'}"
-                                 f", got {v!r}")
-        if not 0.0 <= float(self.validation_fraction) < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got "
-                             f"{self.validation_fraction!r}")
-        if self.fhe_mode not in FHE_MODES:
-            raise ValueError(f"fhe_mode must be one of {FHE_MODES}, got {self.fhe_mode!r}")
-        from ..nn.distill import check_distill_params
-
-        check_distill_params(self.distill_temperature, self.distill_alpha)
-        if self.distill_alpha > 0 and not isinstance(self.module, torch.nn.Module):
-            raise ValueError("distill_alpha > 0 distils the trained float module; a module "
-                             "factory builds an untrained one: pass a trained module, or "
-                             "distill_alpha=0")
-        return bits
+        return check_torch_qat_params(self, model)
 
     def _validate_fit(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         """``X`` (flat rows, or image-shaped batches) as float32 and ``y`` checked by

@@ -1,4 +1,4 @@
-"""Hyper-parameter validation of the MLP estimators (at ``fit``, never in ``__init__``).
+"""Hyper-parameter validation of the estimators (at ``fit``, never in ``__init__``).
 
 Examples
 --------
@@ -13,11 +13,16 @@ ValueError: pruning_ratio must be in [0, 1), got 1.0
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["check_hidden_layer_sizes", "check_mlp_params", "check_pruning"]
+__all__ = ["check_hidden_layer_sizes", "check_mlp_params", "check_pruning",
+           "check_torch_qat_params"]
+
+#: Channel rankings of the torch estimators' structured pruning.
+PRUNE_IMPORTANCES = ("l1", "l2", "random")
 
 
 def check_hidden_layer_sizes(hidden: Any) -> tuple[int, ...]:
@@ -71,3 +76,66 @@ def check_mlp_params(est: Any) -> tuple[int, ...]:
     check_pruning(est.pruning_ratio, est.n_accum_bits, est.prune_importance,
                   est.fine_tune_epochs)
     return hidden
+
+
+def check_torch_qat_params(est: Any, model: Any = None) -> Any:
+    """Every hyper-parameter of a ``QuantizedTorchClassifier`` / ``Regressor`` (before
+    any training); returns the bits parsed against ``model`` (default: ``est.module``;
+    a factory's bits are only parsed at fit, against the module it builds: None
+    before)."""
+    import torch
+
+    from ..nn.fx_import import read_graph
+    from ..nn.ptq import parse_bits
+    from .base import FHE_MODES
+
+    if not isinstance(est.module, torch.nn.Module) and not callable(est.module):
+        raise TypeError(f"module must be a torch.nn.Module or a factory "
+                        f"(input_shape, n_outputs) -> Module, got "
+                        f"{type(est.module).__name__}")
+    if model is None and isinstance(est.module, torch.nn.Module):
+        model = est.module
+    bits = None
+    if model is not None:
+        _, ops, _ = read_graph(model)
+        bits = parse_bits(dict(est.n_bits) if isinstance(est.n_bits, Mapping)
+                          else est.n_bits, ops)
+    ratios = (est.pruning_ratio.values() if isinstance(est.pruning_ratio, Mapping)
+              else [est.pruning_ratio])
+    for r in ratios:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
+            raise ValueError(f"pruning_ratio must be in [0, 1), got {est.pruning_ratio!r}")
+    if isinstance(est.pruning_ratio, Mapping) and model is not None:
+        from ..prune.channels import PRUNABLE
+
+        layers = {n for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+        unknown = sorted(set(est.pruning_ratio) - layers)
+        if unknown:
+            raise ValueError(f"pruning_ratio names unknown layers {unknown}; prunable: "
+                             f"{sorted(layers)}")
+    if est.prune_importance not in PRUNE_IMPORTANCES:
+        raise ValueError(f"prune_importance must be one of {PRUNE_IMPORTANCES}, got "
+                         f"{est.prune_importance!r}")
+    for name, lo in (("max_epochs", 0), ("batch_size", 1), ("patience", 1)):
+        v = getattr(est, name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    for name in ("lr", "weight_decay"):
+        v = getattr(est, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                v > 0 if name == "lr" else v >= 0):
+            raise ValueError(f"{name} must be a number {'> 0' if name == 'lr' else '>= 0'}"
+                             f", got {v!r}")
+    if not 0.0 <= float(est.validation_fraction) < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got "
+                         f"{est.validation_fraction!r}")
+    if est.fhe_mode not in FHE_MODES:
+        raise ValueError(f"fhe_mode must be one of {FHE_MODES}, got {est.fhe_mode!r}")
+    from ..nn.distill import check_distill_params
+
+    check_distill_params(est.distill_temperature, est.distill_alpha)
+    if est.distill_alpha > 0 and not isinstance(est.module, torch.nn.Module):
+        raise ValueError("distill_alpha > 0 distils the trained float module; a module "
+                         "factory builds an untrained one: pass a trained module, or "
+                         "distill_alpha=0")
+    return bits
