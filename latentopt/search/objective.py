@@ -101,8 +101,7 @@ class _Objective:
         """Reject before training what can never work: an accumulator budget below one
         product, or what the cost model proves slower than ``cap``."""
         floor = accumulator_floor(self.search.estimator, params,
-                                  int(np.prod(self.data[0].shape[1:])),
-                                  input_signed=bool(np.min(self.data[0]) < 0))
+                                  int(np.prod(self.data[0].shape[1:])))
         budget = dict(self.search.estimator.get_params(), **params).get("n_accum_bits")
         if floor is not None and budget is not None and floor > int(budget):
             trial.set_user_attr("accumulator_floor", floor)

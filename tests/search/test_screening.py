@@ -228,10 +228,8 @@ def test_check_on_holdout_takes_the_fastest_that_holds():
     assert chosen["holdout_score"] == pytest.approx(0.92) and chosen["holdout_min"] == 0.91
     assert [r["trial"] for r in checked] == [0, 1]  # fastest first, stops at the first pass
     assert checked[0]["holdout_pass"] is False
-    # the verdict is on the mean over repeats (TLU errors are random), not on each one
-    one, checked = check_on_holdout(rows[1:2], lambda r: [0.95, 0.89], threshold=0.9)
-    assert one is not None and checked[0]["holdout_min"] == pytest.approx(0.89)
-    none, _ = check_on_holdout(rows[1:2], lambda r: [0.91, 0.88], threshold=0.9)
+    # every repeat must pass (TLU errors are random)
+    none, _ = check_on_holdout(rows[1:2], lambda r: [0.95, 0.89], threshold=0.9)
     assert none is None
     none, checked = check_on_holdout(rows, lambda r: [0.5], 0.9, max_checks=2)
     assert none is None and len(checked) == 2
