@@ -74,7 +74,7 @@ def _rejections(study: object) -> dict[str, int]:
 
 def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
         cache: Path, max_epochs: int, peer_acc: float | None = None,
-        peer_margin: float = 0.0) -> list[dict]:
+        peer_margin: float = 0.0, n_jobs: int = 1) -> list[dict]:
     """The searches of one data set.  ``peer_acc``: one more search, whose budget is the
     float MLP's test accuracy minus the peer's, minus ``peer_margin`` (the fastest model
     as accurate as the peer, with a margin for the validation split's noise)."""
@@ -94,9 +94,9 @@ def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
         t0 = time.perf_counter()
         search = LatencySearch(template, max_accuracy_drop=drop, n_trials=10_000,
                                timeout=time_budget, cache_dir=cache, random_state=0,
-                               verbose=0).fit(Xtr, ytr)
+                               n_jobs=n_jobs, verbose=0).fit(Xtr, ytr)
         row = {"dataset": name, "budget": drop, "float_test": float_score,
-               "max_epochs": max_epochs, "time_budget": time_budget,
+               "max_epochs": max_epochs, "time_budget": time_budget, "n_jobs": n_jobs,
                "matched_peer": peer_acc if peer_acc is not None and i == len(budgets) - 1
                else None,
                "search_s": time.perf_counter() - t0, "unit": search.latency_unit_,
@@ -231,6 +231,8 @@ def main() -> None:
                         help="the template's max_epochs (QuantizedMLP* default: 200)")
     parser.add_argument("--budgets", nargs="*", type=float, default=[0.01, 0.02])
     parser.add_argument("--n-execute", type=int, default=5)
+    parser.add_argument("--n-jobs", type=int, default=1,
+                        help="search workers (the issue allows 2 cores per search)")
     parser.add_argument("--out", type=Path, default=HERE / "results_search_generalization.jsonl")
     parser.add_argument("--peer-json", type=Path, default=None,
                         help="JSON lines of concrete_ml_peer.py on the same data sets")
@@ -261,7 +263,7 @@ def main() -> None:
             cache = Path(tmp) / name
             peer_acc = peer[name]["accuracy"] if args.match_peer and name in peer else None
             for row in run(name, args.budgets, args.time_budget, args.n_execute, cache,
-                           args.max_epochs, peer_acc, args.peer_margin):
+                           args.max_epochs, peer_acc, args.peer_margin, args.n_jobs):
                 rows.append(row)
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps(row, default=str) + "\n")
