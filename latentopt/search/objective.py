@@ -101,7 +101,8 @@ class _Objective:
         """Reject before training what can never work: an accumulator budget below one
         product, or what the cost model proves slower than ``cap``."""
         floor = accumulator_floor(self.search.estimator, params,
-                                  int(np.prod(self.data[0].shape[1:])))
+                                  int(np.prod(self.data[0].shape[1:])),
+                                  input_signed=bool(np.min(self.data[0]) < 0))
         budget = dict(self.search.estimator.get_params(), **params).get("n_accum_bits")
         if floor is not None and budget is not None and floor > int(budget):
             trial.set_user_attr("accumulator_floor", floor)
@@ -138,7 +139,7 @@ class _Objective:
         the latency of later trials."""
         scores = self.check.scores(self, params, point)
         trial.set_user_attr("check_scores", [float(v) for v in scores])
-        shortfall = float(self.check.threshold - np.mean(scores))  # selection._verdict
+        shortfall = float(self.check.threshold - min(scores))
         if shortfall <= 0:
             return violation
         trial.set_user_attr("refuted", True)

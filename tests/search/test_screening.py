@@ -107,6 +107,13 @@ def test_accumulator_floor_matches_the_trained_model(data):
         floor = accumulator_floor(QuantizedMLPClassifier(**TINY),
                                   dict(params, n_accum_bits=4), Xtr.shape[1])
         assert floor == max(min_accumulator_bits(est.module_))
+        # non-negative training data: an unsigned input quantizer, twice the magnitude
+        positive = Xtr - Xtr.min(axis=0)
+        est = QuantizedMLPClassifier(**dict(TINY, **params)).fit(positive, ytr)
+        assert est.module_.config["input_signed"] is False
+        floor = accumulator_floor(QuantizedMLPClassifier(**TINY), dict(params, n_accum_bits=4),
+                                  Xtr.shape[1], input_signed=False)
+        assert floor == max(min_accumulator_bits(est.module_))
     assert accumulator_floor(QuantizedMLPClassifier(**TINY), {"n_accum_bits": None}, 5) is None
 
 
@@ -123,6 +130,17 @@ def test_impossible_accumulator_budget_is_rejected_before_training(data, tmp_pat
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert "n_accum_bits=6 is impossible" in trial.user_attrs["rejected"]
     assert trial.user_attrs["accumulator_floor"] == 8  # 3 * 32 needs 8 signed bits
+    assert not list(tmp_path.glob("model-*.pkl")), "nothing may be trained"
+    # non-negative inputs are quantized unsigned (up to 63): the floor knows, so an
+    # 8-bit budget is rejected before training instead of failing inside it
+    search.param_space = {"n_accum_bits": [8]}
+    positive = (Xtr - Xtr.min(axis=0), ytr, Xv - Xtr.min(axis=0), yv)
+    objective = _Objective(search, positive, 0.9, None, tmp_path)
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[-1]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["accumulator_floor"] == 9  # 3 * 63 needs 9 signed bits
     assert not list(tmp_path.glob("model-*.pkl")), "nothing may be trained"
 
 
