@@ -17,7 +17,7 @@ SPACE = {"n_w_bits": (3, 4), "n_a_bits.1": [3, 4], "n_input_bits": [5],
 
 def _search(module=None, **kw):
     est = QuantizedTorchClassifier(trained_tiny_cnn() if module is None else module, n_bits=4,
-                                   max_epochs=2, lr=3e-3, verbose=0)
+                                   max_epochs=2, lr=3e-3, verbose=0, random_state=0)
     kw = {"n_trials": 3, "param_space": SPACE, "max_accuracy_drop": 0.15, "n_repeats": 1,
           "cost_model": None, "random_state": 0, "verbose": 0, "multi_fidelity": False, **kw}
     return LatencySearch(est, **kw)
@@ -31,7 +31,13 @@ def data():
 
 def test_search_trains_from_the_float_model_and_finds_a_front(data):
     X, y = data
-    s = _search().fit(X, y)
+    # no check split here (tests/search/test_screening.py covers the check): the inner
+    # search drives each trial to the budget's edge on validation, where an independent
+    # simulation on unseen rows refuted the chosen trial in about half of the runs
+    # (n_repeats=1, 100 validation rows: checked scores 0.79-0.92 against 0.829).  The
+    # check now falls back to safer points of the trial (6 of 6 runs met the budget),
+    # but a test of the front should not rest on simulation luck at all.
+    s = _search(holdout_fraction=0.0).fit(X, y)
     assert s.budget_met_ and isinstance(s.best_estimator_, QuantizedTorchClassifier)
     assert len(s.results_) == 3 and s.pareto_front_
     # the reference is the user's float model on the validation split
