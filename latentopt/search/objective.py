@@ -29,8 +29,6 @@ from .trials import ModelCache, model_key
 
 #: Objective value of trials with no compilable point (Optuna rejects inf).
 _NO_LATENCY = 1e30
-#: Feasible points of a trial the check tries during the study, fastest first.
-CHECK_POINTS = 3
 
 
 def _data_key(X: np.ndarray, y: np.ndarray) -> str:
@@ -133,40 +131,19 @@ class _Objective:
             self._prune(trial, f"short-training score {score:.4f} not in the top third of "
                                f"{len(previous)} earlier trials")
 
-    def _confirm(self, trial: Any, params: dict[str, Any], inner: Any,
-                 cap: float | None) -> tuple[float, Any]:
+    def _confirm(self, trial: Any, params: dict[str, Any], point: dict[str, Any],
+                 violation: float) -> float:
         """Check a trial about to become the fastest feasible one on unseen rows
-        (:class:`~latentopt.search.selection.Check`), at its fastest feasible point
-        and, if refuted there, at its next feasible points (slower, safer: more rounding
-        bits or a lower ``p_error``; at most :data:`CHECK_POINTS`, all under ``cap``).
-        The inner search drives a trial to the budget's edge on validation, where an
-        independent simulation refutes it about half of the time although a safer
-        point of the same model holds.  Returns the constraint violation (a refuted
-        trial's is the check's smallest shortfall, so it neither counts as feasible nor
-        caps the latency of later trials) and the point the trial keeps."""
-        feasible = sorted((c for c in inner.candidates
-                           if c.feasible and c.error is None and not c.dominated
-                           and (cap is None or c.latency < cap)),
-                          key=lambda c: (c.latency, -c.score))
-        if not feasible:  # pragma: no cover - inner.best is feasible and under the cap
-            return float(inner.threshold - inner.best.score), inner.best
-        shortfall = np.inf
-        tried = []
-        for c in feasible[:CHECK_POINTS]:
-            point = {"rounding_bits": c.rounding_bits, "rounding_method": c.rounding_method,
-                     "p_error": c.p_error}
-            scores = [float(v) for v in self.check.scores(self, params, point)]
-            tried.append(dict(point, check_scores=scores))
-            shortfall = min(shortfall, float(self.check.threshold - min(scores)))
-            if self.check.threshold <= min(scores):
-                trial.set_user_attr("check_scores", scores)
-                if len(tried) > 1:  # the edge point was refuted, a safer one holds
-                    trial.set_user_attr("check_points", tried)
-                return float(inner.threshold - c.score), c
-        trial.set_user_attr("check_scores", tried[0]["check_scores"] if tried else [])
-        trial.set_user_attr("check_points", tried)
+        (:class:`~latentopt.search.selection.Check`); a refuted trial's constraint is
+        violated by the check's shortfall, so it neither counts as feasible nor caps
+        the latency of later trials."""
+        scores = self.check.scores(self, params, point)
+        trial.set_user_attr("check_scores", [float(v) for v in scores])
+        shortfall = float(self.check.threshold - min(scores))
+        if shortfall <= 0:
+            return violation
         trial.set_user_attr("refuted", True)
-        return max(shortfall, 1e-9), inner.best
+        return max(shortfall, 1e-9)
 
     def __call__(self, trial: Any) -> tuple[float, float]:
         import optuna
@@ -207,8 +184,7 @@ class _Objective:
         violation = float(inner.threshold - score)
         if (violation <= 0 and inner.best is not None and self.check is not None
                 and (cap is None or latency < cap)):
-            violation, point = self._confirm(trial, params, inner, cap)
-            score, latency = point.score, point.latency
+            violation = self._confirm(trial, params, inner.compile_kwargs, violation)
         trial.set_user_attr("constraint", [violation])
         trial.set_constraint("accuracy_budget", violation)  # <= 0: feasible (NSGA-II)
         if point is not None:

@@ -375,51 +375,6 @@ def test_a_trial_confirmed_during_the_study_is_not_checked_again(data, monkeypat
     assert s.best_score_ == pytest.approx(np.mean(confirmed.user_attrs["check_scores"]))
 
 
-class _CheckByPError:
-    """A check that refutes every point at ``p_error >= limit`` and passes the rest."""
-
-    threshold = 0.5
-
-    def __init__(self, limit: float) -> None:
-        self.limit, self.calls = limit, []
-
-    def scores(self, objective, params, point):  # noqa: ANN001, ANN201 - test double
-        self.calls.append(point)
-        return [0.0 if point["p_error"] >= self.limit else 1.0]
-
-
-def test_a_refuted_edge_point_falls_back_to_a_safer_point_of_the_same_trial(data, tmp_path):
-    """The inner search drives a trial to the budget's edge; the check then tries the
-    trial's next feasible (slower, safer) points before refuting the configuration."""
-    Xtr, ytr, Xv, yv = data
-    search = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.9,
-                           n_repeats=1, cost_model=None)
-    study = optuna.create_study(directions=["minimize", "maximize"])
-    check = _CheckByPError(limit=0.1)
-    objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, None, tmp_path, check=check)
-    study.optimize(objective, n_trials=1)
-    trial = study.trials[-1]
-    assert trial.state == optuna.trial.TrialState.COMPLETE
-    assert not trial.user_attrs.get("refuted") and trial.user_attrs["constraint"][0] <= 0
-    kept = trial.user_attrs["compile"]
-    assert kept["p_error"] < 0.1 and check.calls[-1] == kept
-    assert check.calls[0]["p_error"] >= 0.1  # the edge point was tried first, and refuted
-    assert [p["p_error"] for p in trial.user_attrs["check_points"]] == [
-        c["p_error"] for c in check.calls]
-    assert trial.user_attrs["check_scores"] == [1.0]
-    # nothing holds: refuted after at most CHECK_POINTS points, the edge point kept
-    from latentopt.search.objective import CHECK_POINTS
-
-    check = _CheckByPError(limit=0.0)
-    objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, None, tmp_path, check=check)
-    study = optuna.create_study(directions=["minimize", "maximize"])  # no latency cap
-    study.optimize(objective, n_trials=1)
-    trial = study.trials[-1]
-    assert trial.user_attrs["refuted"] and trial.user_attrs["constraint"][0] > 0
-    assert 1 <= len(check.calls) <= CHECK_POINTS
-    assert trial.user_attrs["compile"] == check.calls[0]
-
-
 def clone_score(ref, X, y, tr, te):  # noqa: ANN001, ANN201 - test helper
     from sklearn.base import clone
 

@@ -34,9 +34,8 @@ def test_search_trains_from_the_float_model_and_finds_a_front(data):
     # no check split here (tests/search/test_screening.py covers the check): the inner
     # search drives each trial to the budget's edge on validation, where an independent
     # simulation on unseen rows refuted the chosen trial in about half of the runs
-    # (n_repeats=1, 100 validation rows: checked scores 0.79-0.92 against 0.829).  The
-    # check now falls back to safer points of the trial (6 of 6 runs met the budget),
-    # but a test of the front should not rest on simulation luck at all.
+    # (n_repeats=1, 100 validation rows: checked scores 0.79-0.92 against 0.829); a test
+    # of the front must not rest on that luck
     s = _search(holdout_fraction=0.0).fit(X, y)
     assert s.budget_met_ and isinstance(s.best_estimator_, QuantizedTorchClassifier)
     assert len(s.results_) == 3 and s.pareto_front_
