@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import brevitas.nn as qnn
+import numpy as np
 import torch
 from brevitas.quant import (
     Int8ActPerTensorFixedPoint,
@@ -51,6 +52,16 @@ TORCH_ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 #: Activations whose output is never negative: quantized unsigned.
 UNSIGNED_ACTIVATIONS = frozenset({"relu", "relu6", "sigmoid", "softplus"})
+
+
+def signed_inputs(X: Any) -> bool:
+    """Whether training inputs ``X`` need a signed input quantizer (some value is
+    negative); inputs never negative (pixels, counts) are quantized unsigned.
+
+    >>> signed_inputs([[0.0, 1.0]]), signed_inputs([[-0.5, 1.0]])
+    (False, True)
+    """
+    return bool(np.min(X) < 0)
 
 
 def per_layer(value: int | Sequence[int], n: int, name: str) -> list[int]:

@@ -35,10 +35,13 @@ from torch import nn
 
 from .importance import make_importance
 
-__all__ = ["PRUNABLE", "output_layers", "prunable_layers", "prune_channels"]
+__all__ = ["CHANNEL_IMPORTANCES", "PRUNABLE", "output_layers", "prunable_layers",
+           "prune_channels"]
 
 #: Layer types whose output channels / units are pruned.
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+#: Channel rankings :func:`prune_channels` takes by name.
+CHANNEL_IMPORTANCES = ("l1", "l2", "random")
 
 
 def output_layers(model: nn.Module) -> list[str]:

@@ -100,9 +100,11 @@ class _Objective:
     def _screen(self, trial: Any, params: dict[str, Any], cap: float | None) -> None:
         """Reject before training what can never work: an accumulator budget below one
         product, or what the cost model proves slower than ``cap``."""
+        from ..nn.mlp import signed_inputs  # the rule the MLP estimators train with
+
         floor = accumulator_floor(self.search.estimator, params,
                                   int(np.prod(self.data[0].shape[1:])),
-                                  input_signed=bool(np.min(self.data[0]) < 0))
+                                  input_signed=signed_inputs(self.data[0]))
         budget = dict(self.search.estimator.get_params(), **params).get("n_accum_bits")
         if floor is not None and budget is not None and floor > int(budget):
             trial.set_user_attr("accumulator_floor", floor)

@@ -242,6 +242,7 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
 
         from ..backends.integer import IntegerBackend
         from ..nn.brevitas_import import import_brevitas
+        from ..nn.mlp import signed_inputs
         from ..nn.qat_convert import calibrate_qat, convert_to_qat
         from ..nn.train import seeded, torch_threads, train_module
         from .training import MLPTrainingMixin
@@ -268,7 +269,7 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
             prune_report = prune_channels(model, torch.as_tensor(X[:2]), ratio,
                                           importance=self.prune_importance, seed=seed)
         self.float_module_ = model
-        self.input_signed_ = bool(X.min() < 0)
+        self.input_signed_ = signed_inputs(X)
         with seeded(seed), torch_threads(1):
             qat, info = convert_to_qat(model, bits, input_signed=self.input_signed_)
             idx = np.sort(rng.permutation(len(data[0]))[:N_CALIBRATION])

@@ -156,13 +156,14 @@ class MLPTrainingMixin:
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         data = self._split(X, y, stratify, seed, soft)
+        from ..nn.mlp import signed_inputs
+
         config = {
             "n_features": X.shape[1], "hidden_sizes": list(hidden),
             "n_outputs": n_outputs, "n_w_bits": self.n_w_bits, "n_a_bits": self.n_a_bits,
             "n_input_bits": self.n_input_bits, "activation": self.activation,
             "power_of_two_scales": bool(self.power_of_two_scales),
-            # inputs never negative in training (pixels, counts): an unsigned quantizer
-            "input_signed": bool(np.min(X) < 0),
+            "input_signed": signed_inputs(X),
         }
         from ..nn.train import seeded
 

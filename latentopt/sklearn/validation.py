@@ -21,9 +21,6 @@ import numpy as np
 __all__ = ["check_hidden_layer_sizes", "check_mlp_params", "check_pruning",
            "check_torch_qat_params"]
 
-#: Channel rankings of the torch estimators' structured pruning.
-PRUNE_IMPORTANCES = ("l1", "l2", "random")
-
 
 def check_hidden_layer_sizes(hidden: Any) -> tuple[int, ...]:
     """``hidden_layer_sizes`` as a tuple of positive ints."""
@@ -113,8 +110,10 @@ def check_torch_qat_params(est: Any, model: Any = None) -> Any:
         if unknown:
             raise ValueError(f"pruning_ratio names unknown layers {unknown}; prunable: "
                              f"{sorted(layers)}")
-    if est.prune_importance not in PRUNE_IMPORTANCES:
-        raise ValueError(f"prune_importance must be one of {PRUNE_IMPORTANCES}, got "
+    from ..prune.channels import CHANNEL_IMPORTANCES
+
+    if est.prune_importance not in CHANNEL_IMPORTANCES:
+        raise ValueError(f"prune_importance must be one of {CHANNEL_IMPORTANCES}, got "
                          f"{est.prune_importance!r}")
     for name, lo in (("max_epochs", 0), ("batch_size", 1), ("patience", 1)):
         v = getattr(est, name)
