@@ -113,7 +113,8 @@ def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
                "holdout": {k: v for k, v in (getattr(search, "holdout_", None) or {}).items()
                            if k != "checked"} | {
                    "checked": [{k: c.get(k) for k in ("trial", "score", "holdout_score",
-                                                      "holdout_min", "holdout_pass")}
+                                                      "holdout_min", "holdout_threshold",
+                                                      "holdout_pass")}
                                for c in (getattr(search, "holdout_", None) or {}).get(
                                    "checked", [])]}}
         if getattr(search, "best_trial_", None) is None:
@@ -154,9 +155,12 @@ def table(rows: list[dict], peer: dict[str, dict]) -> None:
         if c is None:
             checked = (r.get("holdout") or {}).get("checked") or []
             if checked:  # validation-feasible points, refuted on rows never tuned on
-                best = max(x["holdout_score"] for x in checked)
+                best = max(checked, key=lambda x: x["holdout_score"])
+                # the threshold of each point checked carries the margin for multiple checks
+                need = best.get("holdout_threshold") or r["holdout"]["threshold"]
                 why = (f"{len(checked)} validation-feasible point(s) failed the check "
-                       f"(best {best:.3f} < {r['holdout']['threshold']:.3f})")
+                       f"(best {best['holdout_score']:.3f} < {need:.3f}; "
+                       f"threshold {r['holdout']['threshold']:.3f} + margin)")
             elif r.get("pareto"):  # feasible rows, but no check recorded (older rows)
                 why = f"validation-feasible points failed the check ({r['n_trials']} trials)"
             else:

@@ -5,7 +5,8 @@
 separately (median seconds): ``encrypt`` (client), ``run`` (server: input
 decompression, linear layers, key switches and bootstraps) and ``decrypt`` (client).
 The estimators' :meth:`~latentopt.sklearn.base.QuantizedEstimatorBase.fhe_profile`
-adds the client's Python around it: ``quantize`` (float features to integers), the
+(:func:`latentopt.sklearn.lowering.profile_predict`) adds the client's Python
+around it: ``quantize`` (float features to integers), the
 ``range check`` of calibrated circuits, ``dequantize`` and the rest of ``predict``.
 
 How each number is obtained
@@ -49,8 +50,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LatencyProfile", "available_cores", "evaluation_keys_bytes", "profile_execution",
-           "profile_predict"]
+__all__ = ["LatencyProfile", "available_cores", "evaluation_keys_bytes", "profile_execution"]
 
 
 def available_cores() -> int:
@@ -202,38 +202,3 @@ def evaluation_keys_bytes(fhe_circuit: Any) -> int | None:
     if keys is None or not keys.are_generated:
         return None
     return len(keys.evaluation.serialize())
-
-
-def profile_predict(est: Any, X: Any, repeats: int = 5, cost_model: Any = None) -> LatencyProfile:
-    """An estimator's ``fhe_profile``: the circuit's :func:`profile_execution` plus the
-    estimator's own stages, timed on the first row of ``X`` (quantize, range check,
-    dequantize, and the rest of ``predict(X[:1], fhe="execute")`` as ``python``)."""
-    fhe_circuit = est._fhe("fhe_profile()")
-    X1 = np.asarray(X)[:1]
-    backend = est._integer_backend()
-    t_quant, t_check, t_deq, t_total = [], [], [], []
-    q = backend.quantize(est._validate_X(X1, reset=False))
-    profile = fhe_circuit.profile(q, repeats=repeats, cost_model=cost_model)
-    out = np.asarray(profile.info["output"], dtype=np.int64) + fhe_circuit.plan.output_offset
-    for _ in range(max(1, int(repeats))):
-        t0 = time.perf_counter()
-        q = backend.quantize(est._validate_X(X1, reset=False))
-        t1 = time.perf_counter()
-        if fhe_circuit.report["range_mode"] == "calibrated":
-            fhe_circuit.overflows(q)
-        t2 = time.perf_counter()
-        backend.dequantize(out)
-        t3 = time.perf_counter()
-        est.predict(X1, fhe="execute")
-        t4 = time.perf_counter()
-        t_quant.append(t1 - t0)
-        t_check.append(t2 - t1)
-        t_deq.append(t3 - t2)
-        t_total.append(t4 - t3)
-    total = _median(t_total)
-    stages = {"quantize": _median(t_quant), "range check": _median(t_check),
-              **profile.stages, "dequantize": _median(t_deq)}
-    stages["python"] = max(0.0, total - sum(stages.values()))
-    profile.stages = stages
-    profile.total = max(total, sum(stages.values()))
-    return profile

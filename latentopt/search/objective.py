@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from .trials import ModelCache, model_key
 
 #: Objective value of trials with no compilable point (Optuna rejects inf).
 _NO_LATENCY = 1e30
+#: Feasible points of a trial the check tries during the study, fastest first.
+CHECK_POINTS = 3
 
 
 def _data_key(X: np.ndarray, y: np.ndarray) -> str:
@@ -46,6 +49,13 @@ def trial_params(trial: Any) -> dict[str, Any]:
     if "hidden_layer_sizes" in params:
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
     return params
+
+
+def checks_done(trials: Sequence[Any], exclude: int | None = None) -> int:
+    """How many configurations the check has tested during the study (trials with a
+    ``check_index``: :meth:`_Objective._confirm`), ``exclude`` (a trial number) aside."""
+    return sum(1 for t in trials
+               if "check_index" in t.user_attrs and t.number != exclude)
 
 
 class _Objective:
@@ -133,19 +143,45 @@ class _Objective:
             self._prune(trial, f"short-training score {score:.4f} not in the top third of "
                                f"{len(previous)} earlier trials")
 
-    def _confirm(self, trial: Any, params: dict[str, Any], point: dict[str, Any],
-                 violation: float) -> float:
+    def _confirm(self, trial: Any, params: dict[str, Any], inner: Any,
+                 cap: float | None) -> tuple[float, Any]:
         """Check a trial about to become the fastest feasible one on unseen rows
-        (:class:`~latentopt.search.selection.Check`); a refuted trial's constraint is
-        violated by the check's shortfall, so it neither counts as feasible nor caps
-        the latency of later trials."""
-        scores = self.check.scores(self, params, point)
-        trial.set_user_attr("check_scores", [float(v) for v in scores])
-        shortfall = float(self.check.threshold - min(scores))
-        if shortfall <= 0:
-            return violation
+        (:class:`~latentopt.search.selection.Check`).
+
+        The trial is the ``n``-th configuration checked in the study, so it must beat
+        the check's threshold by the margin for ``n`` checks.  It is tried at its
+        fastest feasible point and, if refuted there, at its next feasible points
+        (slower, safer: more rounding bits or a lower ``p_error``; at most
+        :data:`CHECK_POINTS`, all under ``cap``): the inner search drives a trial to the
+        budget's edge on validation, where an independent simulation refutes it about
+        half of the time although a safer point of the same model holds.  Returns the
+        constraint violation (a refuted trial's is the check's smallest shortfall, so it
+        neither counts as feasible nor caps the latency of later trials) and the point
+        the trial keeps."""
+        n = checks_done(trial.study.get_trials(deepcopy=False), exclude=trial.number) + 1
+        threshold = self.check.threshold_for(n)
+        trial.set_user_attr("check_index", n)
+        trial.set_user_attr("check_threshold", threshold)
+        feasible = sorted((c for c in inner.candidates
+                           if c.feasible and c.error is None and not c.dominated
+                           and (cap is None or c.latency < cap)),
+                          key=lambda c: (c.latency, -c.score)) or [inner.best]
+        shortfall, tried = np.inf, []
+        for c in feasible[:CHECK_POINTS]:
+            point = {"rounding_bits": c.rounding_bits, "rounding_method": c.rounding_method,
+                     "p_error": c.p_error}
+            scores = [float(v) for v in self.check.scores(self, params, point)]
+            tried.append(dict(point, check_scores=scores))
+            shortfall = min(shortfall, threshold - min(scores))
+            if min(scores) >= threshold:
+                trial.set_user_attr("check_scores", scores)
+                if len(tried) > 1:  # the edge point was refuted, a safer one holds
+                    trial.set_user_attr("check_points", tried)
+                return float(inner.threshold - c.score), c
+        trial.set_user_attr("check_scores", tried[0]["check_scores"] if tried else [])
+        trial.set_user_attr("check_points", tried)
         trial.set_user_attr("refuted", True)
-        return max(shortfall, 1e-9)
+        return max(float(shortfall), 1e-9), inner.best
 
     def __call__(self, trial: Any) -> tuple[float, float]:
         import optuna
@@ -186,7 +222,8 @@ class _Objective:
         violation = float(inner.threshold - score)
         if (violation <= 0 and inner.best is not None and self.check is not None
                 and (cap is None or latency < cap)):
-            violation = self._confirm(trial, params, inner.compile_kwargs, violation)
+            violation, point = self._confirm(trial, params, inner, cap)
+            score, latency = point.score, point.latency
         trial.set_user_attr("constraint", [violation])
         trial.set_constraint("accuracy_budget", violation)  # <= 0: feasible (NSGA-II)
         if point is not None:

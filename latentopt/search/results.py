@@ -105,8 +105,9 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
     """The outcome in numbers and words.
 
     ``held_out``: the check of validation-feasible trials on unseen rows (``n_checked``,
-    ``n_samples``, ``threshold``, ``reference_score``), reported when none held there
-    (ignored when ``best`` is given).
+    ``n_samples``, ``threshold``, ``reference_score``, optionally ``max_threshold``: the
+    highest threshold with the margin for multiple checks), reported when none held
+    there (ignored when ``best`` is given).
     """
     top = max(rows, key=lambda r: (r["score"], -r["cost"])) if rows else None
     n_eval = len(rows) + len(failures)
@@ -130,8 +131,9 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                  f"reached {budget}, but none of the {held_out['n_checked']} checked (each new "
                  f"fastest during the study, then the fastest and the most accurate) held on "
                  f"{held_out['n_samples']} {held_out.get('rows', 'held-out rows')} (score >= "
-                 f"{held_out['threshold']:.4f} there, float reference "
-                 f"{held_out['reference_score']:.4f}): they overfit the validation split."]
+                 f"{held_out['threshold']:.4f} there{_margin_words(held_out)}, float "
+                 f"reference {held_out['reference_score']:.4f}): they overfit the validation "
+                 f"split."]
         lines.append("To find a model: give the search more rows (the check split is "
                      "holdout_fraction of X), allow a larger drop (max_accuracy_drop), or run "
                      f"more trials (n_trials={n_trials}).")
@@ -156,6 +158,14 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                   "bits, less pruning, more training epochs in the template)")
     lines.append("To find a model: " + "; or ".join(advice) + ".")
     return Outcome(budget_met=False, message="\n".join(lines), **common)  # type: ignore[arg-type]
+
+
+def _margin_words(held_out: dict[str, Any]) -> str:
+    top = held_out.get("max_threshold")
+    if top is None or top <= held_out["threshold"]:
+        return ""
+    return (f", up to {top:.4f} for the later ones: each configuration checked is one more "
+            f"chance to pass by luck, so the margin grows with their number")
 
 
 def _cell(v: Any) -> str:

@@ -295,8 +295,6 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
             ones, with concrete's complexity unchanged (on a pruned MNIST CNN it rose
             by 17%).  ``False`` rounds every channel as the widest one needs.
         """
-        from ..backends.integer import IntegerBackend
-
         check_is_fitted(self, "circuit_")
         if isinstance(rounding_bits, str) or isinstance(p_error, str):
             if rounding_bits not in ("auto", None) and isinstance(rounding_bits, str):
@@ -319,32 +317,15 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
             raise ValueError(
                 f"rounding_method must be 'approximate' or 'exact', got {rounding_method!r}"
             )
-        verbose = int(self.verbose if verbose is None else verbose)
-        if X is None:
-            X_cal = self.calibration_set_
-            circuit = self.circuit_
-        else:
-            X_cal = self._validate_X(X, reset=False)
-            circuit = IntegerBackend(self.circuit_).calibrate(X_cal)
-        if rounding_bits is not None:  # measured layer by layer on the calibration set
-            circuit = IntegerBackend(circuit).round_lookups(
-                circuit.input_quantizer.apply(X_cal), rounding_bits, method=rounding_method,
-                ranges="calibrated" if range_mode == "calibrated" else "worst_case",
-                margin=range_margin, equalize=bool(equalize))
-        q = circuit.input_quantizer.apply(X_cal)
+        from .lowering import compile_at
+
         options: dict[str, Any] = dict(
             rounding_bits=rounding_bits, rounding_method=rounding_method, p_error=p_error,
             global_p_error=global_p_error, range_mode=range_mode, range_margin=range_margin,
             on_overflow=on_overflow, security_level=security_level, batch_size=batch_size,
             parameter_strategy=parameter_strategy, equalize=bool(equalize),
         )
-        fhe_circuit = self._lower_to_fhe(circuit, q, options, verbose)
-        self.fhe_circuit_ = fhe_circuit
-        self.rounded_circuit_ = circuit
-        self.fhe_report_ = dict(fhe_circuit.report)
-        self.compile_options_ = options
-        self.compile_inputset_ = None if X is None else np.asarray(q)
-        return self
+        return compile_at(self, X, options, int(self.verbose if verbose is None else verbose))
 
     def _fhe_test_options(self) -> dict[str, Any]:
         # The test suite sets this class attribute to use concrete's insecure key cache.
@@ -373,7 +354,7 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         (``print(p.table())``); see :mod:`latentopt.backends.fhe_profile` for how each
         number is obtained.
         """
-        from ..backends.fhe_profile import profile_predict
+        from .lowering import profile_predict
 
         return profile_predict(self, X, repeats=repeats, cost_model=cost_model)
 

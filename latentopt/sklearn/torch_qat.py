@@ -47,14 +47,12 @@ from .distillation import DistillationMixin
 from .targets import fold_target_scaling, target_scaling
 from .torch_model import flat_samples
 from .torch_qat_search import TorchSearchHooks
+from .training import N_CALIBRATION  # the same calibration rows as the MLP estimators
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["QuantizedTorchClassifier", "QuantizedTorchRegressor"]
-
-#: Rows of training data kept to calibrate scales and FHE compilation.
-N_CALIBRATION = 512
 
 _DOC = """
     Parameters

@@ -375,6 +375,129 @@ def test_a_trial_confirmed_during_the_study_is_not_checked_again(data, monkeypat
     assert s.best_score_ == pytest.approx(np.mean(confirmed.user_attrs["check_scores"]))
 
 
+class _CheckByPError:
+    """A check that refutes every point at ``p_error >= limit`` and passes the rest
+    (its threshold grows by ``step`` with each configuration checked)."""
+
+    threshold = 0.5
+
+    def __init__(self, limit: float, step: float = 0.0, score: float = 1.0) -> None:
+        self.limit, self.step, self.score, self.calls = limit, step, score, []
+
+    def threshold_for(self, n: int) -> float:
+        return self.threshold + self.step * (n - 1)
+
+    def scores(self, objective, params, point):  # noqa: ANN001, ANN201 - test double
+        self.calls.append(point)
+        return [0.0 if point["p_error"] >= self.limit else self.score]
+
+
+def test_a_refuted_edge_point_falls_back_to_a_safer_point_of_the_same_trial(data, tmp_path):
+    """The inner search drives a trial to the budget's edge; the check then tries the
+    trial's next feasible (slower, safer) points before refuting the configuration."""
+    Xtr, ytr, Xv, yv = data
+    search = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.9,
+                           n_repeats=1, cost_model=None)
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    check = _CheckByPError(limit=0.1)
+    objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, None, tmp_path, check=check)
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[-1]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert not trial.user_attrs.get("refuted") and trial.user_attrs["constraint"][0] <= 0
+    kept = trial.user_attrs["compile"]
+    assert kept["p_error"] < 0.1 and check.calls[-1] == kept
+    assert check.calls[0]["p_error"] >= 0.1  # the edge point was tried first, and refuted
+    assert [p["p_error"] for p in trial.user_attrs["check_points"]] == [
+        c["p_error"] for c in check.calls]
+    assert trial.user_attrs["check_scores"] == [1.0]
+    # nothing holds: refuted after at most CHECK_POINTS points, the edge point kept
+    from latentopt.search.objective import CHECK_POINTS
+
+    check = _CheckByPError(limit=0.0)
+    objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, None, tmp_path, check=check)
+    study = optuna.create_study(directions=["minimize", "maximize"])  # no latency cap
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[-1]
+    assert trial.user_attrs["refuted"] and trial.user_attrs["constraint"][0] > 0
+    assert 1 <= len(check.calls) <= CHECK_POINTS
+    assert trial.user_attrs["compile"] == check.calls[0]
+
+
+def test_each_configuration_checked_must_beat_a_higher_threshold(data, tmp_path):
+    """The winner's curse: the n-th configuration checked in a study is one more chance
+    to pass by luck, so its threshold carries the margin for n checks.  A score that
+    passes the first configuration's threshold refutes the second's."""
+    Xtr, ytr, Xv, yv = data
+    search = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.9,
+                           n_repeats=1, cost_model=None)
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    # every point scores 0.55: above 0.5 (1st configuration), below 0.6 (2nd)
+    check = _CheckByPError(limit=1.0, step=0.1, score=0.55)
+    objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, None, tmp_path, check=check)
+    study.optimize(objective, n_trials=1)
+    first = study.trials[0]
+    assert first.user_attrs["check_index"] == 1
+    assert first.user_attrs["check_threshold"] == pytest.approx(0.5)
+    assert not first.user_attrs.get("refuted")
+    first_calls = len(check.calls)
+    # a study where one configuration was checked (and refuted, so it sets no latency
+    # cap): the next trial is the second configuration checked
+    study2 = optuna.create_study(directions=["minimize", "maximize"])
+    study2.add_trial(optuna.trial.create_trial(
+        values=[1.0, 0.0], user_attrs={"check_index": 1, "check_threshold": 0.5,
+                                       "check_scores": [0.1], "refuted": True}))
+    study2.optimize(objective, n_trials=1)
+    second = study2.trials[-1]
+    assert second.user_attrs["check_index"] == 2
+    assert second.user_attrs["check_threshold"] == pytest.approx(0.6)
+    assert second.user_attrs["refuted"] and second.user_attrs["constraint"][0] > 0
+    assert len(check.calls) > first_calls
+
+
+def test_the_margin_grows_with_the_configurations_checked():
+    from latentopt.search.objective import checks_done
+    from latentopt.search.selection import Check
+
+    X, y = np.zeros((630, 2)), np.zeros(630)
+    check = Check(X, y, None, reference_score=0.887, threshold=0.877, n_repeats=1)
+    assert check.margin(1) == 0.0 and check.threshold_for(1) == 0.877
+    se = np.sqrt(0.877 * 0.123 / 630)
+    assert check.margin(13) == pytest.approx(se * np.sqrt(2 * np.log(13)))
+    # the measured case: the 13th configuration passed by 0.3 point and was 4.1 below
+    # float on test; its margin is about 3 points
+    assert 0.025 < check.margin(13) < 0.035
+    margins = [check.margin(n) for n in range(1, 30)]
+    assert margins == sorted(margins)
+    # more rows, smaller margin; R^2 (regression) has no binomial error: no margin
+    big = Check(np.zeros((6300, 2)), np.zeros(6300), None, 0.887, 0.877, 1)
+    assert big.margin(13) == pytest.approx(check.margin(13) / np.sqrt(10))
+    reg = Check(X, y, None, 0.8, 0.79, 1, classification=False)
+    assert reg.margin(13) == 0.0
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    for attrs in ({"check_index": 1}, {}, {"check_index": 2}):
+        study.add_trial(optuna.trial.create_trial(values=[1.0, 0.5], user_attrs=attrs))
+    assert checks_done(study.trials) == 2
+    assert checks_done(study.trials, exclude=2) == 1
+
+
+def test_check_on_holdout_takes_a_threshold_per_row():
+    rows = [{"trial": i, "cost": 0.1 * (i + 1), "score": 0.95} for i in range(3)]
+    seen = []
+
+    def threshold(row):  # noqa: ANN001, ANN202 - test helper
+        seen.append(row["trial"])
+        return 0.90 + 0.02 * len(seen)
+
+    # thresholds 0.92, 0.94, 0.96 in the order checked: 0.93 would have passed the
+    # first, not the second
+    on_check = {0: [0.91], 1: [0.93], 2: [0.97]}
+    chosen, checked = check_on_holdout(rows, lambda r: on_check[r["trial"]], threshold)
+    assert chosen is not None and chosen["trial"] == 2
+    assert [r["holdout_threshold"] for r in checked] == pytest.approx([0.92, 0.94, 0.96])
+    assert seen == [0, 1, 2]
+
+
 def clone_score(ref, X, y, tr, te):  # noqa: ANN001, ANN201 - test helper
     from sklearn.base import clone
 
