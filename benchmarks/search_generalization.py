@@ -74,7 +74,8 @@ def _rejections(study: object) -> dict[str, int]:
 
 def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
         cache: Path, max_epochs: int, peer_acc: float | None = None,
-        peer_margin: float = 0.0, n_jobs: int = 1) -> list[dict]:
+        peer_margin: float = 0.0, n_jobs: int = 1,
+        param_space: dict | None = None) -> list[dict]:
     """The searches of one data set.  ``peer_acc``: one more search, whose budget is the
     float MLP's test accuracy minus the peer's, minus ``peer_margin`` (the fastest model
     as accurate as the peer, with a margin for the validation split's noise)."""
@@ -94,9 +95,11 @@ def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
         t0 = time.perf_counter()
         search = LatencySearch(template, max_accuracy_drop=drop, n_trials=10_000,
                                timeout=time_budget, cache_dir=cache, random_state=0,
-                               n_jobs=n_jobs, verbose=0).fit(Xtr, ytr)
+                               n_jobs=n_jobs, param_space=param_space,
+                               verbose=0).fit(Xtr, ytr)
         row = {"dataset": name, "budget": drop, "float_test": float_score,
                "max_epochs": max_epochs, "time_budget": time_budget, "n_jobs": n_jobs,
+               "param_space": None if param_space is None else str(param_space),
                "matched_peer": peer_acc if peer_acc is not None and i == len(budgets) - 1
                else None,
                "search_s": time.perf_counter() - t0, "unit": search.latency_unit_,
@@ -247,7 +250,15 @@ def main() -> None:
                         help="--match-peer aims this much above the peer's accuracy")
     parser.add_argument("--plot", type=Path, default=None,
                         help="only print the table and draw the plot from this results file")
+    parser.add_argument("--output-w-bits", action="store_true",
+                        help="search output_w_bits [None, 2] too (the default space plus "
+                             "narrower output-layer weights)")
     args = parser.parse_args()
+    space = None
+    if args.output_w_bits:
+        from latentopt.search import DEFAULT_SPACE
+
+        space = dict(DEFAULT_SPACE, output_w_bits=[None, 2])
     peer: dict[str, dict] = {}
     if args.peer_json is not None and args.peer_json.exists():
         lines = [json.loads(x) for x in args.peer_json.read_text().splitlines() if x.strip()]
@@ -267,7 +278,8 @@ def main() -> None:
             cache = Path(tmp) / name
             peer_acc = peer[name]["accuracy"] if args.match_peer and name in peer else None
             for row in run(name, args.budgets, args.time_budget, args.n_execute, cache,
-                           args.max_epochs, peer_acc, args.peer_margin, args.n_jobs):
+                           args.max_epochs, peer_acc, args.peer_margin, args.n_jobs,
+                           space):
                 rows.append(row)
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps(row, default=str) + "\n")

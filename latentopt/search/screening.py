@@ -160,7 +160,7 @@ def seed_configs(space: Mapping[str, Any], template: Any,
     defaults = template.get_params()
     out: list[dict[str, Any]] = []
     for seed in SEEDS:
-        params = dict(seed, pruning_ratio=0.0, n_accum_bits=None,
+        params = dict(seed, pruning_ratio=0.0, n_accum_bits=None, output_w_bits=None,
                       activation=defaults.get("activation", "relu"))
         trial: dict[str, Any] = {}
         for name, spec in space.items():

@@ -8,7 +8,24 @@ A space maps estimator parameters to choices:
 * ``("step", lo, hi, step)`` -> stepped float range.
 
 Two pseudo-parameters build ``hidden_layer_sizes``: ``n_layers`` and ``width`` (every
-hidden layer gets the same width; depth is a dimension of the search).
+hidden layer gets the same width; depth is a dimension of the search).  A third,
+``output_w_bits`` (ints, or None: as the hidden layers), gives the MLP's output layer
+narrower weights than ``n_w_bits``: a per-layer ``n_w_bits`` list.  Concrete sizes the
+crypto parameters of every lookup for the widest value the circuit carries, and that is
+often the output layer's accumulator.  Measured on real MNIST (784-32-10, 3 bits,
+5-bit lookups, p_error 0.1, one core): 2-bit output weights cut the encrypted time per
+sample from 0.92 s to 0.68 s and key generation from 2.5 s to 1.3 s at the same
+simulated accuracy (0.914-0.918 against 0.915-0.917); on scikit-learn's digits, 16
+hidden units, they changed nothing but cost 1.3 points.  It is not in the default
+space: add ``"output_w_bits": [None, 2]`` to search it.
+
+>>> from latentopt import QuantizedMLPClassifier
+>>> space = {"n_w_bits": [3], "width": [32], "n_layers": [1], "output_w_bits": [2]}
+>>> import optuna
+>>> trial = optuna.trial.FixedTrial({"n_w_bits": 3, "width": 32, "n_layers": 1,
+...                                  "output_w_bits": 2})
+>>> sample_params(trial, space, QuantizedMLPClassifier())
+{'n_w_bits': [3, 2], 'hidden_layer_sizes': (32,)}
 
 >>> space = DEFAULT_SPACE
 >>> sorted(space)  # doctest: +NORMALIZE_WHITESPACE
@@ -40,8 +57,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DEFAULT_SPACE", "TORCH_SPACE", "default_space", "resolve_space", "sample_params",
+__all__ = ["DEFAULT_SPACE", "MLP_PSEUDO", "TORCH_SPACE", "default_space", "resolve_space", "sample_params",
            "search_space", "torch_space", "validate_space"]
+
+#: Pseudo-parameters of the MLP estimators' spaces (module doc).
+MLP_PSEUDO = ("n_layers", "width", "output_w_bits")
 
 DEFAULT_SPACE: dict[str, Any] = {
     "n_w_bits": (2, 4),
@@ -116,7 +136,7 @@ def _pseudo(estimator: Any, name: str) -> bool:
     check = getattr(estimator, "_is_search_name", None)
     if callable(check):
         return bool(check(name))
-    return name in ("n_layers", "width")
+    return name in MLP_PSEUDO
 
 
 def validate_space(space: Mapping[str, Any], estimator: Any) -> None:
@@ -137,6 +157,13 @@ def validate_space(space: Mapping[str, Any], estimator: Any) -> None:
                 raise ValueError(f"malformed search space entry {name!r}: {spec!r}")
         else:
             raise ValueError(f"search space entry {name!r} must be a list or a tuple")
+    if "output_w_bits" in space:
+        spec = space["output_w_bits"]
+        if not isinstance(spec, list) or not all(
+                v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 2)
+                for v in spec):
+            raise ValueError(f"search space entry 'output_w_bits' must be a list of ints >= 2 "
+                             f"or None, got {spec!r}")
     if ("n_layers" in space) != ("width" in space):
         raise ValueError("'n_layers' and 'width' go together (they build hidden_layer_sizes)")
 
@@ -171,4 +198,17 @@ def sample_params(trial: Any, space: Mapping[str, Any], template: Any = None) ->
         params["hidden_layer_sizes"] = (w,) * n
     if "hidden_layer_sizes" in params and not isinstance(params["hidden_layer_sizes"], tuple):
         params["hidden_layer_sizes"] = (int(params["hidden_layer_sizes"]),)
+    out_bits = params.pop("output_w_bits", None)
+    if out_bits is not None:
+        merged = dict(template.get_params() if template is not None else {}, **params)
+        hidden = tuple(merged.get("hidden_layer_sizes", ()))
+        bits = merged.get("n_w_bits", 3)
+        per_layer = (list(bits) if isinstance(bits, (list, tuple))
+                     else [int(bits)] * (len(hidden) + 1))
+        if len(per_layer) != len(hidden) + 1:
+            raise ValueError(f"output_w_bits needs n_w_bits per layer to match "
+                             f"hidden_layer_sizes {hidden}, got {bits!r}")
+        if int(out_bits) < per_layer[-1]:  # never wider than the hidden layers' weights
+            per_layer[-1] = int(out_bits)
+            params["n_w_bits"] = per_layer
     return params

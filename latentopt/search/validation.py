@@ -113,6 +113,8 @@ def check_space_values(space: Mapping[str, Any], estimator: Any) -> None:
     """Check the values a space can produce against the estimator's own validation."""
     for name, spec in space.items():
         values = _extremes(spec)
+        if name == "output_w_bits":  # checked by validate_space
+            continue
         if name in ("n_layers", "width"):
             if not all(_int(v) and v >= 1 for v in values):
                 raise ValueError(f"search space entry {name!r} must hold ints >= 1, got {spec!r}")

@@ -111,6 +111,35 @@ def test_space_sampling_and_validation():
         validate_space({"n_w_bits": (4, 2)}, est)
 
 
+def test_output_w_bits_narrows_only_the_output_layer(data, tmp_path):
+    """The pseudo-parameter output_w_bits gives the output layer narrower weights (a
+    per-layer n_w_bits); never wider than the hidden layers', and checked up front."""
+    est = QuantizedMLPClassifier(**TINY)
+
+    def sampled(values):  # noqa: ANN001, ANN202 - test helper
+        space = {k: [v] for k, v in values.items()}
+        return sample_params(optuna.trial.FixedTrial(values), space, est)
+
+    assert sampled({"n_w_bits": 4, "width": 8, "n_layers": 2, "output_w_bits": 2})[
+        "n_w_bits"] == [4, 4, 2]
+    assert sampled({"n_w_bits": 2, "output_w_bits": 3}) == {"n_w_bits": 2}  # not wider
+    assert sampled({"output_w_bits": None}) == {}
+    assert sampled({"output_w_bits": 2})["n_w_bits"] == [3, 2]  # the template's bits
+    for bad in ([1], [2.5], (2, 3), ["2"]):
+        with pytest.raises(ValueError, match="output_w_bits"):
+            validate_space({"output_w_bits": bad}, est)
+    Xtr, ytr, _, _ = data
+    s = LatencySearch(est, param_space={"width": [6], "n_layers": [1], "output_w_bits": [2]},
+                      max_accuracy_drop=1.0, n_trials=1, n_repeats=1, cost_model=None,
+                      holdout_fraction=0.0, random_state=0, verbose=0,
+                      cache_dir=tmp_path).fit(Xtr, ytr)
+    assert s.best_params_["n_w_bits"] == [3, 2]
+    model = s.best_estimator_
+    layers = [m for m in model.module_.modules() if hasattr(m, "quant_weight")]
+    bits = [int(m.quant_weight().bit_width) for m in layers]
+    assert bits == [3, 2]
+
+
 def _search(tmp_path, **kw):
     kw.setdefault("n_trials", 2)
     kw.setdefault("holdout_fraction", 0.0)  # tiny data: the check split is tested apart
