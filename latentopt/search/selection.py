@@ -122,8 +122,7 @@ def check_on_holdout(rows: Sequence[dict[str, Any]],
         order = order[: max_checks - 1] + [max(rest, key=lambda r: (r.get("score", 0.0),
                                                                     -r[key]))]
     for row in order[:max_checks]:
-        values = scores(row)
-        out = _verdict(row, values, threshold(row) if callable(threshold) else threshold)
+        out = _verdict(row, scores(row), threshold(row) if callable(threshold) else threshold)
         checked.append(out)
         if out["holdout_pass"]:
             return out, checked
@@ -291,7 +290,6 @@ def make_check(search: Any, X_tr: np.ndarray, y_tr: np.ndarray,
         X_c, y_c = X_chk, y_chk
     return Check(X_c, y_c, folds, reference, reference - search.max_accuracy_drop,
                  int(search.n_repeats), classification=is_classifier(search.estimator))
-
 
 
 def refuted_rows(search: Any, threshold: float) -> list[dict[str, Any]]:
