@@ -57,8 +57,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DEFAULT_SPACE", "MLP_PSEUDO", "TORCH_SPACE", "default_space", "resolve_space", "sample_params",
-           "search_space", "torch_space", "validate_space"]
+__all__ = ["DEFAULT_SPACE", "MLP_PSEUDO", "TORCH_SPACE", "default_space", "resolve_space",
+           "sample_params", "search_space", "torch_space", "validate_space"]
 
 #: Pseudo-parameters of the MLP estimators' spaces (module doc).
 MLP_PSEUDO = ("n_layers", "width", "output_w_bits")
