@@ -410,7 +410,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                       "complexity, which is not seconds")]
         if any(r.get("refuted") for r in self.results_):
             footer.append("refuted: met the budget on validation, not on the check's rows "
-                          "(checked during the study)")
+                          "(checked during the study or at the final selection)")
         if any(r.get("capped") and not r["feasible"] for r in self.results_):
             footer.append("slower: no point of it as fast as the best feasible trial met the "
                           "budget (slower points not tried; the score is its fastest point's)")

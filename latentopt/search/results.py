@@ -223,7 +223,7 @@ def plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]], threshol
     if ax is None:
         _, ax = plt.subplots(figsize=(6.4, 4), layout="constrained")
     ok = [r for r in rows if r["cost"] < _NO_LATENCY]
-    feasible = [r for r in ok if r["feasible"]]
+    feasible = [r for r in ok if r["feasible"] and not r.get("refuted")]
     refuted = [r for r in ok if r.get("refuted")]
     other = [r for r in ok if not r["feasible"] and not r.get("refuted")]
     for group, color, marker, label in (

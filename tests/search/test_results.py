@@ -89,6 +89,28 @@ def test_a_budget_met_only_on_validation_says_so():
             "and the most accurate) held on 225 held-out rows") in first
     assert "0.8644" in first and "0.8844" in first and "overfit" in first
     assert "holdout_fraction" in out.message and "n_trials=30" in out.message
+    assert "up to" not in first  # no margin named when every threshold was the plain one
+    out = make_outcome(rows, [], None, reference_score=0.86, threshold=0.84,
+                       max_accuracy_drop=0.02, n_trials=30,
+                       held_out={"n_checked": 2, "n_samples": 225, "threshold": 0.8644,
+                                 "max_threshold": 0.8811, "reference_score": 0.8844})
+    assert "up to 0.8811 for the later ones" in out.message.splitlines()[0]
+
+
+def test_a_row_refuted_at_the_final_selection_is_not_shown_feasible():
+    """Validation-feasible (feasible True) but failed the final check (refuted): the
+    summary says refuted and the plot does not draw it as a feasible trial."""
+    from latentopt.search.results import plot_front, summary_table
+
+    rows = [{"trial": 0, "score": 0.9, "cost": 0.1, "feasible": True, "refuted": True},
+            {"trial": 1, "score": 0.9, "cost": 0.2, "feasible": True}]
+    lines = summary_table(rows, rows[1:], []).splitlines()
+    assert lines[1].split()[-1] == "refuted" and lines[2].split()[-1] == "True*"
+    ax = plot_front(rows, rows[1:], 0.85, "s")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "refuted by the check" in labels
+    feasible = next(c for c in ax.collections if c.get_label() == "feasible trials")
+    assert len(feasible.get_offsets()) == 1
 
 
 def test_a_met_budget_says_so(fitted, data):
