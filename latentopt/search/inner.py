@@ -87,6 +87,12 @@ class Candidate:
     #: two of its lookup layers have one width (per-norm partitions may be cheaper)
     shared_width: bool = False
 
+    @property
+    def compile_kwargs(self) -> dict[str, Any]:
+        """Arguments that reproduce this point with ``est.compile``."""
+        return {"rounding_bits": self.rounding_bits, "rounding_method": self.rounding_method,
+                "p_error": self.p_error}
+
 
 @dataclass
 class InnerResult:
@@ -111,8 +117,7 @@ class InnerResult:
         """Arguments that reproduce the chosen point with ``est.compile``."""
         if self.best is None:
             raise RuntimeError("no feasible rounding / p_error point was found")
-        return {"rounding_bits": self.best.rounding_bits,
-                "rounding_method": self.best.rounding_method, "p_error": self.best.p_error}
+        return self.best.compile_kwargs
 
     def table(self) -> str:
         unit = "seconds" if self.latency_unit == "seconds" else "complexity"

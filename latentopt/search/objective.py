@@ -168,10 +168,8 @@ class _Objective:
                           key=lambda c: (c.latency, -c.score)) or [inner.best]
         shortfall, tried = np.inf, []
         for c in feasible[:CHECK_POINTS]:
-            point = {"rounding_bits": c.rounding_bits, "rounding_method": c.rounding_method,
-                     "p_error": c.p_error}
-            scores = [float(v) for v in self.check.scores(self, params, point)]
-            tried.append(dict(point, check_scores=scores))
+            scores = [float(v) for v in self.check.scores(self, params, c.compile_kwargs)]
+            tried.append(dict(c.compile_kwargs, check_scores=scores))
             shortfall = min(shortfall, threshold - min(scores))
             if min(scores) >= threshold:
                 trial.set_user_attr("check_scores", scores)
@@ -227,9 +225,7 @@ class _Objective:
         trial.set_user_attr("constraint", [violation])
         trial.set_constraint("accuracy_budget", violation)  # <= 0: feasible (NSGA-II)
         if point is not None:
-            trial.set_user_attr("compile", {"rounding_bits": point.rounding_bits,
-                                            "rounding_method": point.rounding_method,
-                                            "p_error": point.p_error})
+            trial.set_user_attr("compile", point.compile_kwargs)
             trial.set_user_attr("pbs", point.pbs)
             trial.set_user_attr("max_tlu_bits", point.max_tlu_bits)
         trial.set_user_attr("tlus", int(est.bit_width_report().tlu_count))
