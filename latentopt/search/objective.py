@@ -169,7 +169,7 @@ class _Objective:
         shortfall, tried = np.inf, []
         for c in feasible[:CHECK_POINTS]:
             scores = [float(v) for v in self.check.scores(self, params, c.compile_kwargs)]
-            tried.append(dict(c.compile_kwargs, check_scores=scores))
+            tried.append(dict(c.compile_kwargs, check_scores=scores, latency=float(c.latency)))
             shortfall = min(shortfall, threshold - min(scores))
             if min(scores) >= threshold:
                 trial.set_user_attr("check_scores", scores)

@@ -376,20 +376,24 @@ def test_a_trial_confirmed_during_the_study_is_not_checked_again(data, monkeypat
 
 
 class _CheckByPError:
-    """A check that refutes every point at ``p_error >= limit`` and passes the rest
-    (its threshold grows by ``step`` with each configuration checked)."""
+    """A check that refutes every point at ``p_error >= limit``, and the first
+    ``refute_first`` points it is shown whatever they are, and passes the rest (its
+    threshold grows by ``step`` with each configuration checked)."""
 
     threshold = 0.5
 
-    def __init__(self, limit: float, step: float = 0.0, score: float = 1.0) -> None:
+    def __init__(self, limit: float, step: float = 0.0, score: float = 1.0,
+                 refute_first: int = 0) -> None:
         self.limit, self.step, self.score, self.calls = limit, step, score, []
+        self.refute_first = refute_first
 
     def threshold_for(self, n: int) -> float:
         return self.threshold + self.step * (n - 1)
 
     def scores(self, objective, params, point):  # noqa: ANN001, ANN201 - test double
         self.calls.append(point)
-        return [0.0 if point["p_error"] >= self.limit else self.score]
+        refuted = len(self.calls) <= self.refute_first or point["p_error"] >= self.limit
+        return [0.0 if refuted else self.score]
 
 
 def test_a_refuted_edge_point_falls_back_to_a_safer_point_of_the_same_trial(data, tmp_path):
@@ -397,20 +401,25 @@ def test_a_refuted_edge_point_falls_back_to_a_safer_point_of_the_same_trial(data
     trial's next feasible (slower, safer) points before refuting the configuration."""
     Xtr, ytr, Xv, yv = data
     search = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.9,
-                           n_repeats=1, cost_model=None)
+                           param_space={"n_w_bits": [3]}, n_repeats=1, cost_model=None)
     study = optuna.create_study(directions=["minimize", "maximize"])
-    check = _CheckByPError(limit=0.1)
+    # the trial's fastest feasible point (whatever its p_error) is refuted
+    check = _CheckByPError(limit=1.0, refute_first=1)
     objective = _Objective(search, (Xtr, ytr, Xv, yv), 0.9, None, tmp_path, check=check)
     study.optimize(objective, n_trials=1)
     trial = study.trials[-1]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert not trial.user_attrs.get("refuted") and trial.user_attrs["constraint"][0] <= 0
     kept = trial.user_attrs["compile"]
-    assert kept["p_error"] < 0.1 and check.calls[-1] == kept
-    assert check.calls[0]["p_error"] >= 0.1  # the edge point was tried first, and refuted
-    assert [p["p_error"] for p in trial.user_attrs["check_points"]] == [
-        c["p_error"] for c in check.calls]
+    assert len(check.calls) == 2 and check.calls[-1] == kept != check.calls[0]
+    assert [{k: v for k, v in p.items() if k not in ("check_scores", "latency")}
+            for p in trial.user_attrs["check_points"]] == check.calls
+    assert [p["check_scores"] for p in trial.user_attrs["check_points"]] == [[0.0], [1.0]]
     assert trial.user_attrs["check_scores"] == [1.0]
+    # the point kept is the trial's next one, no faster than the refuted edge point, and
+    # the trial reports its latency
+    latencies = [p["latency"] for p in trial.user_attrs["check_points"]]
+    assert latencies == sorted(latencies) and trial.values[0] == pytest.approx(latencies[-1])
     # nothing holds: refuted after at most CHECK_POINTS points, the edge point kept
     from latentopt.search.objective import CHECK_POINTS
 
@@ -430,7 +439,7 @@ def test_each_configuration_checked_must_beat_a_higher_threshold(data, tmp_path)
     passes the first configuration's threshold refutes the second's."""
     Xtr, ytr, Xv, yv = data
     search = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.9,
-                           n_repeats=1, cost_model=None)
+                           param_space={"n_w_bits": [3]}, n_repeats=1, cost_model=None)
     study = optuna.create_study(directions=["minimize", "maximize"])
     # every point scores 0.55: above 0.5 (1st configuration), below 0.6 (2nd)
     check = _CheckByPError(limit=1.0, step=0.1, score=0.55)
