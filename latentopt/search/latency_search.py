@@ -411,6 +411,10 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if any(r.get("refuted") for r in self.results_):
             footer.append("refuted: met the budget on validation, not on the check's rows "
                           "(checked during the study or at the final selection)")
+        if any(r.get("holdout_threshold") is not None for r in self.results_):
+            footer.append("check_score: the worst repeat on the check's rows; check_needed: "
+                          f"{self.holdout_['threshold']:.4f} plus the margin for the "
+                          "configurations checked before it")
         if any(r.get("capped") and not r["feasible"] for r in self.results_):
             footer.append("slower: no point of it as fast as the best feasible trial met the "
                           "budget (slower points not tried; the score is its fastest point's)")

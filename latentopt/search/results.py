@@ -188,6 +188,10 @@ def _verdict(row: dict[str, Any]) -> str:
     return str(row["feasible"])
 
 
+#: result-row keys of the check (set on the rows checked) -> their summary column
+CHECK_COLUMNS = {"holdout_min": "check_score", "holdout_threshold": "check_needed"}
+
+
 def summary_table(rows: list[dict[str, Any]], front: list[dict[str, Any]],
                   footer: list[str], seconds: bool = True) -> str:
     """Every completed trial by latency; columns as wide as their names and values.
@@ -198,17 +202,18 @@ def summary_table(rows: list[dict[str, Any]], front: list[dict[str, Any]],
     marks = {r["trial"] for r in front}
     keys = ["trial", "hidden_layer_sizes", "n_w_bits", "n_a_bits", "pruning_ratio", "lr",
             "rounding_bits", "p_error", "pbs", "max_tlu_bits", "cost", "score"]
-    extra = sorted({k for r in rows for k in r} - set(keys)
+    extra = sorted({k for r in rows for k in r} - set(keys) - set(CHECK_COLUMNS)
                    - {"feasible", "refuted", "capped", "tlus", "rounding_method",
-                      "seconds", "complexity"})
+                      "seconds", "complexity", "holdout_score"})
     keys[keys.index("lr") + 1:keys.index("lr") + 1] = extra  # searched dimensions
+    keys += list(CHECK_COLUMNS)
     keys = [k for k in keys if k in ("trial", "cost", "score")
             or any(r.get(k) is not None for r in rows)]
     table = [[_cell(r.get(k)) for k in keys]
              + [_verdict(r) + ("*" if r["trial"] in marks else " ")]
              for r in sorted(rows, key=lambda r: r["cost"])]
-    header = [("s/sample" if seconds else "complexity") if k == "cost" else k
-              for k in keys] + ["feasible"]
+    header = [("s/sample" if seconds else "complexity") if k == "cost"
+              else CHECK_COLUMNS.get(k, k) for k in keys] + ["feasible"]
     widths = [max([len(h)] + [len(row[i]) for row in table]) for i, h in enumerate(header)]
     lines = [" ".join(h.rjust(w) for h, w in zip(header, widths))]
     lines += [" ".join(c.rjust(w) for c, w in zip(row, widths)) for row in table]

@@ -370,7 +370,8 @@ def select_on_check(search: Any, objective: Any, check: Check | None) -> None:
     by_trial = {r["trial"]: r for r in checked}
     for row in search.results_:
         if row["trial"] in by_trial:
-            row["holdout_score"] = by_trial[row["trial"]]["holdout_score"]
+            for key in ("holdout_score", "holdout_min", "holdout_threshold"):
+                row[key] = by_trial[row["trial"]][key]
             # refuted at the selection too: summary() and the plot must not call it feasible
             row["refuted"] = row.get("refuted", False) or not by_trial[row["trial"]][
                 "holdout_pass"]

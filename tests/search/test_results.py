@@ -113,6 +113,28 @@ def test_a_row_refuted_at_the_final_selection_is_not_shown_feasible():
     assert len(feasible.get_offsets()) == 1
 
 
+def test_the_summary_shows_each_checked_rows_score_and_what_it_needed():
+    """Why a row was refuted: its worst check score and the threshold it had to reach
+    (the margin for its turn included) are columns; unchecked rows show '-'."""
+    from latentopt.search.results import summary_table
+
+    rows = [{"trial": 0, "score": 0.9, "cost": 0.1, "feasible": True, "refuted": True,
+             "holdout_score": 0.96, "holdout_min": 0.955, "holdout_threshold": 0.9612},
+            {"trial": 1, "score": 0.9, "cost": 0.2, "feasible": True,
+             "holdout_score": 0.97, "holdout_min": 0.968, "holdout_threshold": 0.9650},
+            {"trial": 2, "score": 0.9, "cost": 0.3, "feasible": True}]
+    lines = summary_table(rows, rows[1:2], []).splitlines()
+    header = lines[0].split()
+    assert header[-3:] == ["check_score", "check_needed", "feasible"]
+    assert "holdout_score" not in header
+    assert lines[1].split()[-3:] == ["0.955", "0.9612", "refuted"]
+    assert lines[2].split()[-3:] == ["0.968", "0.965", "True*"]
+    assert lines[3].split()[-3:] == ["-", "-", "True"]
+    # no row checked: no check columns
+    plain = [{k: v for k, v in r.items() if not k.startswith("holdout")} for r in rows]
+    assert "check_score" not in summary_table(plain, [], []).splitlines()[0]
+
+
 def test_a_met_budget_says_so(fitted, data):
     assert fitted.budget_met_ and fitted.outcome_.budget_met
     assert fitted.best_estimator_ is not None

@@ -358,7 +358,12 @@ def test_the_check_runs_during_the_study_and_refutes_lucky_trials(data, monkeypa
     during = [c for c in s.holdout_["checked"] if c.get("during_study")]
     assert {c["trial"] for c in during} == {t.number for t in refuted}
     assert s.outcome_.message.startswith("Budget NOT met on unseen rows")
-    assert "refuted" in s.summary()
+    text = s.summary()
+    assert "refuted" in text and "check_needed" in text.splitlines()[0]
+    for t in refuted:  # each refuted row shows the check score it got and what it needed
+        row = next(r for r in s.results_ if r["trial"] == t.number)
+        assert row["holdout_min"] == min(t.user_attrs["check_scores"])
+        assert row["holdout_threshold"] == t.user_attrs["check_threshold"] > row["holdout_min"]
     legend = [t.get_text() for t in s.plot_pareto().get_legend().get_texts()]
     assert "refuted by the check" in legend
 
