@@ -20,7 +20,6 @@ configuration meets the budget, the search says so (:attr:`LatencySearch.outcome
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -36,11 +35,20 @@ from sklearn.utils.validation import check_is_fitted
 from .objective import _NO_LATENCY, _data_key, _Objective, trial_params
 from .reference import fit_reference
 from .refit import final_estimator
-from .results import Outcome, collect, make_outcome, pareto_front, plot_front, summary_table
+from .results import (
+    Outcome,
+    collect,
+    make_outcome,
+    pareto_front,
+    plot_front,
+    summary_footer,
+    summary_table,
+)
 from .screening import seed_configs
 from .selection import make_check, select_on_check
 from .space import search_space
 from .storage import local_storage_dir, make_storage, recover_stale_trials
+from .teacher import is_array_teacher, prepare_teacher, search_teacher
 from .trials import (
     bind_identity,
     check_main_guard,
@@ -58,12 +66,6 @@ __all__ = ["BudgetNotMetWarning", "LatencySearch", "make_storage"]
 
 class BudgetNotMetWarning(UserWarning):
     """No configuration met the accuracy budget (see ``LatencySearch.outcome_``)."""
-
-
-def _is_array_teacher(teacher: Any) -> bool:
-    from ..nn.distill import teacher_kind
-
-    return teacher_kind(teacher) == "array"
 
 
 class LatencySearch(MetaEstimatorMixin, BaseEstimator):
@@ -236,10 +238,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             spec = os.path.join(self._tmp.name, "study.journal")
         storage = make_storage(spec)  # a malformed URL fails here, before any training
         strat = y if is_classifier(self.estimator) else None
-        teacher = self.teacher
-        if teacher is None:
-            teacher = self.estimator.get_params().get("teacher")
-        is_array = teacher is not None and _is_array_teacher(teacher)
+        teacher = search_teacher(self)
+        is_array = is_array_teacher(teacher)
         arrays = [X, y, *([np.asarray(teacher)] if is_array else [])]
         check: tuple[np.ndarray, np.ndarray] | None = None
         if self.holdout_fraction:  # the check split: never seen by training or tuning
@@ -304,25 +304,12 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
 
     def _prepare_teacher(self, teacher: Any, X_tr: np.ndarray, y_tr: np.ndarray,
                          array_tr: np.ndarray | None) -> tuple[Any, str]:
-        """Fit the teacher once (sets ``teacher_``); the trials' teacher and its key."""
+        """Fit the teacher once (sets ``teacher_``); the trials' teacher and its key
+        (:func:`~latentopt.search.teacher.prepare_teacher`)."""
         self.teacher_ = None
-        if teacher is None:
-            return None, ""
-        if "teacher" not in self.estimator.get_params():
-            raise ValueError(f"{type(self.estimator).__name__} has no 'teacher' parameter: "
-                             "it cannot be distilled")
-        from ..nn.distill import fit_teacher, teacher_targets
-
-        trial_teacher = array_tr if array_tr is not None else fit_teacher(teacher, X_tr, y_tr)
-        self.teacher_ = np.asarray(teacher) if array_tr is not None else trial_teacher
-        # validates the teacher now (not in every trial) and keys the model cache
-        if is_classifier(self.estimator):
-            out = teacher_targets(trial_teacher, X_tr, classes=np.unique(y_tr))
-        else:
-            out = teacher_targets(trial_teacher, X_tr,
-                                  n_outputs=1 if y_tr.ndim == 1 else y_tr.shape[1])
-        key = hashlib.sha256(np.ascontiguousarray(out, dtype=np.float32).tobytes())
-        return trial_teacher, key.hexdigest()[:12]
+        trial_teacher, self.teacher_, key = prepare_teacher(self.estimator, teacher, X_tr,
+                                                            y_tr, array_tr)
+        return trial_teacher, key
 
     def _best_estimator(self, objective: _Objective, X: np.ndarray, y: np.ndarray) -> Any:
         """The chosen model, compiled (:func:`~latentopt.search.refit.final_estimator`)."""
@@ -403,26 +390,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         """The results table: every trial, Pareto points marked with ``*``; the outcome."""
         check_is_fitted(self, "results_")
         seconds = self.cost_model_ is not None
-        footer = [f"reference score {self.reference_score_:.4f}, threshold "
-                  f"{self.threshold_:.4f}; * = Pareto front; " + (
-                      "s/sample: seconds per encrypted sample predicted by the cost model"
-                      if seconds else "no cost model: trials are ranked by concrete's "
-                      "complexity, which is not seconds")]
-        if any(r.get("refuted") for r in self.results_):
-            footer.append("refuted: met the budget on validation, not on the check's rows "
-                          "(checked during the study or at the final selection)")
-        if any(r.get("holdout_threshold") is not None for r in self.results_):
-            footer.append("check_score: the worst repeat on the check's rows; check_needed: "
-                          f"{self.holdout_['threshold']:.4f} plus the margin for the "
-                          "configurations checked before it")
-        if any(r.get("capped") and not r["feasible"] for r in self.results_):
-            footer.append("slower: no point of it as fast as the best feasible trial met the "
-                          "budget (slower points not tried; the score is its fastest point's)")
-        if self.failures_:
-            footer.append(f"{len(self.failures_)} failed trial(s): "
-                          + "; ".join(f"trial {f['trial']}: {f['error']}"
-                                      for f in self.failures_[:3]))
-        footer.append(self.outcome_.message)
+        footer = summary_footer(self.results_, self.failures_, self.outcome_.message,
+                                self.reference_score_, self.threshold_, seconds,
+                                getattr(self, "holdout_", None))
         return summary_table(self.results_, self.pareto_front_, footer, seconds)
 
     def plot_pareto(self, ax: Any = None) -> Any:

@@ -188,6 +188,33 @@ def _verdict(row: dict[str, Any]) -> str:
     return str(row["feasible"])
 
 
+def summary_footer(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
+                   outcome: str, reference: float, threshold: float, seconds: bool,
+                   held_out: dict[str, Any] | None) -> list[str]:
+    """The lines under :func:`summary_table`: the budget, what each mark and column
+    means (only those the table shows), failed trials, and the outcome."""
+    footer = [f"reference score {reference:.4f}, threshold {threshold:.4f}; "
+              "* = Pareto front; " + (
+                  "s/sample: seconds per encrypted sample predicted by the cost model"
+                  if seconds else "no cost model: trials are ranked by concrete's "
+                  "complexity, which is not seconds")]
+    if any(r.get("refuted") for r in rows):
+        footer.append("refuted: met the budget on validation, not on the check's rows "
+                      "(checked during the study or at the final selection)")
+    if held_out and any(r.get("holdout_threshold") is not None for r in rows):
+        footer.append("check_score: the worst repeat on the check's rows; check_needed: "
+                      f"{held_out['threshold']:.4f} plus the margin for the "
+                      "configurations checked before it")
+    if any(r.get("capped") and not r["feasible"] for r in rows):
+        footer.append("slower: no point of it as fast as the best feasible trial met the "
+                      "budget (slower points not tried; the score is its fastest point's)")
+    if failures:
+        footer.append(f"{len(failures)} failed trial(s): "
+                      + "; ".join(f"trial {f['trial']}: {f['error']}" for f in failures[:3]))
+    footer.append(outcome)
+    return footer
+
+
 #: result-row keys of the check (set on the rows checked) -> their summary column
 CHECK_COLUMNS = {"holdout_min": "check_score", "holdout_threshold": "check_needed"}
 
