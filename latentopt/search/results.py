@@ -134,9 +134,20 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                  f"{held_out['threshold']:.4f} there{_margin_words(held_out)}, float "
                  f"reference {held_out['reference_score']:.4f}): they overfit the validation "
                  f"split."]
+        closest = held_out.get("closest")  # the checked row with the best worst repeat
+        drop = "allow a larger drop (max_accuracy_drop)"
+        if closest is not None:
+            gap = held_out["reference_score"] - closest["holdout_min"]
+            lines.append(f"Closest: trial {closest['trial']} "
+                         f"({_latency_words(closest['cost'], seconds)}), worst check score "
+                         f"{closest['holdout_min']:.4f}, {gap:.4f} below the float reference "
+                         f"there.")
+            drop = (f"allow a larger drop (max_accuracy_drop >= {gap:.3g} would have "
+                    f"accepted trial {closest['trial']} as the first configuration checked; "
+                    f"each later one needs the margin on top)")
         lines.append("To find a model: give the search more rows (the check split is "
-                     "holdout_fraction of X), allow a larger drop (max_accuracy_drop), or run "
-                     f"more trials (n_trials={n_trials}).")
+                     f"holdout_fraction of X), {drop}, or run more trials "
+                     f"(n_trials={n_trials}).")
         msg = "\n".join(lines)
         return Outcome(budget_met=False, message=msg, **common)  # type: ignore[arg-type]
     lines = [f"Budget NOT met: none of the {n_eval} evaluated trials reached {budget}."]

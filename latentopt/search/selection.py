@@ -384,6 +384,7 @@ def select_on_check(search: Any, objective: Any, check: Check | None) -> None:
                   "max_threshold": max((r["holdout_threshold"] for r in checked),
                                        default=check.threshold),
                   "n_refuted_during_study": len(refuted),
+                  "closest": max(checked, key=lambda r: r["holdout_min"], default=None),
                   "rows": (f"rows cross-validated in {len(check.folds)} folds"
                            if check.folds is not None else "held-out rows")})
     if chosen is None:  # nothing holds on unseen rows: the budget is not met

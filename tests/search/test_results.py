@@ -95,6 +95,17 @@ def test_a_budget_met_only_on_validation_says_so():
                        held_out={"n_checked": 2, "n_samples": 225, "threshold": 0.8644,
                                  "max_threshold": 0.8811, "reference_score": 0.8844})
     assert "up to 0.8811 for the later ones" in out.message.splitlines()[0]
+    assert "Closest" not in out.message  # no checked row given: no closest
+    # the checked row with the best worst repeat is named, with the drop it would need
+    closest = {"trial": 2, "cost": 0.2, "holdout_min": 0.8544}
+    out = make_outcome(rows, [], None, reference_score=0.86, threshold=0.84,
+                       max_accuracy_drop=0.02, n_trials=30,
+                       held_out={"n_checked": 2, "n_samples": 225, "threshold": 0.8644,
+                                 "reference_score": 0.8844, "closest": closest})
+    lines = out.message.splitlines()
+    assert lines[1] == ("Closest: trial 2 (0.2 s per sample (predicted)), worst check score "
+                        "0.8544, 0.0300 below the float reference there.")
+    assert "max_accuracy_drop >= 0.03 would have accepted trial 2" in lines[2]
 
 
 def test_a_row_refuted_at_the_final_selection_is_not_shown_feasible():

@@ -358,6 +358,8 @@ def test_the_check_runs_during_the_study_and_refutes_lucky_trials(data, monkeypa
     during = [c for c in s.holdout_["checked"] if c.get("during_study")]
     assert {c["trial"] for c in during} == {t.number for t in refuted}
     assert s.outcome_.message.startswith("Budget NOT met on unseen rows")
+    closest = max(s.holdout_["checked"], key=lambda c: c["holdout_min"])
+    assert f"Closest: trial {closest['trial']} " in s.outcome_.message
     text = s.summary()
     assert "refuted" in text and "check_needed" in text.splitlines()[0]
     for t in refuted:  # each refuted row shows the check score it got and what it needed
