@@ -82,7 +82,7 @@ def _rejections(study: object) -> dict[str, int]:
 def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
         cache: Path, max_epochs: int, peer_acc: float | None = None,
         peer_margin: float = 0.0, n_jobs: int = 1,
-        param_space: dict | None = None) -> list[dict]:
+        param_space: dict | None = None, check_folds: int = 3) -> list[dict]:
     """The searches of one data set.  ``peer_acc``: one more search, whose budget is the
     float MLP's test accuracy minus the peer's, minus ``peer_margin`` (the fastest model
     as accurate as the peer, with a margin for the validation split's noise)."""
@@ -104,11 +104,12 @@ def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
         search = LatencySearch(template, max_accuracy_drop=drop, n_trials=10_000,
                                timeout=time_budget, cache_dir=cache, random_state=0,
                                n_jobs=n_jobs, param_space=param_space,
-                               verbose=0).fit(Xtr, ytr)
+                               check_folds=check_folds, verbose=0).fit(Xtr, ytr)
         row = {"dataset": name, "budget": drop, "float_test": float_score,
                "float_test_seeds": float_seeds, "n_test": len(yte),
                "max_epochs": max_epochs, "time_budget": time_budget, "n_jobs": n_jobs,
                "param_space": None if param_space is None else str(param_space),
+               "check_folds": check_folds,
                "matched_peer": peer_acc if peer_acc is not None and i == len(budgets) - 1
                else None,
                "search_s": time.perf_counter() - t0, "unit": search.latency_unit_,
@@ -270,6 +271,9 @@ def main() -> None:
     parser.add_argument("--output-w-bits", action="store_true",
                         help="search output_w_bits [None, 2] too (the default space plus "
                              "narrower output-layer weights)")
+    parser.add_argument("--check-folds", type=int, default=3,
+                        help="LatencySearch's check_folds (5: the check trains nearer the "
+                             "final training size)")
     args = parser.parse_args()
     space = None
     if args.output_w_bits:
@@ -296,7 +300,7 @@ def main() -> None:
             peer_acc = peer[name]["accuracy"] if args.match_peer and name in peer else None
             for row in run(name, args.budgets, args.time_budget, args.n_execute, cache,
                            args.max_epochs, peer_acc, args.peer_margin, args.n_jobs,
-                           space):
+                           space, args.check_folds):
                 rows.append(row)
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps(row, default=str) + "\n")
