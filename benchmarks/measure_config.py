@@ -6,7 +6,7 @@ shares the machine with whatever ran beside it.  Trains ``QuantizedMLP*`` on the
 whole training split (as the search's refit does), compiles at the given rounding and
 ``p_error``, and prints one JSON line: the simulated test score of ``--n-simulate`` runs,
 keygen seconds and the encrypted seconds per sample (real keys, one sample per call,
-after a warm-up call; median and all of ``--n-execute``).
+after a warm-up call; median and all of ``--n-execute``: ``search_generalization.measure``).
 
     python benchmarks/measure_config.py --dataset gen_5c_40f --hidden 16 --w-bits 3 \\
         --a-bits 3 --input-bits 6 --rounding-bits 6 --p-error 0.1
@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import bench_datasets
-import numpy as np
+from search_generalization import measure
 
 
 def main() -> None:
@@ -48,16 +47,8 @@ def main() -> None:
               max_epochs=a.max_epochs, random_state=0, verbose=0).fit(Xtr, ytr)
     est.compile(rounding_bits=a.rounding_bits, p_error=a.p_error)
     simulated = [score_under(est, Xte, yte, "simulate") for _ in range(a.n_simulate)]
-    keygen_s = est.keygen()
-    est.predict(Xte[:1], fhe="execute")  # warm-up
-    times = []
-    for i in range(1, a.n_execute + 1):
-        t = time.perf_counter()
-        est.predict(Xte[i:i + 1], fhe="execute")
-        times.append(time.perf_counter() - t)
     print(json.dumps({**vars(a), "pbs": est.fhe_report_.get("programmable_bootstrap_count"),
-                      "simulated_test": simulated, "keygen_s": keygen_s,
-                      "execute_s": float(np.median(times)), "execute_all_s": times}))
+                      "simulated_test": simulated, **measure(est, Xte, a.n_execute)}))
 
 
 if __name__ == "__main__":
