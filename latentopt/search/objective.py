@@ -168,8 +168,9 @@ class _Objective:
                           key=lambda c: (c.latency, -c.score)) or [inner.best]
         shortfall, tried = np.inf, []
         for c in feasible[:CHECK_POINTS]:
-            scores = [float(v) for v in self.check.scores(self, params, c.compile_kwargs)]
-            tried.append(dict(c.compile_kwargs, check_scores=scores, latency=float(c.latency)))
+            point = c.compile_kwargs
+            scores = [float(v) for v in self.check.scores(self, params, point)]
+            tried.append(dict(point, check_scores=scores, latency=float(c.latency)))
             shortfall = min(shortfall, threshold - min(scores))
             if min(scores) >= threshold:
                 trial.set_user_attr("check_scores", scores)
