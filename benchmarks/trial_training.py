@@ -9,6 +9,8 @@ the clear test score (accuracy, R^2 for the regression) and the fit seconds, one
 
     python benchmarks/trial_training.py gen_3c_24f gen_5c_40f gen_2c_10f wine diabetes \
         breast_cancer > benchmarks/results_trial_training.txt
+
+Rows: ``benchmarks/results_trial_training.txt``.
 """
 
 from __future__ import annotations

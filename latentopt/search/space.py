@@ -50,7 +50,8 @@ factories, which have no trained model to learn from.
 Trial training.  :data:`DEFAULT_SPACE` trains every trial (and the check's fold models,
 and the refit of the chosen configuration) at ``batch_size=256`` with learning rates
 ``[3e-3, 1e-2, 3e-2]``, where the estimators default to batch 64: training is about 90%
-of a trial's time, and four times fewer Adam steps per epoch make a fit 3-4x faster.
+of a trial's time, and four times fewer Adam steps per epoch make a fit 3-4x faster
+(``benchmarks/trial_training.py``, rows in ``benchmarks/results_trial_training.txt``).
 The learning rates are three times those searched at batch 64 (1e-3 to 1e-2) because
 batch 256 at an unscaled rate under-trains.  Measured (200 epochs, one core, two seeds,
 mean clear test accuracy, batch 64 -> batch 256 at the same and at three times the
