@@ -1,6 +1,6 @@
 """Batch size and learning rate of the search's trial training: accuracy and fit time.
 
-The default search space (``latentopt.search.space.DEFAULT_SPACE``) trains trials at
+``latentopt.search.FAST_TRAINING`` (opt-in, added to a search space) trains trials at
 batch 256 with learning rates three times those of the estimators' default batch 64.
 This script measures what that costs: for each data set of ``bench_datasets.py``, two
 configurations ((16,) at 3 bits, (64,) at 4 bits), full (200 epochs) and short-rung

@@ -12,6 +12,7 @@ _LAZY = {
     "search_compile": "latentopt.search.inner",
     "InnerResult": "latentopt.search.inner",
     "DEFAULT_SPACE": "latentopt.search.space",
+    "FAST_TRAINING": "latentopt.search.space",
     "CostModel": "latentopt.search.cost",
     "FingerprintMismatchError": "latentopt.search.cost",
 }
