@@ -35,6 +35,14 @@ def is_regression(name: str) -> bool:
     return name in REGRESSION
 
 
+def quantized_mlp(name: str) -> type:
+    """latentopt's MLP estimator class for data set ``name`` (imported here, on call: the
+    Concrete ML virtualenv loads this module without latentopt)."""
+    from latentopt import QuantizedMLPClassifier, QuantizedMLPRegressor
+
+    return QuantizedMLPRegressor if is_regression(name) else QuantizedMLPClassifier
+
+
 def load(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``X_train, X_test, y_train, y_test`` of data set ``name`` (scaled, see above)."""
     if name in GENERATED:

@@ -22,7 +22,6 @@ from search_generalization import measure
 
 
 def main() -> None:
-    from latentopt import QuantizedMLPClassifier, QuantizedMLPRegressor
     from latentopt.search.inner import score_under
 
     p = argparse.ArgumentParser()
@@ -40,11 +39,10 @@ def main() -> None:
     p.add_argument("--n-execute", type=int, default=5)
     a = p.parse_args()
     Xtr, Xte, ytr, yte = bench_datasets.load(a.dataset)
-    cls = (QuantizedMLPRegressor if bench_datasets.is_regression(a.dataset)
-           else QuantizedMLPClassifier)
-    est = cls(hidden_layer_sizes=tuple(a.hidden), n_w_bits=a.w_bits, n_a_bits=a.a_bits,
-              n_input_bits=a.input_bits, activation=a.activation, lr=a.lr,
-              max_epochs=a.max_epochs, random_state=0, verbose=0).fit(Xtr, ytr)
+    est = bench_datasets.quantized_mlp(a.dataset)(
+        hidden_layer_sizes=tuple(a.hidden), n_w_bits=a.w_bits, n_a_bits=a.a_bits,
+        n_input_bits=a.input_bits, activation=a.activation, lr=a.lr,
+        max_epochs=a.max_epochs, random_state=0, verbose=0).fit(Xtr, ytr)
     est.compile(rounding_bits=a.rounding_bits, p_error=a.p_error)
     simulated = [score_under(est, Xte, yte, "simulate") for _ in range(a.n_simulate)]
     print(json.dumps({**vars(a), "pbs": est.fhe_report_.get("programmable_bootstrap_count"),

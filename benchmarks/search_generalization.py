@@ -88,16 +88,14 @@ def run(name: str, budgets: list[float], time_budget: float, n_execute: int,
     """The searches of one data set.  ``peer_acc``: one more search, whose budget is the
     float MLP's test accuracy minus the peer's, minus ``peer_margin`` (the fastest model
     as accurate as the peer, with a margin for the validation split's noise)."""
-    from latentopt import QuantizedMLPClassifier, QuantizedMLPRegressor
     from latentopt.search import LatencySearch
     from latentopt.search.inner import score_under
 
     Xtr, Xte, ytr, yte = bench_datasets.load(name)
-    regression = bench_datasets.is_regression(name)
     float_seeds = float_reference(name, Xtr, Xte, ytr, yte, seeds=5)
     float_score = float_seeds[0]
-    template = (QuantizedMLPRegressor if regression else QuantizedMLPClassifier)(
-        max_epochs=max_epochs, random_state=0, verbose=0)
+    template = bench_datasets.quantized_mlp(name)(max_epochs=max_epochs, random_state=0,
+                                                  verbose=0)
     rows = []
     if peer_acc is not None:
         budgets = [*budgets, round(max(0.0, float_score - peer_acc - peer_margin), 3)]

@@ -28,8 +28,6 @@ SETTINGS = ((64, 1e-3), (64, 1e-2), (256, 3e-3), (256, 1e-2), (256, 3e-2))
 
 
 def main() -> None:
-    from latentopt import QuantizedMLPClassifier, QuantizedMLPRegressor
-
     parser = argparse.ArgumentParser()
     parser.add_argument("datasets", nargs="*", default=list(bench_datasets.ALL))
     parser.add_argument("--seeds", type=int, default=2)
@@ -38,8 +36,7 @@ def main() -> None:
     print("data set | hidden | bits | epochs | batch | lr | test scores | mean | fit s")
     for name in args.datasets:
         Xtr, Xte, ytr, yte = bench_datasets.load(name)
-        est_cls = (QuantizedMLPRegressor if bench_datasets.is_regression(name)
-                   else QuantizedMLPClassifier)
+        est_cls = bench_datasets.quantized_mlp(name)
         for hidden, bits in (((16,), 3), ((64,), 4)):
             for epochs in (200, 25):
                 for batch, lr in SETTINGS:
