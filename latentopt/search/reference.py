@@ -5,6 +5,18 @@ For a torch estimator with a trained ``module``, the user's float model itself
 a torch estimator's module factory) a float scikit-learn MLP fitted on the same
 training rows, on flattened samples when they are image-shaped.
 
+A regressor's reference learns standardised targets, as the quantized regressors do, with
+its L2 penalty ``alpha`` chosen by 3-fold cross-validation on the training rows
+(:data:`REGRESSOR_ALPHAS`).  scikit-learn's ``MLPRegressor`` alone fits raw targets: on
+generated targets offset by 10,000 it scored R^2 -153 on test, and on targets in the
+tens of thousands 0.001 (0.98 on the same targets unscaled), so every budget measured
+from it was met by a model predicting a constant.  Standardised targets without the
+penalty search overfit small sets instead (diabetes: -0.13; the search then measures
+its budget from a reference worse than the mean).  Measured on test splits (seed 0):
+diabetes 0.30 (raw targets) / -0.13 (standardised) / 0.22 (with the chosen penalty);
+Friedman #1 plus 10,000: -153 / 0.90 / 0.90; 20 features of which 5 informative, noise
+30: 0.85 / 0.76 / 0.86.
+
 >>> import numpy as np
 >>> from latentopt import QuantizedMLPClassifier
 >>> X = np.random.default_rng(0).normal(size=(40, 3)); y = (X[:, 0] > 0).astype(int)
@@ -20,7 +32,10 @@ from typing import Any
 import numpy as np
 from sklearn.base import is_classifier
 
-__all__ = ["fit_reference"]
+__all__ = ["REGRESSOR_ALPHAS", "fit_reference"]
+
+#: L2 penalties the regressors' reference chooses from (3-fold cross-validation).
+REGRESSOR_ALPHAS = (1e-4, 1e-2, 1.0, 10.0)
 
 
 def _flatten(X: np.ndarray) -> np.ndarray:
@@ -35,13 +50,31 @@ def fit_reference(estimator: Any, X_tr: np.ndarray, y_tr: np.ndarray,
     reference = float_reference() if callable(float_reference) else None
     if reference is not None:  # a torch estimator: the user's float model
         return reference.fit(X_tr, y_tr)
-    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    from sklearn.neural_network import MLPClassifier
 
-    cls = MLPClassifier if is_classifier(estimator) else MLPRegressor
-    mlp: Any = cls(max_iter=1000, random_state=random_state)
+    mlp: Any
+    if is_classifier(estimator):
+        mlp = MLPClassifier(max_iter=1000, random_state=random_state)
+    else:
+        mlp = _regressor_reference(len(X_tr), random_state)
     if X_tr.ndim > 2:  # image-shaped samples (a torch estimator's module factory)
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import FunctionTransformer
 
         mlp = make_pipeline(FunctionTransformer(_flatten), mlp)
     return mlp.fit(X_tr, y_tr)
+
+
+def _regressor_reference(n_rows: int, random_state: Any) -> Any:
+    """A float MLP regressor on standardised targets, its ``alpha`` cross-validated."""
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.model_selection import GridSearchCV, KFold
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.preprocessing import StandardScaler
+
+    mlp = TransformedTargetRegressor(MLPRegressor(max_iter=1000, random_state=random_state),
+                                     transformer=StandardScaler())
+    if n_rows < 6:  # too few rows to choose a penalty on
+        return mlp
+    folds = KFold(3, shuffle=True, random_state=0)
+    return GridSearchCV(mlp, {"regressor__alpha": list(REGRESSOR_ALPHAS)}, cv=folds)
