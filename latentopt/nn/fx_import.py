@@ -184,6 +184,28 @@ def _check_single_tensor_input(node: fx.Node, what: str) -> None:
         raise UnsupportedOpError(f"{what} with more than one tensor operand", node.name)
 
 
+def _default_call(node: fx.Node) -> bool:
+    """An activation call on one tensor with its default arguments.  ``inplace`` changes
+    nothing computed, and torch.fx records ``F.relu(x)`` as ``relu(x, inplace=False)``."""
+    if len(node.args) != 1:
+        return False
+    return all(k == "inplace" or (k == "approximate" and v == "none")
+               for k, v in node.kwargs.items())
+
+
+def _is_shape(arg: Any) -> bool:
+    """``arg`` is the shape of a tensor or a part of it (``x.size()``, ``x.shape[1:]``)."""
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_method":
+        return str(arg.target) in ("size", "dim")
+    if arg.op == "call_function" and arg.target is getattr:
+        return len(arg.args) == 2 and arg.args[1] == "shape"
+    if arg.op == "call_function" and arg.target is operator.getitem:
+        return _is_shape(arg.args[0])
+    return False
+
+
 def _function_op(node: fx.Node, fn: Callable[..., Any]) -> Callable[[torch.Tensor], Any]:
     args, kwargs = node.args[1:], dict(node.kwargs)
     return lambda x: fn(x, *args, **kwargs)
@@ -229,9 +251,13 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
             if len(ins) != 2 or node.kwargs or len(node.args) != 2:
                 raise UnsupportedOpError("addition of a constant (only tensor + tensor)", name)
             return Op(name, "add", ins)
+        if fn is getattr and len(node.args) == 2 and node.args[1] == "shape":
+            return Op(name, "shape_query", ins[:1])  # x.shape
+        if fn is operator.getitem and _is_shape(node.args[0]):
+            return Op(name, "shape_query", ins[:1])  # x.shape[0], x.size()[0]
         if fn in _ACT_FUNCTIONS:
             _check_single_tensor_input(node, getattr(fn, "__name__", str(fn)))
-            simple = len(node.args) == 1 and not node.kwargs
+            simple = _default_call(node)
             return Op(name, "act", ins[:1], fn=_function_op(node, fn),
                       act_name=_ACT_FUNCTIONS[fn] if simple else None)
         if fn in _POOL_FUNCTIONS:
@@ -263,7 +289,7 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
             return Op(name, "reorder", ins[:1], fn=_method_op(node))
         if meth in _ACT_METHODS:
             _check_single_tensor_input(node, f"Tensor.{meth}")
-            simple = len(node.args) == 1 and not node.kwargs
+            simple = _default_call(node)
             return Op(name, "act", ins[:1], fn=_method_op(node),
                       act_name=_ACT_METHODS[meth] if simple else None)
         if meth == "mean":
@@ -425,5 +451,29 @@ def record_values(gm: fx.GraphModule, X: np.ndarray) -> dict[str, np.ndarray]:
                 values[n.name] = out.value.detach().double().numpy()
             return out
 
-    _Recorder(gm).run(torch.as_tensor(np.asarray(X), dtype=torch.float32))
+    try:
+        _Recorder(gm).run(torch.as_tensor(np.asarray(X), dtype=torch.float32))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise samples_error(X, err) from err
     return values
+
+
+def run_on_samples(model: nn.Module, X: np.ndarray) -> Any:
+    """``model``'s float output on the first two samples of ``X``
+    (:func:`samples_error` when it cannot run on them)."""
+    try:
+        with torch.no_grad():
+            return model(torch.as_tensor(np.asarray(X[:2]), dtype=torch.float32))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise samples_error(X, err) from err
+
+
+def samples_error(X: np.ndarray, err: Exception) -> ValueError:
+    """The error of a model that cannot run on samples ``X``: it names the sample shape
+    expected (flat rows given to a convolution, say) instead of torch's message from
+    inside the graph alone."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return ValueError(
+        f"the model cannot run on samples of shape {tuple(np.shape(X))} ({first}); give a "
+        f"batch of the model's own samples, (n_samples, *sample_shape): (n, channels, "
+        f"height, width) for a Conv2d, (n, channels, length) for a Conv1d")

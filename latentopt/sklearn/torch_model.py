@@ -166,8 +166,9 @@ def flat_samples(X: Any, input_shape: tuple[int, ...], n_features: int) -> np.nd
         X = X.reshape(len(X), -1)
     elif not (X.ndim == 2 and X.shape[1] == n_features):
         raise ValueError(
-            f"X must have shape (n_samples, {', '.join(map(str, input_shape))}) or "
-            f"(n_samples, {n_features}), got {X.shape}")
+            f"X must have shape (n_samples, {', '.join(map(str, input_shape))})"
+            + (f" or (n_samples, {n_features})" if len(input_shape) > 1 else "")
+            + f", got {X.shape}")
     if len(X) == 0:
         raise ValueError("X has 0 samples")
     X = X.astype(np.float64)

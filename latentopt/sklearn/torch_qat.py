@@ -240,6 +240,7 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
 
         from ..backends.integer import IntegerBackend
         from ..nn.brevitas_import import import_brevitas
+        from ..nn.fx_import import run_on_samples
         from ..nn.mlp import signed_inputs
         from ..nn.qat_convert import calibrate_qat, convert_to_qat
         from ..nn.train import seeded, torch_threads, train_module
@@ -250,8 +251,7 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         model = self._make_module(tuple(int(s) for s in X.shape[1:]), n_outputs, seed)
         bits = self._check_params(model)
-        with torch.no_grad():
-            out = model(torch.as_tensor(X[:2]))
+        out = run_on_samples(model, X)  # a clear error for samples of another shape
         if int(np.prod(out.shape[1:])) != n_outputs:
             raise ValueError(f"the module has {int(np.prod(out.shape[1:]))} outputs, the "
                              f"targets need {n_outputs}")

@@ -105,6 +105,9 @@ def _cases():  # name -> (model factory, input shape)
         "view_reshape_dropout": (lambda: Fn(
             lambda L, x: L[2](L[1](F.relu(L[0](x))).view(x.size(0), -1).reshape(x.size(0), 27)),
             nn.Conv2d(2, 3, 4), nn.Dropout(0.3), nn.Linear(27, 2)), IMG),
+        "functional_defaults_and_shape_index": (lambda: Fn(
+            lambda L, x: L[1](F.relu6(F.relu(L[0](x), inplace=False)).reshape(
+                x.shape[0], -1)), nn.Conv2d(2, 3, 3, padding=1), nn.Linear(108, 2)), IMG),
         "same_padding_conv_and_unfolded_batchnorm": (lambda: _seq(
             nn.Conv2d(2, 3, (2, 3), padding="same"), nn.ReLU(), nn.BatchNorm2d(3),
             nn.Conv2d(3, 2, 1), nn.ReLU(), nn.Flatten(),
@@ -292,6 +295,32 @@ class _Branchy(nn.Module):
         return -x
 
 
+@pytest.mark.parametrize("act", [F.relu, F.silu, F.relu6, torch.relu, F.gelu])
+def test_functional_activations_with_default_arguments_are_the_built_in_ones(act):
+    """torch.fx records ``F.relu(x)`` as ``relu(x, inplace=False)``: still the parametric
+    relu, not a per-element table (after a wide convolution at 8 bits such a table has
+    millions of entries and the import failed)."""
+    from latentopt.nn.fx_import import read_graph
+
+    model = Fn(lambda L, x: L[1](act(L[0](x)).flatten(1)), nn.Conv2d(2, 16, 3, padding=1),
+               nn.Linear(576, 2))
+    acts = [op for op in read_graph(model)[1] if op.kind == "act"]
+    assert len(acts) == 1 and acts[0].act_name is not None
+    # a non-default argument is not the built-in activation: a table of the call
+    leaky = Fn(lambda L, x: L[0](F.gelu(x, approximate="tanh")), nn.Linear(6, 2))
+    assert [op.act_name for op in read_graph(leaky)[1] if op.kind == "act"] == [None]
+    q = compile_torch_model(model, _data(IMG), n_bits=8, fhe=False, verbose=0)
+    with torch.no_grad():
+        ref = model(torch.as_tensor(_data(IMG))).numpy()
+    assert np.abs(q.forward(_data(IMG)) - ref).max() < 0.06 * np.abs(ref).max()
+
+
+def test_slicing_a_tensor_is_still_refused():
+    model = Fn(lambda L, x: L[0](x[:, :3]), nn.Linear(3, 2))
+    with pytest.raises(UnsupportedOpError, match="getitem"):
+        compile_torch_model(model, _data(VEC), fhe=False)
+
+
 @pytest.mark.parametrize("model, match", [
     (nn.Sequential(nn.Linear(6, 4), nn.LSTM(4, 2)), "module LSTM"),
     (nn.Sequential(nn.Linear(6, 4), _Mul()), "multiplication other than by a constant"),
@@ -317,6 +346,23 @@ def test_unsupported_ops_are_named(model, match):
 def test_bad_calibration_data(X, match):
     with pytest.raises(ValueError, match=match):
         compile_torch_model(nn.Linear(6, 2), X, fhe=False)
+
+
+def test_samples_of_another_shape_name_the_shape_expected():
+    """Flat rows given to a convolution: an error that says which shape the model takes,
+    at import, at QAT fit, and at predict (where a flat model has one form only)."""
+    from latentopt import QuantizedTorchClassifier
+
+    cnn = _seq(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2))
+    flat = _data(IMG).reshape(200, -1)
+    with pytest.raises(ValueError, match=r"samples of shape \(200, 72\).*\(n, channels, "
+                                         r"height, width\) for a Conv2d"):
+        compile_torch_model(cnn, flat, fhe=False)
+    with pytest.raises(ValueError, match=r"samples of shape \(200, 72\)"):
+        QuantizedTorchClassifier(cnn, max_epochs=1, verbose=0).fit(flat, np.arange(200) % 2)
+    q = compile_torch_model(nn.Linear(6, 2), _data(VEC), fhe=False, verbose=0)
+    with pytest.raises(ValueError, match=r"shape \(n_samples, 6\), got \(4, 1, 6\)$"):
+        q.predict(_data(VEC)[:4, None, :])
 
 
 def test_bad_arguments():
