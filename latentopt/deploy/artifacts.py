@@ -91,16 +91,20 @@ def _affine(raw: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def estimator_info(est: Any, n_probe: int = 64) -> OutputTransform:
     """Measure the :class:`OutputTransform` of a fitted, compiled latentopt estimator."""
+    import warnings
+
     circuit = est.active_circuit_
     rng = np.random.default_rng(0)
     X = rng.normal(0.0, 2.0, (n_probe, circuit.n_features))
-    raw = np.asarray(est._raw_output(X, "disable"), dtype=np.float64)
+    with warnings.catch_warnings():  # probe rows: an array, whatever the model was fitted on
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        raw = np.asarray(est._raw_output(X, "disable"), dtype=np.float64)
+        pred = np.asarray(est.predict(X, fhe="disable"), dtype=np.float64)
     classes = getattr(est, "classes_", None)
     if classes is not None or getattr(est, "task", None) == "classification":
         if classes is None:
             classes = np.arange(raw.shape[1])
         return OutputTransform("classifier", classes=np.asarray(classes))
-    pred = np.asarray(est.predict(X, fhe="disable"), dtype=np.float64)
     a, b = _affine(raw, pred.reshape(len(pred), -1))
     return OutputTransform("regressor", scale=a, offset=b, output_shape=tuple(pred.shape[1:]))
 

@@ -276,8 +276,9 @@ def teacher_targets(
         * array of shape (n_samples, n_classes) -- rows that are probabilities (non-negative,
           summing to 1) are taken as such, anything else as logits -- or (n_samples,) /
           (n_samples, n_outputs) values for regression.  Rows must match ``X``.
-    X : ndarray of shape (n_samples, n_features)
-        Inputs the teacher sees (the estimator's validated, unencoded inputs).
+    X : ndarray of shape (n_samples, n_features), or the user's DataFrame
+        Inputs the teacher sees (the estimator's unencoded inputs; a scikit-learn
+        teacher gets a DataFrame as it is, with its column names).
     classes : ndarray, optional
         The student's classes (sorted labels): classification.  Exactly one of
         ``classes`` and ``n_outputs`` is given.
@@ -310,7 +311,8 @@ def teacher_targets(
         raise ValueError("give exactly one of classes (classification) and n_outputs "
                          "(regression)")
     kind = teacher_kind(teacher)
-    X = np.asarray(X)
+    if kind != "sklearn" or not hasattr(X, "columns"):  # a DataFrame stays one for
+        X = np.asarray(X)                                # scikit-learn teachers
     n = len(X)
     if classes is not None:
         return _classification_targets(teacher, kind, X, np.asarray(classes)).astype(np.float32)

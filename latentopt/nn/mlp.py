@@ -72,15 +72,21 @@ def per_layer(value: int | Sequence[int], n: int, name: str) -> list[int]:
     """
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an int or a sequence of ints")
-    if isinstance(value, int):
+    if isinstance(value, (int, np.integer)):
         values = [int(value)] * n
     else:
-        try:
-            values = [int(v) for v in value]
-        except TypeError as exc:
-            raise ValueError(f"{name} must be an int or a sequence of ints") from exc
+        if isinstance(value, str) or not all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{name} must be an int or a sequence of ints, got {value!r}")
+        values = [int(v) for v in value]
         if len(values) != n:
             raise ValueError(f"{name} has {len(values)} entries, expected {n} (one per layer)")
+    if name == "n_w_bits" and 1 in values:
+        # a signed narrow-range 1-bit quantizer has the single level 0: training diverged
+        # at every learning rate (1e-2 to 1e-6), and "lower lr" was the advice
+        raise ValueError(f"n_w_bits values must be in [2, 16], got {values} (binary weights "
+                         f"are not supported: a signed 1-bit weight quantizer has the single "
+                         f"level 0, so the network cannot train)")
     if any(v < 1 or v > 16 for v in values):
         raise ValueError(f"{name} values must be in [1, 16], got {values}")
     return values

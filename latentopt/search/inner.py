@@ -368,12 +368,17 @@ def compile_searched(est: Any, X: Any, y: Any, *, rounding_bits: Any, rounding_m
     :func:`search_compile` on the held-out ``(X, y)`` (kept in ``inner_search_``), then
     an ordinary ``compile`` of the chosen point with ``compile_options``.  Raises
     ``ValueError`` (with the search's table) when no point meets the budget."""
+    import warnings
+
     X_val = est._validate_X(X, reset=False)
-    result = search_compile(
-        est, X_val, np.asarray(y), max_accuracy_drop=max_accuracy_drop,
-        rounding_bits=rounding_bits, rounding_method=rounding_method,
-        p_error=1e-3 if p_error is None else p_error, cost_model=cost_model,
-        verbose=int(est.verbose if verbose is None else verbose), equalize=bool(equalize))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = search_compile(
+            est, X_val, np.asarray(y), max_accuracy_drop=max_accuracy_drop,
+            rounding_bits=rounding_bits, rounding_method=rounding_method,
+            p_error=1e-3 if p_error is None else p_error, cost_model=cost_model,
+            verbose=int(est.verbose if verbose is None else verbose), equalize=bool(equalize))
+    _reissue_once(caught)
     est.inner_search_ = result
     if result.best is None:
         raise ValueError(
@@ -384,3 +389,19 @@ def compile_searched(est: Any, X: Any, y: Any, *, rounding_bits: Any, rounding_m
     # the search returns its choice; compiling it is an ordinary compile
     return est.compile(**result.compile_kwargs, verbose=verbose, equalize=equalize,
                        **compile_options)
+
+
+def _reissue_once(caught: Sequence[Any]) -> None:
+    """The warnings of a search's candidates, each distinct one once (the overflow warning
+    of the held-out rows came once per candidate, 15 times), without scikit-learn's
+    "X does not have valid feature names": the candidates score the user's DataFrame
+    after validation, as an array."""
+    import warnings
+
+    seen: set[tuple[type, str]] = set()
+    for w in caught:
+        text = str(w.message)
+        if "does not have valid feature names" in text or (w.category, text) in seen:
+            continue
+        seen.add((w.category, text))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 from sklearn.base import is_classifier
 
-__all__ = ["DistillationMixin"]
+__all__ = ["DistillationMixin", "teacher_inputs"]
+
+
+def teacher_inputs(X: Any, X_arr: np.ndarray) -> Any:
+    """What a teacher sees at ``fit``: the user's DataFrame as given (a teacher pipeline
+    may select its columns by name), else the validated array ``X_arr``."""
+    return X if hasattr(X, "columns") and hasattr(X, "iloc") else X_arr
 
 
 class DistillationMixin:

@@ -32,7 +32,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
 from .base import QuantizedEstimatorBase, softmax
-from .distillation import DistillationMixin
+from .distillation import DistillationMixin, teacher_inputs
 from .targets import fold_target_scaling, target_scaling
 from .training import MLPTrainingMixin
 from .validation import check_mlp_params
@@ -274,7 +274,7 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
                 f"{type(self).__name__} needs samples of at least 2 classes in the data, "
                 f"but the data contains only one class: {self.classes_[0]!r}"
             )
-        soft = self._distill_targets(X_arr, y_arr)
+        soft = self._distill_targets(teacher_inputs(X, X_arr), y_arr)
         self._fit_network(X_arr, y_enc.astype(np.int64), hidden, len(self.classes_),
                           stratify=True, soft=soft)
         return self
@@ -355,7 +355,7 @@ class QuantizedMLPRegressor(RegressorMixin, _QuantizedMLPBase):
         self.n_outputs_ = y2.shape[1]
         self.y_mean_, self.y_scale_ = target_scaling(y2)
         y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
-        soft = self._distill_targets(X_arr, y_arr)
+        soft = self._distill_targets(teacher_inputs(X, X_arr), y_arr)
         self._fit_network(X_arr, y_std, hidden, self.n_outputs_, stratify=False, soft=soft)
         return self
 

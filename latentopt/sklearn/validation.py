@@ -13,6 +13,7 @@ ValueError: pruning_ratio must be in [0, 1), got 1.0
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,15 +25,33 @@ __all__ = ["check_hidden_layer_sizes", "check_mlp_params", "check_pruning",
 
 def check_hidden_layer_sizes(hidden: Any) -> tuple[int, ...]:
     """``hidden_layer_sizes`` as a tuple of positive ints."""
-    if isinstance(hidden, (int, np.integer)):
+    if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
         hidden = (int(hidden),)
-    try:
-        sizes = tuple(int(h) for h in hidden)
-    except TypeError as exc:
-        raise ValueError("hidden_layer_sizes must be a sequence of ints") from exc
+    # a string ("16" read as the layers 1 and 6) or a float (8.9 cut to 8) is refused
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__") or not all(
+            isinstance(h, (int, np.integer)) and not isinstance(h, bool) for h in hidden):
+        raise ValueError(f"hidden_layer_sizes must be an int or a sequence of ints, got "
+                         f"{hidden!r}")
+    sizes = tuple(int(h) for h in hidden)
     if any(h < 1 for h in sizes):
         raise ValueError(f"hidden_layer_sizes must be positive, got {sizes}")
     return sizes
+
+
+def _check_numbers(est: Any) -> None:
+    """``lr`` (> 0), ``weight_decay`` (>= 0) and ``validation_fraction`` (in [0, 1)):
+    real numbers, numpy scalars included (``np.float32(0.01)`` was refused as "lr must be
+    > 0, got 0.01"), never bools or strings."""
+    for name, lo, hi in (("lr", 0.0, None), ("weight_decay", 0.0, None),
+                         ("validation_fraction", 0.0, 1.0)):
+        v = getattr(est, name)
+        ok = (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+              and bool(np.isfinite(float(v))) and (v > lo if name == "lr" else v >= lo)
+              and (hi is None or v < hi))
+        if not ok:
+            what = {"lr": "a number > 0", "weight_decay": "a number >= 0",
+                    "validation_fraction": "a number in [0, 1)"}[name]
+            raise ValueError(f"{name} must be {what}, got {v!r}")
 
 
 def check_pruning(ratio: Any, n_accum_bits: Any, importance: Any, epochs: Any) -> None:
@@ -58,12 +77,7 @@ def check_mlp_params(est: Any) -> tuple[int, ...]:
         value = getattr(est, name)
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not (isinstance(est.lr, (int, float)) and est.lr > 0):
-        raise ValueError(f"lr must be > 0, got {est.lr!r}")
-    if not 0.0 <= float(est.validation_fraction) < 1.0:
-        raise ValueError(
-            f"validation_fraction must be in [0, 1), got {est.validation_fraction!r}"
-        )
+    _check_numbers(est)
     est._check_fhe(None)
     from ..nn.distill import check_distill_params, teacher_kind
 
@@ -119,15 +133,7 @@ def check_torch_qat_params(est: Any, model: Any = None) -> Any:
         v = getattr(est, name)
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    for name in ("lr", "weight_decay"):
-        v = getattr(est, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                v > 0 if name == "lr" else v >= 0):
-            raise ValueError(f"{name} must be a number {'> 0' if name == 'lr' else '>= 0'}"
-                             f", got {v!r}")
-    if not 0.0 <= float(est.validation_fraction) < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got "
-                         f"{est.validation_fraction!r}")
+    _check_numbers(est)
     if est.fhe_mode not in FHE_MODES:
         raise ValueError(f"fhe_mode must be one of {FHE_MODES}, got {est.fhe_mode!r}")
     from ..nn.distill import check_distill_params

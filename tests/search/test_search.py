@@ -84,6 +84,27 @@ def test_compile_auto(data):
         est.compile(Xv, yv, rounding_bits="auto", max_accuracy_drop=-0.1)
 
 
+def test_compile_auto_on_a_dataframe_warns_once_and_not_about_feature_names(data, tmp_path):
+    """The candidates score the validated array: scikit-learn warned "X does not have
+    valid feature names" 13 times, and the held-out rows' overflow warning came once per
+    candidate (about 15 times); save_deployment's probe rows warned too."""
+    import warnings
+
+    pd = pytest.importorskip("pandas")
+    Xtr, ytr, Xv, yv = data
+    cols = [f"f{i}" for i in range(Xtr.shape[1])]
+    est = QuantizedMLPClassifier(**TINY).fit(pd.DataFrame(Xtr, columns=cols), ytr)
+    far = pd.DataFrame(np.vstack([Xv, 50 * Xv[:1]]), columns=cols)  # one row out of range
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est.compile(far, np.append(yv, yv[:1]), rounding_bits="auto", max_accuracy_drop=0.5)
+        est.save_deployment(tmp_path / "dep")
+    texts = [str(w.message) for w in caught]
+    assert not [t for t in texts if "feature names" in t]
+    overflow = [t for t in texts if "outside the range" in t]
+    assert overflow and len(overflow) == len(set(overflow))
+
+
 def test_compile_auto_reports_infeasibility(data, monkeypatch):
     import latentopt.search.inner as inner
 

@@ -312,3 +312,28 @@ def test_fit_teacher_only_fits_unfitted_sklearn_estimators(wine):
     fitted = fit_teacher(template, Xtr, ytr)
     assert fitted is not template and not hasattr(template, "coef_")
     assert fit_teacher(fitted, Xtr, ytr) is fitted
+
+
+def test_a_scikit_learn_teacher_sees_the_users_dataframe():
+    """A teacher pipeline selecting columns by name got the student's validated array
+    ("Specifying the columns using strings is only supported for dataframes"); a teacher
+    fitted on the DataFrame warned about missing feature names."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import make_column_transformer
+    from sklearn.datasets import make_classification
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = make_classification(150, 4, n_informative=3, n_redundant=0, random_state=16)
+    df = pd.DataFrame(X, columns=["a", "b", "c", "d"])
+    by_name = make_pipeline(make_column_transformer((StandardScaler(), ["a", "c"])),
+                            LogisticRegression())
+    kw = dict(hidden_layer_sizes=(8,), max_epochs=5, verbose=0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no feature-name warning
+        student = QuantizedMLPClassifier(teacher=by_name, **kw).fit(df, y)
+        QuantizedMLPClassifier(teacher=LogisticRegression().fit(df, y), **kw).fit(df, y)
+    assert list(student.teacher_.feature_names_in_) == ["a", "b", "c", "d"]
+    # with a numpy X the teacher is fitted on the array, without feature names
+    plain = QuantizedMLPClassifier(teacher=LogisticRegression(), **kw).fit(X, y)
+    assert not hasattr(plain.teacher_, "feature_names_in_")

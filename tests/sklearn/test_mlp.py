@@ -164,12 +164,36 @@ def test_bad_inputs(fitted_wine_clf, wine):
         ({"lr": -1.0}, "lr"),
         ({"validation_fraction": 1.0}, "validation_fraction"),
         ({"fhe_mode": "fast"}, "fhe"),
+        # a string was read as one layer per character ("16": layers of 1 and 6), a
+        # float cut to an int (8.9: 8)
+        ({"hidden_layer_sizes": "16"}, "hidden_layer_sizes must be an int or a sequence"),
+        ({"hidden_layer_sizes": (8.9,)}, "hidden_layer_sizes must be an int or a sequence"),
+        ({"hidden_layer_sizes": (True,)}, "hidden_layer_sizes"),
+        # binary weights: validation passed, then training diverged whatever the lr
+        ({"n_w_bits": 1}, "binary weights are not supported"),
+        ({"n_w_bits": [3, 1]}, "binary weights are not supported"),
+        ({"n_w_bits": [3.0, 3]}, "sequence of ints"),
+        ({"lr": True}, "lr must be a number > 0"),
+        ({"lr": "0.01"}, "lr must be a number > 0"),
+        ({"lr": float("nan")}, "lr must be a number > 0"),
+        ({"weight_decay": "x"}, "weight_decay must be a number >= 0"),
+        ({"validation_fraction": "0.1"}, "validation_fraction must be a number in"),
     ],
 )
 def test_invalid_hyperparameters(wine, params, match):
     Xtr, _, ytr, _ = wine
     with pytest.raises(ValueError, match=match):
         QuantizedMLPClassifier(**{**SMALL, **params}).fit(Xtr, ytr)
+
+
+def test_numpy_scalars_are_numbers(wine):
+    """``lr=np.float32(0.01)`` was refused as "lr must be > 0, got 0.01"."""
+    Xtr, Xte, ytr, _ = wine
+    clf = QuantizedMLPClassifier(**{**SMALL, "lr": np.float32(0.01),
+                                    "validation_fraction": np.float64(0.1),
+                                    "hidden_layer_sizes": (np.int64(4),),
+                                    "n_a_bits": np.int32(3)}).fit(Xtr, ytr)
+    assert clf.predict(Xte).shape == (len(Xte),)
 
 
 def test_tiny_data_edge_cases():
