@@ -45,9 +45,11 @@ def _check_numbers(est: Any) -> None:
     for name, lo, hi in (("lr", 0.0, None), ("weight_decay", 0.0, None),
                          ("validation_fraction", 0.0, 1.0)):
         v = getattr(est, name)
-        ok = (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-              and bool(np.isfinite(float(v))) and (v > lo if name == "lr" else v >= lo)
-              and (hi is None or v < hi))
+        ok = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+        if ok:
+            f = float(v)
+            ok = bool(np.isfinite(f)) and (f > lo if name == "lr" else f >= lo) and (
+                hi is None or f < hi)
         if not ok:
             what = {"lr": "a number > 0", "weight_decay": "a number >= 0",
                     "validation_fraction": "a number in [0, 1)"}[name]
