@@ -57,8 +57,8 @@ from .fhe_concrete import concrete_fhe
 from .fhe_diagnostics import report_overflow
 from .fhe_lowering import LoweringPlan
 
-__all__ = ["CompiledCircuit", "FHEArtifactError", "FHEClient", "FHEServer", "check_key_id",
-           "new_key_id", "save_deployment"]
+__all__ = ["CompiledCircuit", "FHEArtifactError", "FHEClient", "FHEServer", "check_calls",
+           "check_key_id", "new_key_id", "save_deployment"]
 
 FORMAT_VERSION = 1
 SERVER_FORMAT, CLIENT_FORMAT = "latentopt.fhe.server", "latentopt.fhe.client"
@@ -192,7 +192,9 @@ def _unpack(data: bytes, kind: str, circuit_id: str) -> tuple[dict[str, Any], li
         for size in head["sizes"]:
             frames.append(data[pos : pos + size])
             pos += size
-    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        if not isinstance(head, dict):
+            raise TypeError("its header is not a JSON object")
+    except (ValueError, KeyError, TypeError, struct.error, RecursionError) as exc:
         raise FHEArtifactError(f"not a latentopt FHE {kind} blob ({exc})") from exc
     if head.get("kind") != kind:
         raise FHEArtifactError(f"expected {kind}, got a blob of {head.get('kind')!r}")
@@ -203,6 +205,41 @@ def _unpack(data: bytes, kind: str, circuit_id: str) -> tuple[dict[str, Any], li
     if pos != len(data) or hashlib.sha256(b"".join(frames)).hexdigest() != head.get("sha256"):
         raise FHEArtifactError(f"{kind} blob is truncated or corrupt (checksum mismatch)")
     return head, frames
+
+
+def check_calls(head: dict[str, Any], n_frames: int, batch_size: int) -> int:
+    """The number of samples of a ciphertexts (or results) header, after checking that
+    its ``calls`` are what :func:`~latentopt.backends.batching.plan_calls` makes: one per
+    frame, ``[start, stop, "single" | "batch"]`` covering ``0 .. n_samples`` in order,
+    single calls of one sample, batch calls of ``batch_size`` samples but for a last,
+    shorter (padded) one.  So the declared ``n_samples`` is the work a request asks for:
+    a header declaring 1 sample over 12 calls got past the server's sample limit.
+    :class:`FHEArtifactError` otherwise."""
+    n, calls = head.get("n_samples"), head.get("calls")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not (is_int(n) and int(n) >= 1 and isinstance(calls, list)  # type: ignore[arg-type]
+            and len(calls) == n_frames):
+        raise FHEArtifactError("malformed ciphertexts header (n_samples, or one call per "
+                               "ciphertext frame)")
+    pos = 0
+    for i, c in enumerate(calls):
+        ok = (isinstance(c, list) and len(c) == 3 and is_int(c[0]) and is_int(c[1])
+              and c[0] == pos and c[2] in ("single", "batch"))
+        if ok:
+            size = c[1] - c[0]
+            ok = (size == 1 if c[2] == "single" else
+                  size == batch_size or (i == len(calls) - 1 and 1 <= size < batch_size))
+        if not ok:
+            raise FHEArtifactError(f"malformed ciphertexts header: call {i} {c!r} (calls "
+                                   f"cover the samples in order, batches of {batch_size})")
+        pos = c[1]
+    if pos != n:
+        raise FHEArtifactError(f"malformed ciphertexts header: the calls cover {pos} samples, "
+                               f"n_samples says {n}")
+    return int(n)
 
 
 def new_key_id() -> str:
@@ -260,10 +297,24 @@ class FHEServer:
         else:
             keys = evaluation_keys
 
+        check_calls(head, len(frames), int(self.manifest["batch_size"]))
+
         def run_one(args: tuple[list[Any], bytes]) -> bytes:
-            (_, _, name), frame = args
-            value = fhe.Value.deserialize(frame)
-            return self._server.run(value, evaluation_keys=keys, function_name=name).serialize()
+            (a, _, name), frame = args
+            try:
+                value = fhe.Value.deserialize(frame)
+            except Exception as exc:  # noqa: BLE001 - the client's bytes, not the server
+                raise FHEArtifactError(f"the ciphertext of samples {a}.. is not a concrete "
+                                       f"value ({exc})") from exc
+            try:
+                out = self._server.run(value, evaluation_keys=keys, function_name=name)
+            except RuntimeError as exc:
+                if "incompatible" not in str(exc):
+                    raise
+                raise FHEArtifactError(  # e.g. a batch ciphertext sent as a single call
+                    f"the ciphertext of samples {a}.. is not an input of the {name!r} "
+                    f"function ({exc})") from exc
+            return out.serialize()
 
         jobs = list(zip(head["calls"], frames))
         if len(jobs) <= 1 or int(n_jobs) <= 1:
@@ -350,6 +401,8 @@ class FHEClient:
     # data ---------------------------------------------------------------------
     def quantize(self, X: np.ndarray) -> np.ndarray:
         X = check_features(np.asarray(X, dtype=np.float64), self.n_features)
+        if not np.all(np.isfinite(X)):  # as the estimators' predict; quantized, an inf
+            raise ValueError("X contains NaN or infinity")  # was clipped to a valid input
         return self.quantizer.apply(X)
 
     def encrypt(self, X: np.ndarray) -> bytes:
@@ -394,6 +447,7 @@ class FHEClient:
         head, frames = _unpack(results, "results", self.circuit_id)
         check_key_id(head.get("key_id"), self.key_id,
                      "these results were computed for another key set than this client's")
+        check_calls(head, len(frames), self.batch_size)
         out = np.empty((head["n_samples"], int(self.manifest["n_outputs"])), dtype=np.int64)
         for (a, b, name), frame in zip(head["calls"], frames):
             y = self._client.decrypt(fhe.Value.deserialize(frame), function_name=name)

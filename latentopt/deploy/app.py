@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..backends.fhe_deploy import FHEArtifactError, _unpack
+from ..backends.fhe_deploy import FHEArtifactError, _unpack, check_calls
 from .config import ServeConfig, load_model
 from .store import KeyConflictError, KeyRecord, ReplayGuard, open_store, valid_key_id
 from .worker import WorkerCrashed, WorkerPool
@@ -300,9 +300,12 @@ def create_app(config: ServeConfig) -> FastAPI:
             if head.get("key_id") != key_id:
                 raise FHEArtifactError("registration and evaluation keys disagree on the key id")
             if warmup:
-                warm_head, _ = _unpack(warmup, "ciphertexts", m.circuit_id)
+                warm_head, warm_frames = _unpack(warmup, "ciphertexts", m.circuit_id)
                 if warm_head.get("key_id") != key_id:
                     raise FHEArtifactError("warm-up ciphertexts are for another key set")
+                # one sample: a 160-sample warm-up held a worker for 26 s, past --timeout
+                if check_calls(warm_head, len(warm_frames), m.batch_size) != 1:
+                    raise FHEArtifactError("a warm-up ciphertext holds one sample")
         except FHEArtifactError as exc:
             raise ApiError(409 if "another circuit" in str(exc) else 400,
                            "key_mismatch" if "another circuit" in str(exc) else "bad_keys",
@@ -324,7 +327,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         except KeyConflictError as exc:
             raise ApiError(409, "key_conflict", f"{exc}; keys are never overwritten") from None
         try:
-            await state["pool"].warm(model, key_id)
+            await asyncio.wait_for(state["pool"].warm(model, key_id), config.request_timeout)
+        except asyncio.TimeoutError:
+            await loop.run_in_executor(None, state["store"].delete, key_id)
+            raise ApiError(504, "timeout", f"loading the keys took more than "
+                                           f"{config.request_timeout:.0f} s") from None
         except WorkerCrashed as exc:
             raise ApiError(503, "worker_crashed", str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - bad keys: forget them, tell the client
@@ -370,12 +377,11 @@ def create_app(config: ServeConfig) -> FastAPI:
             mismatch = "another circuit" in str(exc)
             raise ApiError(409 if mismatch else 400, "key_mismatch" if mismatch else "bad_request",
                            str(exc)) from None
-        calls = head.get("calls")
-        n = head.get("n_samples")
-        if not (isinstance(calls, list) and isinstance(n, int) and len(calls) == len(frames)
-                and all(isinstance(c, list) and len(c) == 3 and c[2] in ("single", "batch")
-                        for c in calls)):
-            raise ApiError(400, "bad_request", "malformed ciphertexts header")
+        try:
+            n = check_calls(head, len(frames), m.batch_size)  # the samples actually sent
+        except FHEArtifactError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
+        calls = head["calls"]
         if n > config.max_samples:
             raise ApiError(413, "too_large", f"{n} samples in one request; the limit is "
                                              f"{config.max_samples}")

@@ -99,12 +99,12 @@ def estimator_info(est: Any, n_probe: int = 64) -> OutputTransform:
     with warnings.catch_warnings():  # probe rows: an array, whatever the model was fitted on
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         raw = np.asarray(est._raw_output(X, "disable"), dtype=np.float64)
+        classes = getattr(est, "classes_", None)
+        if classes is not None or getattr(est, "task", None) == "classification":
+            if classes is None:
+                classes = np.arange(raw.shape[1])
+            return OutputTransform("classifier", classes=np.asarray(classes))
         pred = np.asarray(est.predict(X, fhe="disable"), dtype=np.float64)
-    classes = getattr(est, "classes_", None)
-    if classes is not None or getattr(est, "task", None) == "classification":
-        if classes is None:
-            classes = np.arange(raw.shape[1])
-        return OutputTransform("classifier", classes=np.asarray(classes))
     a, b = _affine(raw, pred.reshape(len(pred), -1))
     return OutputTransform("regressor", scale=a, offset=b, output_shape=tuple(pred.shape[1:]))
 

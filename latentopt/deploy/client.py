@@ -93,12 +93,17 @@ class Client:
         self.key_dir = Path(key_dir) if key_dir is not None else _default_key_dir()
         self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         circuit_id = self.info["circuit_id"]
-        if artifact is None:
+        if artifact is None:  # downloaded once, kept in key_dir
             artifact = self.key_dir / f"{model}-{circuit_id[:16]}-client.zip"
             if not artifact.exists():
-                data = self._request("GET", f"/v1/models/{model}/client").content
-                artifact.write_bytes(data)
-        self.fhe = FHEClient.load(artifact, insecure_key_cache=insecure_key_cache)
+                self._download(artifact)
+            try:
+                self.fhe = FHEClient.load(artifact, insecure_key_cache=insecure_key_cache)
+            except FHEArtifactError:  # a corrupt copy (an interrupted write): fetch again
+                self._download(artifact)
+                self.fhe = FHEClient.load(artifact, insecure_key_cache=insecure_key_cache)
+        else:
+            self.fhe = FHEClient.load(artifact, insecure_key_cache=insecure_key_cache)
         if self.fhe.circuit_id != circuit_id:
             raise FHEArtifactError(f"{artifact} is for another circuit than the server's "
                                    f"model {model!r}")
@@ -107,6 +112,13 @@ class Client:
         self._registered = False
         self._keys_path = self.key_dir / f"{circuit_id[:32]}.keys"
         self._id_path = self.key_dir / f"{circuit_id[:32]}.json"
+
+    def _download(self, path: Path) -> None:
+        """The model's client artefact from the server, written atomically to ``path``."""
+        data = self._request("GET", f"/v1/models/{self.model}/client").content
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
 
     # ------------------------------------------------------------------ http
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -177,6 +177,62 @@ def test_malformed_oversized_truncated_and_replayed_requests(server, deployed, t
     assert "Traceback" not in server.log()
 
 
+def test_forged_headers_and_frames_are_bad_requests(server, deployed, tmp_path, key_cache):
+    """Headers that disagree with the frames sent, frames of the wrong function or not
+    ciphertexts at all, a warm-up of more than one sample: 400, never a 500 (a header
+    declaring 1 sample over 6 got past the sample limit and its results decrypted)."""
+    import struct
+
+    from latentopt.backends.fhe_deploy import _MAGIC, _unpack
+
+    X = deployed["X"]
+    with client(server, tmp_path, key_cache) as c:
+        c.register()
+        cid = c.fhe.circuit_id
+        url = f"{server.url}/v1/models/wine/keys/{c.key_id}/predict"
+        auth = {"Authorization": f"Bearer {TOKENS['alice']}"}
+        head, frames = _unpack(c.fhe.encrypt(X[:6]), "ciphertexts", cid)
+        assert [x[2] for x in head["calls"]] == ["batch", "single", "single"]
+        fields = {k: head[k] for k in ("n_samples", "calls", "key_id")}
+        forged = [dict(fields, n_samples=1), dict(fields, n_samples=-1),
+                  dict(fields, n_samples=True),
+                  dict(fields, calls=[["a", "b", "batch"], *head["calls"][1:]]),
+                  dict(fields, calls=[[4, 0, "batch"], *head["calls"][1:]]),
+                  dict(fields, calls=[[0, 4, "single"], *head["calls"][1:]]),
+                  dict(fields, calls=head["calls"][:2])]
+        for f in forged:
+            r = httpx.post(url, content=_pack("ciphertexts", cid, f, frames), headers=auth)
+            assert r.status_code == 400 and "header" in r.json()["message"], (f, r.text)
+        head5, frames5 = _unpack(c.fhe.encrypt(X[:5]), "ciphertexts", cid)
+        bodies = {  # the single call's ciphertext where the batch's goes, and back
+            "not an input": _pack("ciphertexts", cid, {k: head5[k] for k in fields},
+                                  frames5[::-1]),
+            "not a concrete value": _pack("ciphertexts", cid, {k: head5[k] for k in fields},
+                                          [frames5[0], b"\0" * 64]),
+            "not a latentopt": _MAGIC + struct.pack("<Q", 100_000) + b"[" * 100_000}
+        for text, body in bodies.items():
+            r = httpx.post(url, content=body, headers=auth)
+            assert r.status_code == 400 and text in r.json()["message"], (text, r.text)
+        # a registration whose warm-up holds two samples
+        reg = _pack("registration", cid, {"key_id": c.key_id},
+                    [c.fhe.evaluation_keys(), c.fhe.encrypt(X[:2])])
+        r = httpx.post(f"{server.url}/v1/models/wine/keys", content=reg, headers=auth)
+        assert r.status_code == 400 and "one sample" in r.json()["message"], r.text
+        # infinite features: refused like the estimator's predict, not clipped to a label
+        bad = X[:2].copy()
+        bad[0, 0] = np.inf
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            c.predict(bad)
+    # a corrupt cached client artefact (an interrupted write) is fetched again
+    key_dir = tmp_path / "keys-alice"
+    cached = next(key_dir.glob("wine-*-client.zip"))
+    cached.write_bytes(cached.read_bytes()[:100])
+    with client(server, tmp_path, key_cache) as c:
+        np.testing.assert_array_equal(c.predict(X[:2]),
+                                      deployed["clf"].predict(X[:2], fhe="disable"))
+    assert "Traceback" not in server.log()
+
+
 def test_concurrent_clients_load(server, deployed, tmp_path, key_cache):
     """8 clients x 20 requests at once: every answer arrives and is right."""
     X, clf = deployed["X"], deployed["clf"]
