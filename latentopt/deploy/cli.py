@@ -79,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         request_timeout=args.timeout, token=args.token, token_file=args.token_file)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(config)
+    from ..backends.fhe_deploy import FHEArtifactError
+
+    try:  # bad artefacts, token files, stores: one line, not a traceback
+        config.tokens()
+        app = create_app(config)
+    except (FHEArtifactError, OSError, ValueError) as exc:
+        raise SystemExit(f"latentopt serve: {exc}") from None
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                 timeout_graceful_shutdown=int(args.graceful_timeout), access_log=False)

@@ -68,6 +68,8 @@ class ServeConfig:
         """Token -> client name ('' for the shared token)."""
         out: dict[str, str] = {}
         if self.token:
+            if len(self.token) < 16:  # as in a token file
+                raise ValueError("the shared token must have at least 16 characters")
             out[self.token] = ""
         if self.token_file is not None:
             out.update({tok: name for name, tok in read_token_file(self.token_file).items()})
