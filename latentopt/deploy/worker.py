@@ -42,8 +42,14 @@ def _init(models: dict[str, str], store_location: str, cache_size: int, threads:
     from .store import open_store
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent shuts workers down
-    _STATE["servers"] = {name: FHEServer.load(path) for name, path in models.items()}
-    _STATE["store"] = open_store(store_location)
+    try:
+        _STATE["servers"] = {name: FHEServer.load(path) for name, path in models.items()}
+        _STATE["store"] = open_store(store_location)
+    except Exception as exc:  # noqa: BLE001 - reported by _pid to the starting server
+        # an initializer that raises breaks the pool: the server then said "killed or
+        # ran out of memory" about a model whose program.zip concrete could not load
+        _STATE["init_error"] = f"{type(exc).__name__}: {exc}"
+        return
     _STATE["cache"] = OrderedDict()
     _STATE["cache_size"] = max(1, cache_size)
     _STATE["threads"] = ThreadPoolExecutor(max_workers=max(1, threads))
@@ -109,6 +115,9 @@ def _evict(key_id: str) -> None:
 
 
 def _pid() -> int:
+    if "init_error" in _STATE:
+        raise RuntimeError(f"the worker could not load the models or the key store: "
+                           f"{_STATE['init_error']}")
     return os.getpid()
 
 
