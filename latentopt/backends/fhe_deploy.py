@@ -35,9 +35,7 @@ import contextlib
 import hashlib
 import io
 import json
-import secrets
 import shutil
-import struct
 import tempfile
 import warnings
 import weakref
@@ -53,6 +51,15 @@ from ..ir import Circuit
 from ..ir.nodes import Dequantize, Node, QuantizeInput
 from ..ir.schedule import check_features, check_quantized
 from .batching import pad_batch, plan_calls
+from .fhe_blobs import (  # the wire format; re-exported (deploy, tests)
+    FORMAT_VERSION,
+    FHEArtifactError,
+    _pack,
+    _unpack,
+    check_calls,
+    check_key_id,
+    new_key_id,
+)
 from .fhe_concrete import concrete_fhe
 from .fhe_diagnostics import report_overflow
 from .fhe_lowering import LoweringPlan
@@ -60,10 +67,7 @@ from .fhe_lowering import LoweringPlan
 __all__ = ["CompiledCircuit", "FHEArtifactError", "FHEClient", "FHEServer", "check_calls",
            "check_key_id", "new_key_id", "save_deployment"]
 
-FORMAT_VERSION = 1
 SERVER_FORMAT, CLIENT_FORMAT = "latentopt.fhe.server", "latentopt.fhe.client"
-BLOB_FORMAT = "latentopt.fhe.blob"
-_MAGIC = b"LTOPTFHE"
 PathLike = Union[str, Path]
 
 
@@ -76,10 +80,6 @@ class CompiledCircuit(Protocol):
     module: Any
     batch_size: int
     report: dict[str, Any]
-
-
-class FHEArtifactError(ValueError):
-    """An artefact, ciphertext or key blob is invalid, modified or for another circuit."""
 
 
 @contextlib.contextmanager
@@ -171,86 +171,6 @@ def save_deployment(fc: CompiledCircuit, directory: PathLike,
     _write_artifact(out / "client.zip", CLIENT_FORMAT, client_meta,
                     {"client.specs": specs, "arrays.npz": buf.getvalue()})
     return {"server": out / "server.zip", "client": out / "client.zip"}
-
-
-# ------------------------------------------------------------------------ blobs
-def _pack(kind: str, circuit_id: str, header: dict[str, Any], frames: list[bytes]) -> bytes:
-    head = dict(header, format=BLOB_FORMAT, format_version=FORMAT_VERSION, kind=kind,
-                circuit_id=circuit_id, sizes=[len(f) for f in frames],
-                sha256=hashlib.sha256(b"".join(frames)).hexdigest())
-    raw = json.dumps(head).encode()
-    return b"".join([_MAGIC, struct.pack("<Q", len(raw)), raw, *frames])
-
-
-def _unpack(data: bytes, kind: str, circuit_id: str) -> tuple[dict[str, Any], list[bytes]]:
-    try:
-        if data[:8] != _MAGIC:
-            raise ValueError("bad magic")
-        (n,) = struct.unpack("<Q", data[8:16])
-        head = json.loads(data[16 : 16 + n])
-        pos, frames = 16 + n, []
-        for size in head["sizes"]:
-            frames.append(data[pos : pos + size])
-            pos += size
-        if not isinstance(head, dict):
-            raise TypeError("its header is not a JSON object")
-    except (ValueError, KeyError, TypeError, struct.error, RecursionError) as exc:
-        raise FHEArtifactError(f"not a latentopt FHE {kind} blob ({exc})") from exc
-    if head.get("kind") != kind:
-        raise FHEArtifactError(f"expected {kind}, got a blob of {head.get('kind')!r}")
-    if head.get("format_version") != FORMAT_VERSION:
-        raise FHEArtifactError(f"unsupported {kind} blob version {head.get('format_version')!r}")
-    if head.get("circuit_id") != circuit_id:
-        raise FHEArtifactError(f"these {kind} were made for another circuit (circuit id mismatch)")
-    if pos != len(data) or hashlib.sha256(b"".join(frames)).hexdigest() != head.get("sha256"):
-        raise FHEArtifactError(f"{kind} blob is truncated or corrupt (checksum mismatch)")
-    return head, frames
-
-
-def check_calls(head: dict[str, Any], n_frames: int, batch_size: int) -> int:
-    """The number of samples of a ciphertexts (or results) header, after checking that
-    its ``calls`` are what :func:`~latentopt.backends.batching.plan_calls` makes: one per
-    frame, ``[start, stop, "single" | "batch"]`` covering ``0 .. n_samples`` in order,
-    single calls of one sample, batch calls of ``batch_size`` samples but for a last,
-    shorter (padded) one.  So the declared ``n_samples`` is the work a request asks for:
-    a header declaring 1 sample over 12 calls got past the server's sample limit.
-    :class:`FHEArtifactError` otherwise."""
-    n, calls = head.get("n_samples"), head.get("calls")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if not (is_int(n) and int(n) >= 1 and isinstance(calls, list)  # type: ignore[arg-type]
-            and len(calls) == n_frames):
-        raise FHEArtifactError("malformed ciphertexts header (n_samples, or one call per "
-                               "ciphertext frame)")
-    pos = 0
-    for i, c in enumerate(calls):
-        ok = (isinstance(c, list) and len(c) == 3 and is_int(c[0]) and is_int(c[1])
-              and c[0] == pos and c[2] in ("single", "batch"))
-        if ok:
-            size = c[1] - c[0]
-            ok = (size == 1 if c[2] == "single" else
-                  size == batch_size or (i == len(calls) - 1 and 1 <= size < batch_size))
-        if not ok:
-            raise FHEArtifactError(f"malformed ciphertexts header: call {i} {c!r} (calls "
-                                   f"cover the samples in order, batches of {batch_size})")
-        pos = c[1]
-    if pos != n:
-        raise FHEArtifactError(f"malformed ciphertexts header: the calls cover {pos} samples, "
-                               f"n_samples says {n}")
-    return int(n)
-
-
-def new_key_id() -> str:
-    """A fresh unguessable key id (256 random bits, URL-safe)."""
-    return secrets.token_urlsafe(32)
-
-
-def check_key_id(found: str | None, expected: str | None, message: str) -> None:
-    """Raise :class:`FHEArtifactError` when two key ids are known and differ."""
-    if found is not None and expected is not None and found != expected:
-        raise FHEArtifactError(f"{message} (key id mismatch)")
 
 
 # ----------------------------------------------------------------------- server

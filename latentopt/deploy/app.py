@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..backends.fhe_deploy import FHEArtifactError, _unpack, check_calls
+from ..backends.fhe_blobs import FHEArtifactError, _unpack, check_calls
 from .config import ServeConfig, load_model
 from .store import KeyConflictError, KeyRecord, ReplayGuard, open_store, valid_key_id
 from .worker import WorkerCrashed, WorkerPool

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.fhe_deploy import FHEArtifactError, FHEClient, _pack
+from ..backends.fhe_blobs import _pack
+from ..backends.fhe_deploy import FHEArtifactError, FHEClient
 from .artifacts import OutputTransform, read_estimator_info
 
 __all__ = ["Client", "ServerError"]

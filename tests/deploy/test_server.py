@@ -183,7 +183,7 @@ def test_forged_headers_and_frames_are_bad_requests(server, deployed, tmp_path, 
     declaring 1 sample over 6 got past the sample limit and its results decrypted)."""
     import struct
 
-    from latentopt.backends.fhe_deploy import _MAGIC, _unpack
+    from latentopt.backends.fhe_blobs import _MAGIC, _unpack
 
     X = deployed["X"]
     with client(server, tmp_path, key_cache) as c:
