@@ -16,7 +16,8 @@ concrete.  Each key set also gets an unguessable *key id* at keygen
 (``secrets.token_urlsafe``): evaluation keys, ciphertexts, results and the saved key file
 carry it, so ciphertexts run with another client's evaluation keys, or results
 decrypted with another key set, raise instead of decrypting to garbage.  Loading another
-format, a newer version or a modified file raises :class:`FHEArtifactError`.
+format, a newer version or a damaged file raises :class:`FHEArtifactError` (the
+checksums detect damage, not a deliberate edit that rewrites them too).
 
 A round trip::
 
@@ -48,6 +49,7 @@ from typing import Any, Protocol, Union
 import numpy as np
 
 from ..ir import Circuit
+from ..ir.archive import _ZIP_ERRORS
 from ..ir.nodes import Dequantize, Node, QuantizeInput
 from ..ir.schedule import check_features, check_quantized
 from .batching import pad_batch, plan_calls
@@ -113,7 +115,7 @@ def _read_artifact(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, 
         with zipfile.ZipFile(path) as zf:
             manifest = json.loads(zf.read("manifest.json"))
             members = {n: zf.read(n) for n in zf.namelist() if n != "manifest.json"}
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+    except (*_ZIP_ERRORS, KeyError) as exc:  # a flipped bit may read as "encrypted"
         raise FHEArtifactError(f"{path}: not a latentopt FHE artefact ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != fmt:
         found = manifest.get("format") if isinstance(manifest, dict) else None

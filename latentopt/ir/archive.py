@@ -6,8 +6,9 @@ A circuit file is a zip archive with two members:
   metadata and the SHA-256 of the array member;
 * ``arrays.npz`` -- every numpy array, loaded with ``allow_pickle=False``.
 
-A file of another format, a newer format version, a truncated or tampered file all
-raise :class:`CircuitFormatError` with a message that says which.  This module knows
+A file of another format, a newer format version, a truncated or corrupted file all
+raise :class:`CircuitFormatError` with a message that says which (checksums detect
+damage, not deliberate edits: :mod:`.serialize`).  This module knows
 nodes, not circuits: :func:`encode` takes a circuit's parts and :func:`decode` hands
 them to a constructor, so that :mod:`.circuit` (pickling, ``Circuit.save``) and
 :mod:`.serialize` (the public functions) both build on it without importing each

@@ -6,8 +6,11 @@ A circuit file is a zip archive with two members:
   metadata and the SHA-256 of the array member;
 * ``arrays.npz`` -- every numpy array, loaded with ``allow_pickle=False``.
 
-A file of another format, a newer format version, a truncated or tampered file all
-raise :class:`CircuitFormatError` with a message that says which.  (The byte format
+A file of another format, a newer format version, a truncated or corrupted file all
+raise :class:`CircuitFormatError` with a message that says which.  The checksums
+detect damage, not a deliberate edit: whoever can rewrite the file can rewrite its
+manifest and checksum too (an activation edited in the manifest loads as another
+model), so keep circuit files where only you can write, or sign them.  (The byte format
 itself lives in :mod:`.archive`.)
 
 >>> import io, numpy as np

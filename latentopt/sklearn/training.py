@@ -218,21 +218,26 @@ class MLPTrainingMixin:
         a teacher, fine-tuning distils from the fitted ``teacher_`` (not refitted; an
         array teacher must have one row per sample of this ``X``).
         """
+        from .validation import check_pruning
+
         check_is_fitted(self, "circuit_")
+        importance = self.prune_importance if importance is None else importance
+        epochs = self.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs
+        check_pruning(ratio, n_accum_bits, importance, epochs)  # as fit's (a str was taken)
         X, y_enc = self._encode_for_pruning(X, y)
         new: Self = pickle.loads(pickle.dumps(self))
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         soft = new._distill_targets(X, None)
         data = new._split(X, y_enc, hasattr(self, "classes_"), seed, soft)
-        new.pruning_reports_ = list(self.pruning_reports_) + new._prune(
-            new.module_, data, seed, float(ratio), n_accum_bits,
-            self.prune_importance if importance is None else importance,
-            self.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs,
-        )
-        kept = (1.0 - float(self.pruning_ratio)) * (1.0 - float(ratio))
+        # the model's own budget holds after a ratio too: structured pruning and its
+        # fine-tuning move the weights, and a 9-bit budget ended at a 10-bit accumulator
         budgets = [b for b in (self.n_accum_bits, n_accum_bits) if b is not None]
+        budget = min(budgets) if budgets else None
+        new.pruning_reports_ = list(self.pruning_reports_) + new._prune(
+            new.module_, data, seed, float(ratio), budget, importance, epochs)
+        kept = (1.0 - float(self.pruning_ratio)) * (1.0 - float(ratio))
         new.pruning_ratio = 1.0 - kept
-        new.n_accum_bits = min(budgets) if budgets else None
+        new.n_accum_bits = budget
         new._set_module(new.module_, X, rng)
         return new

@@ -95,6 +95,19 @@ def test_tampered_or_foreign_artefacts_are_refused(deployed, tmp_path, which):
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(FHEArtifactError, match="not a latentopt FHE artefact"):
         load(tmp_path / "junk.zip")
+    # one flipped bit in the central directory reads as "encrypted" (RuntimeError) or
+    # an unknown compression (NotImplementedError): still the artefact's error
+    import struct
+
+    data = paths[which].read_bytes()
+    eocd = data.rfind(b"PK\x05\x06")
+    first = struct.unpack("<I", data[eocd + 16:eocd + 20])[0]
+    for offset in (8, 10):  # general-purpose flag (bit 0: encrypted), compression method
+        bad = bytearray(data)
+        bad[first + offset] ^= 1
+        (tmp_path / "flip.zip").write_bytes(bytes(bad))
+        with pytest.raises(FHEArtifactError, match="not a latentopt FHE artefact"):
+            load(tmp_path / "flip.zip")
 
 
 def test_blobs_for_another_circuit_or_corrupt_are_refused(deployed):

@@ -42,6 +42,26 @@ def test_fit_time_accumulator_budget_is_guaranteed(wine):
         assert values[name].min() >= -128 and values[name].max() <= 127
 
 
+def test_a_ratio_keeps_the_models_own_accumulator_budget():
+    """prune(ratio=...) on a model fitted with n_accum_bits=9 reported the budget but
+    left a 10-bit worst-case accumulator (structured pruning and fine-tuning move the
+    weights); the budget is enforced again, and a ratio given as a string is refused
+    as fit refuses it."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6))
+    y = np.stack([2 * X[:, 0] - X[:, 1], X[:, 2] ** 2], axis=1)
+    reg = QuantizedMLPRegressor(hidden_layer_sizes=(8,), max_epochs=20, n_w_bits=3,
+                                n_a_bits=3, activation="silu", n_accum_bits=9,
+                                fine_tune_epochs=5, lr=1e-2, random_state=0,
+                                verbose=0).fit(X, y)
+    pruned = reg.prune(X, y, ratio=0.5, fine_tune_epochs=3)
+    assert pruned.n_accum_bits == 9
+    worst = pruned.circuit_.worst_case_ranges()
+    assert all(worst[n.name].bits <= 9 for n in pruned.circuit_.nodes if n.op == "gemm")
+    with pytest.raises(ValueError, match="pruning_ratio"):
+        reg.prune(X, y, ratio="0.5")
+
+
 def test_prune_returns_new_estimator_and_composes(wine):
     Xtr, Xte, ytr, yte = wine
     clf = QuantizedMLPClassifier(**BASE).fit(Xtr, ytr)
