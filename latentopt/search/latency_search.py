@@ -225,13 +225,20 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         :class:`BudgetNotMetWarning` carries the same message).
         """
         import optuna
-        from sklearn.utils.validation import check_X_y
+        from sklearn.utils.validation import validate_data
 
         check_search_args(self)
         if self.n_jobs > 1:
             check_main_guard()
-        X, y = check_X_y(X, y, dtype=np.float64, y_numeric=not is_classifier(self.estimator),
-                         allow_nd=hasattr(self.estimator, "_float_reference"))
+        classifier = is_classifier(self.estimator)
+        # validate_data keeps a DataFrame's column names (feature_names_in_), checked at
+        # predict: reordered columns were accepted and changed 78 of 300 predictions
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=not classifier,
+                             multi_output=not classifier,
+                             allow_nd=hasattr(self.estimator, "_float_reference"))
+        if classifier and len(np.unique(y)) < 2:
+            raise ValueError(f"y holds a single class ({np.unique(y)[0]!r}): a classifier "
+                             f"needs at least 2")
         spec = self.storage
         if self.n_jobs > 1 and spec is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="latentopt-search-")
@@ -287,6 +294,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self.refit_ = None
         self.best_estimator_ = (self._best_estimator(objective, X, y)
                                 if self.best_trial_ is not None else None)
+        if self.best_estimator_ is not None and hasattr(self, "feature_names_in_"):
+            # trained on the same columns, as an array: it checks a DataFrame's names too
+            self.best_estimator_.feature_names_in_ = self.feature_names_in_
         return self
 
     def _cache_dir(self, storage: Any) -> Path:
@@ -373,13 +383,17 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         unless evicted), compiled at the point the trial chose: e.g. to measure every
         point of ``pareto_front_``."""
         check_is_fitted(self, "results_")
+        n = len(self.study_.trials)
+        if not 0 <= int(trial) < n:
+            raise ValueError(f"no trial {trial}: the study has trials 0 to {n - 1}")
         record = self.study_.trials[int(trial)]
         if "compile" not in record.user_attrs:
             raise ValueError(f"trial {trial} has no compiled point")
         return self._objective.compiled(trial_params(record), record.user_attrs["compile"])
 
     def predict(self, X: Any, fhe: str | None = None) -> np.ndarray:
-        """Predictions of ``best_estimator_`` (RuntimeError if the budget was not met)."""
+        """Predictions of ``best_estimator_`` (RuntimeError if the budget was not met);
+        a DataFrame must have the columns the search was fitted on, in that order."""
         return np.asarray(self._chosen().predict(X, fhe=fhe))
 
     def score(self, X: Any, y: Any) -> float:

@@ -279,7 +279,10 @@ def plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]], threshol
     ax.plot([r["cost"] for r in front], [r["score"] for r in front], "o-",
             color="tab:red", label="Pareto front")
     ax.axhline(threshold, ls="--", color="k", lw=0.8, label="accuracy budget")
-    ax.set_xscale("log")
+    if ok:  # with no compiled trial the axis is empty: a log scale could not be drawn
+        ax.set_xscale("log")
+    else:
+        ax.set_title("no trial compiled", fontsize="small")
     ax.margins(x=0.06, y=0.08)  # no marker on the frame
     ax.set_xlabel(xlabel)
     ax.set_ylabel("validation score")

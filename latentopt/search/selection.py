@@ -289,6 +289,15 @@ def make_check(search: Any, X_tr: np.ndarray, y_tr: np.ndarray,
     if k > 1 and not isinstance(teacher, np.ndarray):
         X_pool, y_pool = np.concatenate([X_tr, X_chk]), np.concatenate([y_tr, y_chk])
         folds = cv_folds(y_pool, k, is_classifier(search.estimator), search.random_state)
+        if folds is None:
+            import warnings
+
+            counts = np.unique(y_pool, return_counts=True)[1]
+            warnings.warn(
+                f"check_folds={k}: a class has only {counts.min()} of the training and "
+                f"check rows, too few for {k} stratified folds; the budget is checked on "
+                f"the check split alone ({len(y_chk)} rows, a noisier verdict)",
+                UserWarning, stacklevel=3)
     fixed = search.reference_score
     if folds is not None:
         reference = (float(fixed) if fixed is not None
@@ -368,6 +377,11 @@ def select_on_check(search: Any, objective: Any, check: Check | None) -> None:
     search.holdout_ = dict(check.describe(), checked=checked,
                            reopened=[r["trial"] for r in reopened])
     by_trial = {r["trial"]: r for r in checked}
+    for t in trials:  # checked during the study but not walked at the selection
+        if (t.number not in by_trial and t.state.name == "COMPLETE"
+                and t.user_attrs.get("check_scores")):
+            by_trial[t.number] = _verdict({"trial": t.number}, t.user_attrs["check_scores"],
+                                          t.user_attrs.get("check_threshold", check.threshold))
     for row in search.results_:
         if row["trial"] in by_trial:
             for key in ("holdout_score", "holdout_min", "holdout_threshold"):

@@ -120,6 +120,8 @@ def study_identity(search: Any, data_key: str, teacher_key: str) -> dict[str, An
         "teacher": teacher_key,
         "evaluation": {"n_repeats": search.n_repeats,
                        "multi_fidelity": search.multi_fidelity,
+                       # the check's verdicts are stored in the trials and reused
+                       "check_folds": search.check_folds,
                        "cost_model": None if cm is None else type(cm).__qualname__},
     }
 

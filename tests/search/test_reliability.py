@@ -85,6 +85,9 @@ def test_resume_with_another_template_space_or_budget_is_an_error(data, tmp_path
         ("estimator", dict(estimator=QuantizedMLPClassifier(**{**TINY, "max_epochs": 7}))),
         ("space", dict(param_space={**SPACE, "n_w_bits": (2, 4)})),
         ("budget", dict(max_accuracy_drop=0.05)),
+        # the check's verdicts are stored in the trials: a resume with another check
+        # reported 1-fold scores as 3-fold ones
+        ("evaluation", dict(check_folds=2)),
     ]
     for what, change in changes:
         s = _search(storage=storage, study_name="s")

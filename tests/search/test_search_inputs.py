@@ -1,0 +1,97 @@
+"""What a search is given: DataFrames, multi-output targets, degenerate labels, and the
+reports of unusual outcomes (a fallback check, no compiled trial, a bad trial number)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from test_search import SPACE, TINY
+
+from latentopt import QuantizedMLPClassifier, QuantizedMLPRegressor
+from latentopt.search import LatencySearch
+
+FAST = dict(param_space=SPACE, n_trials=1, n_repeats=1, cost_model=None, random_state=0,
+            verbose=0)
+
+
+def _blobs(n=200, seed=0):
+    rng = np.random.RandomState(seed)
+    X = rng.randn(n, 5)
+    return X, (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+
+
+def test_a_dataframes_columns_are_checked_at_predict(tmp_path):
+    """fit took the DataFrame's values only: predicting with its columns reordered was
+    accepted and changed predictions."""
+    pd = pytest.importorskip("pandas")
+    X, y = _blobs()
+    df = pd.DataFrame(X, columns=list("abcde"))
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5,
+                      check_folds=1, cache_dir=tmp_path, **FAST).fit(df, y)
+    assert s.budget_met_
+    assert list(s.feature_names_in_) == list("abcde")
+    assert list(s.best_estimator_.feature_names_in_) == list("abcde")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "fitted without feature names"
+        np.testing.assert_array_equal(s.predict(df), s.best_estimator_.predict(df))
+    with pytest.raises(ValueError, match="feature names"):
+        s.predict(df[list("edcba")])
+
+
+def test_multi_output_regression_targets_keep_their_shape(tmp_path):
+    rng = np.random.RandomState(0)
+    X = rng.randn(200, 4)
+    Y = np.stack([X[:, 0] - X[:, 1], 2 * X[:, 2]], axis=1)
+    reg = QuantizedMLPRegressor(**{**TINY, "max_epochs": 20})
+    for target in (Y, Y[:, :1]):
+        s = LatencySearch(reg, max_accuracy_drop=1.0, check_folds=1, cache_dir=tmp_path,
+                          **FAST).fit(X, target)
+        assert s.budget_met_ and s.predict(X[:3]).shape == (3, target.shape[1])
+
+
+def test_a_single_class_is_refused_before_any_trial():
+    X, _ = _blobs(60)
+    with pytest.raises(ValueError, match="single class"):
+        LatencySearch(QuantizedMLPClassifier(**TINY), **FAST).fit(X, np.zeros(60, int))
+
+
+def test_a_class_too_small_for_the_folds_says_the_check_falls_back(tmp_path):
+    X, y = _blobs(200)
+    y[:2] = 2  # a third class of 2 rows: not enough for 3 stratified folds
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5, check_folds=3,
+                      holdout_fraction=0.2, cache_dir=tmp_path, **FAST)
+    with pytest.warns(UserWarning, match="check_folds=3: a class has only"):
+        s.fit(X, y)
+    assert s.holdout_["method"] == "check split"
+
+
+def test_trial_numbers_out_of_range_and_plots_without_a_compiled_trial(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from latentopt.search.results import plot_front
+
+    X, y = _blobs()
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5, check_folds=1,
+                      cache_dir=tmp_path, **FAST).fit(X, y)
+    with pytest.raises(ValueError, match="no trial 99: the study has trials 0 to"):
+        s.trial_estimator(99)
+    # no trial compiled (all failed): the axes must still draw (a log scale on no data
+    # raised in savefig)
+    ax = plot_front([], [], 0.8, "predicted seconds per sample")
+    ax.figure.savefig(tmp_path / "empty.png")
+    assert "no trial compiled" in ax.get_title()
+
+
+def test_every_trial_the_check_scored_shows_its_check(tmp_path):
+    """A trial checked (and passed) during the study but not walked at the selection
+    had no check columns in results_, yet counted in later trials' margins."""
+    X, y = _blobs(240)
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5, check_folds=1,
+                      cache_dir=tmp_path, **{**FAST, "n_trials": 4}).fit(X, y)
+    scored = {t.number for t in s.study_.trials if t.user_attrs.get("check_scores")}
+    assert scored
+    shown = {r["trial"] for r in s.results_ if "holdout_min" in r}
+    assert scored <= shown
