@@ -235,6 +235,10 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
                             f"torch.nn.Module")
         return model.float().eval()
 
+    def _training_module(self, model: Any) -> Any:
+        """Hook: the float model QAT starts from (the regressor rescales its head)."""
+        return model
+
     def _fit(self, X: np.ndarray, y: np.ndarray, n_outputs: int) -> None:
         import torch
 
@@ -267,6 +271,7 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
             prune_report = prune_channels(model, torch.as_tensor(X[:2]), ratio,
                                           importance=self.prune_importance, seed=seed)
         self.float_module_ = model
+        model = self._training_module(model)  # the regressor's standardised head
         self.input_signed_ = signed_inputs(X)
         with seeded(seed), torch_threads(1):
             qat, info = convert_to_qat(model, bits, input_signed=self.input_signed_)
@@ -330,6 +335,40 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
                                        weights)
 
 
+def linear_head(module: Any, n_outputs: int) -> str | None:
+    """The name of ``module``'s output layer when it is an ``nn.Linear`` of ``n_outputs``
+    features (its output is the model's), else None."""
+    import torch
+
+    from ..nn.fx_import import _trace
+
+    try:
+        gm = _trace(module)
+    except Exception:  # noqa: BLE001 - not traceable: the import will say why
+        return None
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if getattr(out, "op", None) != "call_module":
+        return None
+    layer = module.get_submodule(str(out.target))
+    if type(layer) is torch.nn.Linear and layer.out_features == n_outputs:
+        return str(out.target)
+    return None
+
+
+def _warn_units(y2: np.ndarray) -> None:
+    """Warn when a model fine-tuned in its own units has targets far from unit scale."""
+    import warnings
+
+    std = y2.std(axis=0)
+    if np.any((std > 0) & ((std < 1e-2) | (std > 1e4))):
+        warnings.warn(
+            f"the module's output is not an nn.Linear layer, so it is fine-tuned in the "
+            f"targets' own units (standard deviation {float(std.min()):.3g} to "
+            f"{float(std.max()):.3g}): far from 1, fine-tuning may fail (Adam's steps are "
+            f"about lr whatever the weights); standardise the targets, or end the model "
+            f"with an nn.Linear", UserWarning, stacklevel=3)
+
+
 class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
     __doc__ = ("Classifier: quantization-aware fine-tuning of a float torch model.\n\n"
                "    The module's outputs are logits, one per class of ``np.unique(y)`` "
@@ -380,7 +419,11 @@ class QuantizedTorchRegressor(RegressorMixin, _TorchQATBase):
                "    is folded into the circuit's output: every backend returns target units).\n"
                + _DOC + """
     y_mean_, y_scale_ : ndarray of shape (n_outputs,)
-        Target standardisation (0 and 1 for a trained ``module``).
+        Target standardisation, folded into the circuit's output.  A trained ``module``
+        whose output layer is an ``nn.Linear`` learns standardised targets too (that
+        layer rescaled on a copy); another trained module keeps its units (0 and 1).
+    target_head_ : str or None
+        The rescaled output layer of a trained ``module`` (None: not rescaled).
 """)
 
     score = QuantizedEstimatorBase.score
@@ -398,20 +441,44 @@ class QuantizedTorchRegressor(RegressorMixin, _TorchQATBase):
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Fine-tune a copy of ``module`` on ``X`` and real targets ``y`` (1-D or 2-D)."""
         X_arr, y_arr = self._validate_fit(X, y)
-        y_arr = y_arr.astype(np.float32)
         self.y_ndim_ = int(y_arr.ndim)
-        y2 = y_arr.reshape(len(y_arr), -1)
+        # float64: in float32 targets offset by 1e8 all rounded to one value
+        y2 = np.asarray(y_arr, dtype=np.float64).reshape(len(y_arr), -1)
         self.n_outputs_ = int(y2.shape[1])
         import torch
 
+        self.target_head_ = None
+        mean, scale = target_scaling(y2)
         if isinstance(self.module, torch.nn.Module):  # trained: its own units
-            self.y_mean_ = np.zeros(self.n_outputs_)
-            self.y_scale_ = np.ones(self.n_outputs_)
-        else:  # a factory's fresh model learns standardised targets
-            self.y_mean_, self.y_scale_ = target_scaling(y2.astype(np.float64))
+            self.target_head_ = linear_head(self.module, self.n_outputs_)
+            if self.target_head_ is None:  # fine-tuned as it is, in its units
+                mean, scale = np.zeros(self.n_outputs_), np.ones(self.n_outputs_)
+                _warn_units(y2)
+        self.y_mean_, self.y_scale_ = mean, scale
         y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
         self._fit(X_arr, y_std, self.n_outputs_)
         return self
+
+    def _training_module(self, model: Any) -> Any:
+        """A trained model whose output layer is a Linear learns standardised targets:
+        that layer is rescaled (``(W x + b - y_mean_) / y_scale_``) on a copy, and the
+        circuit's output folds the scaling back.  Fine-tuned in its own units, a model
+        of targets in 1e-4 units came out at R^2 -5.6 (Adam's steps do not shrink with
+        the weights of such a head: about ``lr`` each)."""
+        if getattr(self, "target_head_", None) is None:
+            return model
+        import torch
+
+        model = copy.deepcopy(model)
+        head = model.get_submodule(self.target_head_)
+        scale = torch.as_tensor(self.y_scale_, dtype=head.weight.dtype)
+        mean = torch.as_tensor(self.y_mean_, dtype=head.weight.dtype)
+        with torch.no_grad():
+            head.weight.div_(scale[:, None])
+            if head.bias is None:
+                head.bias = torch.nn.Parameter(torch.zeros_like(mean))
+            head.bias.sub_(mean).div_(scale)
+        return model
 
     def _output_circuit(self, circuit: Any) -> Any:
         return fold_target_scaling(circuit, self.y_mean_, self.y_scale_)

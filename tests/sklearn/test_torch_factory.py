@@ -55,10 +55,17 @@ def test_regressor_factory_learns_standardised_targets_in_user_units():
     assert reg.y_mean_[0] == pytest.approx(y[:400].mean(), rel=1e-6)
     assert reg.score(X[400:], y[400:]) > 0.8
     assert abs(reg.predict(X[400:]).mean() - 1000.0) < 50  # in the targets' units
-    # a trained module keeps its own units: no standardisation
+    # a trained module ending in a Linear learns standardised targets too (its head is
+    # rescaled on a copy): without fine-tuning the circuit still computes the module
+    torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    fixed = QuantizedTorchRegressor(net, max_epochs=0, verbose=0).fit(X[:100], y[:100])
-    assert fixed.y_mean_[0] == 0.0 and fixed.y_scale_[0] == 1.0
+    fixed = QuantizedTorchRegressor(net, n_bits=8, max_epochs=0, verbose=0).fit(X[:100],
+                                                                               y[:100])
+    assert fixed.target_head_ == "2"
+    assert fixed.y_mean_[0] == pytest.approx(y[:100].mean(), rel=1e-6)
+    with torch.no_grad():
+        ref = net(torch.as_tensor(X[:100])).numpy().ravel()
+    assert np.abs(fixed.predict(X[:100]) - ref).max() < 0.05 * np.ptp(ref)
 
 
 def test_bad_factories_are_refused():

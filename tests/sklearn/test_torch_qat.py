@@ -115,6 +115,62 @@ def test_regressor():
     assert reg.score(X[300:], y[300:]) > 0.6
 
 
+def _small_unit_model(factor: float):
+    """A trained float regressor of targets in ``factor`` units (trained standardised,
+    its scale folded into the output layer, as a user's model of such targets is)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5)).astype(np.float32)
+    y = (X @ np.array([1.0, -0.5, 0.3, 0.0, 0.8])).astype(np.float32)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 1))
+    train_float(net, X[:200], ((y[:200] - y.mean()) / y.std())[:, None], epochs=300)
+    with torch.no_grad():
+        net[2].weight.mul_(y.std() * factor)
+        net[2].bias.mul_(y.std() * factor).add_(y.mean() * factor)
+    return net.eval(), X, (y * factor).astype(np.float64)
+
+
+def test_a_trained_regressor_of_small_units_keeps_its_accuracy():
+    """Fine-tuned in its own units, a model of targets in 1e-4 units scored R^2 -5.6
+    (Adam's steps are about lr, its head's weights about 1e-4): its Linear head is now
+    rescaled to standardised targets on a copy and the circuit folds the scale back."""
+    net, X, y = _small_unit_model(1e-4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    reg = QuantizedTorchRegressor(net, n_bits=6, max_epochs=10, random_state=0,
+                                  verbose=0).fit(X[:200], y[:200])
+    assert reg.target_head_ == "2" and reg.y_scale_[0] < 1e-3
+    assert reg.score(X[200:], y[200:]) > 0.9
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    again = pickle.loads(pickle.dumps(reg))
+    np.testing.assert_array_equal(again.predict(X[200:]), reg.predict(X[200:]))
+    # a model whose output is not a Linear keeps its units, and says what that risks
+    tail = nn.Sequential(*net, nn.Identity())
+    with pytest.warns(UserWarning, match="not an nn.Linear layer"):
+        QuantizedTorchRegressor(nn.Sequential(tail, nn.Tanh()), n_bits=6, max_epochs=1,
+                                random_state=0, verbose=0).fit(X[:200], y[:200])
+
+
+def test_regressor_targets_far_from_zero_and_constant_targets():
+    """Targets offset by 1e8 were rounded to float32 before standardising (every target
+    the same value: a constant prediction); a constant target came back with the
+    network's noise in its units (a constant 2**-10 between -0.0099 and 0.0215)."""
+    from latentopt import QuantizedMLPRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    y = X[:, 0].astype(np.float64) - 0.5 * X[:, 1] + 1e8  # float64, as a user has it
+
+    def factory(shape, n_out):  # noqa: ANN001, ANN202 - test helper
+        return nn.Sequential(nn.Linear(shape[0], 8), nn.ReLU(), nn.Linear(8, n_out))
+
+    reg = QuantizedTorchRegressor(factory, n_bits=6, max_epochs=40, lr=1e-2, random_state=0,
+                                  verbose=0).fit(X[:200], y[:200])
+    assert reg.score(X[200:], y[200:]) > 0.8
+    const = QuantizedMLPRegressor(hidden_layer_sizes=(8,), max_epochs=10, random_state=0,
+                                  verbose=0).fit(X[:200], np.full(200, 2.0 ** -10))
+    np.testing.assert_allclose(const.predict(X[200:]), 2.0 ** -10, rtol=1e-3)
+
+
 @pytest.mark.parametrize("params, match", [
     (dict(n_bits={"nope": 3}), "unknown key"),
     (dict(n_bits=1), r"\[2, 16\]"),
