@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from .fx_import import Op, read_graph
@@ -266,8 +267,38 @@ def convert_to_qat(model: nn.Module, bits: BitSpec, *, input_signed: bool = True
                          "compile_brevitas_qat_model, or pass its float version")
     info = _Rewriter(gm, ops, bits).run(input_signed)
     info["folded_batch_norms"] = folded
+    _spell_out_avg_pools(gm)
     gm.eval()
     return gm, info
+
+
+#: Parameters of the functional average poolings, after the input, in order.
+_AVG_POOL_PARAMS = {
+    F.avg_pool1d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"),
+    F.avg_pool2d: ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                   "divisor_override"),
+}
+_AVG_POOL_DEFAULTS = {"stride": None, "padding": 0, "ceil_mode": False,
+                      "count_include_pad": True, "divisor_override": None}
+
+
+def _spell_out_avg_pools(gm: fx.GraphModule) -> None:
+    """Give every functional average pooling all its arguments by keyword: brevitas'
+    quantized-tensor handler of ``F.avg_pool2d`` requires them all, and ``F.avg_pool2d(x,
+    2)`` in a model's forward failed in training with "avg_pool2d_handler() missing 5
+    required positional arguments"."""
+    changed = False
+    for node in gm.graph.nodes:
+        names = _AVG_POOL_PARAMS.get(node.target) if node.op == "call_function" else None
+        if names is None:
+            continue
+        kwargs = {n: _AVG_POOL_DEFAULTS.get(n) for n in names}
+        kwargs.update(zip(names, node.args[1:]))
+        kwargs.update(node.kwargs)
+        node.args, node.kwargs = node.args[:1], kwargs
+        changed = True
+    if changed:
+        gm.recompile()
 
 
 @torch.no_grad()

@@ -270,6 +270,15 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
 
             prune_report = prune_channels(model, torch.as_tensor(X[:2]), ratio,
                                           importance=self.prune_importance, seed=seed)
+            try:
+                with torch.no_grad():
+                    model(torch.as_tensor(X[:2]))
+            except RuntimeError as exc:  # torch's "mat1 and mat2 shapes cannot be ..."
+                raise ValueError(
+                    f"after channel pruning the model no longer runs ({exc}): its forward "
+                    f"may hard-code a size that depends on the pruned channels, e.g. "
+                    f"x.view(-1, 64); write x.view(x.size(0), -1) or torch.flatten(x, 1), "
+                    f"or prune without it (pruning_ratio=0)") from exc
         self.float_module_ = model
         model = self._training_module(model)  # the regressor's standardised head
         self.input_signed_ = signed_inputs(X)

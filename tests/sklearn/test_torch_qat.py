@@ -240,3 +240,40 @@ def test_estimators_pickled_before_distillation_still_load(fitted):
     assert old.get_params()["distill_alpha"] == 0.0
     X, _ = digits_images()
     np.testing.assert_array_equal(old.predict(X[1200:1300]), fitted.predict(X[1200:1300]))
+
+
+class _FunctionalPoolCNN(nn.Module):
+    """Written as users write it: F.avg_pool2d(x, 2) with positional arguments, and a
+    flatten size hard-coded in view()."""
+
+    def __init__(self, hard_coded: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(64, 10)
+        self.hard_coded = hard_coded
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        import torch.nn.functional as F
+
+        x = F.avg_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(x.view(-1, 64) if self.hard_coded else torch.flatten(x, 1))
+
+
+def test_functional_average_pooling_and_hard_coded_sizes_under_pruning():
+    """F.avg_pool2d(x, 2) failed in QAT training inside brevitas ("avg_pool2d_handler()
+    missing 5 required positional arguments"); pruning a model whose forward hard-codes
+    a flatten size failed with torch's "mat1 and mat2 shapes cannot be multiplied"."""
+    X, y = digits_images()
+    torch.manual_seed(0)
+    net = train_float(_FunctionalPoolCNN(), X[:600], y[:600], epochs=30)
+    clf = QuantizedTorchClassifier(net, n_bits=5, max_epochs=2, lr=3e-3, random_state=0,
+                                   verbose=0).fit(X[:600], y[:600])
+    with torch.no_grad():
+        qat = clf.qat_module_(torch.as_tensor(X[600:800])).numpy()
+    np.testing.assert_array_equal(clf.predict_proba(X[600:800]).argmax(1), qat.argmax(1))
+    assert clf.score(X[600:800], y[600:800]) > 0.6
+    hard = _FunctionalPoolCNN(hard_coded=True)
+    hard.load_state_dict(net.state_dict())
+    with pytest.raises(ValueError, match="hard-code"):
+        QuantizedTorchClassifier(hard, n_bits=5, pruning_ratio=0.5, max_epochs=1,
+                                 random_state=0, verbose=0).fit(X[:600], y[:600])
