@@ -48,7 +48,7 @@ def compile_at(est: Any, X: Any, options: dict[str, Any], verbose: int) -> Any:
     fhe_circuit = est._lower_to_fhe(circuit, q, options, verbose)
     est.fhe_circuit_ = fhe_circuit
     est.rounded_circuit_ = circuit
-    est.fhe_report_ = dict(fhe_circuit.report)
+    est.fhe_report_ = fhe_circuit.report  # the same dict: keygen adds its seconds to it
     est.compile_options_ = options
     est.compile_inputset_ = None if X is None else np.asarray(q)
     return est

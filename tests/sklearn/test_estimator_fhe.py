@@ -82,6 +82,8 @@ def test_execute_equals_simulate(tiny_clf):
     clf, _, Xte, _ = tiny_clf
     clf.compile(rounding_bits=3, rounding_method="exact", p_error=2**-40)
     assert clf.keygen() >= 0.0
+    # fhe_report_ was a copy taken at compile: keygen's seconds never reached it
+    assert clf.fhe_report_["keygen_seconds"] >= 0.0 and "warmup_seconds" in clf.fhe_report_
     X = Xte[:5]
     np.testing.assert_array_equal(clf.predict(X, fhe="execute"), clf.predict(X, fhe="simulate"))
     proba = clf.predict_proba(X, fhe="execute")
