@@ -52,7 +52,7 @@ import numpy as np
 from .circuit import Circuit
 from .conv_nodes import Conv, SumPool
 from .functions import QuantActivation
-from .nodes import Add, Concat, Gemm, Node, Round, TableLookup
+from .nodes import Concat, Gemm, Node, Round, TableLookup
 from .ranges import Interval, centred_bits
 
 __all__ = ["MAX_GAIN", "equalize_lookup", "gain_chain", "lookup_gains"]
@@ -69,11 +69,10 @@ def gain_chain(circuit: Circuit, tlu_name: str) -> tuple[Node, SumPool | None, s
     tlu = circuit[tlu_name]
     if not isinstance(tlu, TableLookup) or not isinstance(tlu.fn, QuantActivation):
         return None
-    if any(isinstance(n, (Concat, Add)) for n in circuit.consumers(tlu_name)):
+    if any(isinstance(n, Concat) for n in circuit.consumers(tlu_name)):
         # concrete 2.11's optimizer panics (the process aborts) on per-norm partitions
         # ("precision_and_norm2", tried by compile's "auto") of a concatenation whose
-        # operands were gained: tests/sklearn/test_torch_qat_cat.py; and of a residual
-        # addition's (a pruned residual CNN at 4-5 rounding bits)
+        # operands were gained: tests/sklearn/test_torch_qat_cat.py
         return None
     value = tlu.inputs[0]
     reader: Node = tlu

@@ -61,7 +61,11 @@ def parse_bits(n_bits: Any, ops: list[Op]) -> BitSpec:
     if not isinstance(n_bits, dict):
         b = _check_bits(n_bits, "n_bits")
         return BitSpec(b, b, b, {})
-    known = {op.target for op in ops if op.target} | {op.name for op in ops}
+    # layers that carry bits: not the input, the output, reshapes, dropouts (reshapes
+    # here) or shape queries ("drop" was accepted and did nothing; "size" was offered)
+    carriers = [op for op in ops
+                if op.kind not in ("input", "output", "reshape", "shape_query", "reorder")]
+    known = {op.target for op in carriers if op.target} | {op.name for op in carriers}
     glob = {"inputs": 8, "weights": 8, "activations": 8}
     layers: dict[str, dict[str, int]] = {}
     for key, val in n_bits.items():
@@ -80,7 +84,8 @@ def parse_bits(n_bits: Any, ops: list[Op]) -> BitSpec:
         else:
             raise ValueError(
                 f"n_bits has unknown key {key!r}: use 'inputs', 'weights', 'activations' or "
-                f"a layer name among {sorted(known)}")
+                f"a layer name among {sorted(known)} (batch norms are folded into the "
+                f"layer before them: give that layer's bits)")
     return BitSpec(glob["inputs"], glob["weights"], glob["activations"], layers)
 
 

@@ -9,6 +9,7 @@ integer backend's integers.
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -365,6 +366,20 @@ def test_samples_of_another_shape_name_the_shape_expected():
         q.predict(_data(VEC)[:4, None, :])
 
 
+def test_n_bits_keys_are_layers_that_carry_bits():
+    """A dropout's name was accepted and did nothing; the input and shape queries were
+    offered as layer names."""
+    model = Fn(lambda L, x: L[2](L[1](F.relu(L[0](x))).view(x.size(0), -1)),
+               nn.Linear(6, 4), nn.Dropout(0.1), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="unknown key 'layers.1'") as err:
+        compile_torch_model(model, _data(VEC), n_bits={"layers.1": 3}, fhe=False)
+    offered = str(err.value)
+    assert "'layers.0'" in offered and "'x'" not in offered and "'size'" not in offered
+    assert "batch norms are folded" in offered
+    q = compile_torch_model(model, _data(VEC), n_bits={"layers.0": 3}, fhe=False, verbose=0)
+    assert len(q.predict(_data(VEC)[:2])) == 2
+
+
 def test_bad_arguments():
     with pytest.raises(TypeError, match="torch.nn.Module"):
         compile_torch_model(lambda x: x, _data(VEC), fhe=False)
@@ -388,3 +403,50 @@ def test_encrypted_execution_of_a_small_cnn(tmp_path):
     assert np.abs(enc - sim).max() <= np.abs(sim).max() * 0.5 + 1e-9
     paths = q.save_deployment(tmp_path / "deploy")
     assert set(paths) == {"server", "client"}
+
+
+def test_a_residual_addition_compiles_without_per_norm_partitions():
+    """concrete 2.11's optimizer aborted the process (a Rust panic: no Python error to
+    catch) on the per-norm partitions that compile's "auto" tries, for a pruned
+    residual CNN at 4-bit rounding.  "auto" keeps concrete's per-width partitions for
+    circuits with a residual addition (run in a subprocess: a panic kills it)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(Path(__file__).parents[1])!r}]
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+        from torch_qat_models import digits_images, train_float
+        from latentopt import QuantizedTorchClassifier
+
+        class Res(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem, self.bn0 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+                self.c1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+                self.c2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+                self.pool, self.fc = nn.AdaptiveAvgPool2d(2), nn.Linear(16, 10)
+
+            def forward(self, x):
+                x = F.relu(self.bn0(self.stem(x)))
+                h = self.bn2(self.c2(F.relu(self.bn1(self.c1(x)))))
+                return self.fc(torch.flatten(self.pool(F.relu(x + h)), 1))
+
+        X, y = digits_images()
+        torch.manual_seed(0)
+        net = train_float(Res(), X[:300], y[:300], epochs=40)
+        clf = QuantizedTorchClassifier(net, n_bits=4, pruning_ratio=0.25, max_epochs=2,
+                                       lr=1e-2, random_state=0, verbose=0).fit(X[:300], y[:300])
+        clf.compile(rounding_bits=4, rounding_method="exact", global_p_error=1e-9, verbose=0)
+        same = (clf.predict(X[300:340], fhe="simulate") == clf.predict(X[300:340])).mean()
+        print(clf.fhe_report_["parameter_strategy"], same)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    strategy, same = out.stdout.split()[-2:]
+    assert strategy == "precision" and float(same) == 1.0
