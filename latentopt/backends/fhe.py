@@ -206,8 +206,9 @@ class FHECircuit:
             (layers of other widths are in other partitions already) is compiled both
             ways, and the second kept only when concrete's complexity drops by at least
             :data:`~.fhe_compile.NORM2_MIN_GAIN` (real-MNIST CNN, 272 lookups: 16% less
-            complexity, 5.6 s against 6.9 s per sample, 1.5x the key bytes).  The choice
-            is ``report["parameter_strategy"]``.
+            complexity, 5.6 s against 6.9 s per sample, 1.5x the key bytes); never for
+            a circuit with a residual addition (concrete 2.11's optimizer aborts the
+            process on some).  The choice is ``report["parameter_strategy"]``.
         """
         fhe = concrete_fhe()
         check_options(p_error=p_error, global_p_error=global_p_error,
