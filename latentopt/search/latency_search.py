@@ -400,6 +400,22 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         """Score of ``best_estimator_`` (RuntimeError if the budget was not met)."""
         return float(self._chosen().score(X, y))
 
+    def predict_proba(self, X: Any, fhe: str | None = None) -> np.ndarray:
+        """Class probabilities of ``best_estimator_`` (a classifier search only)."""
+        chosen = self._chosen()
+        if not hasattr(chosen, "predict_proba"):
+            raise AttributeError("predict_proba: the searched estimator is not a classifier")
+        return np.asarray(chosen.predict_proba(X, fhe=fhe))
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """The chosen classifier's classes (as ``GridSearchCV.classes_``); an
+        AttributeError (so ``hasattr`` is False) before fit or without a chosen model."""
+        try:
+            return np.asarray(self._chosen().classes_)
+        except RuntimeError as exc:
+            raise AttributeError(str(exc)) from None
+
     def summary(self) -> str:
         """The results table: every trial, Pareto points marked with ``*``; the outcome."""
         check_is_fitted(self, "results_")

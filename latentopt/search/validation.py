@@ -35,6 +35,12 @@ def check_search_args(search: Any) -> None:
     ref = search.reference_score
     if ref is not None and (not _real(ref) or not math.isfinite(float(ref))):
         raise ValueError(f"reference_score must be None or a finite number, got {ref!r}")
+    from sklearn.base import is_classifier
+
+    if ref is not None and is_classifier(search.estimator) and not 0 <= float(ref) <= 1:
+        # an accuracy: 5.0 was taken, and the advice read "max_accuracy_drop >= 4.25"
+        raise ValueError(f"reference_score is an accuracy for a classifier: in [0, 1], "
+                         f"got {ref!r}")
     for name in ("n_trials", "n_jobs", "n_repeats"):
         v = getattr(search, name)
         if not _int(v) or v < 1:

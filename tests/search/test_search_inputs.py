@@ -95,3 +95,23 @@ def test_every_trial_the_check_scored_shows_its_check(tmp_path):
     assert scored
     shown = {r["trial"] for r in s.results_ if "holdout_min" in r}
     assert scored <= shown
+
+
+def test_a_classifier_search_gives_probabilities_and_classes_and_a_sane_reference(tmp_path):
+    X, y = _blobs()
+    labels = np.array(["no", "yes"])[y]
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5, check_folds=1,
+                      cache_dir=tmp_path, **FAST)
+    assert not hasattr(s, "classes_")
+    s.fit(X, labels)
+    assert list(s.classes_) == ["no", "yes"]
+    proba = s.predict_proba(X[:5])
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    np.testing.assert_array_equal(s.classes_[proba.argmax(1)], s.predict(X[:5]))
+    # an accuracy above 1 was taken ("max_accuracy_drop >= 4.25" was then the advice)
+    with pytest.raises(ValueError, match=r"accuracy for a classifier: in \[0, 1\]"):
+        LatencySearch(QuantizedMLPClassifier(**TINY), reference_score=5.0, **FAST).fit(X, y)
+    reg = LatencySearch(QuantizedMLPRegressor(**TINY), max_accuracy_drop=5.0, check_folds=1,
+                        cache_dir=tmp_path, **FAST).fit(X, X[:, 0])
+    with pytest.raises(AttributeError, match="not a classifier"):
+        reg.predict_proba(X[:2])
