@@ -46,7 +46,7 @@ def correct_biases(gm: fx.GraphModule, ops: list[Op], policy: Any, X: np.ndarray
 
     ``policy`` is a :class:`~latentopt.nn.ptq.PTQPolicy` (its quantizers are simulated);
     ``values`` the float model's recorded outputs on ``X``
-    (:func:`~latentopt.nn.fx_import.record_values`).  The corrections are also stored
+    (:func:`~latentopt.nn.fx_values.record_values`).  The corrections are also stored
     in ``policy.bias_overrides``, so that lowering uses them.
     """
     by_name = {op.name: op for op in ops}

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from ..ir import Circuit
-from .fx_import import Op, UnsupportedOpError, read_graph, record_values
+from .fx_import import Op, UnsupportedOpError, read_graph
+from .fx_values import record_values
 from .graph_lowering import QParams, lower_graph
 
 __all__ = ["BrevitasPolicy", "import_brevitas"]

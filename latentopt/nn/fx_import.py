@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["SUPPORTED", "Op", "UnsupportedOpError", "maxpool_to_avgpool", "read_graph",
-           "record_values"]
+__all__ = ["SUPPORTED", "Op", "UnsupportedOpError", "maxpool_to_avgpool", "read_graph"]
 
 #: Human-readable list of what the importers support (used in error messages).
 SUPPORTED = (
@@ -251,10 +250,8 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
             if len(ins) != 2 or node.kwargs or len(node.args) != 2:
                 raise UnsupportedOpError("addition of a constant (only tensor + tensor)", name)
             return Op(name, "add", ins)
-        if fn is getattr and len(node.args) == 2 and node.args[1] == "shape":
-            return Op(name, "shape_query", ins[:1])  # x.shape
-        if fn is operator.getitem and _is_shape(node.args[0]):
-            return Op(name, "shape_query", ins[:1])  # x.shape[0], x.size()[0]
+        if _is_shape(node):  # x.shape, x.shape[0], x.size()[0]
+            return Op(name, "shape_query", ins[:1])
         if fn in _ACT_FUNCTIONS:
             _check_single_tensor_input(node, getattr(fn, "__name__", str(fn)))
             simple = _default_call(node)
@@ -435,45 +432,3 @@ def read_graph(model: nn.Module, maxpool: str = "exact",
     if len(inputs) != 1:
         raise UnsupportedOpError(f"a model with {len(inputs)} inputs (exactly one)", "forward")
     return gm, ops, folded
-
-
-@torch.no_grad()
-def record_values(gm: fx.GraphModule, X: np.ndarray) -> dict[str, np.ndarray]:
-    """Every tensor-valued node's float output on ``X`` (float64 numpy, batch first)."""
-    values: dict[str, np.ndarray] = {}
-
-    class _Recorder(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            out = super().run_node(n)
-            if isinstance(out, torch.Tensor):
-                values[n.name] = out.detach().double().numpy()
-            elif hasattr(out, "value") and isinstance(out.value, torch.Tensor):  # QuantTensor
-                values[n.name] = out.value.detach().double().numpy()
-            return out
-
-    try:
-        _Recorder(gm).run(torch.as_tensor(np.asarray(X), dtype=torch.float32))
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        raise samples_error(X, err) from err
-    return values
-
-
-def run_on_samples(model: nn.Module, X: np.ndarray) -> Any:
-    """``model``'s float output on the first two samples of ``X``
-    (:func:`samples_error` when it cannot run on them)."""
-    try:
-        with torch.no_grad():
-            return model(torch.as_tensor(np.asarray(X[:2]), dtype=torch.float32))
-    except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        raise samples_error(X, err) from err
-
-
-def samples_error(X: np.ndarray, err: Exception) -> ValueError:
-    """The error of a model that cannot run on samples ``X``: it names the sample shape
-    expected (flat rows given to a convolution, say) instead of torch's message from
-    inside the graph alone."""
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return ValueError(
-        f"the model cannot run on samples of shape {tuple(np.shape(X))} ({first}); give a "
-        f"batch of the model's own samples, (n_samples, *sample_shape): (n, channels, "
-        f"height, width) for a Conv2d, (n, channels, length) for a Conv1d")

@@ -136,7 +136,17 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
                 pruning_ratio_dict=todo, ignored_layers=[named[n] for n in ignored_names],
                 root_module_types=list(PRUNABLE))
             pruner.step()
-            model.train(was_training)
+            try:  # torch-pruning follows the graph, not sizes written in forward
+                with torch.no_grad():
+                    model(example)
+            except RuntimeError as exc:  # torch's "mat1 and mat2 shapes cannot be ..."
+                raise ValueError(
+                    f"after channel pruning the model no longer runs ({exc}): its forward "
+                    f"may hard-code a size that depends on the pruned channels, e.g. "
+                    f"x.view(-1, 64); write x.view(x.size(0), -1) or torch.flatten(x, 1), "
+                    f"or prune without it (pruning_ratio=0)") from exc
+            finally:
+                model.train(was_training)
     after = {n: int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0))
              for n, m in named.items()}
     return {"before": before, "after": after, "ignored": ignored_names,

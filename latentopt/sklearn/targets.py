@@ -20,14 +20,15 @@ Examples
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from ..ir import Circuit
 
-__all__ = ["fold_target_scaling", "target_scaling"]
+__all__ = ["fold_target_scaling", "linear_head", "standardise_head", "target_scaling",
+           "trained_scaling", "warn_target_units"]
 
 
 def target_scaling(y2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,3 +50,71 @@ def fold_target_scaling(circuit: Circuit, mean: np.ndarray, scale: np.ndarray) -
     mean, scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
     folded = dataclasses.replace(out, scale=out.scale * scale, offset=out.offset * scale + mean)
     return circuit.replace(nodes=[*list(circuit)[:-1], folded])
+
+
+def linear_head(module: Any, n_outputs: int) -> str | None:
+    """The name of ``module``'s output layer when it is an ``nn.Linear`` of ``n_outputs``
+    features (its output is the model's), else None."""
+    import torch
+
+    from ..nn.fx_import import _trace
+
+    try:
+        gm = _trace(module)
+    except Exception:  # noqa: BLE001 - not traceable: the import will say why
+        return None
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if getattr(out, "op", None) != "call_module":
+        return None
+    layer = module.get_submodule(str(out.target))
+    if type(layer) is torch.nn.Linear and layer.out_features == n_outputs:
+        return str(out.target)
+    return None
+
+
+def warn_target_units(y2: np.ndarray) -> None:
+    """Warn when a model fine-tuned in its own units has targets far from unit scale."""
+    import warnings
+
+    std = y2.std(axis=0)
+    if np.any((std > 0) & ((std < 1e-2) | (std > 1e4))):
+        warnings.warn(
+            f"the module's output is not an nn.Linear layer, so it is fine-tuned in the "
+            f"targets' own units (standard deviation {float(std.min()):.3g} to "
+            f"{float(std.max()):.3g}): far from 1, fine-tuning may fail (Adam's steps are "
+            f"about lr whatever the weights); standardise the targets, or end the model "
+            f"with an nn.Linear", UserWarning, stacklevel=4)
+
+
+def standardise_head(model: Any, head: str, mean: np.ndarray, scale: np.ndarray) -> Any:
+    """A copy of the torch ``model`` whose output layer ``head`` (an ``nn.Linear``, see
+    :func:`linear_head`) computes ``(W x + b - mean) / scale``: standardised targets,
+    which :func:`fold_target_scaling` undoes in the circuit.  Fine-tuned in its own
+    units, a model of targets in 1e-4 units came out at R^2 -5.6 (Adam's steps do not
+    shrink with the weights of such a head: about ``lr`` each)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model)
+    layer = model.get_submodule(head)
+    s = torch.as_tensor(scale, dtype=layer.weight.dtype)
+    m = torch.as_tensor(mean, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        layer.weight.div_(s[:, None])
+        if layer.bias is None:
+            layer.bias = torch.nn.Parameter(torch.zeros_like(m))
+        layer.bias.sub_(m).div_(s)
+    return model
+
+
+def trained_scaling(module: Any, y2: np.ndarray) -> tuple[str | None, np.ndarray, np.ndarray]:
+    """``(head, mean, scale)`` for fine-tuning a trained torch ``module`` on ``y2``:
+    standardised through its Linear head (:func:`standardise_head`), or, without one,
+    in its own units (mean 0, scale 1; :func:`warn_target_units`)."""
+    head = linear_head(module, y2.shape[1])
+    if head is None:
+        warn_target_units(y2)
+        return None, np.zeros(y2.shape[1]), np.ones(y2.shape[1])
+    mean, scale = target_scaling(y2)
+    return head, mean, scale

@@ -299,7 +299,8 @@ equalize : optional
     QuantizedTorchModel
     """
     from ..nn.bias_correction import correct_biases
-    from ..nn.fx_import import read_graph, record_values
+    from ..nn.fx_import import read_graph
+    from ..nn.fx_values import record_values
     from ..nn.graph_lowering import lower_graph
     from ..nn.ptq import PTQPolicy, parse_bits
 

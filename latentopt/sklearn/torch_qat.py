@@ -44,7 +44,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, va
 
 from .base import QuantizedEstimatorBase, softmax
 from .distillation import DistillationMixin
-from .targets import fold_target_scaling, target_scaling
+from .targets import fold_target_scaling, standardise_head, target_scaling, trained_scaling
 from .torch_model import flat_samples
 from .torch_qat_search import TorchSearchHooks
 from .training import N_CALIBRATION  # the same calibration rows as the MLP estimators
@@ -244,7 +244,7 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
 
         from ..backends.integer import IntegerBackend
         from ..nn.brevitas_import import import_brevitas
-        from ..nn.fx_import import run_on_samples
+        from ..nn.fx_values import run_on_samples
         from ..nn.mlp import signed_inputs
         from ..nn.qat_convert import calibrate_qat, convert_to_qat
         from ..nn.train import seeded, torch_threads, train_module
@@ -270,15 +270,6 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
 
             prune_report = prune_channels(model, torch.as_tensor(X[:2]), ratio,
                                           importance=self.prune_importance, seed=seed)
-            try:
-                with torch.no_grad():
-                    model(torch.as_tensor(X[:2]))
-            except RuntimeError as exc:  # torch's "mat1 and mat2 shapes cannot be ..."
-                raise ValueError(
-                    f"after channel pruning the model no longer runs ({exc}): its forward "
-                    f"may hard-code a size that depends on the pruned channels, e.g. "
-                    f"x.view(-1, 64); write x.view(x.size(0), -1) or torch.flatten(x, 1), "
-                    f"or prune without it (pruning_ratio=0)") from exc
         self.float_module_ = model
         model = self._training_module(model)  # the regressor's standardised head
         self.input_signed_ = signed_inputs(X)
@@ -342,40 +333,6 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
             weights = torch.load(io.BytesIO(blob), weights_only=True)
             self.qat_module_ = rebuild(self.float_module_, self.bits_, self.input_signed_,
                                        weights)
-
-
-def linear_head(module: Any, n_outputs: int) -> str | None:
-    """The name of ``module``'s output layer when it is an ``nn.Linear`` of ``n_outputs``
-    features (its output is the model's), else None."""
-    import torch
-
-    from ..nn.fx_import import _trace
-
-    try:
-        gm = _trace(module)
-    except Exception:  # noqa: BLE001 - not traceable: the import will say why
-        return None
-    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
-    if getattr(out, "op", None) != "call_module":
-        return None
-    layer = module.get_submodule(str(out.target))
-    if type(layer) is torch.nn.Linear and layer.out_features == n_outputs:
-        return str(out.target)
-    return None
-
-
-def _warn_units(y2: np.ndarray) -> None:
-    """Warn when a model fine-tuned in its own units has targets far from unit scale."""
-    import warnings
-
-    std = y2.std(axis=0)
-    if np.any((std > 0) & ((std < 1e-2) | (std > 1e4))):
-        warnings.warn(
-            f"the module's output is not an nn.Linear layer, so it is fine-tuned in the "
-            f"targets' own units (standard deviation {float(std.min()):.3g} to "
-            f"{float(std.max()):.3g}): far from 1, fine-tuning may fail (Adam's steps are "
-            f"about lr whatever the weights); standardise the targets, or end the model "
-            f"with an nn.Linear", UserWarning, stacklevel=3)
 
 
 class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
@@ -456,38 +413,22 @@ class QuantizedTorchRegressor(RegressorMixin, _TorchQATBase):
         self.n_outputs_ = int(y2.shape[1])
         import torch
 
-        self.target_head_ = None
-        mean, scale = target_scaling(y2)
-        if isinstance(self.module, torch.nn.Module):  # trained: its own units
-            self.target_head_ = linear_head(self.module, self.n_outputs_)
-            if self.target_head_ is None:  # fine-tuned as it is, in its units
-                mean, scale = np.zeros(self.n_outputs_), np.ones(self.n_outputs_)
-                _warn_units(y2)
-        self.y_mean_, self.y_scale_ = mean, scale
+        if isinstance(self.module, torch.nn.Module):  # trained: through its head, if any
+            self.target_head_, self.y_mean_, self.y_scale_ = trained_scaling(self.module, y2)
+        else:  # a factory's fresh model
+            self.target_head_ = None
+            self.y_mean_, self.y_scale_ = target_scaling(y2)
         y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
         self._fit(X_arr, y_std, self.n_outputs_)
         return self
 
     def _training_module(self, model: Any) -> Any:
-        """A trained model whose output layer is a Linear learns standardised targets:
-        that layer is rescaled (``(W x + b - y_mean_) / y_scale_``) on a copy, and the
-        circuit's output folds the scaling back.  Fine-tuned in its own units, a model
-        of targets in 1e-4 units came out at R^2 -5.6 (Adam's steps do not shrink with
-        the weights of such a head: about ``lr`` each)."""
-        if getattr(self, "target_head_", None) is None:
+        """A trained model's copy with its Linear head standardised
+        (:func:`~latentopt.sklearn.targets.standardise_head`)."""
+        head = getattr(self, "target_head_", None)
+        if head is None:
             return model
-        import torch
-
-        model = copy.deepcopy(model)
-        head = model.get_submodule(self.target_head_)
-        scale = torch.as_tensor(self.y_scale_, dtype=head.weight.dtype)
-        mean = torch.as_tensor(self.y_mean_, dtype=head.weight.dtype)
-        with torch.no_grad():
-            head.weight.div_(scale[:, None])
-            if head.bias is None:
-                head.bias = torch.nn.Parameter(torch.zeros_like(mean))
-            head.bias.sub_(mean).div_(scale)
-        return model
+        return standardise_head(model, head, self.y_mean_, self.y_scale_)
 
     def _output_circuit(self, circuit: Any) -> Any:
         return fold_target_scaling(circuit, self.y_mean_, self.y_scale_)
