@@ -133,7 +133,7 @@ class BrevitasPolicy:
 
 def import_brevitas(model: nn.Module, X: np.ndarray) -> tuple[Circuit, dict[str, Any]]:
     """The IR circuit of a brevitas QAT model and an import report."""
-    gm, ops, folded = read_graph(model)
+    gm, ops, folded = read_graph(model, example=X)
     if not any(op.kind == "quant" for op in ops):
         raise ValueError("no brevitas quantizer in the model: use compile_torch_model for "
                          "float models (post-training quantization)")

@@ -141,9 +141,23 @@ def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
-def _fold_batch_norms(gm: fx.GraphModule) -> list[str]:
-    """Fold every batch norm that directly follows a conv / linear used once."""
+def _fold_batch_norms(gm: fx.GraphModule, example: torch.Tensor | None = None) -> list[str]:
+    """Fold every batch norm that directly follows a conv / linear used once.
+
+    A ``BatchNorm1d`` acts on axis 1 and a ``Linear`` on the last axis: the two are the
+    same axis only on 2-D tensors, so that pair is folded only where ``example`` (a
+    batch of model inputs) shows the linear's output is 2-D.  Without an example (callers
+    that read only the graph's structure) it is folded as on 2-D tensors.
+    """
+    from torch.fx.passes.shape_prop import ShapeProp
     from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    if example is not None:
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(example)
+        except Exception:  # noqa: BLE001 - the caller's own run reports a bad input clearly
+            pass
 
     folded = []
     for node in list(gm.graph.nodes):
@@ -161,6 +175,9 @@ def _fold_batch_norms(gm: fx.GraphModule) -> list[str]:
         if type(layer) in (nn.Conv1d, nn.Conv2d):
             fused: nn.Module = fuse_conv_bn_eval(cast("nn.Conv1d | nn.Conv2d", layer), bn)
         elif type(layer) is nn.Linear and isinstance(bn, nn.BatchNorm1d):
+            meta = prev.meta.get("tensor_meta")
+            if meta is not None and len(meta.shape) != 2:
+                continue  # a per-channel affine on axis 1, computed unfolded
             fused = fuse_linear_bn_eval(layer, bn)
         else:
             continue
@@ -205,14 +222,31 @@ def _is_shape(arg: Any) -> bool:
     return False
 
 
+class _Call:
+    """``x -> fn(x, *args, **kwargs)`` (or the method ``x.<fn>(...)``), named as written
+    in the model, so that errors about its table read ``gelu(x, approximate='tanh')``."""
+
+    def __init__(self, fn: Callable[..., Any] | str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        fn = getattr(x, self.fn) if isinstance(self.fn, str) else self.fn
+        return fn(*([] if isinstance(self.fn, str) else [x]), *self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        if isinstance(self.fn, str):
+            return f"x.{self.fn}({', '.join(parts)})"
+        return f"{getattr(self.fn, '__name__', self.fn)}({', '.join(['x', *parts])})"
+
+
 def _function_op(node: fx.Node, fn: Callable[..., Any]) -> Callable[[torch.Tensor], Any]:
-    args, kwargs = node.args[1:], dict(node.kwargs)
-    return lambda x: fn(x, *args, **kwargs)
+    return _Call(fn, tuple(node.args[1:]), dict(node.kwargs))
 
 
 def _method_op(node: fx.Node) -> Callable[[torch.Tensor], Any]:
-    args, kwargs, name = node.args[1:], dict(node.kwargs), str(node.target)
-    return lambda x: getattr(x, name)(*args, **kwargs)
+    return _Call(str(node.target), tuple(node.args[1:]), dict(node.kwargs))
 
 
 def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one switch
@@ -230,12 +264,19 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
         target = str(node.target)
         m = gm.get_submodule(target)
         _check_single_tensor_input(node, type(m).__name__)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is None:
+            raise UnsupportedOpError(
+                f"{type(m).__name__} without running statistics ({target!r}: "
+                f"track_running_stats=False normalises every batch by its own statistics, "
+                f"even in eval mode; it is not a fixed per-channel map)", name)
         kind = _module_kind(m)
         if kind is None:
             raise UnsupportedOpError(f"module {type(m).__name__} ({target!r})", name)
         op = Op(name, kind, ins, target=target, module=m)
         if kind == "act":
             op.act_name = _ACT_MODULES[type(m)]
+            if isinstance(m, nn.GELU) and m.approximate != "none":
+                op.act_name = None  # the tanh approximation: a table of the module itself
             if isinstance(m, nn.Identity):
                 op.kind = "reshape"
             op.fn = m
@@ -300,7 +341,8 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
 def _cat_op(node: fx.Node, name: str) -> Op:
     """``torch.cat(tensors, dim)``: the tensors and the axis (batch axis included)."""
     tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get(
+        "dim", node.kwargs.get("axis", 0))  # torch takes ``axis`` as an alias
     if (not isinstance(tensors, (list, tuple)) or len(tensors) < 2
             or not all(isinstance(t, fx.Node) for t in tensors) or not isinstance(dim, int)):
         raise UnsupportedOpError("concatenation other than of two or more tensors", name)
@@ -408,13 +450,16 @@ def maxpool_to_avgpool(gm: fx.GraphModule) -> list[str]:
     return done
 
 
-def read_graph(model: nn.Module, maxpool: str = "exact",
+def read_graph(model: nn.Module, maxpool: str = "exact", example: Any = None,
                ) -> tuple[fx.GraphModule, list[Op], list[str]]:
     """Trace ``model`` (a copy, in eval mode), fold batch norms, classify every node.
 
     ``maxpool="avg"`` rewrites max poolings as average poolings first
-    (:func:`maxpool_to_avgpool`).  Returns the traced (folded) graph module, the
-    operations in topological order and the names of the folded batch norms.
+    (:func:`maxpool_to_avgpool`).  ``example``: model inputs (an array of samples) that
+    show the tensors' ranks, needed to fold a ``BatchNorm1d`` after a ``Linear`` right
+    (:func:`_fold_batch_norms`); callers that compute with the graph pass it.  Returns
+    the traced (folded) graph module, the operations in topological order and the names
+    of the folded batch norms.
     """
     if maxpool not in ("exact", "avg"):
         raise ValueError(f"maxpool must be 'exact' or 'avg', got {maxpool!r}")
@@ -424,7 +469,9 @@ def read_graph(model: nn.Module, maxpool: str = "exact",
     if _Tracer().is_leaf_module(model, ""):  # a bare layer: trace it as a one-layer model
         model = nn.Sequential(model)
     gm = _trace(model)
-    folded = _fold_batch_norms(gm)
+    if example is not None:
+        example = torch.as_tensor(np.asarray(example[:2], dtype=np.float32))
+    folded = _fold_batch_norms(gm, example)
     if maxpool == "avg":
         maxpool_to_avgpool(gm)
     ops = [_classify(gm, node) for node in gm.graph.nodes]

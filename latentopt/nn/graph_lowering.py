@@ -35,12 +35,14 @@ from ..ir import (
     Add,
     Circuit,
     Concat,
+    Conv,
     Dequantize,
     ExplicitTable,
     Gemm,
     Node,
     QuantActivation,
     QuantizeInput,
+    SumPool,
     TableLookup,
     int_range,
 )
@@ -300,7 +302,8 @@ class _Builder(SpatialOps):
         if isinstance(v, Pending):
             params = self.policy.requant_params(op.inputs[0])
             v = self._materialise(v, params, f"{op.inputs[0]}_out")
-        if v is None or not any(isinstance(n, (Gemm, TableLookup)) for n in self.nodes):
+        if v is None or not any(isinstance(n, (Gemm, Conv, SumPool, TableLookup))
+                                 for n in self.nodes):
             raise UnsupportedOpError("a model without any layer", op.name)
         scale = v.scale[0] if v.uniform else v.scale
         self.nodes.append(Dequantize(self._unique("output"), (v.name,), scale=scale,

@@ -236,8 +236,8 @@ class _Rewriter:
             self.quantized.discard(node.name)
 
 
-def convert_to_qat(model: nn.Module, bits: BitSpec, *, input_signed: bool = True
-                   ) -> tuple[fx.GraphModule, dict[str, Any]]:
+def convert_to_qat(model: nn.Module, bits: BitSpec, *, input_signed: bool = True,
+                   example: Any = None) -> tuple[fx.GraphModule, dict[str, Any]]:
     """A brevitas QAT copy of the float ``model`` (left untouched) and what was done.
 
     Parameters
@@ -259,7 +259,7 @@ def convert_to_qat(model: nn.Module, bits: BitSpec, *, input_signed: bool = True
         ``"weights"`` (layer -> bits), ``"activations"`` (quantizer -> bits),
         ``"inserted"`` (quantizers added), ``"folded_batch_norms"``.
     """
-    gm, ops, folded = read_graph(model)
+    gm, ops, folded = read_graph(model, example=example)
     if any(op.kind == "quant" or (op.kind in ("linear", "conv")
                                   and type(op.module).__module__.startswith("brevitas"))
            for op in ops):
@@ -315,10 +315,14 @@ def calibrate_qat(qat: nn.Module, X: np.ndarray, batch_size: int = 256) -> None:
 
 
 def rebuild(float_model: nn.Module, bits: BitSpec, input_signed: bool,
-            state: dict[str, Any]) -> fx.GraphModule:
+            state: dict[str, Any], input_shape: tuple[int, ...] | None = None
+            ) -> fx.GraphModule:
     """The QAT network of a pickled estimator: converted again, then its weights and
-    scales loaded (brevitas modules do not pickle; their state dicts do)."""
-    qat, _ = convert_to_qat(copy.deepcopy(float_model), bits, input_signed=input_signed)
+    scales loaded (brevitas modules do not pickle; their state dicts do).  ``input_shape``
+    (one sample's) folds batch norms as the fit did."""
+    example = None if input_shape is None else np.zeros((2, *input_shape), np.float32)
+    qat, _ = convert_to_qat(copy.deepcopy(float_model), bits, input_signed=input_signed,
+                            example=example)
     qat.load_state_dict(state)
     qat.eval()
     return qat

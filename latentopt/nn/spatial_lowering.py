@@ -191,8 +191,10 @@ class SpatialOps:
                                                        a.shape))
 
     def _channel_affine(self, op: Op, a_np: np.ndarray, c_np: np.ndarray) -> None:
-        """``y = a[channel] * x + c[channel]``, exactly: signs in the integers, the rest
-        in the scale."""
+        """``y = a[channel] * x + c[channel]``: signs in the integers, ``|a|`` in the
+        scale, exactly; the shift ``c`` is rounded to a whole number of the output's
+        steps ``|a| * scale(x)`` (off by at most half a step of the input's grid: a batch
+        norm folded into the layer before it has no such error)."""
         shape = self.shapes[op.name]
         if len(shape) == 1:  # (C,): a diagonal gemm
             self._sum_like(op, np.diag(a_np), c_np)

@@ -386,9 +386,13 @@ def compile_searched(est: Any, X: Any, y: Any, *, rounding_bits: Any, rounding_m
             f"{max_accuracy_drop} of {result.reference_score:.4f}; allow a larger "
             f"max_accuracy_drop or retrain with more bits\n{result.table()}"
         )
-    # the search returns its choice; compiling it is an ordinary compile
-    return est.compile(**result.compile_kwargs, verbose=verbose, equalize=equalize,
-                       **compile_options)
+    # the search returns its choice; compiling it is an ordinary compile.  Where the user
+    # left p_error unset, the search scored the rounding at p_error 1e-3 per lookup (more
+    # error than the default), and the circuit is compiled at the default error rate.
+    chosen = dict(result.compile_kwargs)
+    if p_error is None:
+        chosen["p_error"] = None
+    return est.compile(**chosen, verbose=verbose, equalize=equalize, **compile_options)
 
 
 def _reissue_once(caught: Sequence[Any]) -> None:

@@ -64,4 +64,31 @@ def final_estimator(search: Any, objective: Any, X: np.ndarray, y: np.ndarray) -
         search.refit_["kept_trial_model"] = True
         return objective.compiled(params, point)
     search.refit_["point"] = dict(inner.compile_kwargs)
+    _report_new_point(search, inner.best)
     return best.compile(**inner.compile_kwargs, verbose=0)
+
+
+def _report_new_point(search: Any, cand: Any) -> None:
+    """What the search reports follows the delivered model: ``best_compile_kwargs_``,
+    the chosen row's point and cost (the trial's own kept under ``trial_*``), and a
+    sentence in ``outcome_``."""
+    from .results import _latency_words
+
+    search.best_compile_kwargs_ = dict(cand.compile_kwargs)
+    seconds = search.cost_model_ is not None
+    if search.best_trial_ is not None:
+        row = dict(search.best_trial_)
+        keys = ("cost", "seconds" if seconds else "complexity", "pbs", "max_tlu_bits",
+                *cand.compile_kwargs)
+        row.update({f"trial_{k}": row[k] for k in keys if k in row})
+        row.update(cost=cand.latency, pbs=cand.pbs, max_tlu_bits=cand.max_tlu_bits,
+                   **cand.compile_kwargs)
+        row["seconds" if seconds else "complexity"] = cand.latency
+        search.best_trial_ = row
+    outcome = getattr(search, "outcome_", None)
+    if outcome is not None:
+        outcome.message += (
+            f" Retrained on all rows, the model lost more than max_accuracy_drop at the "
+            f"trial's rounding and p_error, so they were searched again: rounding_bits="
+            f"{cand.rounding_bits}, p_error={cand.p_error:g}, "
+            f"{_latency_words(cand.latency, seconds)}.")

@@ -54,8 +54,10 @@ class Outcome:
 
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Feasible rows no other feasible row beats on both latency and score."""
-    feasible = [r for r in rows if r["feasible"] and r["cost"] < _NO_LATENCY]
+    """Feasible rows (not refuted by the check) no other such row beats on both latency
+    and score."""
+    feasible = [r for r in rows
+                if r["feasible"] and not r.get("refuted") and r["cost"] < _NO_LATENCY]
     return sorted(
         [r for r in feasible if not any(
             o["cost"] <= r["cost"] and o["score"] >= r["score"]

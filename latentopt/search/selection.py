@@ -331,7 +331,7 @@ def select_on_check(search: Any, objective: Any, check: Check | None) -> None:
     there is no best trial (``budget_met_`` False, ``outcome_`` says so).
     """
     from .objective import _NO_LATENCY, checks_done, trial_params
-    from .results import make_outcome
+    from .results import make_outcome, pareto_front
 
     search.holdout_ = None
     best = search.best_trial_
@@ -389,6 +389,7 @@ def select_on_check(search: Any, objective: Any, check: Check | None) -> None:
             # refuted at the selection too: summary() and the plot must not call it feasible
             row["refuted"] = row.get("refuted", False) or not by_trial[row["trial"]][
                 "holdout_pass"]
+    search.pareto_front_ = pareto_front(search.results_)  # without the refuted rows
     search.outcome_ = make_outcome(
         search.results_, search.failures_, chosen, reference_score=search.reference_score_,
         threshold=search.threshold_, max_accuracy_drop=search.max_accuracy_drop,

@@ -296,7 +296,9 @@ def run_trials(study: Any, objective: Any, n_trials: int, *, timeout: float | No
         in_a_row = in_a_row + 1 if guarded.skipped else 0
         if in_a_row >= MAX_DUPLICATES:
             warnings.warn(f"the search space looks exhausted: {MAX_DUPLICATES} samples in a "
-                          f"row repeated configurations already tried; stopping with "
+                          f"row repeated configurations already evaluated or already "
+                          f"rejected before training (e.g. proved slower than the fastest "
+                          f"feasible point by the cost model); stopping with "
                           f"{n_evaluated(study)} evaluated trials", stacklevel=2)
             return
 

@@ -57,6 +57,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(z / z.sum(axis=1, keepdims=True))
 
 
+def _check_rounding_bits(rounding_bits: Any) -> None:
+    """``rounding_bits``: None, ``"auto"``, an int or a sequence of ints (not floats or
+    bools, which would otherwise be read as sequences or as 1)."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if rounding_bits is None or isinstance(rounding_bits, str) or is_int(rounding_bits):
+        return
+    if isinstance(rounding_bits, np.ndarray) and rounding_bits.ndim == 1:
+        rounding_bits = rounding_bits.tolist()
+    if not isinstance(rounding_bits, (list, tuple)) or not all(is_int(v) for v in rounding_bits):
+        raise ValueError(f"rounding_bits must be an int, a sequence of ints (one per table "
+                         f"lookup), None or 'auto', got {rounding_bits!r}")
+
+
 class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
     """Base of estimators whose fitted model is a quantized IR circuit (``circuit_``).
 
@@ -276,7 +291,9 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
             whose FHE-simulated score on ``(X, y)`` stays within this of the unrounded
             circuit's score is chosen (:func:`latentopt.search.inner.search_compile`;
             the search is kept in ``inner_search_``).  Calibration then uses
-            ``calibration_set_``.
+            ``calibration_set_``.  With ``rounding_bits="auto"`` and no ``p_error``,
+            the rounding is scored at ``p_error=1e-3`` per lookup (more error than the
+            default) and the circuit compiled at the default error probability.
         cost_model : latentopt.search.cost.CostModel, optional
             Latency model for the ``"auto"`` search (default: concrete's complexity).
         verbose : int, optional
@@ -296,6 +313,7 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
             by 17%).  ``False`` rounds every channel as the widest one needs.
         """
         check_is_fitted(self, "circuit_")
+        _check_rounding_bits(rounding_bits)
         if isinstance(rounding_bits, str) or isinstance(p_error, str):
             if rounding_bits not in ("auto", None) and isinstance(rounding_bits, str):
                 raise ValueError("rounding_bits must be an int, a list, None or 'auto'")

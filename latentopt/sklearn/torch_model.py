@@ -306,7 +306,7 @@ equalize : optional
 
     _check_common(task, fhe_mode)
     X = _calibration_array(model, X_calib)
-    gm, ops, folded = read_graph(model, maxpool=maxpool)
+    gm, ops, folded = read_graph(model, maxpool=maxpool, example=X)
     bits = parse_bits(n_bits, ops)
     values = record_values(gm, X)
     shapes = {k: tuple(v.shape[1:]) for k, v in values.items()}
@@ -350,7 +350,8 @@ def compile_brevitas_qat_model(
     """Import a network trained with brevitas quantizers (QAT) and compile it.
 
     Bit-widths, scales and zero points are read from the brevitas modules, so the
-    integer circuit computes what brevitas computes (see
+    integer circuit computes what brevitas computes, up to the shift of a batch norm
+    that follows an activation (rounded to its input's grid: custom-models guide) (see
     :mod:`latentopt.nn.brevitas_import` for the supported patterns).  ``X_calib`` only
     calibrates FHE bit-widths.  Other parameters as in :func:`compile_torch_model`.
     """

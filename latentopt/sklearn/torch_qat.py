@@ -274,7 +274,8 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
         model = self._training_module(model)  # the regressor's standardised head
         self.input_signed_ = signed_inputs(X)
         with seeded(seed), torch_threads(1):
-            qat, info = convert_to_qat(model, bits, input_signed=self.input_signed_)
+            qat, info = convert_to_qat(model, bits, input_signed=self.input_signed_,
+                                       example=X[:2])
             idx = np.sort(rng.permutation(len(data[0]))[:N_CALIBRATION])
             if self.calibrate:
                 calibrate_qat(qat, data[0][idx])
@@ -332,7 +333,7 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
 
             weights = torch.load(io.BytesIO(blob), weights_only=True)
             self.qat_module_ = rebuild(self.float_module_, self.bits_, self.input_signed_,
-                                       weights)
+                                       weights, tuple(self.input_shape_))
 
 
 class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):

@@ -19,7 +19,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from .validation import check_pruning
+from .distillation import teacher_inputs
+from .validation import check_pruning, warn_feature_scales
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -155,6 +156,7 @@ class MLPTrainingMixin:
         """Build, train, prune and export the network; sets the fitted attributes."""
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
+        warn_feature_scales(X, self.n_input_bits)
         data = self._split(X, y, stratify, seed, soft)
         from ..nn.mlp import signed_inputs
 
@@ -224,11 +226,12 @@ class MLPTrainingMixin:
         importance = self.prune_importance if importance is None else importance
         epochs = self.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs
         check_pruning(ratio, n_accum_bits, importance, epochs)  # as fit's (a str was taken)
+        X_user = X
         X, y_enc = self._encode_for_pruning(X, y)
         new: Self = pickle.loads(pickle.dumps(self))
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        soft = new._distill_targets(X, None)
+        soft = new._distill_targets(teacher_inputs(X_user, X), None)  # as fit's teacher
         data = new._split(X, y_enc, hasattr(self, "classes_"), seed, soft)
         # the model's own budget holds after a ratio too: structured pruning and its
         # fine-tuning move the weights, and a 9-bit budget ended at a 10-bit accumulator

@@ -72,13 +72,20 @@ def check_pruning(ratio: Any, n_accum_bits: Any, importance: Any, epochs: Any) -
         raise ValueError(f"fine_tune_epochs must be an int >= 0, got {epochs!r}")
 
 
+def _check_int(est: Any, name: str, lo: int) -> None:
+    """``est.<name>`` is an int (not a bool) ``>= lo``.  Training skips one-sample
+    batches (they break batch statistics), so ``batch_size`` starts at 2."""
+    v = getattr(est, name)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        why = ": one-sample batches are not trained on" if name == "batch_size" else ""
+        raise ValueError(f"{name} must be an int >= {lo}{why}, got {v!r}")
+
+
 def check_mlp_params(est: Any) -> tuple[int, ...]:
     """Validate an MLP estimator's hyper-parameters; returns its hidden layer sizes."""
     hidden = check_hidden_layer_sizes(est.hidden_layer_sizes)
-    for name in ("max_epochs", "batch_size", "patience"):
-        value = getattr(est, name)
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, lo in (("max_epochs", 1), ("batch_size", 2), ("patience", 1)):
+        _check_int(est, name, lo)
     _check_numbers(est)
     est._check_fhe(None)
     from ..nn.distill import check_distill_params, teacher_kind
@@ -131,10 +138,8 @@ def check_torch_qat_params(est: Any, model: Any = None) -> Any:
     if est.prune_importance not in CHANNEL_IMPORTANCES:
         raise ValueError(f"prune_importance must be one of {CHANNEL_IMPORTANCES}, got "
                          f"{est.prune_importance!r}")
-    for name, lo in (("max_epochs", 0), ("batch_size", 1), ("patience", 1)):
-        v = getattr(est, name)
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    for name, lo in (("max_epochs", 0), ("batch_size", 2), ("patience", 1)):
+        _check_int(est, name, lo)
     _check_numbers(est)
     if est.fhe_mode not in FHE_MODES:
         raise ValueError(f"fhe_mode must be one of {FHE_MODES}, got {est.fhe_mode!r}")
@@ -146,3 +151,36 @@ def check_torch_qat_params(est: Any, model: Any = None) -> Any:
                          "factory builds an untrained one: pass a trained module, or "
                          "distill_alpha=0")
     return bits
+
+
+def warn_feature_scales(X: np.ndarray, n_input_bits: Any) -> None:
+    """Warn when most features spread over less than a quarter of one step of the input
+    quantizer (standard deviation; standardised data at 3 bits does not warn).
+
+    The input quantizer has one scale for all features (its range is the whole of
+    ``X``'s), so on unscaled data (raw scikit-learn ``load_breast_cancer``: feature
+    spreads from 0.003 to 570) most features fall on one or two levels and the network
+    cannot learn from them: test accuracy 0.37-0.88 over three seeds, against 0.93-0.96
+    standardised.
+    """
+    import warnings
+
+    bits = int(n_input_bits) if isinstance(n_input_bits, (int, np.integer)) else 8
+    if len(X) < 2:
+        return
+    std = X.std(axis=0)
+    varying = std > 0
+    if not varying.any():
+        return
+    step = float(X.max() - X.min()) / (2**bits - 1)
+    narrow = int(np.sum(std[varying] < step / 4))
+    if narrow > 0.5 * int(varying.sum()):
+        warnings.warn(
+            f"{narrow} of {int(varying.sum())} features have a standard deviation under a "
+            f"quarter of one step ({step:.3g}) of the {bits}-bit input quantizer, which "
+            f"spans all of X "
+            f"({float(X.min()):.3g} to {float(X.max()):.3g}): those features reach the "
+            f"network as one or two values.  Standardise X (e.g. a Pipeline with "
+            f"sklearn.preprocessing.StandardScaler) if it is not, clip outlying values, "
+            f"or raise n_input_bits.", UserWarning, stacklevel=4)
+

@@ -112,10 +112,12 @@ def test_a_budget_met_only_on_validation_says_so():
 def test_a_row_refuted_at_the_final_selection_is_not_shown_feasible():
     """Validation-feasible (feasible True) but failed the final check (refuted): the
     summary says refuted and the plot does not draw it as a feasible trial."""
-    from latentopt.search.results import plot_front, summary_table
+    from latentopt.search.results import pareto_front, plot_front, summary_table
 
     rows = [{"trial": 0, "score": 0.9, "cost": 0.1, "feasible": True, "refuted": True},
             {"trial": 1, "score": 0.9, "cost": 0.2, "feasible": True}]
+    # the refuted row dominated trial 1 and was the whole front
+    assert [r["trial"] for r in pareto_front(rows)] == [1]
     lines = summary_table(rows, rows[1:], []).splitlines()
     assert lines[1].split()[-1] == "refuted" and lines[2].split()[-1] == "True*"
     ax = plot_front(rows, rows[1:], 0.85, "s")
@@ -190,3 +192,33 @@ def test_plot_keeps_labels_inside_and_legend_off_the_points(fitted, tmp_path):
     pts = ax.transData.transform([(r["cost"], r["score"]) for r in fitted.results_])
     assert not any(legend.contains(x, y) for x, y in pts)
     plt.close(fig)
+
+
+def test_a_point_searched_again_at_refit_is_what_the_search_reports():
+    """After the refit searched rounding and p_error again, ``best_compile_kwargs_``,
+    the chosen row and the outcome described the trial's point (0.0011 s, rounding 1)
+    while the delivered model ran at another (0.069 s, rounding 4)."""
+    from types import SimpleNamespace
+
+    from latentopt.search.inner import Candidate
+    from latentopt.search.refit import _report_new_point
+    from latentopt.search.results import Outcome
+
+    outcome = Outcome(budget_met=True, threshold=0.9, reference_score=0.91, best_score=0.95,
+                      best_score_latency=0.0011, best_score_trial=2, n_evaluated=3,
+                      n_failed=0, message="Budget met: ... 0.0011 s per sample (predicted).")
+    row = {"trial": 2, "cost": 0.0011, "seconds": 0.0011, "pbs": 0, "max_tlu_bits": 1,
+           "rounding_bits": 1, "rounding_method": "approximate", "p_error": 0.1}
+    search = SimpleNamespace(best_compile_kwargs_={"rounding_bits": 1, "p_error": 0.1,
+                                                   "rounding_method": "approximate"},
+                             best_trial_=row, outcome_=outcome, cost_model_=object())
+    cand = Candidate(4, "approximate", 0.03, True, score=0.94, latency=0.069, pbs=8,
+                     max_tlu_bits=4)
+    _report_new_point(search, cand)
+    assert search.best_compile_kwargs_ == {"rounding_bits": 4, "rounding_method": "approximate",
+                                           "p_error": 0.03}
+    chosen = search.best_trial_
+    assert (chosen["seconds"], chosen["pbs"], chosen["rounding_bits"]) == (0.069, 8, 4)
+    assert (chosen["trial_seconds"], chosen["trial_pbs"], chosen["trial_rounding_bits"]) == (
+        0.0011, 0, 1)
+    assert "searched again: rounding_bits=4, p_error=0.03, 0.069 s" in outcome.message

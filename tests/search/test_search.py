@@ -84,6 +84,19 @@ def test_compile_auto(data):
         est.compile(Xv, yv, rounding_bits="auto", max_accuracy_drop=-0.1)
 
 
+def test_compile_auto_rounding_alone_compiles_at_the_default_error_probability(data):
+    """``rounding_bits="auto"`` without ``p_error`` compiled at the inner search's 1e-3
+    per lookup (a global error probability near 1e-2, against the default 1e-5)."""
+    Xtr, ytr, Xv, yv = data
+    est = QuantizedMLPClassifier(**TINY).fit(Xtr, ytr)
+    est.compile(Xv, yv, rounding_bits="auto", max_accuracy_drop=0.05)
+    assert est.compile_options_["p_error"] is None
+    assert est.compile_options_["rounding_bits"] == est.inner_search_.best.rounding_bits
+    for bad in (5.0, True, [4.0], "6"):
+        with pytest.raises(ValueError, match="rounding_bits must be"):
+            est.compile(rounding_bits=bad)
+
+
 def test_compile_auto_on_a_dataframe_warns_once_and_not_about_feature_names(data, tmp_path):
     """The candidates score the validated array: scikit-learn warned "X does not have
     valid feature names" 13 times, and the held-out rows' overflow warning came once per
@@ -243,14 +256,17 @@ def test_refit_searches_again_when_the_point_fails_the_retrained_model(data, tmp
     assert s.best_params_ is not None
     s.max_accuracy_drop = 0.02
     # a point no model survives: 1-bit lookups at a high error rate
-    s.best_compile_kwargs_ = {"rounding_bits": 1, "rounding_method": "approximate",
-                              "p_error": 0.2}
+    forced = {"rounding_bits": 1, "rounding_method": "approximate", "p_error": 0.2}
+    s.best_compile_kwargs_ = dict(forced)
     est = s._best_estimator(s._objective, Xtr, ytr)
     info = s.refit_
     assert info["simulated_score"] < info["unrounded_score"] - 0.02
     assert info["searched_again"]
     if not info.get("kept_trial_model"):
-        assert info["point"] != s.best_compile_kwargs_
+        assert info["point"] != forced
+        # what the search reports is the delivered model's point
+        assert s.best_compile_kwargs_ == info["point"]
+        assert {k: est.compile_options_[k] for k in forced} == info["point"]
         assert est.fhe_report_["max_tlu_input_bits"] <= (info["point"]["rounding_bits"]
                                                          or 99)
 

@@ -178,6 +178,13 @@ def test_bad_inputs(fitted_wine_clf, wine):
         ({"lr": float("nan")}, "lr must be a number > 0"),
         ({"weight_decay": "x"}, "weight_decay must be a number >= 0"),
         ({"validation_fraction": "0.1"}, "validation_fraction must be a number in"),
+        # one-sample batches are skipped in training: batch_size=1 (or True) trained
+        # nothing and reported a loss of 0; a float bit-width was iterated over
+        ({"batch_size": 1}, "one-sample batches are not trained on"),
+        ({"batch_size": True}, "batch_size must be an int >= 2"),
+        ({"max_epochs": True}, "max_epochs must be an int"),
+        ({"n_w_bits": 3.0}, "n_w_bits must be an int or a sequence of ints"),
+        ({"n_input_bits": np.float64(6)}, "n_input_bits must be an int or a sequence"),
     ],
 )
 def test_invalid_hyperparameters(wine, params, match):

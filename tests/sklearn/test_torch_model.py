@@ -139,6 +139,15 @@ def _cases():  # name -> (model factory, input shape)
                                           nn.Linear(6, 2)), SEQ),
         "residual_add": (lambda: _seq(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), Residual(),
                                       nn.Flatten(), nn.Linear(108, 2)), IMG),
+        # BatchNorm1d normalises axis 1, the Linear's output the last: not foldable on 3-D
+        # tensors, even where the two sizes agree (2 and 2 here)
+        "linear_on_3d_then_batchnorm_of_axis_1": (lambda: _seq(
+            nn.Linear(8, 2), nn.BatchNorm1d(2), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2)), SEQ),
+        "convolution_only": (lambda: _seq(nn.Conv2d(2, 2, 3)), IMG),
+        "cat_axis_keyword_and_tanh_gelu": (lambda: Fn(
+            lambda L, x: L[2](torch.cat((F.relu(L[0](x)), L[1](x)), axis=1)),
+            nn.Linear(6, 3), nn.Sequential(nn.Linear(6, 3), nn.GELU(approximate="tanh")),
+            nn.Linear(6, 2)), VEC),
         "torch_add_chain": (lambda: Fn(
             lambda L, x: L[2](torch.add(F.relu(L[0](x)), L[1](F.relu(L[0](x))))),
             nn.Linear(6, 4), nn.Linear(4, 4), nn.Linear(4, 2)), VEC),
@@ -185,6 +194,23 @@ def test_fhe_simulation_and_onnx_equal_the_integer_backend(name, tmp_path):
     path = q.to_onnx(tmp_path / f"{name}.onnx")
     np.testing.assert_array_equal(OnnxRunner(path).predict(X.reshape(len(X), -1)),
                                   expected.reshape(len(X), -1))
+
+
+def test_a_batchnorm_of_another_axis_is_not_folded_into_the_linear():
+    factory, shape = CASES["linear_on_3d_then_batchnorm_of_axis_1"]
+    q = compile_torch_model(factory(), _data(shape), n_bits=8, fhe=False, verbose=0)
+    assert q.import_report_["folded_batch_norms"] == []
+    assert ("_1", "affine") in q.import_report_["ops"]
+
+
+def test_a_tanh_gelu_is_its_own_table_and_errors_name_the_call():
+    from latentopt.nn.fx_import import read_graph
+
+    _, ops, _ = read_graph(nn.Sequential(nn.Linear(6, 3), nn.GELU(approximate="tanh")))
+    assert [op.act_name for op in ops if op.kind == "act"] == [None]
+    _, ops, _ = read_graph(Fn(lambda L, x: F.gelu(L[0](x), approximate="tanh"),
+                              nn.Linear(6, 3)))
+    assert [repr(op.fn) for op in ops if op.kind == "act"] == ["gelu(x, approximate='tanh')"]
 
 
 def test_batchnorm_is_folded_and_reported():
@@ -329,6 +355,8 @@ def test_slicing_a_tensor_is_still_refused():
     (_TwoInputs(), "2 inputs"),
     (_Branchy(), "could not trace"),
     (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1, padding_mode="circular")), "Conv1d"),
+    (nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4, track_running_stats=False)),
+     "without running statistics"),
 ])
 def test_unsupported_ops_are_named(model, match):
     X = _data(SEQ if "Conv1d" in match else VEC)

@@ -177,6 +177,7 @@ def test_regressor_targets_far_from_zero_and_constant_targets():
     (dict(pruning_ratio=1.0), "pruning_ratio"),
     (dict(prune_importance="taylor"), "prune_importance"),
     (dict(max_epochs=-1), "max_epochs"),
+    (dict(batch_size=1), "one-sample batches are not trained on"),
     (dict(distill_alpha=1.5), "distill_alpha"),
     (dict(distill_alpha=0.5, distill_temperature=0.0), "distill_temperature"),
 ])
