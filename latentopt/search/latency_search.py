@@ -48,7 +48,7 @@ from .screening import seed_configs
 from .selection import make_check, select_on_check
 from .space import search_space
 from .storage import local_storage_dir, make_storage, recover_stale_trials
-from .teacher import is_array_teacher, prepare_teacher, search_teacher
+from .teacher import framed, is_array_teacher, prepare_teacher, search_teacher
 from .trials import (
     bind_identity,
     check_main_guard,
@@ -86,7 +86,10 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         default: the estimator's own ``teacher`` parameter.  It is fitted *once*, on the
         training part of ``X`` (unless already fitted), kept as ``teacher_`` and shared
         by every trial (and worker process, by pickling) and by the refit; an array
-        teacher has one row per sample of ``X`` and is split with it.  Trained models
+        teacher has one row per sample of ``X`` and is split with it.  With a DataFrame
+        ``X``, a scikit-learn teacher sees DataFrames of its columns (wrapped in
+        :class:`~latentopt.search.teacher.FramedTeacher`), as in the estimators' ``fit``.
+        Trained models
         are cached per teacher (keyed by its outputs), and the default study name
         includes that key.
     max_accuracy_drop : float, default=0.01
@@ -231,6 +234,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if self.n_jobs > 1:
             check_main_guard()
         classifier = is_classifier(self.estimator)
+        teacher = framed(search_teacher(self), X)  # a DataFrame's teacher sees its columns
         # validate_data keeps a DataFrame's column names (feature_names_in_), checked at
         # predict: reordered columns were accepted and changed 78 of 300 predictions
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=not classifier,
@@ -245,7 +249,6 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             spec = os.path.join(self._tmp.name, "study.journal")
         storage = make_storage(spec)  # a malformed URL fails here, before any training
         strat = y if is_classifier(self.estimator) else None
-        teacher = search_teacher(self)
         is_array = is_array_teacher(teacher)
         arrays = [X, y, *([np.asarray(teacher)] if is_array else [])]
         check: tuple[np.ndarray, np.ndarray] | None = None

@@ -107,3 +107,30 @@ def test_array_teacher_is_split_with_the_data(data, tmp_path):
     assert r.best_estimator_ is not None and r.refit_ is not None
     if not r.refit_.get("kept_trial_model"):
         assert r.best_estimator_.teacher_.shape[0] == len(X)
+
+
+def test_a_dataframes_teacher_selects_its_columns_by_name_in_trials_refit_and_prune(
+        data, tmp_path):
+    """A teacher pipeline that selects DataFrame columns by name works in the
+    estimators' fit; the search (trials and refit) and prune handed it arrays and it
+    failed ("Specifying the columns using strings is only supported for dataframes")."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+
+    X, y = data
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    teacher = make_pipeline(ColumnTransformer([("keep", "passthrough", ["f0", "f1"])]),
+                            LogisticRegression())
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), teacher=teacher,
+                      param_space={"n_w_bits": [3], "width": [6], "n_layers": [1]},
+                      n_trials=1, cost_model=None, check_folds=1, multi_fidelity=False,
+                      random_state=0, verbose=0, max_accuracy_drop=0.5,
+                      storage=str(tmp_path / "s.journal")).fit(df, y)
+    assert s.best_estimator_ is not None and s.teacher_.estimator_ is not None
+    assert list(s.teacher_.columns) == list(df.columns)
+    # the wrapped teacher computes what the pipeline computes on the DataFrame
+    fitted = s.teacher_.estimator_
+    np.testing.assert_array_equal(s.teacher_.predict_proba(X), fitted.predict_proba(df))
+    clf = QuantizedMLPClassifier(**TINY, teacher=teacher).fit(df, y)
+    assert clf.prune(df, y, ratio=0.5).score(df, y) > 0.5
