@@ -300,7 +300,22 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         if self.best_estimator_ is not None and hasattr(self, "feature_names_in_"):
             # trained on the same columns, as an array: it checks a DataFrame's names too
             self.best_estimator_.feature_names_in_ = self.feature_names_in_
+        if self.best_estimator_ is not None:
+            self._warn_if_constant(X)
         return self
+
+    def _warn_if_constant(self, X: np.ndarray) -> None:
+        """A budget at or below a constant predictor's score is met by a circuit whose
+        lookups all round to constants (0 PBS): say so where it happens."""
+        best: Any = self.best_estimator_
+        out = np.asarray(best.predict(X[:2000]))
+        if len(out) < 2 or not np.all(out == out[:1]):
+            return
+        msg = (f" The chosen model predicts the same value ({out[0]!r}) for every row of X: "
+               f"the threshold {self.threshold_:.4f} is at or below what a constant "
+               f"predictor scores.  Lower max_accuracy_drop or check reference_score.")
+        self.outcome_.message += msg
+        warnings.warn(msg.strip(), UserWarning, stacklevel=3)
 
     def _cache_dir(self, storage: Any) -> Path:
         if self.cache_dir is not None:

@@ -222,3 +222,30 @@ def test_a_point_searched_again_at_refit_is_what_the_search_reports():
     assert (chosen["trial_seconds"], chosen["trial_pbs"], chosen["trial_rounding_bits"]) == (
         0.0011, 0, 1)
     assert "searched again: rounding_bits=4, p_error=0.03, 0.069 s" in outcome.message
+
+
+def test_a_chosen_model_that_predicts_one_value_is_reported():
+    """A budget at or below a constant predictor's score (max_accuracy_drop=1.0, or a
+    reference that scores below zero R^2) was met by a 0-PBS circuit predicting one
+    class for every row, and the outcome read like any other."""
+    from types import SimpleNamespace
+
+    from sklearn.dummy import DummyClassifier
+
+    from latentopt.search.results import Outcome
+
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    y = np.arange(30) % 3
+    outcome = Outcome(budget_met=True, threshold=0.0, reference_score=1.0, best_score=0.33,
+                      best_score_latency=0.001, best_score_trial=0, n_evaluated=1,
+                      n_failed=0, message="Budget met.")
+    fake = SimpleNamespace(best_estimator_=DummyClassifier().fit(X, y), threshold_=0.0,
+                           outcome_=outcome)
+    with pytest.warns(UserWarning, match="predicts the same value"):
+        LatencySearch._warn_if_constant(fake, X)
+    assert "predicts the same value" in outcome.message and "threshold 0.0000" in (
+        outcome.message)
+    fake.best_estimator_ = DummyClassifier(strategy="uniform", random_state=0).fit(X, y)
+    fake.outcome_ = Outcome(**{**outcome.__dict__, "message": "Budget met."})
+    LatencySearch._warn_if_constant(fake, X)  # varied predictions: nothing added
+    assert fake.outcome_.message == "Budget met."

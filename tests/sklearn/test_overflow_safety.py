@@ -147,3 +147,27 @@ def test_deployed_client_checks_the_calibrated_box(fitted, tmp_path):
         warnings.simplefilter("error")
         np.testing.assert_array_equal(client.clip_to_box(client.quantize(Xte + 8)),
                                       client.quantize(Xte + 8))
+
+
+def test_samples_outside_the_box_are_clipped_to_it_as_the_deployed_client_does(fitted):
+    """``predict(fhe=...)`` clipped only to the quantizer's range and let intermediate
+    values overflow, while a deployment's client clips to the calibrated input box: the
+    same sample got other logits from ``fhe="execute"`` and from the client."""
+    from latentopt.backends.integer import IntegerBackend
+
+    clf, Xtr, Xte = fitted
+    clf.compile(Xtr[:10], range_margin=0.0, **EXACT)
+    X = Xte * 10
+    lo, hi = (np.asarray(b) for b in clf.fhe_report_["input_box"])
+    backend = IntegerBackend(clf.rounded_circuit_)
+    q = backend.quantize(X)
+    assert ((q < lo) | (q > hi)).any(axis=1).all()
+    with pytest.warns(UserWarning, match="clipped to its calibrated input box"):
+        sim = clf.fhe_circuit_.simulate(np.clip(q, lo, hi))
+        got = clf._run_fhe(q, "simulate")
+    np.testing.assert_array_equal(got, sim)
+    # the integer backend on the clipped integers (exact rounding, negligible p_error),
+    # where no intermediate value of a clipped sample leaves its compiled width
+    ok = ~clf.fhe_circuit_.overflows(np.clip(q, lo, hi))
+    assert ok.sum() >= 10  # (a 10-row calibration at margin 0: most still overflow)
+    np.testing.assert_array_equal(got[ok], backend.run_integers(np.clip(q, lo, hi))[ok])
