@@ -110,6 +110,10 @@ def configuration(fhe: Any, *, p_error: float | None, global_p_error: float | No
         assert global_p_error is not None
         conf["global_p_error"] = float(-math.expm1(n_calls * math.log1p(-global_p_error)))
     conf.update(concrete_options or {})
+    if conf.get("dataflow_parallelize"):
+        from .fhe_concrete import uses_dataflow
+
+        uses_dataflow()
     if insecure_key_cache is not None:
         conf.update(use_insecure_key_cache=True, enable_unsafe_features=True,
                     insecure_key_cache_location=str(insecure_key_cache))

@@ -29,7 +29,46 @@ def concrete_fhe() -> Any:
         raise ImportError(
             "the FHE backend needs concrete-python (pip install concrete-python, numpy<2)"
         ) from exc
+    _keep_exit_status()
     return fhe
+
+
+_dataflow = {"guarded": False, "started": False}
+
+
+def uses_dataflow() -> None:
+    """Record that a circuit was compiled with concrete's dataflow runtime, which must
+    then be terminated at exit (:func:`_keep_exit_status`)."""
+    _dataflow["started"] = True
+
+
+def _keep_exit_status() -> None:
+    """Keep the process's exit status.
+
+    concrete-python 2.11 registers an ``atexit`` handler that terminates its dataflow
+    runtime, and it ends the process with status 0 once a circuit has run: a script
+    that raised, or called ``sys.exit(3)``, after ``simulate`` exited 0, so shells and CI
+    saw success (a single-process ``pytest`` with a failing test too).  latentopt starts
+    that runtime only when asked (``concrete_options={"dataflow_parallelize": True}``):
+    the handler is replaced by one that terminates it only then.
+    """
+    if _dataflow["guarded"]:
+        return
+    import atexit
+
+    import concrete.compiler as cc
+
+    handler = getattr(cc, "_terminate_df_parallelization", None)
+    _dataflow["guarded"] = True
+    if handler is None:  # pragma: no cover - another concrete version
+        return
+    atexit.unregister(handler)
+
+    def terminate_if_started() -> None:
+        if _dataflow["started"]:
+            handler()
+
+    atexit.register(terminate_if_started)
 
 
 def is_multi_table_clipping_failure(exc: BaseException) -> bool:

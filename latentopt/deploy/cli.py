@@ -17,41 +17,46 @@ MiB = 2**20
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from latentopt.__main__ import number_arg
+
+    positive = number_arg(float, 0, inclusive=False)
     p = argparse.ArgumentParser(prog="latentopt serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", metavar="[NAME=]DIR",
                    help="directory of a model's server.zip and client.zip")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=number_arg(int, 1, hi=65535), default=8000)
     p.add_argument("--key-store", default=os.environ.get("LATENTOPT_KEY_STORE",
                                                          "latentopt-keys"),
                    help="key-store directory, or redis://host:port/db shared by replicas "
                         "(env LATENTOPT_KEY_STORE)")
-    p.add_argument("--max-keys", type=int, default=10_000,
+    p.add_argument("--max-keys", type=number_arg(int, 1), default=10_000,
                    help="key sets kept; least recently used evicted beyond")
-    p.add_argument("--max-store-mb", type=float, default=64 * 1024,
+    p.add_argument("--max-store-mb", type=positive, default=64 * 1024,
                    help="MiB of keys kept; least recently used evicted beyond")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=number_arg(int, 1), default=None,
                    help="worker processes (default: every core)")
-    p.add_argument("--cache-size", type=int, default=4,
+    p.add_argument("--cache-size", type=number_arg(int, 1), default=4,
                    help="deserialised key sets kept in memory per worker (LRU)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=number_arg(int, 1), default=1,
                    help="requests of one batch run concurrently in a worker")
-    p.add_argument("--max-batch", type=int, default=8,
+    p.add_argument("--max-batch", type=number_arg(int, 1), default=8,
                    help="queued requests of one client sent to its worker together")
-    p.add_argument("--max-request-mb", type=float, default=64, help="ciphertext body limit")
-    p.add_argument("--max-key-mb", type=float, default=2048, help="key registration limit")
-    p.add_argument("--max-samples", type=int, default=4096, help="samples per request")
-    p.add_argument("--timeout", type=float, default=600, help="seconds per prediction")
+    p.add_argument("--max-request-mb", type=positive, default=64, help="ciphertext body limit")
+    p.add_argument("--max-key-mb", type=positive, default=2048, help="key registration limit")
+    p.add_argument("--max-samples", type=number_arg(int, 1), default=4096,
+                   help="samples per request")
+    p.add_argument("--timeout", type=positive, default=600, help="seconds per prediction")
     p.add_argument("--token", default=os.environ.get("LATENTOPT_TOKEN"),
                    help="bearer token required from every client (env LATENTOPT_TOKEN)")
     p.add_argument("--token-file", default=None,
                    help="per-client tokens: lines of 'name token'")
     p.add_argument("--ssl-certfile", default=None, help="TLS certificate (PEM), uvicorn")
     p.add_argument("--ssl-keyfile", default=None, help="TLS private key (PEM), uvicorn")
-    p.add_argument("--graceful-timeout", type=float, default=600,
+    p.add_argument("--graceful-timeout", type=number_arg(float, 0), default=600,
                    help="seconds in-flight requests may take to finish on shutdown")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug", "trace"])
     return p
 
 
@@ -67,9 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         name, sep, path = item.partition("=")
         if not sep:
             path, name = item, Path(item.rstrip("/")).name
+        if not name or not path:
+            raise SystemExit(f"latentopt serve: {item!r} names no model or no directory; "
+                             f"use DIR or NAME=DIR")
         if name in models:
             raise SystemExit(f"latentopt serve: two models named {name!r}; use NAME=DIR")
         models[name] = path
+    for flag, path in (("--ssl-certfile", args.ssl_certfile),
+                       ("--ssl-keyfile", args.ssl_keyfile)):
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"latentopt serve: {flag} {path}: no such file")
     config = ServeConfig(
         models=models, store=args.key_store, max_keys=args.max_keys,
         max_store_bytes=int(args.max_store_mb * MiB), workers=args.workers,

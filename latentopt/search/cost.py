@@ -48,7 +48,13 @@ from .fingerprint import (
 )
 from .profile import _calls, _op_work, circuit_profile, combine, key_work, predict_profile
 
-__all__ = ["COEFFICIENTS", "GRIDS", "PRIOR", "CostModel", "FingerprintMismatchError"]
+__all__ = ["COEFFICIENTS", "GRIDS", "PRIOR", "CorruptCostModelError", "CostModel",
+           "FingerprintMismatchError"]
+
+
+class CorruptCostModelError(ValueError):
+    """A cost-model file that cannot be read or holds impossible values (truncated,
+    hand-edited): treated as absent by the cache, which recalibrates with a warning."""
 
 #: Seconds of one core per call, per 10^9 operations of the per-call conversion of the
 #: bootstrap keys to the Fourier domain (:func:`~latentopt.search.profile.key_work`), per
@@ -347,7 +353,7 @@ class CostModel:
         for i, file in enumerate(files):
             try:
                 return cls.from_file(file)
-            except FingerprintMismatchError:
+            except (FingerprintMismatchError, CorruptCostModelError):
                 if i == len(files) - 1:
                     raise
         raise FileNotFoundError(f"no cost model in {cache_file('', cache_dir).parent}: "
@@ -363,7 +369,7 @@ class CostModel:
                 continue
             try:
                 model = cls.from_file(path)
-            except FingerprintMismatchError as exc:
+            except (FingerprintMismatchError, CorruptCostModelError) as exc:
                 warnings.warn(f"not using the cached cost model {path}: {exc}; recalibrating",
                               stacklevel=3)
                 continue
@@ -388,11 +394,25 @@ class CostModel:
         or concrete-python version (``check=False``: warn and load it anyway, unless its
         format is not this version's).
         """
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptCostModelError(f"{path} is not a readable cost model "
+                                        f"({type(exc).__name__}: {exc})") from exc
         if not isinstance(data, dict) or "coefficients" not in data:
-            raise ValueError(f"{path} is not a latentopt cost model")
+            raise CorruptCostModelError(f"{path} is not a latentopt cost model")
         check_fingerprint(data, path, check)
-        return cls(data["coefficients"], data["speedup"], data["fingerprint"], data.get("info"))
+        try:
+            model = cls(data["coefficients"], data["speedup"], data["fingerprint"],
+                        data.get("info"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptCostModelError(f"{path} is not a complete cost model "
+                                        f"({type(exc).__name__}: {exc})") from exc
+        values = [*model.coefficients.values(), model.speedup]
+        if not all(math.isfinite(v) and v >= 0 for v in values) or model.speedup <= 0:
+            raise CorruptCostModelError(f"{path} holds coefficients that are not finite "
+                                        f"and >= 0, or a speedup that is not > 0")
+        return model
 
 
 def _pbs_table(records: list[dict[str, Any]]) -> list[list[float]]:

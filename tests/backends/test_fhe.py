@@ -414,3 +414,23 @@ def test_per_channel_tables_after_an_overflowing_approximate_rounding_compile():
     # a circuit without the overflow keeps concrete's default (active clipping)
     assert FHECircuit.compile(circuit, q[:32], range_margin=0.25).report[
         "approximate_active_clipping"] is True
+
+
+def test_a_failing_script_keeps_its_exit_status_after_an_fhe_run(tmp_path):
+    """concrete-python's atexit handler ended every process that had run a circuit with
+    status 0: a script that raised after ``simulate`` looked successful to its shell."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fails.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from latentopt import QuantizedMLPClassifier\n"
+        "X = np.random.default_rng(0).normal(size=(60, 3)); y = (X[:, 0] > 0).astype(int)\n"
+        "clf = QuantizedMLPClassifier(hidden_layer_sizes=(3,), n_w_bits=2, n_a_bits=2,\n"
+        "                             n_input_bits=3, max_epochs=2, verbose=0).fit(X, y)\n"
+        "clf.compile(X, rounding_bits=3).predict(X[:2], fhe='simulate')\n"
+        "raise SystemExit(3)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 3, done.stderr[-2000:]

@@ -58,3 +58,43 @@ def test_a_program_concrete_cannot_load_is_named_at_start_up(deployed, tmp_path)
     log = str(exc.value)
     assert "could not load the models" in log and "program.zip" in log
     assert "ran out of memory" not in log
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--port", "99999"], "--port: must be a finite number >= 1 and <= 65535"),
+    (["--max-store-mb", "nan"], "--max-store-mb: must be a finite number > 0"),
+    (["--timeout", "-1"], "--timeout: must be a finite number > 0"),
+    (["--max-samples", "0"], "--max-samples: must be a finite number >= 1"),
+    (["--log-level", "bogus"], "invalid choice"),
+])
+def test_bad_numbers_and_levels_are_usage_errors(args, text, capsys):
+    """These started the server (or printed a 76-line traceback after start-up)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["somewhere", *args])
+    assert exc.value.code == 2 and text in capsys.readouterr().err
+
+
+def test_missing_tls_files_and_empty_names_end_in_one_line(tmp_path):
+    for args, text in ([["=" + str(tmp_path)], "names no model"],
+                       [[str(tmp_path), "--ssl-certfile", "/missing.pem"],
+                        "--ssl-certfile /missing.pem: no such file"]):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert str(exc.value.code).startswith("latentopt serve: ") and text in str(
+            exc.value.code)
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--n-encrypted", "-3"], "--n-encrypted: must be a finite number >= 1"),
+    (["--timeout", "nan"], "--timeout: must be a finite number > 0"),
+    (["--max-accuracy-drop", "-1"], "--max-accuracy-drop: must be a finite number >= 0"),
+    (["--seed", "-1"], "--seed: must be a finite number >= 0"),
+    (["--n-trials", "x"], "not a number: 'x'"),
+])
+def test_the_main_jobs_bad_arguments_are_usage_errors(args, text, capsys):
+    """``--n-encrypted -3`` ran 140 samples and printed negative seconds per sample."""
+    from latentopt.__main__ import main as main_job
+
+    with pytest.raises(SystemExit) as exc:
+        main_job(args)
+    assert exc.value.code == 2 and text in capsys.readouterr().err

@@ -173,6 +173,41 @@ def test_cached_model_from_another_machine_is_recalibrated(model, tmp_path, monk
     assert calls, "force=True recalibrates"
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "list", "no speedup", "nan mac",
+                                    "negative mac", "zero speedup"])
+def test_a_damaged_cache_file_is_named_and_recalibrated(model, tmp_path, monkeypatch, damage):
+    """A truncated or hand-edited cache raised a raw JSONDecodeError / KeyError, or loaded
+    and predicted NaN or negative seconds, and was never replaced."""
+    import json
+
+    path = tmp_path / "cost_model_quick.json"
+    model.save(path)
+    data = json.loads(path.read_text())
+    if damage == "truncated":
+        path.write_text(path.read_text()[:100])
+    elif damage == "empty":
+        path.write_text("")
+    elif damage == "list":
+        path.write_text("[1, 2]")
+    else:
+        if damage == "no speedup":
+            del data["speedup"]
+        elif damage == "zero speedup":
+            data["speedup"] = 0
+        else:
+            data["coefficients"]["mac"] = float("nan") if damage == "nan mac" else -1.0
+        path.write_text(json.dumps(data))
+    with pytest.raises(cost.CorruptCostModelError, match="cost_model_quick.json"):
+        CostModel.from_file(path)
+    with pytest.raises(cost.CorruptCostModelError):
+        CostModel.load(cache_dir=tmp_path)
+    calls: list = []
+    monkeypatch.setattr(cost, "measure_point", _fake_measure(calls))
+    with pytest.warns(UserWarning, match="not using the cached cost model"):
+        fresh = CostModel.load_or_calibrate(verbose=0, grid="quick", cache_dir=tmp_path)
+    assert calls and CostModel.from_file(path).coefficients == fresh.coefficients
+
+
 def test_cache_dir_env_var_is_honoured(model, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv(CACHE_ENV, raising=False)
