@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 import time
 import weakref
 from collections import deque
@@ -118,6 +119,9 @@ class FHECircuit:
         self._recompile: dict[str, Any] = {}
         #: whether the keys have served a run (the first run decompresses them)
         self.warm = False
+        # one key generation at a time: two threads' first execute() each generated keys,
+        # and one encrypted with keys the other then replaced (wrong rows, no error)
+        self._key_lock = threading.RLock()
         # concrete leaves each compiled library in a temporary directory: remove them
         self._cleanup = weakref.finalize(self, remove_library_dirs, module)
 
@@ -280,8 +284,12 @@ class FHECircuit:
         here, not by the first prediction; its seconds are ``report["warmup_seconds"]``,
         not part of the returned keygen time.
         """
-        if self.keys_generated and not force:
-            return 0.0
+        with self._key_lock:
+            if self.keys_generated and not force:
+                return 0.0
+            return self._keygen(force, seed, warm)
+
+    def _keygen(self, force: bool, seed: int | None, warm: bool) -> float:
         t0 = time.perf_counter()
         if self.verbose:
             size = self.report.get("size_of_evaluation_keys", 0) / 2**20

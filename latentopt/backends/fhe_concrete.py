@@ -30,7 +30,31 @@ def concrete_fhe() -> Any:
             "the FHE backend needs concrete-python (pip install concrete-python, numpy<2)"
         ) from exc
     _keep_exit_status()
+    _thread_ready()
     return fhe
+
+
+def _thread_ready() -> None:
+    """Set up concrete-python's thread-local tracing state in the calling thread.
+
+    concrete 2.11 initialises it (the tag stack, the rounding adjustment flags) only in
+    the thread that imported it: compiling in any other thread (``compile`` in a
+    ``threading.Thread``, or the lazy recompile of an unpickled estimator under
+    ``joblib``'s threading backend) failed with "'_thread._local' object has no
+    attribute 'stack'".
+    """
+    import importlib
+
+    def module(name: str) -> Any:  # the package re-exports functions of these names
+        return importlib.import_module(f"concrete.fhe.extensions.{name}")
+
+    tags = module("tag").tag_context
+    if not hasattr(tags, "stack"):
+        tags.stack = []
+    for name in ("round_bit_pattern", "truncate_bit_pattern"):
+        local = module(name).local
+        if not hasattr(local, "_is_adjusting"):
+            local._is_adjusting = False
 
 
 _dataflow = {"guarded": False, "started": False}

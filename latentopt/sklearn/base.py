@@ -18,6 +18,7 @@ simulation and execution, ONNX, deployment client) runs the same circuit, so the
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax (class probabilities from logits), computed in the clear."""
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     return np.asarray(z / z.sum(axis=1, keepdims=True))
+
+
+#: Lazy recompiles of unpickled estimators, one at a time (estimators hold no lock: they
+#: pickle and clone).
+_RECOMPILE_LOCK = threading.Lock()
 
 
 def _check_rounding_bits(rounding_bits: Any) -> None:
@@ -155,12 +161,17 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         options = getattr(self, "compile_options_", None)
         if fhe_circuit is None and options is not None and self.rounded_circuit_ is not None:
             # unpickled estimator: compiled circuits do not pickle, recompile on demand
-            inputset = self.compile_inputset_
-            if inputset is None:
-                inputset = self.rounded_circuit_.input_quantizer.apply(self.calibration_set_)
-            fhe_circuit = self._lower_to_fhe(self.rounded_circuit_, inputset, options,
-                                             int(self.verbose))
-            self.fhe_circuit_ = fhe_circuit
+            # (once: threads predicting at the same time wait for the first one's compile)
+            with _RECOMPILE_LOCK:
+                fhe_circuit = getattr(self, "fhe_circuit_", None)
+                if fhe_circuit is None:
+                    inputset = self.compile_inputset_
+                    if inputset is None:
+                        inputset = self.rounded_circuit_.input_quantizer.apply(
+                            self.calibration_set_)
+                    fhe_circuit = self._lower_to_fhe(self.rounded_circuit_, inputset,
+                                                     options, int(self.verbose))
+                    self.fhe_circuit_ = fhe_circuit
         if fhe_circuit is None:
             raise RuntimeError(
                 f"{action} needs a compiled circuit: call {type(self).__name__}.compile() first"

@@ -340,6 +340,44 @@ def tiny_fhe(key_cache, make_mlp, sample_q):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.fhe
+def test_threads_compile_and_generate_keys_once(key_cache, make_mlp, sample_q):
+    """Compiling in a thread other than the one that imported concrete failed inside
+    concrete's tracer ('_thread._local' object has no attribute 'stack'); two threads'
+    first execute() each generated keys, and one encrypted with keys the other then
+    replaced (wrong rows, no error)."""
+    import threading
+
+    circuit = make_mlp(seed=5, hidden=3).with_rounding(1, "exact")
+    q = sample_q(circuit, 50, seed=6)
+    compiled: list = []
+    worker = threading.Thread(target=lambda: compiled.append(compile_(
+        circuit, q, range_mode="worst_case", compress=False, insecure_key_cache=key_cache)))
+    worker.start()
+    worker.join()
+    assert len(compiled) == 1
+    fc = compiled[0]
+    calls = []
+    original = fc.module.keygen
+
+    def slow_keygen(*args, **kwargs):  # a window in which other threads arrive
+        calls.append(threading.get_ident())
+        __import__("time").sleep(0.3)
+        return original(*args, **kwargs)
+
+    fc.module.keygen = slow_keygen
+    out: dict = {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, fc.execute(q[:4])))
+               for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], IntegerBackend(circuit).run_integers(q[:4]))
+
+
+@pytest.mark.fhe
 def test_execute_equals_simulation(tiny_fhe, capsys):
     circuit, fc = tiny_fhe
     assert not fc.keys_generated
