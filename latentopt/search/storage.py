@@ -145,9 +145,30 @@ def _make(s: str, heartbeat_interval: int, grace_period: int | None,
     if "://" not in s:
         raise ValueError(f"storage {s!r} is neither a database URL (sqlite:///..., "
                          "postgresql://...) nor a path ending in '.journal'")
-    return optuna.storages.RDBStorage(
-        normalize_url(s), heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-        heartbeat_stale_trial_callback=retry)
+    return _rdb_storage(normalize_url(s), heartbeat_interval, grace_period, retry)
+
+
+def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int | None, retry: Any,
+                 attempts: int = 5) -> Any:
+    """An ``RDBStorage``, retried when another process creates the same fresh database's
+    schema at the same moment (Optuna's set-up race: two processes starting one search
+    on a new sqlite file crashed one with "UNIQUE constraint failed:
+    alembic_version.version_num" in 3 of 4 runs)."""
+    import random
+    import time
+
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=retry)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random() * 0.5)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def recover_stale_trials(study: Any) -> None:

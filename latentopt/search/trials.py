@@ -215,6 +215,34 @@ def _claimed_before(study: Any, number: int) -> int:
                for t in study.get_trials(deepcopy=False))
 
 
+#: Seconds between looks at a study whose remaining trials are under way elsewhere.
+POLL_SECONDS = 2.0
+
+
+def _wait_for_running(study: Any, deadline: float | None,
+                      check: Callable[[], None] | None) -> bool:
+    """Wait while the study has running trials (failing stale ones, see
+    :func:`~latentopt.search.storage.recover_stale_trials`); False if there were none
+    or the deadline passed first."""
+    waited = announced = False
+    start = time.monotonic()
+    while any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        if check is not None:
+            check()
+        time.sleep(POLL_SECONDS)
+        recover_stale_trials(study)
+        waited = True
+        if not announced and time.monotonic() - start > 10:
+            warnings.warn("the study's last trials are under way in another process, or "
+                          "were left by a killed run (failed as stale and retried once "
+                          "the storage's grace period has passed): waiting for them",
+                          stacklevel=3)
+            announced = True
+    return waited
+
+
 def find_duplicate(study: Any, trial: Any) -> int | None:
     """Number of another trial with the same parameters, evaluated or under way."""
     mine = trial.params
@@ -292,7 +320,13 @@ def run_trials(study: Any, objective: Any, n_trials: int, *, timeout: float | No
         study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=callbacks,
                        gc_after_trial=False)
         if guarded.skipped == "surplus":
-            return
+            # the rest is claimed by trials under way (another worker's, or a killed
+            # run's): wait until they finish or are failed as stale, then go on if the
+            # study still lacks evaluated trials (returning at once left a resume right
+            # after a kill, or the first of two processes, with 4 of 6 trials)
+            if not _wait_for_running(study, deadline, check):
+                return
+            continue
         in_a_row = in_a_row + 1 if guarded.skipped else 0
         if in_a_row >= MAX_DUPLICATES:
             warnings.warn(f"the search space looks exhausted: {MAX_DUPLICATES} samples in a "
@@ -329,6 +363,14 @@ def optimize(study: Any, objective: Any, n_trials: int, *, n_jobs: int = 1,
     procs: list[Any] = []
 
     def check_workers() -> None:
+        for p in [p for p in procs if p.exitcode is not None and p.exitcode < 0]:
+            # killed by a signal (out of memory, kill -9): its trial is recovered as stale
+            # and retried; the other workers go on (this aborted the whole search, naming
+            # a missing __main__ guard)
+            procs.remove(p)
+            warnings.warn(f"a search worker process was killed by signal {-p.exitcode} "
+                          f"(out of memory?); its trial is failed as stale and retried, "
+                          f"the other workers go on", stacklevel=2)
         dead = [p for p in procs if p.exitcode not in (None, 0)]
         if dead:
             raise RuntimeError(

@@ -241,6 +241,30 @@ def test_a_killed_trial_is_recovered_and_retried(tmp_path, kind):
     assert sum(t.state == COMPLETE for t in trials) == 2
 
 
+def test_a_resume_right_after_a_kill_waits_for_the_dead_trial(tmp_path):
+    """Resumed before the dead trial's grace period ran out, the search counted it as
+    claimed and returned with fewer evaluated trials than n_trials, without a word."""
+    url = str(tmp_path / "s.journal")
+    storage = make_storage(url, heartbeat_interval=1, grace_period=2)
+    optuna.create_study(study_name="dead", storage=storage,
+                        directions=["minimize", "maximize"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
+        "PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, url], stdout=subprocess.PIPE,
+                            env=env, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+    finally:
+        proc.send_signal(signal.SIGKILL)  # our own child, by its pid
+        proc.wait()
+    study = optuna.load_study(study_name="dead", storage=storage)
+    assert study.trials[0].state == RUNNING
+    run_trials(study, Stub(), 2)  # at once: the dead trial is not stale yet
+    trials = study.trials
+    assert trials[0].state == FAIL and not [t for t in trials if t.state == RUNNING]
+    assert sum(t.state == COMPLETE for t in trials) == 2
+
+
 # ---------------------------------------------------------------------- argument checks
 @pytest.mark.parametrize("kw, match", [
     (dict(max_accuracy_drop=-1), "max_accuracy_drop"),
