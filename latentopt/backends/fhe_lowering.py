@@ -206,6 +206,26 @@ LOWERINGS: dict[type[Step[Any]], Callable[[_Lowering, Any, ValuePlan, ValuePlan]
 }
 
 
+def _headroom(offset: np.ndarray, hi: np.ndarray, a: int,
+              rounded_hi: np.ndarray | None) -> np.ndarray:
+    """Offsets one step (``a``) lower on the channels where that widens nothing.
+
+    A value read by a lookup (or rounded, then read) is encrypted as ``v - offset``, and
+    ``offset`` is its lowest value: a channel whose values sit on that bound (ReLU
+    outputs summed by a pooling: 44% of them 0) reads table entry 0, and a lookup error
+    one step below it wraps around to the far end of the table, not to a neighbour
+    (measured: a Conv1d -> ReLU -> AvgPool regressor simulated at R^2 0.954 at
+    ``p_error=0.01`` against 0.987 on the integer backend, worst error 15 steps).  One
+    step of room below keeps such an error a neighbour's; it is taken only on channels
+    whose top still fits the value's bit-width (and its rounded width: ``rounded_hi``).
+    """
+    lower = offset - a
+    ok = (hi - lower) <= (1 << bit_width(0, int((hi - offset).max()))) - 1
+    if rounded_hi is not None:
+        ok &= (rounded_hi - lower) <= (1 << bit_width(0, int((rounded_hi - offset).max()))) - 1
+    return np.where(ok, lower, offset)
+
+
 def plan_lowering(circuit: Circuit, ranges: dict[str, Interval], hints: bool) -> LoweringPlan:
     """Choose offsets, bit-widths and folded constants for every live value.
 
@@ -229,6 +249,8 @@ def plan_lowering(circuit: Circuit, ranges: dict[str, Interval], hints: bool) ->
     for step in live:
         if isinstance(step, RoundStep):
             align[step.inputs[0]] = max(align.get(step.inputs[0], 1), 1 << step.lsbs)
+    lookup_inputs = {s.inputs[0] for s in live if isinstance(s, LookupStep)}
+    round_of = {s.inputs[0]: s for s in live if isinstance(s, RoundStep)}
     state = _Lowering(circuit)
     rng = ranges[qname]
     state.values[qname] = ValuePlan(qname, np.zeros(1, np.int64), rng.lo, rng.hi,
@@ -260,6 +282,10 @@ def plan_lowering(circuit: Circuit, ranges: dict[str, Interval], hints: bool) ->
         else:
             a = align.get(step.name, 1)
             offset = (lo // a) * a
+            if step.name in lookup_inputs or step.name in round_of:
+                rounded = round_of.get(step.name)
+                offset = _headroom(offset, hi, a, None if rounded is None else
+                                   _per_channel(ranges[rounded.name].hi, width))
         clo, chi = lo - offset, hi - offset
         vp = ValuePlan(step.name, offset, clo, chi, bit_width(0, max(int(chi.max()), 0)))
         ops.append(render(state, step, src, vp))

@@ -332,8 +332,9 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
             from ..nn.qat_convert import rebuild
 
             weights = torch.load(io.BytesIO(blob), weights_only=True)
-            self.qat_module_ = rebuild(self.float_module_, self.bits_, self.input_signed_,
-                                       weights, tuple(self.input_shape_))
+            # the module QAT trained (a regressor's head gains a bias when standardised)
+            self.qat_module_ = rebuild(self._training_module(self.float_module_), self.bits_,
+                                       self.input_signed_, weights, tuple(self.input_shape_))
 
 
 class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):

@@ -126,13 +126,18 @@ def check_torch_qat_params(est: Any, model: Any = None) -> Any:
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= r < 1.0:
             raise ValueError(f"pruning_ratio must be in [0, 1), got {est.pruning_ratio!r}")
     if isinstance(est.pruning_ratio, Mapping) and model is not None:
-        from ..prune.channels import PRUNABLE
+        from ..prune.channels import PRUNABLE, output_layers, prunable_layers
 
+        outputs = sorted(set(est.pruning_ratio) & set(output_layers(model)))
+        if outputs and any(est.pruning_ratio[n] > 0 for n in outputs):
+            raise ValueError(f"pruning_ratio names output layers {outputs}: their width is "
+                             f"the model's output, never pruned; prunable: "
+                             f"{prunable_layers(model)}")
         layers = {n for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
         unknown = sorted(set(est.pruning_ratio) - layers)
         if unknown:
             raise ValueError(f"pruning_ratio names unknown layers {unknown}; prunable: "
-                             f"{sorted(layers)}")
+                             f"{prunable_layers(model)}")
     from ..prune.channels import CHANNEL_IMPORTANCES
 
     if est.prune_importance not in CHANNEL_IMPORTANCES:

@@ -478,3 +478,32 @@ def test_a_residual_addition_compiles_without_per_norm_partitions():
     assert out.returncode == 0, out.stderr[-2000:]
     strategy, same = out.stdout.split()[-2:]
     assert strategy == "precision" and float(same) == 1.0
+
+
+def test_lookup_errors_at_a_values_lowest_bound_stay_neighbours():
+    """A lookup reading pooled ReLU outputs (lowest value 0, the worst case: no margin
+    below it) read table entry 0 for most samples, and a lookup error there wrapped to
+    the far end of the table: simulated outputs 15 steps off the integer backend."""
+    from latentopt.backends.fhe_lowering import _headroom
+
+    # one step below each channel's lowest value where the width allows it
+    offset, hi = np.array([0, 0, 8]), np.array([14, 15, 20])
+    np.testing.assert_array_equal(_headroom(offset, hi, 1, None), [-1, 0, 7])
+    np.testing.assert_array_equal(_headroom(np.array([0, 0]), np.array([12, 28]), 4,
+                                            np.array([12, 28])), [-4, 0])
+
+    # (through QAT: brevitas quantizes the pooled values, so a lookup reads them)
+    from latentopt import QuantizedTorchRegressor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 4, 5, padding=2), nn.ReLU(), nn.AvgPool1d(4),
+                          nn.Flatten(), nn.Linear(32, 1))
+    X = _data((1, 32), 200)
+    reg = QuantizedTorchRegressor(model, n_bits=5, max_epochs=2, random_state=0,
+                                  verbose=0).fit(X, X[:, 0, :8].sum(1))
+    reg.compile(p_error=0.01)
+    gemm = [n for n in reg.rounded_circuit_ if type(n).__name__ == "Gemm"][-1]
+    step = float(np.max(reg.rounded_circuit_.output.scale)) * float(np.abs(gemm.weight).max())
+    exact = reg.predict(X)
+    worst = max(float(np.abs(reg.predict(X, fhe="simulate") - exact).max()) for _ in range(3))
+    assert worst <= 2 * step, f"{worst / step:.1f} steps"  # without the room: 10-11 steps

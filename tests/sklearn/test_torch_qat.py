@@ -177,6 +177,9 @@ def test_regressor_targets_far_from_zero_and_constant_targets():
     (dict(pruning_ratio=1.0), "pruning_ratio"),
     (dict(prune_importance="taylor"), "prune_importance"),
     (dict(max_epochs=-1), "max_epochs"),
+    # the output layer "7" was accepted and silently left unpruned
+    (dict(pruning_ratio={"7": 0.5}), "output layers"),
+    (dict(pruning_ratio={"9": 0.5}), r"unknown layers \['9'\]; prunable: \['0', '5'\]"),
     (dict(batch_size=1), "one-sample batches are not trained on"),
     (dict(distill_alpha=1.5), "distill_alpha"),
     (dict(distill_alpha=0.5, distill_temperature=0.0), "distill_temperature"),
@@ -278,3 +281,22 @@ def test_functional_average_pooling_and_hard_coded_sizes_under_pruning():
     with pytest.raises(ValueError, match="hard-code"):
         QuantizedTorchClassifier(hard, n_bits=5, pruning_ratio=0.5, max_epochs=1,
                                  random_state=0, verbose=0).fit(X[:600], y[:600])
+
+
+def test_a_regressor_with_a_bias_free_head_pickles():
+    """Standardising the head gives the training copy a bias the user's module lacks:
+    unpickling rebuilt from the user's module and failed ("Unexpected key(s) in
+    state_dict: '2.bias'")."""
+    import pickle
+
+    from latentopt import QuantizedTorchRegressor
+
+    torch.manual_seed(0)
+    X = np.random.default_rng(0).normal(size=(120, 4)).astype(np.float32)
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0])
+    reg = QuantizedTorchRegressor(
+        nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1, bias=False)), n_bits=6,
+        max_epochs=2, random_state=0, verbose=0).fit(X, y)
+    assert reg.target_head_ == "2"
+    again = pickle.loads(pickle.dumps(reg))
+    np.testing.assert_array_equal(again.predict(X), reg.predict(X))
