@@ -380,7 +380,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self.outcome_: Outcome = make_outcome(
             rows, failures, best, reference_score=self.reference_score_,
             threshold=self.threshold_, max_accuracy_drop=self.max_accuracy_drop,
-            n_trials=self.n_trials, seconds=self.cost_model_ is not None)
+            n_trials=self.n_trials, seconds=self.cost_model_ is not None,
+            torch=hasattr(self.estimator, "_float_reference"))
         if best is None:
             self.best_params_ = None
             self.best_compile_kwargs_ = None

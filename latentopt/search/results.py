@@ -100,10 +100,15 @@ def _latency_words(latency: float | None, seconds: bool) -> str:
     return f"complexity {latency:.4g} (no cost model: not seconds)"
 
 
+def _more_trials(n_trials: int) -> str:
+    """The advice named the n_trials just used ("run more trials (n_trials=3)")."""
+    return f"n_trials above {n_trials}, or a longer timeout"
+
+
 def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                  best: dict[str, Any] | None, *, reference_score: float, threshold: float,
                  max_accuracy_drop: float, n_trials: int, seconds: bool = True,
-                 held_out: dict[str, Any] | None = None) -> Outcome:
+                 held_out: dict[str, Any] | None = None, torch: bool = False) -> Outcome:
     """The outcome in numbers and words.
 
     ``held_out``: the check of validation-feasible trials on unseen rows (``n_checked``,
@@ -149,7 +154,7 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                     f"each later one needs the margin on top)")
         lines.append("To find a model: give the search more rows (the check split is "
                      f"holdout_fraction of X), {drop}, or run more trials "
-                     f"(n_trials={n_trials}).")
+                     f"({_more_trials(n_trials)}).")
         msg = "\n".join(lines)
         return Outcome(budget_met=False, message=msg, **common)  # type: ignore[arg-type]
     lines = [f"Budget NOT met: none of the {n_eval} evaluated trials reached {budget}."]
@@ -166,9 +171,13 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
         advice.append(f"allow a larger drop (max_accuracy_drop >= {need:.3g} accepts trial "
                       f"{top['trial']}"
                       + (")" if top["cost"] < _NO_LATENCY else " if it compiles)"))
-    advice.append(f"run more trials (n_trials={n_trials})")
-    advice.append("widen the search space (wider or deeper layers, more weight/activation "
-                  "bits, less pruning, more training epochs in the template)")
+    advice.append(f"run more trials ({_more_trials(n_trials)})")
+    if torch:  # the architecture is the user's module: the search cannot widen it
+        advice.append("widen the search space (more input/weight/activation bits, less "
+                      "pruning, more training epochs or distillation in the template)")
+    else:
+        advice.append("widen the search space (wider or deeper layers, more weight/"
+                      "activation bits, less pruning, more training epochs in the template)")
     lines.append("To find a model: " + "; or ".join(advice) + ".")
     return Outcome(budget_met=False, message="\n".join(lines), **common)  # type: ignore[arg-type]
 

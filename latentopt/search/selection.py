@@ -394,6 +394,7 @@ def select_on_check(search: Any, objective: Any, check: Check | None) -> None:
         search.results_, search.failures_, chosen, reference_score=search.reference_score_,
         threshold=search.threshold_, max_accuracy_drop=search.max_accuracy_drop,
         n_trials=search.n_trials, seconds=search.cost_model_ is not None,
+        torch=hasattr(search.estimator, "_float_reference"),
         held_out={"n_checked": len(checked), "n_samples": len(check.y),
                   "threshold": check.threshold, "reference_score": check.reference_score,
                   "max_threshold": max((r["holdout_threshold"] for r in checked),
