@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from collections.abc import Callable
-from typing import Any
+
+from latentopt.deploy.cli import number_arg
 
 
 def entry(argv: list[str] | None = None) -> int:
@@ -33,30 +33,6 @@ def entry(argv: list[str] | None = None) -> int:
 
         return serve(args[1:])
     return main(args)
-
-
-def number_arg(kind: type, lo: float, inclusive: bool = True,
-               hi: float | None = None) -> Callable[[str], Any]:
-    """An argparse type: a finite ``kind`` >= ``lo`` (> ``lo`` if not ``inclusive``),
-    at most ``hi``; a bad value is one line of argparse's usage error, not a traceback
-    after minutes of work (``--n-encrypted -3`` ran 140 samples and printed negative
-    seconds)."""
-    import math
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if (not math.isfinite(value) or value < lo or (not inclusive and value == lo)
-                or (hi is not None and value > hi)):
-            upto = "" if hi is None else f" and <= {hi}"
-            raise argparse.ArgumentTypeError(
-                f"must be a finite number {'>=' if inclusive else '>'} {lo}{upto}, "
-                f"got {text}")
-        return value
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,17 +8,41 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "number_arg"]
 
 MiB = 2**20
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from latentopt.__main__ import number_arg
+def number_arg(kind: type, lo: float, inclusive: bool = True,
+               hi: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` >= ``lo`` (> ``lo`` if not ``inclusive``),
+    at most ``hi``; a bad value is one line of argparse's usage error, not a traceback
+    after minutes of work (``--n-encrypted -3`` ran 140 samples and printed negative
+    seconds)."""
 
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if (not math.isfinite(value) or value < lo or (not inclusive and value == lo)
+                or (hi is not None and value > hi)):
+            upto = "" if hi is None else f" and <= {hi}"
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {'>=' if inclusive else '>'} {lo}{upto}, "
+                f"got {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
     positive = number_arg(float, 0, inclusive=False)
     p = argparse.ArgumentParser(prog="latentopt serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
