@@ -122,10 +122,26 @@ def main(argv: list[str] | None = None) -> int:
         app = create_app(config)
     except (FHEArtifactError, OSError, ValueError) as exc:
         raise SystemExit(f"latentopt serve: {exc}") from None
+    _check_shared_store(str(config.store))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                 timeout_graceful_shutdown=int(args.graceful_timeout), access_log=False)
     return 0
+
+
+def _check_shared_store(location: str) -> None:
+    """Reach a Redis key store once before serving: an unreachable one failed inside
+    uvicorn's start-up, 57 lines of traceback after "Waiting for application startup"."""
+    if not location.startswith(("redis://", "rediss://", "unix://")):
+        return
+    from .store import RedisKeyStore
+
+    try:
+        RedisKeyStore(location).client.close()
+    except Exception as exc:  # noqa: BLE001 - redis' errors are not OSErrors
+        where = location.split("@")[-1]  # no password on the screen
+        raise SystemExit(f"latentopt serve: key store {where}: {type(exc).__name__}: "
+                         f"{exc}") from None
 
 
 if __name__ == "__main__":

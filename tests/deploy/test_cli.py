@@ -98,3 +98,14 @@ def test_the_main_jobs_bad_arguments_are_usage_errors(args, text, capsys):
     with pytest.raises(SystemExit) as exc:
         main_job(args)
     assert exc.value.code == 2 and text in capsys.readouterr().err
+
+
+def test_an_unreachable_redis_store_ends_in_one_line(deployed):
+    """It failed inside uvicorn's start-up with 57 lines of traceback."""
+    pytest.importorskip("redis")
+    with pytest.raises(SystemExit) as exc:
+        main([str(deployed["root"] / "wine"), "--key-store", "redis://127.0.0.1:1/0",
+              "--workers", "1"])
+    message = str(exc.value.code)
+    assert message.startswith("latentopt serve: key store redis://127.0.0.1:1/0") and (
+        "\n" not in message)
