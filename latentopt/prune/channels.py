@@ -141,10 +141,12 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
                     model(example)
             except RuntimeError as exc:  # torch's "mat1 and mat2 shapes cannot be ..."
                 raise ValueError(
-                    f"after channel pruning the model no longer runs ({exc}): its forward "
-                    f"may hard-code a size that depends on the pruned channels, e.g. "
-                    f"x.view(-1, 64); write x.view(x.size(0), -1) or torch.flatten(x, 1), "
-                    f"or prune without it (pruning_ratio=0)") from exc
+                    f"after channel pruning the model no longer runs ({exc}): a pruned "
+                    f"width meets one that cannot change, e.g. a residual addition onto "
+                    f"the model's input, or a size written in forward such as "
+                    f"x.view(-1, 64) (write x.view(x.size(0), -1) or torch.flatten(x, 1)); "
+                    f"name the layers to prune in a pruning_ratio dict, or prune without "
+                    f"it (pruning_ratio=0)") from exc
             finally:
                 model.train(was_training)
     after = {n: int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0))

@@ -337,6 +337,14 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
                                        self.input_signed_, weights, tuple(self.input_shape_))
 
 
+def _rows(out: Any) -> Any:
+    """The network's output as (samples, values).  A model whose output is a quantized
+    sum returns a brevitas ``QuantTensor``, whose ``len()`` is its number of fields (6):
+    ``reshape(len(out), -1)`` failed on two summed heads."""
+    out = getattr(out, "value", out)
+    return out.reshape(out.shape[0], -1)
+
+
 class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
     __doc__ = ("Classifier: quantization-aware fine-tuning of a float torch model.\n\n"
                "    The module's outputs are logits, one per class of ``np.unique(y)`` "
@@ -352,11 +360,11 @@ class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
     def _loss(out: Any, target: Any) -> Any:
         import torch.nn.functional as F
 
-        return F.cross_entropy(out.reshape(len(out), -1), target)
+        return F.cross_entropy(_rows(out), target)
 
     @staticmethod
     def _score_fn(out: Any, target: Any) -> float:
-        return float((out.reshape(len(out), -1).argmax(1) == target).float().mean().item())
+        return float((_rows(out).argmax(1) == target).float().mean().item())
 
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Fine-tune a copy of ``module`` on ``X`` (n_samples, *input_shape) and labels."""

@@ -278,7 +278,7 @@ def test_functional_average_pooling_and_hard_coded_sizes_under_pruning():
     assert clf.score(X[600:800], y[600:800]) > 0.6
     hard = _FunctionalPoolCNN(hard_coded=True)
     hard.load_state_dict(net.state_dict())
-    with pytest.raises(ValueError, match="hard-code"):
+    with pytest.raises(ValueError, match=r"size written in forward such as x.view\(-1, 64\)"):
         QuantizedTorchClassifier(hard, n_bits=5, pruning_ratio=0.5, max_epochs=1,
                                  random_state=0, verbose=0).fit(X[:600], y[:600])
 
@@ -300,3 +300,25 @@ def test_a_regressor_with_a_bias_free_head_pickles():
     assert reg.target_head_ == "2"
     again = pickle.loads(pickle.dumps(reg))
     np.testing.assert_array_equal(again.predict(X), reg.predict(X))
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.h1, self.h2 = nn.Linear(144, 10), nn.Linear(144, 10)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        x = torch.flatten(torch.relu(self.conv(x)), 1)
+        return self.h1(x) + self.h2(x)
+
+
+def test_a_classifier_whose_output_is_a_sum_trains():
+    """A quantized sum is a brevitas QuantTensor, whose len() is its number of fields
+    (6): the loss reshaped it to 6 rows ("shape '[6, -1]' is invalid")."""
+    X, y = digits_images()
+    torch.manual_seed(0)
+    clf = QuantizedTorchClassifier(_TwoHeads(), n_bits=6, max_epochs=2, lr=3e-3,
+                                   random_state=0, verbose=0).fit(X[:300], y[:300])
+    assert clf.history_.n_epochs == 2 and clf.score(X[300:500], y[300:500]) > 0.3
+
