@@ -7,7 +7,10 @@ Supported pattern (the one brevitas recommends for integer inference):
   weight scales, zero weight zero points, no input/output quantizer of their own, and a
   bias that is either absent or quantized with ``Int32Bias`` (a float bias is rounded
   to the accumulator scale, which differs from brevitas by at most half an accumulator
-  step);
+  step; narrower bias quantizers, which brevitas clamps, are refused), zero padding;
+* round-to-nearest activation quantizers (FLOOR / CEIL ones are refused);
+* batch norms are never folded into brevitas layers: each is a per-channel affine map
+  whose shift is rounded to its input's grid;
 * ``QuantReLU`` / ``QuantSigmoid`` / ``QuantTanh`` / ``QuantHardTanh`` / ``QuantIdentity``
   after each layer (per-tensor scale); plain torch activations in between are fused into
   the next quantizer's table lookup;
@@ -45,12 +48,28 @@ def _scalar(t: Any, what: str) -> float:
     return float(arr[0])
 
 
+def _float_to_int(proxy: Any) -> str | None:
+    """The name of a quantizer's float-to-int step other than rounding to nearest (a
+    FLOOR quantizer was imported as rounding: 169 of 192 outputs wrong), else None."""
+    for sub in proxy.modules():
+        kind = type(sub).__name__
+        if kind.endswith("Ste") and "Round" in kind and kind not in ("RoundSte",):
+            return kind
+        if kind in ("FloorSte", "CeilSte"):
+            return kind
+    return None
+
+
 def quant_params(module: Any, name: str) -> QParams:
     """The output quantizer of a brevitas activation layer (``module``: a brevitas
     ``QuantIdentity`` / ``QuantReLU`` / ...)."""
     a = module.act_quant
     if not a.is_quant_enabled:
         raise UnsupportedOpError(f"{type(module).__name__} with quantization disabled", name)
+    rounding = _float_to_int(a)
+    if rounding is not None:  # the circuit rounds half to even, as RoundSte does
+        raise UnsupportedOpError(f"{type(module).__name__} rounding with {rounding} (only "
+                                 f"round-to-nearest quantizers are imported)", name)
     try:
         scale = _scalar(a.scale(), "activation scales")
         zp = _scalar(a.zero_point(), "activation zero points")
@@ -58,6 +77,15 @@ def quant_params(module: Any, name: str) -> QParams:
         raise UnsupportedOpError(f"{type(module).__name__} with per-channel scales", name) from exc
     return QParams(scale, int(round(zp)), int(round(_scalar(a.bit_width(), "bit widths"))),
                    signed=bool(a.is_signed), narrow=bool(a.is_narrow_range))
+
+
+def _bias_bits(module: Any) -> int | None:
+    """Bit width of a layer's bias quantizer (None: a float bias, or none)."""
+    proxy = getattr(module, "bias_quant", None)
+    if proxy is None or not getattr(proxy, "is_quant_enabled", False):
+        return None
+    width = getattr(getattr(proxy, "quant_injector", None), "bit_width", None)
+    return int(width) if isinstance(width, (int, float)) else None
 
 
 class BrevitasPolicy:
@@ -95,6 +123,10 @@ class BrevitasPolicy:
 
     def bias_int(self, op: Op, bias: np.ndarray, acc_scale: np.ndarray) -> np.ndarray:
         # Int32Bias: round(bias / (input scale * weight scale)), half to even like torch
+        bits = _bias_bits(op.module)
+        if bits is not None and bits < 32:  # brevitas clamps it; the circuit did not
+            raise UnsupportedOpError(f"a {bits}-bit bias quantizer (Int32Bias or a float "
+                                     f"bias are imported)", op.name)
         return np.rint(bias / acc_scale).astype(np.int64)
 
     def act_params(self, op: Op) -> QParams | None:

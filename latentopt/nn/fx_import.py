@@ -373,7 +373,8 @@ def _module_kind(m: nn.Module) -> str | None:
         if isinstance(m, qnn.QuantLinear):
             return "linear"
         if isinstance(m, (qnn.QuantConv1d, qnn.QuantConv2d)):
-            return "conv"
+            # reflect / circular padding was imported as zeros (every output wrong)
+            return "conv" if m.padding_mode == "zeros" else None
         if isinstance(m, (qnn.QuantIdentity, qnn.QuantReLU, qnn.QuantSigmoid, qnn.QuantTanh,
                           qnn.QuantHardTanh)):
             return "quant"

@@ -351,7 +351,9 @@ def compile_brevitas_qat_model(
 
     Bit-widths, scales and zero points are read from the brevitas modules, so the
     integer circuit computes what brevitas computes, up to the shift of a batch norm
-    that follows an activation (rounded to its input's grid: custom-models guide) (see
+    (never folded into brevitas layers; rounded to its input's grid: custom-models
+    guide).  Quantizers that round other than to nearest, biases narrower than 32 bits
+    and padding other than zeros are refused (see
     :mod:`latentopt.nn.brevitas_import` for the supported patterns).  ``X_calib`` only
     calibrates FHE bit-widths.  Other parameters as in :func:`compile_torch_model`.
     """

@@ -119,12 +119,52 @@ class _UnsharedAdd(nn.Module):
         return self.fc(self.a(x) + self.b(x))
 
 
+def _floor_quant() -> type:
+    from brevitas.inject.enum import FloatToIntImplType
+    from brevitas.quant import Int8ActPerTensorFloat
+
+    class Floor(Int8ActPerTensorFloat):
+        float_to_int_impl_type = FloatToIntImplType.FLOOR
+
+    return Floor
+
+
+def _brevitas_case(kind: str) -> nn.Module:
+    """Patterns the import got silently wrong: reflect padding imported as zeros, a
+    FLOOR quantizer as rounding, an 8-bit bias (which brevitas clamps) unclamped."""
+    from brevitas.quant import Int8Bias
+
+    if kind == "reflect":
+        return nn.Sequential(
+            qnn.QuantIdentity(bit_width=4, return_quant_tensor=True),
+            qnn.QuantConv2d(1, 2, 3, padding=1, padding_mode="reflect", bias=False),
+            qnn.QuantReLU(bit_width=4))
+    if kind == "floor":
+        return nn.Sequential(
+            qnn.QuantIdentity(bit_width=4, return_quant_tensor=True),
+            qnn.QuantLinear(16, 2, bias=False),
+            qnn.QuantIdentity(act_quant=_floor_quant(), bit_width=4))
+    return nn.Sequential(qnn.QuantIdentity(bit_width=4, return_quant_tensor=True),
+                         qnn.QuantLinear(16, 2, bias=True, bias_quant=Int8Bias,
+                                         return_quant_tensor=True),
+                         qnn.QuantReLU(bit_width=4))
+
+
 @pytest.mark.parametrize("model, match", [
     (_NoInputQuant(), "QuantIdentity"),
     (_UnsharedAdd(), "identical parameters"),
+    ("reflect", "module QuantConv2d"),
+    ("floor", "rounding with FloorSte"),
+    ("int8bias", "8-bit bias quantizer"),
 ])
 def test_unsupported_patterns_are_explained(model, match):
-    X = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    shape = (4,) if isinstance(model, nn.Module) else (1, 4, 4) if model == "reflect" else (16,)
+    X = np.random.default_rng(0).normal(size=(16, *shape)).astype(np.float32)
+    if isinstance(model, str):
+        model = _brevitas_case(model)
+        model.train()
+        model(torch.as_tensor(X))  # activation scales from data
+        model.eval()
     with pytest.raises(UnsupportedOpError, match=match):
         compile_brevitas_qat_model(model, X, fhe=False)
 
