@@ -29,7 +29,6 @@ from sklearn.base import BaseEstimator, is_classifier
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .deprecated import DeprecatedNamesMixin, upgrade_state
-from .validation import check_rounding_bits
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -62,6 +61,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 #: Lazy recompiles of unpickled estimators, one at a time (estimators hold no lock: they
 #: pickle and clone).
 _RECOMPILE_LOCK = threading.Lock()
+
+
+def _check_rounding_bits(rounding_bits: Any) -> None:
+    """``rounding_bits``: None, ``"auto"``, an int or a sequence of ints (not floats or
+    bools, which would otherwise be read as sequences or as 1)."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if rounding_bits is None or isinstance(rounding_bits, str) or is_int(rounding_bits):
+        return
+    if isinstance(rounding_bits, np.ndarray) and rounding_bits.ndim == 1:
+        rounding_bits = rounding_bits.tolist()
+    if not isinstance(rounding_bits, (list, tuple)) or not all(is_int(v) for v in rounding_bits):
+        raise ValueError(f"rounding_bits must be an int, a sequence of ints (one per table "
+                         f"lookup), None or 'auto', got {rounding_bits!r}")
 
 
 class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
@@ -319,7 +333,7 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
             by 17%).  ``False`` rounds every channel as the widest one needs.
         """
         check_is_fitted(self, "circuit_")
-        check_rounding_bits(rounding_bits)
+        _check_rounding_bits(rounding_bits)
         if isinstance(rounding_bits, str) or isinstance(p_error, str):
             if rounding_bits not in ("auto", None) and isinstance(rounding_bits, str):
                 raise ValueError("rounding_bits must be an int, a list, None or 'auto'")

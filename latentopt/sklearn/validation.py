@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["check_hidden_layer_sizes", "check_mlp_params", "check_pruning",
-           "check_rounding_bits", "check_torch_qat_params", "warn_feature_scales"]
+           "check_torch_qat_params"]
 
 
 def check_hidden_layer_sizes(hidden: Any) -> tuple[int, ...]:
@@ -189,18 +189,3 @@ def warn_feature_scales(X: np.ndarray, n_input_bits: Any) -> None:
             f"sklearn.preprocessing.StandardScaler) if it is not, clip outlying values, "
             f"or raise n_input_bits.", UserWarning, stacklevel=4)
 
-
-def check_rounding_bits(rounding_bits: Any) -> None:
-    """``rounding_bits``: None, ``"auto"``, an int or a sequence of ints (not floats or
-    bools, which would otherwise be read as sequences or as 1)."""
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    if rounding_bits is None or isinstance(rounding_bits, str) or is_int(rounding_bits):
-        return
-    if isinstance(rounding_bits, np.ndarray) and rounding_bits.ndim == 1:
-        rounding_bits = rounding_bits.tolist()
-    if not isinstance(rounding_bits, (list, tuple)) or not all(is_int(v) for v in rounding_bits):
-        raise ValueError(f"rounding_bits must be an int, a sequence of ints (one per table "
-                         f"lookup), None or 'auto', got {rounding_bits!r}")
