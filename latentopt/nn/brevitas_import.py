@@ -53,9 +53,8 @@ def _float_to_int(proxy: Any) -> str | None:
     FLOOR quantizer was imported as rounding: 169 of 192 outputs wrong), else None."""
     for sub in proxy.modules():
         kind = type(sub).__name__
-        if kind.endswith("Ste") and "Round" in kind and kind not in ("RoundSte",):
-            return kind
-        if kind in ("FloorSte", "CeilSte"):
+        if kind in ("FloorSte", "CeilSte") or (
+                kind.endswith("Ste") and "Round" in kind and kind != "RoundSte"):
             return kind
     return None
 

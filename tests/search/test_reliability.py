@@ -210,11 +210,9 @@ study.optimize(objective, n_trials=1)
 """
 
 
-@pytest.mark.parametrize("kind", ["journal", "sqlite"])
-def test_a_killed_trial_is_recovered_and_retried(tmp_path, kind):
-    url = (str(tmp_path / "s.journal") if kind == "journal"
-           else f"sqlite:///{tmp_path / 's.db'}")
-    storage = make_storage(url, heartbeat_interval=1, grace_period=2)
+def _study_with_a_killed_trial(url: str, storage: object, beats: float) -> object:
+    """The study "dead" on ``storage``, whose trial 0 ran in a process killed (SIGKILL)
+    ``beats`` seconds after it started: left RUNNING."""
     optuna.create_study(study_name="dead", storage=storage,
                         directions=["minimize", "maximize"])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
@@ -223,11 +221,19 @@ def test_a_killed_trial_is_recovered_and_retried(tmp_path, kind):
                             env=env, text=True)
     try:
         assert proc.stdout.readline().strip() == "running"
-        time.sleep(1.5)  # a heartbeat or two
+        time.sleep(beats)
     finally:
         proc.send_signal(signal.SIGKILL)  # our own child, by its pid
         proc.wait()
-    study = optuna.load_study(study_name="dead", storage=storage)
+    return optuna.load_study(study_name="dead", storage=storage)
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_killed_trial_is_recovered_and_retried(tmp_path, kind):
+    url = (str(tmp_path / "s.journal") if kind == "journal"
+           else f"sqlite:///{tmp_path / 's.db'}")
+    storage = make_storage(url, heartbeat_interval=1, grace_period=2)
+    study = _study_with_a_killed_trial(url, storage, beats=1.5)  # a heartbeat or two
     dead = study.trials[0]
     assert dead.state == RUNNING  # nobody noticed yet
     time.sleep(3)  # past the grace period
@@ -246,18 +252,7 @@ def test_a_resume_right_after_a_kill_waits_for_the_dead_trial(tmp_path):
     claimed and returned with fewer evaluated trials than n_trials, without a word."""
     url = str(tmp_path / "s.journal")
     storage = make_storage(url, heartbeat_interval=1, grace_period=2)
-    optuna.create_study(study_name="dead", storage=storage,
-                        directions=["minimize", "maximize"])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
-        "PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED, url], stdout=subprocess.PIPE,
-                            env=env, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "running"
-    finally:
-        proc.send_signal(signal.SIGKILL)  # our own child, by its pid
-        proc.wait()
-    study = optuna.load_study(study_name="dead", storage=storage)
+    study = _study_with_a_killed_trial(url, storage, beats=0.0)
     assert study.trials[0].state == RUNNING
     run_trials(study, Stub(), 2)  # at once: the dead trial is not stale yet
     trials = study.trials
