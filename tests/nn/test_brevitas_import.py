@@ -144,6 +144,11 @@ def _brevitas_case(kind: str) -> nn.Module:
             qnn.QuantIdentity(bit_width=4, return_quant_tensor=True),
             qnn.QuantLinear(16, 2, bias=False),
             qnn.QuantIdentity(act_quant=_floor_quant(), bit_width=4))
+    if kind in ("plain", "no_wq"):  # a layer without weight quantizer: AttributeError
+        layer = (nn.Linear(16, 2) if kind == "plain"
+                 else qnn.QuantLinear(16, 2, weight_quant=None))
+        return nn.Sequential(qnn.QuantIdentity(bit_width=4, return_quant_tensor=True),
+                             layer, qnn.QuantReLU(bit_width=4))
     return nn.Sequential(qnn.QuantIdentity(bit_width=4, return_quant_tensor=True),
                          qnn.QuantLinear(16, 2, bias=True, bias_quant=Int8Bias,
                                          return_quant_tensor=True),
@@ -156,6 +161,8 @@ def _brevitas_case(kind: str) -> nn.Module:
     ("reflect", "module QuantConv2d"),
     ("floor", "rounding with FloorSte"),
     ("int8bias", "8-bit bias quantizer"),
+    ("plain", "Linear without weight quantization"),
+    ("no_wq", "QuantLinear without weight quantization"),
 ])
 def test_unsupported_patterns_are_explained(model, match):
     shape = (4,) if isinstance(model, nn.Module) else (1, 4, 4) if model == "reflect" else (16,)
