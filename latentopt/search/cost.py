@@ -254,7 +254,8 @@ class CostModel:
             raise ValueError("no calibration records")
         profiles, ns = [r["profile"] for r in records], [int(r["n_samples"]) for r in records]
         wall = np.array([np.median(r["seconds"]) / n for r, n in zip(records, ns)])
-        cores = (fingerprint or {}).get("cpu_count") or os.cpu_count() or 1
+        fp = fingerprint or {}
+        cores = fp.get("threads") or fp.get("cpu_count") or os.cpu_count() or 1
         busy = [np.median(r["cpu_seconds"]) / np.median(r["seconds"]) for r, n in zip(records, ns)
                 if "cpu_seconds" in r and min(
                     sum(op[4] for op in r["profile"]["functions"][name]["ops"])

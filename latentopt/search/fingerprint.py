@@ -1,7 +1,8 @@
 """Where cost-model calibrations live, and which machine they belong to.
 
-A calibration is only valid on the machine (CPU model, core count) and concrete-python
-version it was measured with: :func:`machine_fingerprint` names them, and a stored model
+A calibration is only valid on the machine (CPU model, core count), thread limit
+(``OMP_NUM_THREADS``, which concrete's runtime follows) and concrete-python version it
+was measured with: :func:`machine_fingerprint` names them, and a stored model
 whose fingerprint differs is never used silently (:class:`FingerprintMismatchError`).
 
 Calibrations are cached as JSON in ``$LATENTOPT_CACHE_DIR``, else
@@ -29,7 +30,7 @@ CACHE_ENV = "LATENTOPT_CACHE_DIR"
 #: per-call key-conversion term replaced the per-op N setup term).
 FORMAT_VERSION = 3
 #: Fingerprint entries that must match for a stored model to be used.
-FINGERPRINT_KEYS = ("cpu_model", "cpu_count", "concrete_python", "format_version")
+FINGERPRINT_KEYS = ("cpu_model", "cpu_count", "threads", "concrete_python", "format_version")
 
 
 class FingerprintMismatchError(RuntimeError):
@@ -46,8 +47,18 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def _thread_limit(cores: int) -> int:
+    """The cores concrete's OpenMP runtime may use: ``OMP_NUM_THREADS`` (at most the cores).
+
+    A calibration measured with all cores predicts too few seconds for a process limited
+    to one thread (26-37% low, measured), so the limit is part of the fingerprint.
+    """
+    raw = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return min(int(raw), cores) if raw.isdigit() and int(raw) > 0 else cores
+
+
 def machine_fingerprint() -> dict[str, Any]:
-    """What a calibration depends on: CPU model and cores, concrete-python version."""
+    """What a calibration depends on: CPU model, cores and thread limit, concrete-python."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -56,6 +67,7 @@ def machine_fingerprint() -> dict[str, Any]:
         concrete = None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu_model": _cpu_model(), "cpu_count": int(cores or 1),
+            "threads": _thread_limit(int(cores or 1)),
             "concrete_python": concrete, "format_version": FORMAT_VERSION,
             "machine": platform.machine(), "system": platform.system()}
 

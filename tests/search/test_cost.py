@@ -296,3 +296,19 @@ def test_quick_calibration_predicts_a_tiny_circuit(tmp_path, key_cache):
     measured = float(np.median(wall)) / 4
     assert math.isfinite(predicted)
     assert measured / 4 < predicted < measured * 4  # a loose factor: shared, noisy cores
+
+
+def test_a_calibration_with_another_thread_limit_is_not_used(model, tmp_path, monkeypatch):
+    """A process limited to one OpenMP thread runs circuits slower than the calibration of
+    all cores predicts: the limit is part of the fingerprint."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one = machine_fingerprint()
+    assert one["threads"] == 1
+    path = CostModel(model.coefficients, model.speedup, one, model.info).save(
+        tmp_path / "one.json")
+    CostModel.from_file(path)  # same limit: used
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    if machine_fingerprint()["threads"] == 1:
+        pytest.skip("a one-core machine: both limits are one thread")
+    with pytest.raises(FingerprintMismatchError, match="threads"):
+        CostModel.from_file(path)
