@@ -78,8 +78,38 @@ def prunable_layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, PRUNABLE) and n not in ignored]
 
 
+def _check_coupled(pruner: Any, named: dict[str, nn.Module], ratios: dict[str, float],
+                   ignored: list[str], todo: dict[nn.Module, float], coupled: str) -> None:
+    """Refuse different ratios for layers whose output channels are pruned together (or,
+    ``coupled="largest"``, prune them at the largest with a warning), and warn when a
+    named ratio prunes unnamed layers with it (``todo`` gets the group's ratio)."""
+    name_of = {m: n for n, m in named.items()}
+    dg = pruner.DG
+    for group in dg.get_all_groups(ignored_layers=[named[n] for n in ignored],
+                                   root_module_types=list(PRUNABLE)):
+        outs = sorted({name_of[dep.target.module] for dep, _ in group
+                       if dep.target.module in name_of
+                       and dg.is_out_channel_pruning_fn(dep.handler)})
+        asked = {n: ratios[n] for n in outs if n in ratios}
+        if len(outs) < 2 or not any(r > 0 for r in asked.values()):
+            continue
+        r = max(asked.values())
+        if len(set(asked.values())) > 1:
+            why = (f"layers {outs} share their output channels (a residual addition or a "
+                   f"depthwise convolution couples them) and are pruned together")
+            if coupled == "error":
+                raise ValueError(f"{why}: give them one ratio, not {asked}")
+            warnings.warn(f"{why}, at the largest ratio asked, {r:g} ({asked})", stacklevel=3)
+        unnamed = [n for n in outs if n not in asked]
+        if unnamed:
+            warnings.warn(f"layers {unnamed} share their output channels with {sorted(asked)} "
+                          f"and are pruned with them at ratio {r:g}", stacklevel=3)
+        todo.update({named[n]: r for n in outs})
+
+
 def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mapping[str, float],
-                   importance: str = "l1", seed: int | None = 0) -> dict[str, Any]:
+                   importance: str = "l1", seed: int | None = 0,
+                   coupled: str = "error") -> dict[str, Any]:
     """Remove ``ratio`` of the output channels of every prunable layer, in place.
 
     Parameters
@@ -89,10 +119,17 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
     example : torch.Tensor
         One input batch (traced by torch-pruning).
     ratio : float in [0, 1) or dict
-        Share of output channels removed from every layer but the output layers, or a
-        dict from layer (module) name to ratio (unnamed layers are not pruned).
+        Share of output channels removed from every layer but the output layers (layers
+        too narrow to lose a channel at that ratio are left as they are), or a dict from
+        layer (module) name to ratio.  Unnamed layers are not pruned, except where they
+        share their output channels with a named one (a residual addition, a depthwise
+        convolution): such coupled layers are pruned together, with a warning, and must
+        not be given different ratios.
     importance : {"l1", "l2", "random"}
         Channel ranking (see :func:`~latentopt.prune.importance.make_importance`).
+    coupled : {"error", "largest"}
+        Coupled layers given different ratios: a ``ValueError``, or all pruned at the
+        largest of them with a warning (what a search sampling one ratio per layer needs).
 
     Returns
     -------
@@ -102,6 +139,8 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
     """
     import torch_pruning as tp
 
+    if coupled not in ("error", "largest"):
+        raise ValueError(f"coupled must be 'error' or 'largest', got {coupled!r}")
     named = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     ignored_names = output_layers(model)
     ratios: dict[str, float]
@@ -119,8 +158,11 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
     width = {n: int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0))
              for n, m in named.items()}
     before = dict(width)
-    for n, r in ratios.items():
+    for n, r in list(ratios.items()):
         if n not in ignored_names and int(width[n] * (1.0 - r)) < 1:
+            if not isinstance(ratio, Mapping):  # one ratio for all: too narrow, kept
+                ratios[n] = 0.0
+                continue
             raise ValueError(f"ratio {r} would remove every channel of {n!r} ({width[n]})")
     todo = {named[n]: r for n, r in ratios.items() if r > 0 and n not in ignored_names}
     if todo:
@@ -135,6 +177,7 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
                 model, example, importance=make_importance(importance), pruning_ratio=0.0,
                 pruning_ratio_dict=todo, ignored_layers=[named[n] for n in ignored_names],
                 root_module_types=list(PRUNABLE))
+            _check_coupled(pruner, named, ratios, ignored_names, todo, coupled)
             pruner.step()
             try:  # torch-pruning follows the graph, not sizes written in forward
                 with torch.no_grad():
@@ -151,5 +194,11 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
                 model.train(was_training)
     after = {n: int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0))
              for n, m in named.items()}
+    off = [f"{n} {before[n]} -> {after[n]} (asked {r:g})" for n, r in ratios.items()
+           if r > 0 and n not in ignored_names
+           and abs(after[n] - int(before[n] * (1.0 - r))) > max(1, before[n] // 16)]
+    if off:
+        warnings.warn(f"channel pruning could not meet the ratio of {', '.join(off)}: grouped "
+                      f"or depthwise convolutions are pruned in whole groups", stacklevel=2)
     return {"before": before, "after": after, "ignored": ignored_names,
             "importance": importance}

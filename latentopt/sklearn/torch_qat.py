@@ -75,6 +75,9 @@ _DOC = """
         Share of output channels (convolutions) and hidden units (linear layers) removed
         before fine-tuning (torch-pruning), or a dict from layer name to ratio.  The
         layers producing the model's output and the model's inputs are never pruned.
+        Layers sharing their output channels (a residual addition, a depthwise
+        convolution) are pruned together, at the largest ratio given to any of them
+        (with a warning where they differ or one is not named).
     prune_importance : {"l1", "l2", "random"}, default="l1"
         How channels are ranked for pruning.
     calibrate : bool, default=True
@@ -269,7 +272,8 @@ class _TorchQATBase(TorchSearchHooks, DistillationMixin, QuantizedEstimatorBase)
             from ..prune.channels import prune_channels
 
             prune_report = prune_channels(model, torch.as_tensor(X[:2]), ratio,
-                                          importance=self.prune_importance, seed=seed)
+                                          importance=self.prune_importance, seed=seed,
+                                          coupled="largest")
         self.float_module_ = model
         model = self._training_module(model)  # the regressor's standardised head
         self.input_signed_ = signed_inputs(X)

@@ -56,3 +56,60 @@ def test_output_layers_of_a_branching_model():
 def test_bad_ratios_are_refused(ratio, match):
     with pytest.raises(ValueError, match=match):
         prune_channels(_cnn(), torch.zeros(1, 1, 8, 8), ratio)
+
+
+class _Coupled(nn.Module):
+    """``stem`` and ``c2`` meet in a residual addition and ``dw`` is depthwise: the three
+    share their output channels; ``c1`` is free."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        x = torch.relu(self.stem(x))
+        x = self.dw(x + torch.relu(self.c2(torch.relu(self.c1(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_coupled_layers_take_one_ratio():
+    x = torch.zeros(1, 1, 6, 6)
+    m = _Coupled()
+    with pytest.raises(ValueError, match=r"share their output channels.*one ratio"):
+        prune_channels(m, x, {"stem": 0.0, "c2": 0.75})  # stem was pruned 8 -> 2
+    assert m.stem.out_channels == 8, "a refused ratio leaves the model as it was"
+    with pytest.warns(UserWarning, match=r"\['dw', 'stem'\] share their output channels"):
+        report = prune_channels(m, x, {"c2": 0.5})
+    assert report["after"] == {"stem": 4, "c1": 8, "c2": 4, "dw": 4, "head": 3}
+    assert m(torch.zeros(2, 1, 6, 6)).shape == (2, 3)
+    m = _Coupled()  # a search samples one ratio per layer: the group takes the largest
+    with pytest.warns(UserWarning, match=r"at the largest ratio asked, 0.75"):
+        report = prune_channels(m, x, {"stem": 0.0, "c2": 0.75}, coupled="largest")
+    assert report["after"]["stem"] == report["after"]["dw"] == 2
+
+
+def test_unmet_ratios_of_grouped_convolutions_are_reported_and_narrow_layers_kept():
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(1, 8, 3, padding=1)
+            self.g = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+            self.one = nn.Conv2d(8, 1, 1)  # one channel: no ratio can prune it
+            self.head = nn.Linear(1, 3)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            x = torch.relu(self.one(torch.relu(self.g(torch.relu(self.a(x))))))
+            return self.head(x.mean((2, 3)))
+
+    x = torch.zeros(1, 1, 6, 6)
+    with pytest.warns(UserWarning, match=r"g 8 -> 8 \(asked 0.75\).*whole groups"):
+        report = prune_channels(Grouped(), x, 0.75)  # two channels a group: all or none
+    assert report["after"]["one"] == 1
+    m = Grouped()
+    assert prune_channels(m, x, 0.5)["after"] == {"a": 4, "g": 4, "one": 1, "head": 3}
+    assert m(x).shape == (1, 3)
