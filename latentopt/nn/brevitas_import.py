@@ -108,8 +108,8 @@ class BrevitasPolicy:
                 raise UnsupportedOpError(
                     f"{type(m).__name__} with its own {proxy} (use a separate QuantIdentity)",
                     op.name)
-        proxy = getattr(m, "weight_quant", None)
-        if not hasattr(m, "quant_weight") or not getattr(proxy, "is_quant_enabled", False):
+        wq = getattr(m, "weight_quant", None)
+        if not hasattr(m, "quant_weight") or not getattr(wq, "is_quant_enabled", False):
             raise UnsupportedOpError(
                 f"a {type(m).__name__} without weight quantization inside a brevitas model "
                 f"(use a brevitas layer with a weight quantizer, or compile_torch_model for a "

@@ -141,7 +141,8 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
 
     if coupled not in ("error", "largest"):
         raise ValueError(f"coupled must be 'error' or 'largest', got {coupled!r}")
-    named = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    named: dict[str, nn.Module] = {n: m for n, m in model.named_modules()
+                                   if isinstance(m, PRUNABLE)}
     ignored_names = output_layers(model)
     ratios: dict[str, float]
     if isinstance(ratio, Mapping):
@@ -164,7 +165,8 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
                 ratios[n] = 0.0
                 continue
             raise ValueError(f"ratio {r} would remove every channel of {n!r} ({width[n]})")
-    todo = {named[n]: r for n, r in ratios.items() if r > 0 and n not in ignored_names}
+    todo: dict[nn.Module, float] = {named[n]: r for n, r in ratios.items()
+                                    if r > 0 and n not in ignored_names}
     if todo:
         gen = torch.random.fork_rng(devices=[])
         with gen, warnings.catch_warnings():

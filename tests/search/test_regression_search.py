@@ -63,4 +63,4 @@ def test_a_regression_search_measures_its_budget_from_a_fitted_reference(offset_
         pred = s.predict(Xte)
         assert pred.shape == yte.shape and np.std(pred) > 0.2 * np.std(yte)
     else:
-        assert "Budget NOT met" in s.outcome_
+        assert "Budget NOT met" in s.outcome_.message
