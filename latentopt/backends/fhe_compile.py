@@ -35,7 +35,7 @@ from .fhe_concrete import (
 )
 from .fhe_diagnostics import ON_OVERFLOW, shares_lookup_width, translate_error
 from .fhe_lowering import LoweringPlan
-from .fhe_ops import AddOp
+from .fhe_ops import AddOp, ConcatOp
 
 __all__ = ["AUTO_BATCH_MAX", "AUTO_BATCH_MIN", "AUTO_BATCH_TLUS", "DEFAULT_GLOBAL_P_ERROR",
            "NORM2_MIN_GAIN", "RANGE_MODES", "SECURITY_LEVELS", "auto_batch_size",
@@ -151,11 +151,12 @@ def compile_module(fhe: Any, plan: LoweringPlan, namespace: dict[str, Any],
             active_clipping = False
             module = compile_with(strategy)
         if (parameter_strategy == "auto" and shares_lookup_width(plan.layers)
-                and not any(isinstance(s, AddOp) for s in plan.steps)):
-            # not with a residual addition: concrete 2.11's optimizer panics (aborts the
-            # process, "alternative_output_representation") on the per-norm partitions
-            # of some of them (a pruned residual CNN at 4-bit rounding; the add chain of
-            # tests/sklearn/test_torch_model.py once no lookup before it had a gain)
+                and not any(isinstance(s, (AddOp, ConcatOp)) for s in plan.steps)):
+            # not with a residual addition or a concatenation: concrete 2.11's optimizer
+            # panics (aborts the process, "alternative_output_representation") on the
+            # per-norm partitions of some of them (a pruned residual CNN at 4-bit
+            # rounding; the add chain of tests/sklearn/test_torch_model.py once no lookup
+            # before it had a gain; a two-branch CNN joined by torch.cat, exact rounding)
             other = compile_with("precision_and_norm2")
             if other.complexity < (1.0 - NORM2_MIN_GAIN) * module.complexity:
                 module, strategy = other, "precision_and_norm2"

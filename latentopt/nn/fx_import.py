@@ -15,8 +15,11 @@ operation and lists what is supported.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import operator
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -142,7 +145,8 @@ def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
 
 
 def _fold_batch_norms(gm: fx.GraphModule, example: torch.Tensor | None = None) -> list[str]:
-    """Fold every batch norm that directly follows a conv / linear used once.
+    """Fold every batch norm that directly follows a conv / linear used once (one call
+    of the layer, whose output only the norm reads).
 
     A ``BatchNorm1d`` acts on axis 1 and a ``Linear`` on the last axis: the two are the
     same axis only on 2-D tensors, so that pair is folded only where ``example`` (a
@@ -153,11 +157,13 @@ def _fold_batch_norms(gm: fx.GraphModule, example: torch.Tensor | None = None) -
     from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
     if example is not None:
-        try:
-            with torch.no_grad():
+        try:  # ShapeProp prints the traceback of a failing node to stderr: kept quiet
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 ShapeProp(gm).propagate(example)
         except Exception:  # noqa: BLE001 - the caller's own run reports a bad input clearly
             pass
+    # a layer called at several places: folding one call's norm would change them all
+    calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
 
     folded = []
     for node in list(gm.graph.nodes):
@@ -167,7 +173,8 @@ def _fold_batch_norms(gm: fx.GraphModule, example: torch.Tensor | None = None) -
         if not isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)) or not bn.track_running_stats:
             continue
         prev = node.args[0]
-        if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
+        if (not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1
+                or calls[str(prev.target)] != 1):
             continue
         layer = gm.get_submodule(str(prev.target))
         if _is_brevitas(layer):
@@ -188,6 +195,54 @@ def _fold_batch_norms(gm: fx.GraphModule, example: torch.Tensor | None = None) -
     gm.graph.lint()
     gm.recompile()
     return folded
+
+
+def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
+    if node.op in ("call_function", "call_method"):
+        return node.kwargs.get("inplace") is True
+    return False
+
+
+def _check_in_place(gm: fx.GraphModule) -> None:
+    """An in-place operation overwrites its input: where another operation reads that
+    input too, it reads the overwritten values in torch, the graph's own value here."""
+    for node in gm.graph.nodes:
+        if not _in_place(gm, node) or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        src = node.args[0]
+        others = sorted(u.name for u in src.users if u is not node)
+        if others:
+            raise UnsupportedOpError(
+                f"an in-place operation (inplace=True) on {src.name!r}, which {others} "
+                f"also read (torch overwrites it for them; use inplace=False)", node.name)
+
+
+def _check_trace(model: nn.Module, gm: fx.GraphModule, example: torch.Tensor) -> None:
+    """The traced graph must compute what the model does: torch.fx records ``h += a`` as
+    ``h + a`` (other references to ``h`` keep the old values) and drops Python-side
+    state, so a model relying on either would be imported silently wrong."""
+    def value(out: Any) -> torch.Tensor | None:
+        out = getattr(out, "value", out)  # a brevitas QuantTensor
+        return out if isinstance(out, torch.Tensor) else None
+
+    try:
+        with torch.no_grad():
+            ref, got = value(model(example.clone())), value(gm(example.clone()))
+    except Exception:  # noqa: BLE001 - the callers' own runs report bad inputs clearly
+        return
+    if ref is None or got is None or ref.shape != got.shape:
+        return
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    if not torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * max(scale, 1.0), equal_nan=True):
+        err = float((got - ref).abs().max())
+        raise UnsupportedOpError(
+            f"an operation torch.fx does not record as the model computes it: the traced "
+            f"graph's outputs differ from the model's by up to {err:.3g} (scale "
+            f"{scale:.3g}) on the example inputs. In-place updates of a tensor that "
+            f"another variable still refers to (h += a, x.relu_()) and state kept outside "
+            f"tensors are the usual causes; write them out of place", "forward")
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
@@ -470,8 +525,10 @@ def read_graph(model: nn.Module, maxpool: str = "exact", example: Any = None,
     if _Tracer().is_leaf_module(model, ""):  # a bare layer: trace it as a one-layer model
         model = nn.Sequential(model)
     gm = _trace(model)
+    _check_in_place(gm)
     if example is not None:
-        example = torch.as_tensor(np.asarray(example[:2], dtype=np.float32))
+        example = torch.as_tensor(np.asarray(example[:16], dtype=np.float32))
+        _check_trace(model, gm, example)
     folded = _fold_batch_norms(gm, example)
     if maxpool == "avg":
         maxpool_to_avgpool(gm)

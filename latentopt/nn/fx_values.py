@@ -30,6 +30,16 @@ def record_values(gm: fx.GraphModule, X: np.ndarray) -> dict[str, np.ndarray]:
         _Recorder(gm).run(torch.as_tensor(np.asarray(X), dtype=torch.float32))
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise samples_error(X, err) from err
+    n = len(X)
+    for name, v in values.items():  # a circuit computes one sample at a time
+        if v.ndim == 0 or v.shape[0] != n:
+            from .fx_import import UnsupportedOpError
+
+            raise UnsupportedOpError(
+                f"a value that mixes samples: {n} samples give shape {v.shape} (the "
+                f"batch axis must stay first and keep its size; reshape with "
+                f"x.view(x.size(0), ...) or x.flatten(1), not x.view(-1, k) or "
+                f"x.flatten())", name)
     return values
 
 

@@ -40,7 +40,9 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
     task : {None, "classification", "regression"}
         ``None``: :meth:`predict` returns the network's outputs (like calling the torch
         model); ``"classification"``: :meth:`predict` returns the argmax class index
-        and :meth:`predict_proba` the softmax.
+        and :meth:`predict_proba` the softmax.  A model with a single output is read as
+        one binary logit (as trained with ``BCEWithLogitsLoss``): class 1 where it is
+        positive, probabilities ``[1 - sigmoid, sigmoid]``.
     fhe_mode : {"disable", "simulate", "execute"}
         Default of the ``fhe`` argument of the prediction methods.
     verbose : int
@@ -53,7 +55,8 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
     n_features_in_ : int
         Number of input values per sample (``prod(input_shape_)``).
     classes_ : ndarray of shape (n_classes,)
-        With ``task="classification"``: the class indices ``0 .. n_outputs - 1``.
+        With ``task="classification"``: the class indices ``0 .. n_outputs - 1``
+        (``[0, 1]`` for a single-logit binary model).
     import_report_ : dict
         What the importer did: method (``"ptq"`` or brevitas QAT), folded batch norms,
         bit-widths, the operations read.
@@ -141,17 +144,26 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
         return out.reshape((len(out), *self.output_shape_))
 
     def predict(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
-        """Outputs (``task=None`` / ``"regression"``) or class indices (classification)."""
+        """Outputs (``task=None`` / ``"regression"``) or class indices (classification:
+        the argmax of the outputs; a single output is one binary logit, class 1 where it
+        is positive)."""
         out = self._raw_output(X, fhe)
         if self.task == "classification":
+            if out.shape[1] == 1:
+                return (out[:, 0] > 0).astype(np.int64)
             return np.argmax(out, axis=1)
         return out.reshape((len(out), *self.output_shape_))
 
     def predict_proba(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
-        """Softmax of the outputs (``task="classification"`` only)."""
+        """Softmax of the outputs (``task="classification"`` only; a single output is a
+        binary logit: ``[1 - sigmoid, sigmoid]``)."""
         if self.task != "classification":
             raise AttributeError("predict_proba needs task='classification'")
-        return softmax(self._raw_output(X, fhe))
+        out = self._raw_output(X, fhe)
+        if out.shape[1] == 1:
+            p1 = 1.0 / (1.0 + np.exp(-np.clip(out[:, 0], -500, 500)))
+            return np.stack([1.0 - p1, p1], axis=1)
+        return softmax(out)
 
 
 def flat_samples(X: Any, input_shape: tuple[int, ...], n_features: int) -> np.ndarray:
@@ -215,8 +227,8 @@ def _finish(circuit: Circuit, X: np.ndarray, report: dict[str, Any], task: Any, 
     est.circuit_ = IntegerBackend(circuit).calibrate(flat)
     est.calibration_set_ = flat
     est.import_report_ = report
-    if task == "classification":
-        est.classes_ = np.arange(int(np.prod(est.output_shape_)))
+    if task == "classification":  # one output: a binary logit (BCEWithLogitsLoss)
+        est.classes_ = np.arange(max(2, int(np.prod(est.output_shape_))))
     est._forget_compilation()
     if fhe:
         est.compile(**compile_kwargs)

@@ -148,6 +148,11 @@ def _cases():  # name -> (model factory, input shape)
             lambda L, x: L[2](torch.cat((F.relu(L[0](x)), L[1](x)), axis=1)),
             nn.Linear(6, 3), nn.Sequential(nn.Linear(6, 3), nn.GELU(approximate="tanh")),
             nn.Linear(6, 2)), VEC),
+        # one linear called twice, a batch norm after one call only: folding the norm into
+        # the linear changed the other call too (0.5-1.2 of error on outputs of scale 1)
+        "layer_called_twice_one_call_normed": (lambda: _randomize_bn(Fn(
+            lambda L, x: L[2](F.relu(L[1](L[0](x))) + L[0](x * 0.5)),
+            nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))), VEC),
         "torch_add_chain": (lambda: Fn(
             lambda L, x: L[2](torch.add(F.relu(L[0](x)), L[1](F.relu(L[0](x))))),
             nn.Linear(6, 4), nn.Linear(4, 4), nn.Linear(4, 2)), VEC),
@@ -282,6 +287,51 @@ def test_classification_api_pickle_and_input_shapes():
         compile_torch_model(model, X, fhe=False, verbose=0).predict_proba(X)
 
 
+class _TwoBranchCat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(1, 2, 3, padding=1)
+        self.c, self.fc = nn.Conv2d(5, 4, 3), nn.Linear(64, 3)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        return self.fc(torch.relu(self.c(h)).flatten(1))
+
+
+def test_a_concatenation_compiles_without_per_norm_partitions():
+    """concrete 2.11's optimizer aborted the process (a panic in Rust, exit 134) on the
+    per-norm partitions of this two-branch CNN joined by torch.cat, exact rounding."""
+    torch.manual_seed(0)
+    _TwoBranchCat()
+    model = _TwoBranchCat().eval()  # the second model of seed 0: the one that aborted
+    X = np.random.RandomState(0).randn(64, 1, 6, 6).astype(np.float32)
+    q = compile_torch_model(model, X, n_bits=4, rounding_bits=5, rounding_method="exact",
+                            verbose=0)
+    assert q.fhe_circuit_.report["parameter_strategy"] == "precision"
+    np.testing.assert_array_equal(q.forward(X[:8], fhe="simulate"), q.forward(X[:8]))
+
+
+def test_a_single_logit_classifier_is_binary():
+    """One output (a BCEWithLogitsLoss model): classes [0, 1], class 1 where the logit is
+    positive (argmax of one column said 0 for every sample)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1)).eval()
+    X = _data(VEC)
+    q = compile_torch_model(model, X, n_bits=8, task="classification", fhe=False, verbose=0)
+    logit = q.forward(X)[:, 0]
+    assert list(q.classes_) == [0, 1]
+    np.testing.assert_array_equal(q.predict(X), (logit > 0).astype(int))
+    assert 0 < q.predict(X).mean() < 1
+    proba = q.predict_proba(X)
+    np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-logit)))
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    from latentopt.deploy.artifacts import estimator_info
+
+    info = estimator_info(q)  # what a deployment client applies to the outputs
+    np.testing.assert_array_equal(info.predict(logit[:, None]), q.predict(X))
+    np.testing.assert_allclose(info.predict_proba(logit[:, None]), proba)
+
+
 def test_refit_recalibrates():
     factory, shape = CASES["linear_relu"]
     q = compile_torch_model(factory(), _data(shape), n_bits=6, fhe=False, verbose=0)
@@ -348,8 +398,34 @@ def test_slicing_a_tensor_is_still_refused():
         compile_torch_model(model, _data(VEC), fhe=False)
 
 
+class _AliasedUpdate(nn.Module):
+    """``h += ...`` while ``g`` still refers to ``h``: fx records ``h + ...``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(6, 4), nn.Linear(4, 2)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = self.fc(x)
+        g = h
+        h += torch.relu(g)
+        return self.out(g + h)
+
+
 @pytest.mark.parametrize("model, match", [
     (nn.Sequential(nn.Linear(6, 4), nn.LSTM(4, 2)), "module LSTM"),
+    # in place: torch overwrote the input the addition read too (silently wrong before)
+    (Fn(lambda L, x: (lambda h: L[2](L[1](h) + h))(L[0](x)), nn.Linear(6, 4),
+        nn.ReLU(inplace=True), nn.Linear(4, 2)),
+     r"in-place operation \(inplace=True\) on 'layers_0'"),
+    (Fn(lambda L, x: (lambda h: L[1](F.relu(h, inplace=True) + h))(L[0](x)),
+        nn.Linear(6, 4), nn.Linear(4, 2)), "in-place operation"),
+    (_AliasedUpdate(), "traced graph's outputs differ from the model's"),
+    # reshapes that move values across the batch axis: each sample is computed alone
+    (Fn(lambda L, x: L[1](F.relu(L[0](x)).view(-1, 2)), nn.Linear(6, 4), nn.Linear(2, 2)),
+     r"mixes samples: 200 samples give shape \(400, 2\)"),
+    (Fn(lambda L, x: L[1](F.relu(L[0](x)).flatten()), nn.Linear(6, 4), nn.Linear(800, 2)),
+     r"mixes samples.*\(800,\)"),
     (nn.Sequential(nn.Linear(6, 4), _Mul()), "multiplication other than by a constant"),
     (nn.Sequential(nn.Linear(6, 4), _Reciprocal()), "division of a constant by a tensor"),
     (_TwoInputs(), "2 inputs"),
