@@ -110,6 +110,29 @@ def _write_artifact(path: Path, fmt: str, meta: dict[str, Any], members: dict[st
             zf.writestr(name, data)
 
 
+#: Manifest fields every artefact of a format must hold, and their types.
+_MANIFEST_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    SERVER_FORMAT: {"circuit_id": str, "batch_size": int, "n_features": int,
+                    "n_outputs": int},
+    CLIENT_FORMAT: {"circuit_id": str, "batch_size": int, "n_features": int,
+                    "n_outputs": int, "nodes": list, "input_range": list},
+}
+
+
+def _check_manifest(path: PathLike, fmt: str, manifest: dict[str, Any]) -> None:
+    """The manifest is not covered by the checksums: a hand-edited or truncated one
+    is refused here rather than as a KeyError deep inside the server or client."""
+    for key, kind in _MANIFEST_FIELDS.get(fmt, {}).items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise FHEArtifactError(f"{path}: manifest field {key!r} is missing or invalid "
+                                   f"({value!r}); re-export the model")
+    if "model_id" in manifest and not isinstance(manifest["model_id"], str):
+        raise FHEArtifactError(f"{path}: manifest field 'model_id' is invalid")
+    if manifest["batch_size"] < 1 or manifest["n_features"] < 1 or manifest["n_outputs"] < 1:
+        raise FHEArtifactError(f"{path}: manifest sizes must be positive; re-export the model")
+
+
 def _read_artifact(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, bytes]]:
     try:
         with zipfile.ZipFile(path) as zf:
@@ -130,6 +153,7 @@ def _read_artifact(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, 
         hashlib.sha256(members[k]).hexdigest() != sums[k] for k in members
     ):
         raise FHEArtifactError(f"{path}: artefact is corrupt or was modified (checksum mismatch)")
+    _check_manifest(path, fmt, manifest)
     built = manifest.get("versions", {}).get("concrete-python")
     if built != _versions()["concrete-python"]:
         raise FHEArtifactError(
@@ -156,7 +180,6 @@ def save_deployment(fc: CompiledCircuit, directory: PathLike,
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         server.save(Path(tmp) / "program.zip", via_mlir=via_mlir)
         program = (Path(tmp) / "program.zip").read_bytes()
-    _write_artifact(out / "server.zip", SERVER_FORMAT, meta, {"program.zip": program})
     nodes: list[Node] = [fc.circuit.input_quantizer, fc.circuit.output]
     arrays, node_meta = {}, []
     for i, node in enumerate(nodes):
@@ -166,6 +189,11 @@ def save_deployment(fc: CompiledCircuit, directory: PathLike,
     arrays["output_offset"] = np.asarray(fc.plan.output_offset, np.int64)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
+    # models of one architecture share a circuit id (the key parameters); the model id
+    # names this export (program, client arrays): a client of another model's export
+    # would decrypt and dequantize right and label wrong
+    meta["model_id"] = hashlib.sha256(program + specs + buf.getvalue()).hexdigest()
+    _write_artifact(out / "server.zip", SERVER_FORMAT, meta, {"program.zip": program})
     client_meta = dict(meta, nodes=node_meta, input_range=list(fc.report["input_range"]),
                        input_box=fc.report.get("input_box"),
                        range_mode=fc.report.get("range_mode", "worst_case"),
@@ -353,6 +381,8 @@ class FHEClient:
     def encrypt_integers(self, q: np.ndarray) -> bytes:
         q = check_quantized(q, self.n_features, self.manifest["input_range"],
                             reason="the range the deployed circuit was compiled for")
+        if len(q) == 0:  # a blob of no ciphertexts: the server would have nothing to run
+            raise ValueError("nothing to encrypt: X has 0 samples")
         self.keygen()
         calls = plan_calls(len(q), self.batch_size)
         frames = [

@@ -55,8 +55,8 @@ class OutputTransform:
     def predict(self, outputs: np.ndarray) -> np.ndarray:
         """What ``estimator.predict`` returns for these dequantized outputs."""
         out = np.asarray(outputs, dtype=np.float64)
-        if self.task == "classifier":
-            idx = np.argmax(out, axis=1)
+        if self.task == "classifier":  # one output: a binary logit, class 1 above 0
+            idx = (out[:, 0] > 0).astype(np.int64) if out.shape[1] == 1 else np.argmax(out, 1)
             return idx if self.classes is None else self.classes[idx]
         if self.scale is not None and self.offset is not None:
             out = out * self.scale + self.offset
@@ -65,10 +65,14 @@ class OutputTransform:
         return out
 
     def predict_proba(self, outputs: np.ndarray) -> np.ndarray:
-        """Softmax of the outputs, as the classifiers' ``predict_proba``."""
+        """Softmax of the outputs, as the classifiers' ``predict_proba`` (a single output:
+        the sigmoid of a binary logit)."""
         if self.task != "classifier":
             raise AttributeError(f"predict_proba is for classifiers; this model is a {self.task}")
         z = np.asarray(outputs, dtype=np.float64)
+        if z.shape[1] == 1:  # a binary logit: [1 - sigmoid, sigmoid]
+            p1 = 1.0 / (1.0 + np.exp(-np.clip(z[:, 0], -500, 500)))
+            return np.stack([1.0 - p1, p1], axis=1)
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
 
@@ -102,7 +106,7 @@ def estimator_info(est: Any, n_probe: int = 64) -> OutputTransform:
         classes = getattr(est, "classes_", None)
         if classes is not None or getattr(est, "task", None) == "classification":
             if classes is None:
-                classes = np.arange(raw.shape[1])
+                classes = np.arange(max(2, raw.shape[1]))
             return OutputTransform("classifier", classes=np.asarray(classes))
         pred = np.asarray(est.predict(X, fhe="disable"), dtype=np.float64)
     a, b = _affine(raw, pred.reshape(len(pred), -1))

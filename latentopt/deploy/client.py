@@ -94,8 +94,11 @@ class Client:
         self.key_dir = Path(key_dir) if key_dir is not None else _default_key_dir()
         self.key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         circuit_id = self.info["circuit_id"]
+        # one export of the model (a redeployed model of the same architecture keeps its
+        # circuit id and gets a new model id: a cached copy of the old one is not used)
+        model_id = str(self.info.get("model_id") or circuit_id)
         if artifact is None:  # downloaded once, kept in key_dir
-            artifact = self.key_dir / f"{model}-{circuit_id[:16]}-client.zip"
+            artifact = self.key_dir / f"{model}-{model_id[:16]}-client.zip"
             if not artifact.exists():
                 self._download(artifact)
             try:
@@ -108,11 +111,16 @@ class Client:
         if self.fhe.circuit_id != circuit_id:
             raise FHEArtifactError(f"{artifact} is for another circuit than the server's "
                                    f"model {model!r}")
+        if str(self.fhe.manifest.get("model_id", circuit_id)) != model_id:
+            raise FHEArtifactError(f"{artifact} is another export than the server's model "
+                                   f"{model!r} (model ids differ): its outputs would be "
+                                   f"labelled wrong; use the server's client artefact")
         self.transform: OutputTransform = read_estimator_info(artifact)
         self.uploaded = False
         self._registered = False
-        self._keys_path = self.key_dir / f"{circuit_id[:32]}.keys"
-        self._id_path = self.key_dir / f"{circuit_id[:32]}.json"
+        # keys are registered per served model: two models of one circuit keep their own
+        self._keys_path = self.key_dir / f"{model}-{circuit_id[:32]}.keys"
+        self._id_path = self.key_dir / f"{model}-{circuit_id[:32]}.json"
 
     def _download(self, path: Path) -> None:
         """The model's client artefact from the server, written atomically to ``path``."""

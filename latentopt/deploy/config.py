@@ -107,6 +107,11 @@ class ModelEntry:
         return str(self.manifest["circuit_id"])
 
     @property
+    def model_id(self) -> str:
+        """The export's id (the circuit id for artefacts written before model ids)."""
+        return str(self.manifest.get("model_id", self.circuit_id))
+
+    @property
     def batch_size(self) -> int:
         return int(self.manifest["batch_size"])
 
@@ -115,6 +120,7 @@ class ModelEntry:
         return {
             "name": self.name,
             "circuit_id": self.circuit_id,
+            "model_id": self.model_id,
             "input": {"n_features": self.manifest["n_features"],
                       "quantized_range": client.get("input_range"),
                       "batch_size": self.batch_size},
@@ -139,6 +145,11 @@ def load_model(name: str, path: str | Path) -> ModelEntry:
         client_manifest, _ = _read_artifact(client_zip, CLIENT_FORMAT)
         if client_manifest["circuit_id"] != manifest["circuit_id"]:
             raise FHEArtifactError(f"{client_zip} belongs to another circuit than {server_zip}")
+        if client_manifest.get("model_id") != manifest.get("model_id"):
+            # same architecture, another export: the client would label results wrong
+            raise FHEArtifactError(f"{client_zip} and {server_zip} come from different "
+                                   f"exports (model ids differ); deploy the pair that "
+                                   f"save_deployment / export_deployment wrote together")
     else:
         client_zip = None
     pbs = manifest.get("programmable_bootstrap_count")

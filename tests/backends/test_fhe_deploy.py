@@ -110,6 +110,39 @@ def test_tampered_or_foreign_artefacts_are_refused(deployed, tmp_path, which):
             load(tmp_path / "flip.zip")
 
 
+def test_manifests_are_checked_and_exports_are_told_apart(deployed, tmp_path):
+    from latentopt.deploy.config import load_model
+
+    _, _, paths = deployed
+    for which, load in (("server", FHEServer.load), ("client", FHEClient.load)):
+        def no_id(m): del m["circuit_id"]  # noqa: E306, E704
+        with pytest.raises(FHEArtifactError, match="manifest field 'circuit_id'"):
+            load(_rewrite(paths[which], tmp_path / f"{which}-a.zip", edit_manifest=no_id))
+
+        def bad_batch(m): m["batch_size"] = "4"  # noqa: E306, E704
+        with pytest.raises(FHEArtifactError, match="manifest field 'batch_size'"):
+            load(_rewrite(paths[which], tmp_path / f"{which}-b.zip", edit_manifest=bad_batch))
+    # the server and client artefacts of one export share its model id ...
+    entry = load_model("m", paths["server"].parent)
+    assert entry.client_manifest["model_id"] == entry.model_id != entry.circuit_id
+    # ... and a client artefact of another export beside the server is refused
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    (pair / "server.zip").write_bytes(paths["server"].read_bytes())
+
+    def other(m): m["model_id"] = "0" * 64  # noqa: E306, E704
+    _rewrite(paths["client"], pair / "client.zip", edit_manifest=other)
+    with pytest.raises(FHEArtifactError, match="different exports"):
+        load_model("m", pair)
+
+
+def test_an_empty_batch_is_not_encrypted(deployed, key_cache):
+    _, _, paths = deployed
+    client = FHEClient.load(paths["client"], insecure_key_cache=key_cache)
+    with pytest.raises(ValueError, match="0 samples"):
+        client.encrypt(np.zeros((0, client.n_features)))
+
+
 def test_blobs_for_another_circuit_or_corrupt_are_refused(deployed):
     from latentopt.backends.fhe_deploy import _pack
 

@@ -75,6 +75,8 @@ def test_model_info_health_and_metrics(server, deployed):
     assert info["programmable_bootstrap_count"] == fc.report["programmable_bootstrap_count"]
     assert info["versions"]["concrete-python"]
     assert len(info["circuit_id"]) == 64
+    # the export's own id: models of one architecture share the circuit id
+    assert len(info["model_id"]) == 64 and info["model_id"] != info["circuit_id"]
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").json()["workers"] == 2
     text = httpx.get(f"{server.url}/metrics").text
@@ -99,7 +101,7 @@ def test_keys_are_uploaded_once_and_reused_across_sessions(server, deployed, tmp
         np.testing.assert_array_equal(again.predict(X[:2]), first)
         assert again.key_id == key_id and not again.uploaded
     assert metric(server.url, "latentopt_key_uploads_total") == uploads
-    saved = json.loads((tmp_path / "keys-alice" / f"{c.fhe.circuit_id[:32]}.json").read_text())
+    saved = json.loads((tmp_path / "keys-alice" / f"wine-{c.fhe.circuit_id[:32]}.json").read_text())
     assert saved["key_id"] == key_id and len(key_id) >= 43  # 256 random bits
 
 
@@ -135,7 +137,7 @@ def test_other_clients_keys_and_missing_tokens_are_refused(server, deployed, tmp
     reg = client(server, tmp_path, key_cache, model="diabetes", who="bob")
     reg.register()
     with pytest.raises(FHEArtifactError, match="another circuit"):
-        alice.fhe.load_keys(next((tmp_path / "keys-bob").glob(f"{reg.fhe.circuit_id[:32]}.keys")))
+        alice.fhe.load_keys(next((tmp_path / "keys-bob").glob(f"*-{reg.fhe.circuit_id[:32]}.keys")))
     # keys of another circuit registered for this model
     body = _pack("registration", reg.fhe.circuit_id, {"key_id": reg.key_id},
                  [reg.fhe.evaluation_keys(), b""])
@@ -310,3 +312,24 @@ def test_killed_worker_gives_a_clear_error_and_a_retry_succeeds(server, deployed
         time.sleep(0.2)
     assert len(server.wait_ready()["worker_pids"]) == 2
     c.close()
+
+
+def test_a_client_artefact_of_another_export_is_refused(server, deployed, tmp_path, key_cache):
+    """A retrained model of the same architecture keeps its circuit id: its client
+    artefact decrypts the server's results and labels them with its own dequantizer and
+    classes (silently wrong); the model id tells the exports apart."""
+    import zipfile
+
+    src = deployed["root"] / "wine" / "client.zip"
+    other = tmp_path / "other-client.zip"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(other, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name == "manifest.json":
+                manifest = json.loads(data)
+                manifest["model_id"] = "f" * 64
+                data = json.dumps(manifest).encode()
+            zout.writestr(name, data)
+    with pytest.raises(FHEArtifactError, match="another export"):
+        Client(server.url, "wine", artifact=other, key_dir=tmp_path / "k",
+               token=TOKENS["alice"], insecure_key_cache=key_cache)
