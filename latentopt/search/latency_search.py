@@ -59,7 +59,7 @@ from .trials import (
     study_identity,
 )
 from .units import latency_label, resolve_cost_model
-from .validation import check_search_args
+from .validation import check_search_args, split_error
 
 __all__ = ["BudgetNotMetWarning", "LatencySearch", "make_storage"]
 
@@ -252,13 +252,20 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         is_array = is_array_teacher(teacher)
         arrays = [X, y, *([np.asarray(teacher)] if is_array else [])]
         check: tuple[np.ndarray, np.ndarray] | None = None
-        if self.holdout_fraction:  # the check split: never seen by training or tuning
-            split = train_test_split(*arrays, test_size=self.holdout_fraction,
+        try:
+            if self.holdout_fraction:  # the check split: never seen by training or tuning
+                what = "check"
+                split = train_test_split(*arrays, test_size=self.holdout_fraction,
+                                         stratify=strat, random_state=self.random_state)
+                arrays, check = split[::2], (split[1], split[3])
+                strat = arrays[1] if strat is not None else None
+            what = "validation"
+            parts = train_test_split(*arrays, test_size=self.validation_fraction,
                                      stratify=strat, random_state=self.random_state)
-            arrays, check = split[::2], (split[1], split[3])
-            strat = arrays[1] if strat is not None else None
-        parts = train_test_split(*arrays, test_size=self.validation_fraction, stratify=strat,
-                                 random_state=self.random_state)
+        except ValueError as exc:
+            if strat is None or "least populated class" not in str(exc):
+                raise
+            raise split_error(exc, strat, what) from exc
         X_tr, X_val, y_tr, y_val = parts[:4]
         trial_teacher, teacher_key = self._prepare_teacher(
             teacher, X_tr, y_tr, parts[4] if is_array else None)
@@ -308,7 +315,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         """A budget at or below a constant predictor's score is met by a circuit whose
         lookups all round to constants (0 PBS): say so where it happens."""
         best: Any = self.best_estimator_
-        out = np.asarray(best.predict(X[:2000]))
+        with warnings.catch_warnings():  # X is the validated array of a DataFrame's rows
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            out = np.asarray(best.predict(X[:2000]))
         if len(out) < 2 or not np.all(out == out[:1]):
             return
         msg = (f" The chosen model predicts the same value ({out[0]!r}) for every row of X: "

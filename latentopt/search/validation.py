@@ -11,9 +11,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from .space import resolve_space, validate_space
 
-__all__ = ["check_search_args", "check_space_values"]
+__all__ = ["check_search_args", "check_space_values", "split_error"]
 
 #: Bit-width parameters and their smallest supported value.
 _MIN_BITS = {"n_w_bits": 2, "n_a_bits": 2, "n_input_bits": 2}
@@ -74,6 +76,12 @@ def check_search_args(search: Any) -> None:
         raise ValueError(f"check_folds must be an int in [1, 20], got {cf!r}")
     if not isinstance(search.multi_fidelity, bool):
         raise ValueError(f"multi_fidelity must be a bool, got {search.multi_fidelity!r}")
+    if search.n_jobs > 1 and type(search.storage).__name__ == "InMemoryStorage":
+        # each worker process would hold its own copy: their trials never came back
+        raise ValueError("n_jobs > 1 needs a storage the worker processes share: an "
+                         "optuna InMemoryStorage lives in one process (its workers' trials "
+                         "were lost); pass storage=None (a temporary journal), a "
+                         "'.journal' path or a database URL")
     est = search.estimator
     if not (hasattr(est, "get_params") and hasattr(est, "compile")):
         raise TypeError(f"estimator must be a latentopt estimator (QuantizedMLPClassifier, "
@@ -144,3 +152,16 @@ def _with(estimator: Any, name: str, value: Any) -> Any:
     if callable(assemble):  # pseudo-parameters (e.g. a torch estimator's n_w_bits)
         params = assemble(params)
     return clone(estimator).set_params(**params)
+
+
+
+def split_error(exc: ValueError, y: np.ndarray, what: str) -> ValueError:
+    """sklearn's "The least populated class in y has only 1 member" from a stratified
+    split, as a message that names the rare classes and what to do."""
+    labels, counts = np.unique(y, return_counts=True)
+    rare = ", ".join(f"{lab!r}: {int(c)}" for lab, c in zip(labels, counts) if c < 2)
+    return ValueError(
+        f"a class has too few samples for the search's stratified {what} split "
+        f"({rare or exc}; each class needs at least 2 samples in what is split, more "
+        f"with holdout_fraction > 0): drop or merge the rare classes, or collect more "
+        f"samples of them")

@@ -28,8 +28,10 @@ def test_a_dataframes_columns_are_checked_at_predict(tmp_path):
     pd = pytest.importorskip("pandas")
     X, y = _blobs()
     df = pd.DataFrame(X, columns=list("abcde"))
-    s = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5,
-                      check_folds=1, cache_dir=tmp_path, **FAST).fit(df, y)
+    with warnings.catch_warnings():  # the search's own checks predict with its arrays
+        warnings.filterwarnings("error", message="X does not have valid feature names")
+        s = LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5,
+                          check_folds=1, cache_dir=tmp_path, **FAST).fit(df, y)
     assert s.budget_met_
     assert list(s.feature_names_in_) == list("abcde")
     assert list(s.best_estimator_.feature_names_in_) == list("abcde")
@@ -55,6 +57,29 @@ def test_a_single_class_is_refused_before_any_trial():
     X, _ = _blobs(60)
     with pytest.raises(ValueError, match="single class"):
         LatencySearch(QuantizedMLPClassifier(**TINY), **FAST).fit(X, np.zeros(60, int))
+
+
+def test_a_class_too_rare_to_split_is_named_before_any_trial(tmp_path):
+    X, y = _blobs(200)
+    y[0] = 7  # one sample: sklearn's "least populated class in y has only 1 member"
+    for hf in (0.2, 0.0):
+        s = LatencySearch(QuantizedMLPClassifier(**TINY), holdout_fraction=hf,
+                          cache_dir=tmp_path, **FAST)
+        with pytest.raises(ValueError, match=r"too few samples .*stratified (check|"
+                                             r"validation) split \(7: 1; .*merge"):
+            s.fit(X, y)
+        assert not hasattr(s, "results_")
+
+
+def test_worker_processes_need_a_storage_they_share(tmp_path):
+    import optuna
+
+    X, y = _blobs(60)
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), n_jobs=2,
+                      storage=optuna.storages.InMemoryStorage(), cache_dir=tmp_path,
+                      **FAST)
+    with pytest.raises(ValueError, match="InMemoryStorage lives in one process"):
+        s.fit(X, y)
 
 
 def test_a_class_too_small_for_the_folds_says_the_check_falls_back(tmp_path):
