@@ -268,6 +268,7 @@ def convert_to_qat(model: nn.Module, bits: BitSpec, *, input_signed: bool = True
     info = _Rewriter(gm, ops, bits).run(input_signed)
     info["folded_batch_norms"] = folded
     _spell_out_avg_pools(gm)
+    _methods_as_functions(gm)
     gm.eval()
     return gm, info
 
@@ -297,6 +298,27 @@ def _spell_out_avg_pools(gm: fx.GraphModule) -> None:
         kwargs.update(node.kwargs)
         node.args, node.kwargs = node.args[:1], kwargs
         changed = True
+    if changed:
+        gm.recompile()
+
+
+#: Tensor methods brevitas' quantized tensors lack, and the torch functions that they
+#: dispatch (``x.mean(dim=2)`` failed in training: "'IntQuantTensor' object has no
+#: attribute 'mean'").
+_METHOD_FUNCTIONS: dict[str, Any] = {
+    "mean": torch.mean, "mul": torch.mul, "div": torch.div, "relu": torch.relu,
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "exp": torch.exp,
+    "unflatten": torch.unflatten, "swapaxes": torch.swapaxes, "t": torch.t,
+}
+
+
+def _methods_as_functions(gm: fx.GraphModule) -> None:
+    """Call the torch function for the tensor methods of :data:`_METHOD_FUNCTIONS`."""
+    changed = False
+    for node in gm.graph.nodes:
+        if node.op == "call_method" and node.target in _METHOD_FUNCTIONS:
+            node.op, node.target = "call_function", _METHOD_FUNCTIONS[str(node.target)]
+            changed = True
     if changed:
         gm.recompile()
 

@@ -322,3 +322,35 @@ def test_a_classifier_whose_output_is_a_sum_trains():
                                    random_state=0, verbose=0).fit(X[:300], y[:300])
     assert clf.history_.n_epochs == 2 and clf.score(X[300:500], y[300:500]) > 0.3
 
+
+
+class _TensorMethods(nn.Module):
+    """Tensor methods that brevitas' quantized tensors lack (x.mean failed in training:
+    "'IntQuantTensor' object has no attribute 'mean'")."""
+
+    def __init__(self, form: int) -> None:
+        super().__init__()
+        self.form = form
+        self.conv, self.fc, self.flat = nn.Conv1d(2, 4, 3), nn.Linear(4, 2), nn.Linear(24, 2)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        h = self.conv(x)
+        if self.form == 0:
+            return self.fc(h.relu().mean(dim=2))
+        if self.form == 1:
+            return self.fc(torch.relu(h).mul(0.5).swapaxes(1, 2).mean(1))
+        return self.flat(torch.relu(h).flatten(1).unflatten(1, (4, 6)).flatten(1).div(2.0))
+
+
+@pytest.mark.parametrize("form", [0, 1, 2])
+def test_tensor_methods_train_and_the_circuit_equals_brevitas(form):
+    rng = np.random.RandomState(0)
+    X = rng.randn(200, 2, 8).astype(np.float32)
+    y = (X[:, 0].mean(1) > 0).astype(int)
+    torch.manual_seed(0)
+    clf = QuantizedTorchClassifier(_TensorMethods(form), n_bits=6, max_epochs=20, lr=1e-2,
+                                   random_state=0, verbose=0).fit(X, y)
+    with torch.no_grad():
+        qat = clf.qat_module_(torch.as_tensor(X)).numpy()
+    np.testing.assert_array_equal(clf.predict_proba(X).argmax(1), qat.argmax(1))
+    assert clf.score(X, y) > 0.65  # chance: 0.5
