@@ -37,14 +37,17 @@ SUPPORTED = (
     "nn.BatchNorm1d/2d (folded into the layer before it, else a per-channel affine), "
     "activations (nn.ReLU, ReLU6, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, ELU, SELU, CELU, "
     "Softplus, Hardtanh, Hardswish, Hardsigmoid, Mish, Softsign, LogSigmoid, Tanhshrink, "
-    "and their torch / torch.nn.functional / tensor-method forms: one table lookup each), "
-    "nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d, torch.mean over non-batch dims, "
+    "Softshrink, Hardshrink, Threshold, their torch.nn.functional forms, and torch.relu/"
+    "sigmoid/tanh/exp and those tensor methods: one table lookup each), "
+    "nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d, torch.mean / Tensor.mean over non-batch "
+    "dims, "
     "nn.MaxPool1d/2d and F.max_pool1d/2d (window PBS per output), "
     "multiplication and division by a constant number, permute/transpose (free when "
     "the flat order is unchanged, else a permutation gemm), "
     "nn.Flatten, nn.Unflatten, torch.flatten, Tensor.view/reshape/flatten/unflatten, "
     "nn.Dropout, nn.Identity, "
-    "residual `a + b` / torch.add of two tensors, torch.cat along the channels; "
+    "residual `a + b` / torch.add of two tensors of one shape, torch.cat along the "
+    "channels; "
     "brevitas QuantIdentity, QuantLinear, "
     "QuantConv1d/2d, QuantReLU, QuantSigmoid, QuantTanh, QuantHardTanh"
 )
@@ -130,10 +133,12 @@ def _trace(model: nn.Module) -> fx.GraphModule:
     try:
         graph = _Tracer().trace(model)
     except Exception as exc:  # fx raises many kinds of errors on dynamic control flow
+        hint = ("NumPy numbers in forward are not traced: write Python floats or ints. "
+                if "numpy" in str(exc) else "")
         raise TypeError(
-            f"torch.fx could not trace the model ({type(exc).__name__}: {exc}). Models "
-            f"with data-dependent control flow are not supported; supported operations: "
-            f"{SUPPORTED}."
+            f"torch.fx could not trace the model ({type(exc).__name__}: {exc}). {hint}"
+            f"Models with data-dependent control flow are not supported; supported "
+            f"operations: {SUPPORTED}."
         ) from exc
     return fx.GraphModule(model, graph)
 

@@ -37,9 +37,10 @@ def record_values(gm: fx.GraphModule, X: np.ndarray) -> dict[str, np.ndarray]:
 
             raise UnsupportedOpError(
                 f"a value that mixes samples: {n} samples give shape {v.shape} (the "
-                f"batch axis must stay first and keep its size; reshape with "
+                f"batch axis must stay first and keep its size: reshape with "
                 f"x.view(x.size(0), ...) or x.flatten(1), not x.view(-1, k) or "
-                f"x.flatten())", name)
+                f"x.flatten(); average over dim >= 1, not x.mean() or x.mean(dim=0))",
+                name)
     return values
 
 

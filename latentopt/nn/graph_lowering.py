@@ -223,6 +223,11 @@ class _Builder(SpatialOps):
         self.env[op.name] = self._materialise(v, params, op.name)
 
     def _add(self, op: Op) -> None:
+        shapes = [self.shapes[i] for i in op.inputs]
+        if shapes[0] != shapes[1]:
+            raise UnsupportedOpError(
+                f"addition of tensors of shapes {shapes[0]} and {shapes[1]} per sample "
+                f"(broadcasting; only tensors of one shape are added)", op.name)
         params = self.policy.shared_params(op.inputs)
         operands = []
         for i in op.inputs:
