@@ -81,9 +81,10 @@ def check_lookup_width(layer: str, name: str, bits: int) -> None:
         excess = bits - MAX_TLU_BITS
         raise FHEBitWidthError(
             f"layer {layer!r}: the input of table lookup {name!r} has "
-            f"{bits} bits; TFHE lookups take at most {MAX_TLU_BITS}. Round it "
-            f"(e.g. circuit.with_rounding({{{name!r}: {excess}}}) or more), or prune "
-            f"/ lower weight and activation bit-widths to shrink the accumulator."
+            f"{bits} bits; TFHE lookups take at most {MAX_TLU_BITS}. Round it: "
+            f"compile(rounding_bits={MAX_TLU_BITS}) or fewer (a bare Circuit: "
+            f"circuit.with_rounding({{{name!r}: {excess}}})), or prune / lower weight and "
+            f"activation bit-widths to shrink the accumulator."
         )
 
 
@@ -94,8 +95,9 @@ def translate_error(exc: RuntimeError) -> FHECompilationError:
         return FHEParametersError(
             "concrete found no TFHE parameters for this circuit: its table lookups are too "
             "wide for the requested error probability. Raise p_error / global_p_error, or "
-            "reduce lookup input bits (rounding with circuit.with_rounding, pruning, fewer "
-            "weight/activation bits)."
+            "reduce lookup input bits: compile with a smaller rounding_bits and "
+            "rounding_method='approximate' (a bare Circuit: circuit.with_rounding), "
+            "pruning, fewer weight/activation bits."
         )
     if "used as an input to a table lookup" in msg:
         return FHEBitWidthError(f"a table-lookup input is too wide for concrete:\n{msg}")

@@ -331,7 +331,9 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> Op:  # noqa: C901 - one swit
                 f"even in eval mode; it is not a fixed per-channel map)", name)
         kind = _module_kind(m)
         if kind is None:
-            raise UnsupportedOpError(f"module {type(m).__name__} ({target!r})", name)
+            mode = getattr(m, "padding_mode", "zeros")
+            extra = f" with padding_mode={mode!r} (zero padding only)" if mode != "zeros" else ""
+            raise UnsupportedOpError(f"module {type(m).__name__}{extra} ({target!r})", name)
         op = Op(name, kind, ins, target=target, module=m)
         if kind == "act":
             op.act_name = _ACT_MODULES[type(m)]

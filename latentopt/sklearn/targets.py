@@ -36,8 +36,15 @@ def target_scaling(y2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``1e-6 * max(|mean|, 1)`` (a scale of 1 left the network's output noise, about 0.02,
     in the target's units: a constant 2**-10 came out between -0.0099 and 0.0215)."""
     y2 = np.asarray(y2, dtype=np.float64)
-    mean = y2.mean(axis=0)
-    std = y2.std(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = y2.mean(axis=0)
+        std = y2.std(axis=0)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+        # squares of targets above ~1e154 overflow float64: no scale to train with
+        raise ValueError(
+            f"y is too large to standardise (max |y| = {np.abs(y2).max():.3g}: its "
+            f"variance overflows float64); rescale the targets, e.g. y / "
+            f"{10.0 ** np.floor(np.log10(np.abs(y2).max())):.0e}")
     return mean, np.where(std > 0, std, 1e-6 * np.maximum(np.abs(mean), 1.0))
 
 

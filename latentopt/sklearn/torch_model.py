@@ -174,6 +174,8 @@ def flat_samples(X: Any, input_shape: tuple[int, ...], n_features: int) -> np.nd
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
         raise ValueError(f"X must be numeric, got dtype {X.dtype}")
+    if X.ndim >= 1 and len(X) == 0:  # (a reshape of 0 rows to (0, -1) is ambiguous)
+        raise ValueError("X has 0 samples")
     if X.ndim == len(input_shape) + 1 and X.shape[1:] == input_shape:
         X = X.reshape(len(X), -1)
     elif not (X.ndim == 2 and X.shape[1] == n_features):

@@ -243,3 +243,11 @@ def test_verbose_controls_progress(wine, capsys):
     assert captured.err == "" and captured.out == ""
     QuantizedMLPClassifier(**{**SMALL, "verbose": 1}).fit(Xtr, ytr)
     assert "QAT" in capsys.readouterr().err
+
+
+def test_targets_too_large_to_standardise_are_named():
+    """Targets above ~1e154 overflow their variance: the error said "scale must be
+    finite" from deep inside the quantizer."""
+    X = np.random.RandomState(0).randn(40, 3)
+    with pytest.raises(ValueError, match=r"y is too large to standardise.*rescale"):
+        QuantizedMLPRegressor(max_epochs=1, verbose=0).fit(X, X[:, 0] * 1e160)

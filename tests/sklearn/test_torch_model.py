@@ -435,7 +435,8 @@ class _AliasedUpdate(nn.Module):
     (nn.Sequential(nn.Linear(6, 4), _Reciprocal()), "division of a constant by a tensor"),
     (_TwoInputs(), "2 inputs"),
     (_Branchy(), "could not trace"),
-    (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1, padding_mode="circular")), "Conv1d"),
+    (nn.Sequential(nn.Conv1d(2, 2, 3, padding=1, padding_mode="circular")),
+     "Conv1d with padding_mode='circular'"),
     (nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4, track_running_stats=False)),
      "without running statistics"),
 ])
@@ -473,6 +474,14 @@ def test_samples_of_another_shape_name_the_shape_expected():
     q = compile_torch_model(nn.Linear(6, 2), _data(VEC), fhe=False, verbose=0)
     with pytest.raises(ValueError, match=r"shape \(n_samples, 6\), got \(4, 1, 6\)$"):
         q.predict(_data(VEC)[:4, None, :])
+
+
+def test_an_empty_batch_of_images_is_named():
+    cnn = _seq(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2))
+    q = compile_torch_model(cnn, _data(IMG), fhe=False, verbose=0)
+    for empty in (np.zeros((0, *IMG), np.float32), np.zeros((0, 72), np.float32)):
+        with pytest.raises(ValueError, match="X has 0 samples"):  # was numpy's reshape error
+            q.predict(empty)
 
 
 def test_n_bits_keys_are_layers_that_carry_bits():
