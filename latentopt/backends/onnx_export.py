@@ -15,6 +15,8 @@ Graph interface
     cast float64 data with ``X.astype(np.float32)`` (round to nearest, exactly what the
     integer backend does first).  With ``integer_input=True`` the model instead reads
     ``input_integers`` (``int64``, already quantized, inside the quantizer's range).
+    The graph does not check its input: NaN features give garbage outputs (the cast of
+    NaN to an integer), without error; :class:`OnnxRunner` refuses them.
 ``output``
     ``float64`` ``(N, n_outputs)``: ``(q - zero_point) * scale + offset`` as
     ``Dequantize.apply``.
@@ -35,9 +37,10 @@ Rendering, step by step (:mod:`.onnx_render`)
   its own table (index ``clip(x - offset, 0, size - 1)``); other functions are
   materialised over the schedule's lookup domain (worst case, per channel for
   per-channel functions, at the rounding step when a :class:`~latentopt.ir.Round` feeds
-  the lookup; at most :data:`~latentopt.ir.schedule.MAX_TABLE_ENTRIES` entries, else a
-  ``ValueError`` that advises rounding).  Per-channel functions become
-  one flat table; channel ``c`` owns the slice ``[start_c, end_c]``, the index is
+  the lookup; at most :data:`~latentopt.ir.schedule.MAX_TABLE_ENTRIES` (2**22 =
+  4,194,304) entries, else a ``ValueError`` that advises ``compile(rounding_bits=...)``).
+  Per-channel functions become one flat table; channel ``c`` owns the slice
+  ``[start_c, end_c]``, the index is
   ``clip(x + start_c * step - lo_c, start_c * step, end_c * step) / step``, computed in
   the float carrier when exact there (else in int64), then ``Cast`` to int64.  The
   gather is a ``GatherElements`` on the ``(1, size)`` table with the indices reshaped to
@@ -87,10 +90,11 @@ import os
 from typing import Any
 
 from ..ir import Circuit
-from .onnx_render import DEFAULT_OPSET, MIN_OPSET, circuit_to_onnx
+from .onnx_render import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, circuit_to_onnx
 from .onnx_runner import OnnxRunner
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "OnnxRunner", "circuit_to_onnx", "save_onnx"]
+__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "OnnxRunner", "circuit_to_onnx",
+           "save_onnx"]
 
 
 def save_onnx(circuit: Circuit, path: str | os.PathLike[str], **kwargs: Any) -> str:

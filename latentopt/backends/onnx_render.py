@@ -8,6 +8,7 @@ described in :mod:`.onnx_export`, the public entry point.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ import numpy as np
 from ..ir import Circuit, ExplicitTable
 from ..ir.schedule import (
     CARRIERS,
+    MAX_TABLE_ENTRIES,
     AddStep,
     AffineShortcut,
     ConcatStep,
@@ -37,11 +39,13 @@ from .onnx_window import render_conv, render_max_pool, render_sum_pool
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "RENDERERS", "circuit_to_onnx"]
+__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "RENDERERS", "circuit_to_onnx"]
 
 #: Default ONNX opset (every operator used is available since opset 13).
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
+#: Newest opset accepted: the newest onnxruntime 1.31 loads (27 and 28 fail in it).
+MAX_OPSET = 26
 _CARRIERS: dict[str, Any] = {np.dtype(c).name: c for c in CARRIERS}
 
 
@@ -100,7 +104,7 @@ def _lookup(g: GraphBuilder, step: LookupStep, xs: list[str]) -> str:
         start = np.arange(fn.n_channels or 1, dtype=np.int64) * size
         table, offset, end, stride = fn.table.reshape(-1), start - fn.offset, start + size - 1, 1
     else:
-        step.check_table_size()
+        _check_table_size(step)
         affine = step.affine(dt) if g.affine else None
         if affine is not None:
             return _affine_lookup(g, n, x, affine)
@@ -137,6 +141,18 @@ def _lookup(g: GraphBuilder, step: LookupStep, xs: list[str]) -> str:
     table_2d = g.const(f"{n}/table", table[None, :], dt)
     y = g.op("GatherElements", [table_2d, flat], f"{n}/gather", axis=1)
     return g.op("Reshape", [y, shape], n)
+
+
+def _check_table_size(step: LookupStep) -> None:
+    """A ``ValueError`` with the user's remedy when the table would be too large."""
+    if not step.fits:
+        raise ValueError(
+            f"table lookup {step.name!r} (layer {step.layer!r}) would need a table of "
+            f"{step.domain.entries} entries; the ONNX export writes at most "
+            f"{MAX_TABLE_ENTRIES} (2**22) entries per lookup.  Export a model compiled with "
+            f"rounding (compile(rounding_bits=...): fewer bits, smaller tables), or train "
+            f"it with fewer bits"
+        )
 
 
 def _affine_lookup(g: GraphBuilder, n: str, x: str, affine: AffineShortcut) -> str:
@@ -212,7 +228,8 @@ def circuit_to_onnx(
     ----------
     circuit : Circuit
     opset : int
-        ONNX opset of the default domain, >= 13 (onnxruntime 1.31 runs 13 to 26).
+        ONNX opset of the default domain, 13 to 26 (:data:`MIN_OPSET` to
+        :data:`MAX_OPSET`: onnxruntime 1.31 runs 13 to 26); else a ``ValueError``.
     batch : "dynamic" or int
         Batch dimension: symbolic ``"N"`` or a fixed size.
     integer_input : bool
@@ -229,15 +246,21 @@ def circuit_to_onnx(
     Raises
     ------
     ValueError
-        Unsupported opset or carrier, or a lookup whose table would be too large.
+        Unsupported opset or carrier, or a lookup whose table would be too large
+        (over :data:`~latentopt.ir.schedule.MAX_TABLE_ENTRIES` entries).
     TypeError
-        A step type this renderer does not know.
+        A step type this renderer does not know, or an opset that is not an int.
     """
     import onnx
     from onnx import helper
 
-    if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise ValueError(f"opset must be in [{MIN_OPSET}, {onnx.defs.onnx_opset_version()}]")
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral):
+        raise TypeError(f"opset must be an int, got {opset!r}")
+    top = min(MAX_OPSET, onnx.defs.onnx_opset_version())
+    if not MIN_OPSET <= opset <= top:
+        raise ValueError(f"opset must be in [{MIN_OPSET}, {top}] (the opsets onnxruntime "
+                         f"runs), got {opset}")
+    opset = int(opset)
     if lookup not in ("auto", "gather"):
         raise ValueError(f"lookup must be 'auto' or 'gather', got {lookup!r}")
     if batch != "dynamic" and not (isinstance(batch, int) and batch >= 1):

@@ -379,6 +379,63 @@ def test_clear_errors():
         circuit_to_onnx(circuit, batch=0)
 
 
+def test_runner_refuses_what_is_not_a_latentopt_export(tmp_path):
+    from onnx import TensorProto, helper
+
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        OnnxRunner(empty)
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        OnnxRunner(b"\xffnot onnx")
+    with pytest.raises(TypeError, match="path"):
+        OnnxRunner(None)
+    foreign = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])]))
+    for model in (foreign, foreign.SerializeToString()):
+        with pytest.raises(ValueError, match="not a latentopt export") as info:
+            OnnxRunner(model)
+        assert "integer_input" not in str(info.value)
+        assert "'output_integers'" in str(info.value)  # says what it expects
+
+
+def test_runner_argument_errors():
+    circuit = random_circuit(3)
+    with pytest.raises(ValueError, match="intra_op_num_threads"):
+        OnnxRunner(circuit, intra_op_num_threads=-1)
+    with pytest.raises(TypeError, match="intra_op_num_threads"):
+        OnnxRunner(circuit, intra_op_num_threads=2.5)
+    assert OnnxRunner(circuit, intra_op_num_threads=np.int64(1)).run(
+        np.zeros((1, circuit.n_features)))[1].shape == (1, circuit.n_outputs)
+
+
+def test_opset_range_is_the_documented_one():
+    circuit = random_circuit(3)
+    X = float_inputs(circuit, 10)
+    assert_matches_backend(circuit, OnnxRunner(circuit_to_onnx(circuit, opset=26)), X)
+    for opset in (12, 27, 28):
+        with pytest.raises(ValueError, match=r"opset must be in \[13, 26\]"):
+            circuit_to_onnx(circuit, opset=opset)
+    with pytest.raises(TypeError, match="opset"):
+        circuit_to_onnx(circuit, opset="17")
+
+
+def test_nan_features_are_refused_by_the_runner_not_by_a_raw_session():
+    import onnxruntime as ort
+
+    circuit = random_circuit(3)
+    X = np.zeros((3, circuit.n_features), np.float32)
+    X[1, 0] = np.nan
+    session = ort.InferenceSession(circuit_to_onnx(circuit).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    _, ints = session.run(None, {"input": X})  # no error: the documented hazard
+    assert ints.shape == (3, circuit.n_outputs)
+    with pytest.raises(ValueError, match="NaN"):
+        OnnxRunner(circuit).predict(X)
+
+
 def test_huge_lookup_domain_is_refused_with_advice():
     """A sigmoid of a 30-bit accumulator cannot be tabulated; rounding makes it fit."""
     circuit = Circuit([
@@ -387,8 +444,9 @@ def test_huge_lookup_domain_is_refused_with_advice():
         TableLookup("act", ("fc",), QuantActivation("sigmoid", 2.0**-24, 0.1, n_bits=3)),
         Dequantize("out", ("act",), 0.1, 0),
     ], n_features=2)
-    with pytest.raises(ValueError, match="with_rounding"):
+    with pytest.raises(ValueError, match=r"4194304.*compile\(rounding_bits=") as info:
         circuit_to_onnx(circuit)
+    assert "with_rounding" not in str(info.value)  # the user-facing remedy, not the IR's
     rounded = circuit.with_rounding(20, method="approximate")
     assert_matches_backend(rounded, OnnxRunner(rounded), float_inputs(rounded, 200))
 
