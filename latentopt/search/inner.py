@@ -42,6 +42,7 @@ cost, by 0-16% where measured.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,8 +50,9 @@ from typing import Any
 import numpy as np
 
 from ..backends.fhe_diagnostics import shares_lookup_width
+from .scoring import score_in_mode
 
-__all__ = ["InnerResult", "compile_searched", "score_under", "search_compile"]
+__all__ = ["InnerResult", "compile_searched", "score_under", "scorer_of", "search_compile"]
 
 #: p_error ladder walked upwards (larger p_error -> smaller crypto parameters -> faster).
 P_ERROR_LADDER = (1e-5, 1e-3, 1e-2, 3e-2, 1e-1)
@@ -133,13 +135,20 @@ class InnerResult:
         return "\n".join(lines)
 
 
-def score_under(est: Any, X: np.ndarray, y: np.ndarray, mode: str) -> float:
-    """The estimator's metric (accuracy or R^2) on ``(X, y)`` under FHE ``mode``.
+def score_under(est: Any, X: np.ndarray, y: np.ndarray, mode: str,
+                scoring: Any = None) -> float:
+    """The estimator's metric (accuracy or R^2, or ``scoring``) on ``(X, y)`` under FHE
+    ``mode``.
 
-    Every score of the search goes through this one function: the estimators' own
-    ``score(X, y, fhe=mode)``.
+    Every score of the search goes through this one function
+    (:func:`~latentopt.search.scoring.score_in_mode`).
     """
-    return float(est.score(X, y, fhe=mode))
+    return score_in_mode(est, X, y, mode, scoring)
+
+
+def scorer_of(scoring: Any) -> Scorer | None:
+    """The :data:`Scorer` of a search's ``scoring`` (None: the estimators' own score)."""
+    return None if scoring is None else functools.partial(score_under, scoring=scoring)
 
 
 def _working_copy(est: Any) -> Any:

@@ -44,6 +44,7 @@ from .results import (
     summary_footer,
     summary_table,
 )
+from .scoring import score_in_mode
 from .screening import seed_configs
 from .selection import make_check, select_on_check
 from .space import search_space
@@ -98,6 +99,13 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         Default: a float scikit-learn MLP's validation score (same split); for a torch
         estimator, its float ``module``'s score (a module factory: the MLP's, on the
         flattened samples).
+    scoring : str or callable, optional
+        The metric of the budget: a scikit-learn scorer name (``"balanced_accuracy"``,
+        ``"f1_macro"``, ``"roc_auc"``, ``"neg_mean_absolute_error"``, ...) or a callable
+        ``scorer(estimator, X, y)``, higher is better.  Default: the estimator's
+        ``score`` (accuracy, R^2).  On imbalanced classes accuracy is met by a model that
+        predicts the majority class: weigh the classes (:mod:`~latentopt.search.scoring`).
+        ``max_accuracy_drop`` and ``reference_score`` are in its units.
     n_trials : int, default=20
         Evaluated trials (completed, or failed with a recorded error) the study should
         hold, counted across all workers (a resumed study runs only the rest).  Trials
@@ -176,7 +184,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
 
     def __init__(self, estimator: Any, *, param_space: Mapping[str, Any] | None = None,
                  teacher: Any = None, max_accuracy_drop: float = 0.01,
-                 reference_score: float | None = None,
+                 reference_score: float | None = None, scoring: Any = None,
                  n_trials: int = 20, timeout: float | None = None, storage: Any = None,
                  study_name: str | None = None, n_jobs: int = 1,
                  validation_fraction: float = 0.2, n_repeats: int = 3,
@@ -189,6 +197,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self.teacher = teacher
         self.max_accuracy_drop = max_accuracy_drop
         self.reference_score = reference_score
+        self.scoring = scoring
         self.n_trials = n_trials
         self.timeout = timeout
         self.storage = storage
@@ -212,7 +221,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             return float(self.reference_score)
         self.reference_estimator_ = fit_reference(self.estimator, X_tr, y_tr,
                                                   self.random_state)
-        return float(self.reference_estimator_.score(X_val, y_val))
+        return score_in_mode(self.reference_estimator_, X_val, y_val, None, self.scoring)
 
     def _resolve_cost_model(self) -> Any:
         """The cost model in seconds (calibrated now if needed), or None (complexity)."""
@@ -322,7 +331,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
             return
         msg = (f" The chosen model predicts the same value ({out[0]!r}) for every row of X: "
                f"the threshold {self.threshold_:.4f} is at or below what a constant "
-               f"predictor scores.  Lower max_accuracy_drop or check reference_score.")
+               f"predictor scores.  Lower max_accuracy_drop or check reference_score"
+               + (", or weigh the classes: scoring='balanced_accuracy'." if
+                  is_classifier(best) and getattr(self, "scoring", None) is None else "."))
         self.outcome_.message += msg
         warnings.warn(msg.strip(), UserWarning, stacklevel=3)
 
@@ -425,8 +436,9 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         return np.asarray(self._chosen().predict(X, fhe=fhe))
 
     def score(self, X: Any, y: Any) -> float:
-        """Score of ``best_estimator_`` (RuntimeError if the budget was not met)."""
-        return float(self._chosen().score(X, y))
+        """Score of ``best_estimator_`` (``scoring``, else its own ``score``;
+        RuntimeError if the budget was not met)."""
+        return score_in_mode(self._chosen(), X, y, "disable", self.scoring)
 
     def predict_proba(self, X: Any, fhe: str | None = None) -> np.ndarray:
         """Class probabilities of ``best_estimator_`` (a classifier search only)."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
-from .inner import score_under, search_compile
+from .inner import score_under, scorer_of, search_compile
 from .screening import (
     accumulator_floor,
     best_feasible_latency,
@@ -133,7 +133,8 @@ class _Objective:
         if not getattr(self.search, "multi_fidelity", True):
             return
         short, _ = self._fit(short_params(self.search.estimator, params))
-        score = score_under(short, self.data[2], self.data[3], "disable")
+        score = score_under(short, self.data[2], self.data[3], "disable",
+                            getattr(self.search, "scoring", None))
         trial.set_user_attr("short_score", score)
         if trial.user_attrs.get("seeded"):  # a seeded configuration: always full
             return
@@ -200,7 +201,7 @@ class _Objective:
         inner = search_compile(
             est, self.data[2], self.data[3], max_accuracy_drop=s.max_accuracy_drop,
             reference_score=self.reference, n_repeats=s.n_repeats, cost_model=self.cost_model,
-            latency_cap=cap,
+            latency_cap=cap, scorer=scorer_of(getattr(s, "scoring", None)),
         )
         trial.set_user_attr("latency_unit", inner.latency_unit)
         if inner.unrounded_score is not None:
@@ -216,7 +217,8 @@ class _Objective:
         point = inner.best or (max(compiled, key=lambda c: c.score) if compiled else None)
         score = (point.score if point is not None else inner.unrounded_score
                  if inner.unrounded_score is not None
-                 else score_under(est, self.data[2], self.data[3], "disable"))
+                 else score_under(est, self.data[2], self.data[3], "disable",
+                                  getattr(s, "scoring", None)))
         latency = point.latency if point is not None else _NO_LATENCY
         violation = float(inner.threshold - score)
         if (violation <= 0 and inner.best is not None and self.check is not None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
-from .inner import score_under, search_compile
+from .inner import score_under, scorer_of, search_compile
 
 __all__ = ["REFIT_ROWS", "final_estimator"]
 
@@ -48,9 +48,10 @@ def final_estimator(search: Any, objective: Any, X: np.ndarray, y: np.ndarray) -
     best.fit(X, y)
     rows = np.random.default_rng(search.random_state).permutation(len(X))[:REFIT_ROWS]
     X_chk, y_chk = X[rows], y[rows]
-    unrounded = score_under(best, X_chk, y_chk, "disable")
+    scoring = getattr(search, "scoring", None)
+    unrounded = score_under(best, X_chk, y_chk, "disable", scoring)
     best.compile(**point, verbose=0)
-    simulated = min(score_under(best, X_chk, y_chk, "simulate")
+    simulated = min(score_under(best, X_chk, y_chk, "simulate", scoring)
                     for _ in range(max(1, search.n_repeats)))
     search.refit_ = {"n_rows": len(rows), "unrounded_score": unrounded,
                      "simulated_score": simulated, "point": point, "searched_again": False}
@@ -59,7 +60,7 @@ def final_estimator(search: Any, objective: Any, X: np.ndarray, y: np.ndarray) -
     search.refit_["searched_again"] = True
     inner = search_compile(best, X_chk, y_chk, max_accuracy_drop=search.max_accuracy_drop,
                            reference_score=unrounded, n_repeats=search.n_repeats,
-                           cost_model=objective.cost_model)
+                           cost_model=objective.cost_model, scorer=scorer_of(scoring))
     if inner.best is None:  # no point holds for the retrained model: keep the trial's
         search.refit_["kept_trial_model"] = True
         return objective.compiled(params, point)

@@ -57,12 +57,15 @@ most accurate capped models (unrounded validation score within the budget, at mo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+
+from .scoring import ACCURACY_LIKE, score_in_mode
 
 __all__ = ["MAX_CHECKS", "MAX_CV_CHECKS", "MAX_REOPEN", "Check", "check_on_holdout",
            "cv_folds", "make_check", "reopen_capped", "select_on_check"]
@@ -151,13 +154,14 @@ def cv_folds(y: np.ndarray, k: int, classification: bool,
 
 
 def _cv_reference(reference: Any, X: np.ndarray, y: np.ndarray,
-                  folds: list[tuple[np.ndarray, np.ndarray]]) -> float:
+                  folds: list[tuple[np.ndarray, np.ndarray]], scoring: Any = None) -> float:
     """The float reference refitted and scored on every fold, pooled over the rows."""
     from sklearn.base import clone
 
     total = 0.0
     for tr, te in folds:
-        total += float(clone(reference).fit(X[tr], y[tr]).score(X[te], y[te])) * len(te)
+        ref = clone(reference).fit(X[tr], y[tr])
+        total += score_in_mode(ref, X[te], y[te], None, scoring) * len(te)
     return total / len(y)
 
 
@@ -182,7 +186,7 @@ def reopen_capped(search: Any, objective: Any, params: Callable[[dict[str, Any]]
     accurate first (at most :data:`MAX_REOPEN`).  Each one's model (from the model
     cache) gets a full inner search; the rows returned carry its fastest feasible point.
     """
-    from .inner import search_compile
+    from .inner import scorer_of, search_compile
 
     pool = [t for t in search.study_.trials
             if t.state.name == "COMPLETE" and t.user_attrs.get("capped")
@@ -196,7 +200,8 @@ def reopen_capped(search: Any, objective: Any, params: Callable[[dict[str, Any]]
         inner = search_compile(est, objective.data[2], objective.data[3],
                                max_accuracy_drop=search.max_accuracy_drop,
                                reference_score=search.reference_score_,
-                               n_repeats=search.n_repeats, cost_model=objective.cost_model)
+                               n_repeats=search.n_repeats, cost_model=objective.cost_model,
+                               scorer=scorer_of(getattr(search, "scoring", None)))
         if inner.best is not None:
             rows.append(dict(row, cost=inner.best.latency, score=inner.best.score,
                              feasible=True, pbs=inner.best.pbs, reopened=True,
@@ -204,10 +209,10 @@ def reopen_capped(search: Any, objective: Any, params: Callable[[dict[str, Any]]
     return rows
 
 
-def _simulate(est: Any, X: np.ndarray, y: np.ndarray) -> float:
+def _simulate(est: Any, X: np.ndarray, y: np.ndarray, scoring: Any = None) -> float:
     from .inner import score_under
 
-    return score_under(est, X, y, "simulate")
+    return score_under(est, X, y, "simulate", scoring)
 
 
 @dataclass
@@ -227,6 +232,8 @@ class Check:
     n_repeats: int
     #: accuracy (a binomial standard error, so a margin) or R^2 (no margin)
     classification: bool = True
+    #: the search's ``scoring`` (None: the estimators' own score)
+    scoring: Any = None
 
     def margin(self, n: int) -> float:
         """What the ``n``-th configuration checked in a search must beat the threshold
@@ -260,9 +267,11 @@ class Check:
                 return objective._fit(p, X, y)[0]
 
             return _cv_scores(fit, params, point, self.X, self.y, self.folds,
-                              self.n_repeats, _simulate)
+                              self.n_repeats, functools.partial(_simulate,
+                                                                scoring=self.scoring))
         est = objective.compiled(params, point)
-        return [_simulate(est, self.X, self.y) for _ in range(max(1, self.n_repeats))]
+        return [_simulate(est, self.X, self.y, self.scoring)
+                for _ in range(max(1, self.n_repeats))]
 
     def describe(self) -> dict[str, Any]:
         return {"reference_score": self.reference_score, "threshold": self.threshold,
@@ -298,17 +307,21 @@ def make_check(search: Any, X_tr: np.ndarray, y_tr: np.ndarray,
                 f"check rows, too few for {k} stratified folds; the budget is checked on "
                 f"the check split alone ({len(y_chk)} rows, a noisier verdict)",
                 UserWarning, stacklevel=3)
-    fixed = search.reference_score
+    fixed, scoring = search.reference_score, getattr(search, "scoring", None)
     if folds is not None:
         reference = (float(fixed) if fixed is not None
-                     else _cv_reference(search.reference_estimator_, X_pool, y_pool, folds))
+                     else _cv_reference(search.reference_estimator_, X_pool, y_pool, folds,
+                                        scoring))
         X_c, y_c = X_pool, y_pool
     else:
         reference = (float(fixed) if fixed is not None
-                     else float(search.reference_estimator_.score(X_chk, y_chk)))
+                     else score_in_mode(search.reference_estimator_, X_chk, y_chk, None,
+                                        scoring))
         X_c, y_c = X_chk, y_chk
+    # the binomial margin is for shares of rows right (accuracy), not F1 or a loss
+    accuracy_like = is_classifier(search.estimator) and scoring in ACCURACY_LIKE
     return Check(X_c, y_c, folds, reference, reference - search.max_accuracy_drop,
-                 int(search.n_repeats), classification=is_classifier(search.estimator))
+                 int(search.n_repeats), classification=accuracy_like, scoring=scoring)
 
 
 def refuted_rows(search: Any, threshold: float) -> list[dict[str, Any]]:

@@ -36,6 +36,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from .scoring import scoring_name
 from .space import sample_params, search_space
 from .storage import recover_stale_trials
 
@@ -108,7 +109,8 @@ def _template_params(estimator: Any) -> dict[str, Any]:
 def study_identity(search: Any, data_key: str, teacher_key: str) -> dict[str, Any]:
     """What a :class:`~latentopt.search.LatencySearch` study searches (``fit`` state)."""
     cm = search.cost_model_
-    return {
+    scoring = scoring_name(getattr(search, "scoring", None))
+    identity = {
         "estimator": {"class": type(search.estimator).__qualname__,
                       "params": canonical(_template_params(search.estimator))},
         "space": canonical(search_space(search.param_space, search.estimator)),
@@ -124,6 +126,9 @@ def study_identity(search: Any, data_key: str, teacher_key: str) -> dict[str, An
                        "check_folds": search.check_folds,
                        "cost_model": None if cm is None else type(cm).__qualname__},
     }
+    if scoring is not None:  # (studies of the estimators' own score keep their identity)
+        identity["budget"]["scoring"] = scoring
+    return identity
 
 
 def bind_identity(study: Any, identity: Mapping[str, Any]) -> None:

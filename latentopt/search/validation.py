@@ -39,7 +39,12 @@ def check_search_args(search: Any) -> None:
         raise ValueError(f"reference_score must be None or a finite number, got {ref!r}")
     from sklearn.base import is_classifier
 
-    if ref is not None and is_classifier(search.estimator) and not 0 <= float(ref) <= 1:
+    from .scoring import check_scoring
+
+    scoring = getattr(search, "scoring", None)
+    check_scoring(scoring)
+    if (ref is not None and is_classifier(search.estimator) and scoring is None
+            and not 0 <= float(ref) <= 1):
         # an accuracy: 5.0 was taken, and the advice read "max_accuracy_drop >= 4.25"
         raise ValueError(f"reference_score is an accuracy for a classifier: in [0, 1], "
                          f"got {ref!r}")

@@ -1,0 +1,93 @@
+"""``LatencySearch(scoring=...)``: the budget in a scikit-learn scorer's units, used for
+every score of the search (trials, the check, the refit, the float reference)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+from sklearn.metrics import balanced_accuracy_score
+from test_search import SPACE, TINY
+
+from latentopt import QuantizedMLPClassifier
+from latentopt.search import LatencySearch
+from latentopt.search.scoring import score_in_mode
+from latentopt.search.trials import StudyMismatchError
+
+FAST = dict(param_space=SPACE, n_trials=2, n_repeats=1, cost_model=None, random_state=0,
+            verbose=0, check_folds=1)
+
+
+@pytest.fixture(scope="module")
+def imbalanced():
+    """A generated set with 12% positives: always "negative" scores 0.88 accuracy."""
+    X, y = make_classification(n_samples=500, n_features=6, n_informative=4,
+                               weights=[0.88, 0.12], class_sep=1.5, random_state=3)
+    return X, y
+
+
+def test_every_score_of_the_search_goes_through_the_scorer(imbalanced, tmp_path):
+    X, y = imbalanced
+    seen: list[tuple[str, str]] = []
+
+    def scorer(est, X_, y_):  # type: ignore[no-untyped-def]
+        seen.append((type(est).__name__, getattr(est, "_mode", "none")))
+        return balanced_accuracy_score(y_, est.predict(X_))
+
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), scoring=scorer, max_accuracy_drop=0.3,
+                      cache_dir=tmp_path, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.fit(X, y)
+    kinds = set(seen)
+    # the float reference (no FHE modes), and the trials' circuits, unrounded and simulated
+    assert any(mode == "none" for _, mode in kinds)
+    assert ("_InMode", "disable") in kinds and ("_InMode", "simulate") in kinds
+    if s.budget_met_:
+        assert s.score(X, y) == pytest.approx(balanced_accuracy_score(y, s.predict(X)))
+
+
+def test_a_weighted_metric_turns_away_the_majority_model(imbalanced, tmp_path):
+    """Accuracy within 10 points of the float model is met by predicting the majority
+    class; balanced accuracy within 10 points is not (it scores 0.5)."""
+    X, y = imbalanced
+    s = LatencySearch(QuantizedMLPClassifier(**TINY), scoring="balanced_accuracy",
+                      max_accuracy_drop=0.1, cache_dir=tmp_path, **FAST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s.fit(X, y)
+    ref = s.reference_estimator_
+    assert s.reference_score_ > 0.7  # the float MLP's balanced accuracy on validation
+    assert s.threshold_ == pytest.approx(s.reference_score_ - 0.1) and s.threshold_ > 0.5
+    if s.budget_met_:
+        pred = s.predict(X)
+        assert len(np.unique(pred)) == 2 and balanced_accuracy_score(y, pred) > 0.5
+    assert score_in_mode(ref, X, y, None, "balanced_accuracy") == pytest.approx(
+        balanced_accuracy_score(y, ref.predict(X)))
+
+
+def test_scoring_is_checked_and_part_of_the_study(imbalanced, tmp_path):
+    X, y = imbalanced
+    with pytest.raises(ValueError, match="not a scikit-learn scorer"):
+        LatencySearch(QuantizedMLPClassifier(**TINY), scoring="balanced_acc",
+                      **FAST).fit(X, y)
+    with pytest.raises(TypeError, match="scoring must be"):
+        LatencySearch(QuantizedMLPClassifier(**TINY), scoring=3, **FAST).fit(X, y)
+    # a reference score outside [0, 1] is a mistake for accuracy, not for a loss
+    from latentopt.search.validation import check_search_args
+
+    check_search_args(LatencySearch(QuantizedMLPClassifier(**TINY), scoring="neg_log_loss",
+                                    reference_score=-0.2, **FAST))
+    with pytest.raises(ValueError, match="accuracy for a classifier"):
+        check_search_args(LatencySearch(QuantizedMLPClassifier(**TINY),
+                                        reference_score=-0.2, **FAST))
+    storage = str(tmp_path / "s.journal")
+    kw = dict(FAST, n_trials=1, storage=storage, study_name="one", cache_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5, **kw).fit(X, y)
+        with pytest.raises(StudyMismatchError, match="budget"):
+            LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5,
+                          scoring="f1_macro", **kw).fit(X, y)
