@@ -242,6 +242,25 @@ class FloatReference(BaseEstimator):
             self.classes_ = np.unique(y)
         return self
 
+    def __sklearn_tags__(self) -> Any:  # a search's scorer (scoring=) reads the task
+        tags = super().__sklearn_tags__()
+        tags.estimator_type = "classifier" if self.classifier else "regressor"
+        return tags
+
+    def predict(self, X: Any) -> np.ndarray:
+        out = self._out(X)
+        flat = out.reshape(len(out), -1)
+        if self.classifier:
+            return np.asarray(self.classes_[flat.argmax(1)])
+        return flat[:, 0] if flat.shape[1] == 1 else flat
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        if not self.classifier:
+            raise AttributeError("predict_proba: the float model is a regressor")
+        z = self._out(X).reshape(len(X), -1).astype(np.float64)
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return np.asarray(z / z.sum(axis=1, keepdims=True))
+
     def score(self, X: Any, y: Any) -> float:
         from sklearn.metrics import accuracy_score, r2_score
 

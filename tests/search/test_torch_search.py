@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 from torch_qat_models import digits_images, float_accuracy, trained_cnn, trained_tiny_cnn
 
 from latentopt import QuantizedTorchClassifier
@@ -183,3 +185,23 @@ def test_unknown_pruning_layers_are_refused(data):
     X, y = data
     with pytest.raises(ValueError, match="unknown layers"):
         _search(param_space={"pruning_ratio.nope": [0.5]}).fit(X, y)
+
+
+def test_the_float_reference_takes_a_scorer(data):
+    """scoring= scores the user's float model too (it had only score())."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from latentopt.search.scoring import score_in_mode
+    from latentopt.sklearn.torch_qat_search import FloatReference
+
+    X, y = data
+    model = trained_tiny_cnn()
+    ref = FloatReference(model, classifier=True).fit(X, y)
+    with torch.no_grad():
+        logits = model(torch.as_tensor(X[:300])).numpy()
+    assert score_in_mode(ref, X[:300], y[:300], None, "balanced_accuracy") == pytest.approx(
+        balanced_accuracy_score(y[:300], logits.argmax(1)))
+    proba = ref.predict_proba(X[:300])
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    assert score_in_mode(ref, X[:300], y[:300], None, "roc_auc_ovr") == pytest.approx(
+        roc_auc_score(y[:300], proba, multi_class="ovr"))
