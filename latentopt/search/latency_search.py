@@ -254,7 +254,7 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
                              f"needs at least 2")
         spec = self.storage
         if self.n_jobs > 1 and spec is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="latentopt-search-")
+            self._tmp = self._fresh_tmp("_tmp", "latentopt-search-")
             spec = os.path.join(self._tmp.name, "study.journal")
         storage = make_storage(spec)  # a malformed URL fails here, before any training
         strat = y if is_classifier(self.estimator) else None
@@ -337,13 +337,21 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
         self.outcome_.message += msg
         warnings.warn(msg.strip(), UserWarning, stacklevel=3)
 
+    def _fresh_tmp(self, attr: str, prefix: str) -> tempfile.TemporaryDirectory[str]:
+        """A new temporary directory; a previous fit's is removed now (left to the
+        garbage collector, it warned "Implicitly cleaning up" on a second fit)."""
+        old = self.__dict__.pop(attr, None)
+        if old is not None:
+            old.cleanup()
+        return tempfile.TemporaryDirectory(prefix=prefix)
+
     def _cache_dir(self, storage: Any) -> Path:
         if self.cache_dir is not None:
             cache = Path(self.cache_dir)
         else:
             local = local_storage_dir(storage)
             if local is None:
-                self._tmp_cache = tempfile.TemporaryDirectory(prefix="latentopt-models-")
+                self._tmp_cache = self._fresh_tmp("_tmp_cache", "latentopt-models-")
                 cache = Path(self._tmp_cache.name)
             else:
                 cache = local / "latentopt-models"

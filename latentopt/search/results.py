@@ -287,9 +287,10 @@ def plot_front(rows: list[dict[str, Any]], front: list[dict[str, Any]], threshol
         if group:
             ax.scatter([r["cost"] for r in group], [r["score"] for r in group],
                        color=color, marker=marker, s=18, label=label)
-    ax.plot([r["cost"] for r in front], [r["score"] for r in front], "o-",
-            color="tab:red", label="Pareto front")
-    ax.axhline(threshold, ls="--", color="k", lw=0.8, label="accuracy budget")
+    if front:  # no feasible trial: no front, and no empty legend entry for one
+        ax.plot([r["cost"] for r in front], [r["score"] for r in front], "o-",
+                color="tab:red", label="Pareto front")
+    ax.axhline(threshold, ls="--", color="k", lw=0.8, label="budget")
     if ok:  # with no compiled trial the axis is empty: a log scale could not be drawn
         ax.set_xscale("log")
     else:

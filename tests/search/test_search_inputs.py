@@ -108,6 +108,11 @@ def test_trial_numbers_out_of_range_and_plots_without_a_compiled_trial(tmp_path)
     ax = plot_front([], [], 0.8, "predicted seconds per sample")
     ax.figure.savefig(tmp_path / "empty.png")
     assert "no trial compiled" in ax.get_title()
+    # trials compiled, none feasible: no front, and the legend lists what is drawn
+    rows = [{"trial": 0, "cost": 0.2, "score": 0.6, "feasible": False}]
+    ax = plot_front(rows, [], 0.8, "predicted seconds per sample")
+    labels = ax.get_legend_handles_labels()[1]
+    assert "Pareto front" not in labels and "budget" in labels
 
 
 def test_every_trial_the_check_scored_shows_its_check(tmp_path):
