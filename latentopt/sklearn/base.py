@@ -18,6 +18,7 @@ simulation and execution, ONNX, deployment client) runs the same circuit, so the
 from __future__ import annotations
 
 import io
+import warnings
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,11 +201,14 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
             outside = ((q < lo) | (q > hi)).any(axis=1)
             q = np.clip(q, lo, hi)
             bad = outside | fhe_circuit.overflows(q)
+            n_out, n_in = int(outside.sum()), int((bad & ~outside).sum())
+            what = " and ".join(
+                [f"{n_out} lie outside its calibrated input box (clipped to it)"] * bool(n_out)
+                + [f"{n_in} inside it overflow an accumulator"] * bool(n_in))
             report_overflow(
                 int(bad.sum()), len(q), report.get("on_overflow", "warn"),
-                "lie outside the range this circuit was compiled for (range_mode="
-                "'calibrated'): they were clipped to its calibrated input box, and their "
-                "FHE results may differ from fhe='disable'")
+                f"leave the range this circuit was compiled for (range_mode='calibrated'; "
+                f"{what}): their FHE results may differ from fhe='disable'")
         out = fhe_circuit.simulate(q) if mode == "simulate" else fhe_circuit.execute(q)
         return np.asarray(out)
 
@@ -411,7 +415,16 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         """
         from ..deploy.artifacts import estimator_info, write_estimator_info
 
-        paths = self._fhe("save_deployment()").save_deployment(directory, via_mlir=via_mlir)
+        fc = self._fhe("save_deployment()")
+        if fc.report.get("range_mode") == "calibrated":
+            warnings.warn(
+                "this circuit is compiled with range_mode='calibrated': a deployed client "
+                "checks samples against the calibrated input box only, and a sample "
+                "inside it can still overflow an accumulator and decrypt to a wrong "
+                "result without a warning (predict(fhe=...) checks it exactly); compile "
+                "with range_mode='worst_case' for a deployment exact on every input",
+                UserWarning, stacklevel=2)
+        paths = fc.save_deployment(directory, via_mlir=via_mlir)
         write_estimator_info(paths["client"], estimator_info(self))
         return dict(paths)
 

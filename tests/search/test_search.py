@@ -114,7 +114,7 @@ def test_compile_auto_on_a_dataframe_warns_once_and_not_about_feature_names(data
         est.save_deployment(tmp_path / "dep")
     texts = [str(w.message) for w in caught]
     assert not [t for t in texts if "feature names" in t]
-    overflow = [t for t in texts if "outside the range" in t]
+    overflow = [t for t in texts if "leave the range this circuit" in t]
     assert overflow and len(overflow) == len(set(overflow))
 
 

@@ -129,7 +129,9 @@ def test_deployed_client_checks_the_calibrated_box(fitted, tmp_path):
 
     clf, Xtr, Xte = fitted
     clf.compile(Xtr[:10], range_mode="calibrated", range_margin=0.0, **EXACT)
-    client = FHEClient.load(clf.save_deployment(tmp_path / "cal")["client"])
+    # the box is the client's only check: the export says what it cannot catch
+    with pytest.warns(UserWarning, match="a sample inside it can still overflow"):
+        client = FHEClient.load(clf.save_deployment(tmp_path / "cal")["client"])
     q = client.quantize(Xte + 8)
     lo, hi = (np.asarray(b) for b in clf.fhe_report_["input_box"])
     n_out = int(((q < lo) | (q > hi)).any(axis=1).sum())
@@ -138,13 +140,14 @@ def test_deployed_client_checks_the_calibrated_box(fitted, tmp_path):
         clipped = client.clip_to_box(q)
     np.testing.assert_array_equal(clipped, np.clip(q, lo, hi))
     clf.compile(Xtr[:10], range_mode="calibrated", on_overflow="raise", **EXACT)
-    client = FHEClient.load(clf.save_deployment(tmp_path / "raise")["client"])
+    with pytest.warns(UserWarning, match="range_mode='worst_case' for a deployment"):
+        client = FHEClient.load(clf.save_deployment(tmp_path / "raise")["client"])
     with pytest.raises(FHEOverflowError):
         client.clip_to_box(client.quantize(Xte + 8))
     clf.compile(Xtr[:10], range_mode="worst_case", **EXACT)  # nothing to clip, nothing to say
-    client = FHEClient.load(clf.save_deployment(tmp_path / "wc")["client"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        client = FHEClient.load(clf.save_deployment(tmp_path / "wc")["client"])
         np.testing.assert_array_equal(client.clip_to_box(client.quantize(Xte + 8)),
                                       client.quantize(Xte + 8))
 
@@ -162,7 +165,7 @@ def test_samples_outside_the_box_are_clipped_to_it_as_the_deployed_client_does(f
     backend = IntegerBackend(clf.rounded_circuit_)
     q = backend.quantize(X)
     assert ((q < lo) | (q > hi)).any(axis=1).all()
-    with pytest.warns(UserWarning, match="clipped to its calibrated input box"):
+    with pytest.warns(UserWarning, match=r"outside its calibrated input box \(clipped to it\)"):
         sim = clf.fhe_circuit_.simulate(np.clip(q, lo, hi))
         got = clf._run_fhe(q, "simulate")
     np.testing.assert_array_equal(got, sim)
@@ -171,3 +174,19 @@ def test_samples_outside_the_box_are_clipped_to_it_as_the_deployed_client_does(f
     ok = ~clf.fhe_circuit_.overflows(np.clip(q, lo, hi))
     assert ok.sum() >= 10  # (a 10-row calibration at margin 0: most still overflow)
     np.testing.assert_array_equal(got[ok], backend.run_integers(np.clip(q, lo, hi))[ok])
+
+
+def test_samples_inside_the_box_that_overflow_are_named_as_such(fitted):
+    """Rows inside the calibrated box can still overflow an accumulator; the warning
+    said they "were clipped" to the box."""
+    from latentopt.backends.integer import IntegerBackend
+
+    clf, Xtr, Xte = fitted
+    clf.compile(Xtr[:10], range_margin=0.0, **EXACT)
+    lo, hi = (np.asarray(b) for b in clf.fhe_report_["input_box"])
+    q = IntegerBackend(clf.rounded_circuit_).quantize(np.vstack([Xtr, Xte]))
+    inside = q[~((q < lo) | (q > hi)).any(axis=1)]
+    over = inside[clf.fhe_circuit_.overflows(inside)]
+    assert len(over) > 0  # a 10-row calibration at margin 0
+    with pytest.warns(UserWarning, match=f"{len(over)} inside it overflow an accumulator"):
+        clf._run_fhe(over, "simulate")
