@@ -15,19 +15,26 @@ for every scikit-learn scorer: losses are ``neg_...``).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from typing import Any
 
 import numpy as np
 
-__all__ = ["check_scoring", "score_in_mode", "scoring_name"]
+__all__ = ["check_scoring", "score_in_mode", "scoring_name", "unit_interval"]
 
 #: Scorers whose value is a share of rows right: the check's binomial margin applies.
 ACCURACY_LIKE = (None, "accuracy", "balanced_accuracy")
 
 
-def check_scoring(scoring: Any) -> None:
-    """ValueError for a scorer name scikit-learn does not know, TypeError for another
-    kind of value."""
+#: Scorer names whose values lie in [0, 1] (a reference score outside is a mistake).
+_UNIT_PREFIXES = ("accuracy", "balanced_accuracy", "top_k_accuracy", "f1", "precision",
+                  "recall", "jaccard", "roc_auc", "average_precision")
+
+
+def check_scoring(scoring: Any, classifier: bool | None = None) -> None:
+    """ValueError for a scorer name scikit-learn does not know, or (``classifier`` given)
+    one of the other task; TypeError for another kind of value."""
     if scoring is None or callable(scoring):
         return
     if not isinstance(scoring, str):
@@ -36,20 +43,53 @@ def check_scoring(scoring: Any) -> None:
     from sklearn.metrics import get_scorer, get_scorer_names
 
     try:
-        get_scorer(scoring)
+        scorer = get_scorer(scoring)
     except ValueError:
         close = [n for n in get_scorer_names() if scoring.split("_")[0] in n][:6]
         raise ValueError(f"scoring={scoring!r} is not a scikit-learn scorer"
                          + (f" (close: {close})" if close else "")
                          + "; see sklearn.metrics.get_scorer_names()") from None
+    module = getattr(getattr(scorer, "_score_func", None), "__module__", "")
+    regression = module.endswith("_regression")
+    if classifier is not None and classifier == regression:
+        task, other = ("a classifier", "regression") if classifier else ("a regressor",
+                                                                         "classification")
+        raise ValueError(f"scoring={scoring!r} is a {other} metric; the search's estimator "
+                         f"is {task}")
+
+
+def unit_interval(scoring: Any) -> bool:
+    """The scorer's values lie in [0, 1] (accuracy, F1, AUC, ...)."""
+    return isinstance(scoring, str) and scoring.startswith(_UNIT_PREFIXES)
+
+
+def _code_key(code: Any) -> str:
+    """A digest of a function's code that is the same in every process (its repr holds
+    memory addresses)."""
+    parts = [code.co_code.hex(), repr(code.co_names)]
+    for c in code.co_consts:
+        parts.append(_code_key(c) if hasattr(c, "co_code") else repr(c))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def scoring_name(scoring: Any) -> str | None:
-    """What names ``scoring`` in a study's identity and in messages."""
+    """What names ``scoring`` in a study's identity and in messages: a scikit-learn
+    scorer by its function, arguments and sign (its repr), a ``functools.partial`` by its
+    function and arguments, a function by its name and a digest of its code (two
+    lambdas, or two versions of one function, are told apart)."""
     if scoring is None or isinstance(scoring, str):
         return scoring
-    fn = getattr(scoring, "_score_func", scoring)
-    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+    if hasattr(scoring, "_score_func"):  # make_scorer(f, greater_is_better=..., **kwargs)
+        return repr(scoring)
+    if isinstance(scoring, functools.partial):
+        return (f"partial({scoring_name(scoring.func)}, {scoring.args!r}, "
+                f"{sorted(scoring.keywords.items())!r})")
+    fn = scoring if hasattr(scoring, "__code__") else getattr(
+        type(scoring), "__call__", scoring)
+    name = (f"{getattr(scoring, '__module__', '')}."
+            f"{getattr(scoring, '__qualname__', type(scoring).__qualname__)}")
+    code = getattr(fn, "__code__", None)
+    return name if code is None else f"{name}#{_code_key(code)}"
 
 
 class _InMode:

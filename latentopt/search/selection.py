@@ -244,7 +244,11 @@ class Check:
             return 0.0
         t = min(max(float(self.threshold), 0.0), 1.0)
         z = NormalDist().inv_cdf(1.0 - 0.5 / n)
-        return float(np.sqrt(t * (1.0 - t) / len(self.y)) * z)
+        rows = float(len(self.y))
+        if self.scoring == "balanced_accuracy":  # a mean of per-class recalls: the rare
+            counts = np.unique(self.y, return_counts=True)[1]  # classes' rows count most
+            rows = float(len(counts) ** 2 / np.sum(1.0 / counts))
+        return float(np.sqrt(t * (1.0 - t) / rows) * z)
 
     def threshold_for(self, n: int) -> float:
         """The threshold of the ``n``-th configuration checked, its margin included."""

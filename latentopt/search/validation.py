@@ -39,15 +39,16 @@ def check_search_args(search: Any) -> None:
         raise ValueError(f"reference_score must be None or a finite number, got {ref!r}")
     from sklearn.base import is_classifier
 
-    from .scoring import check_scoring
+    from .scoring import check_scoring, unit_interval
 
     scoring = getattr(search, "scoring", None)
-    check_scoring(scoring)
-    if (ref is not None and is_classifier(search.estimator) and scoring is None
-            and not 0 <= float(ref) <= 1):
+    if hasattr(search.estimator, "get_params"):
+        check_scoring(scoring, is_classifier(search.estimator))
+    bounded = unit_interval(scoring) or (scoring is None and is_classifier(search.estimator))
+    if ref is not None and bounded and not 0 <= float(ref) <= 1:
         # an accuracy: 5.0 was taken, and the advice read "max_accuracy_drop >= 4.25"
-        raise ValueError(f"reference_score is an accuracy for a classifier: in [0, 1], "
-                         f"got {ref!r}")
+        what = f"a {scoring} score" if scoring is not None else "an accuracy for a classifier"
+        raise ValueError(f"reference_score is {what}: in [0, 1], got {ref!r}")
     for name in ("n_trials", "n_jobs", "n_repeats"):
         v = getattr(search, name)
         if not _int(v) or v < 1:

@@ -18,8 +18,8 @@ simulation and execution, ONNX, deployment client) runs the same circuit, so the
 from __future__ import annotations
 
 import io
-import warnings
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

@@ -91,3 +91,53 @@ def test_scoring_is_checked_and_part_of_the_study(imbalanced, tmp_path):
         with pytest.raises(StudyMismatchError, match="budget"):
             LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5,
                           scoring="f1_macro", **kw).fit(X, y)
+
+
+def test_scorers_are_told_apart_the_same_in_every_process():
+    """Two fbeta scorers, two lambdas and a partial got one identity (a resumed study mixed
+    two metrics), or an identity holding a memory address (a partial never resumed)."""
+    import functools
+    import subprocess
+    import sys
+
+    from sklearn.metrics import fbeta_score, make_scorer
+
+    from latentopt.search.scoring import scoring_name
+
+    names = {scoring_name(make_scorer(fbeta_score, beta=0.5)),
+             scoring_name(make_scorer(fbeta_score, beta=10)),
+             scoring_name(lambda e, X, y: 1.0), scoring_name(lambda e, X, y: -2.0)}
+    assert len(names) == 4
+    code = ("import functools\n"
+            "from sklearn.metrics import fbeta_score\n"
+            "from latentopt.search.scoring import scoring_name\n"
+            "print(scoring_name(functools.partial(fbeta_score, beta=2)))")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout for _ in range(2)}
+    assert len(runs) == 1 and "0x" not in runs.pop()
+    assert "0x" not in scoring_name(functools.partial(fbeta_score, beta=2))
+
+
+def test_a_scorer_of_the_other_task_or_range_is_refused_before_training():
+    from latentopt import QuantizedMLPRegressor
+    from latentopt.search.validation import check_search_args
+
+    with pytest.raises(ValueError, match="'accuracy' is a classification metric"):
+        check_search_args(LatencySearch(QuantizedMLPRegressor(**TINY), scoring="accuracy"))
+    with pytest.raises(ValueError, match="is a regression metric"):
+        check_search_args(LatencySearch(QuantizedMLPClassifier(**TINY),
+                                        scoring="neg_mean_absolute_error"))
+    with pytest.raises(ValueError, match=r"a balanced_accuracy score: in \[0, 1\], got 85"):
+        check_search_args(LatencySearch(QuantizedMLPClassifier(**TINY),
+                                        scoring="balanced_accuracy", reference_score=85))
+
+
+def test_the_check_margin_of_balanced_accuracy_counts_the_rare_class():
+    from latentopt.search.selection import Check
+
+    y = np.array([0] * 90 + [1] * 10)
+    X = np.zeros((100, 2))
+    acc = Check(X, y, None, 0.8, 0.75, 1, classification=True)
+    bal = Check(X, y, None, 0.8, 0.75, 1, classification=True, scoring="balanced_accuracy")
+    # effective rows 4 / (1/90 + 1/10) = 36 instead of 100
+    assert bal.margin(5) == pytest.approx(acc.margin(5) * np.sqrt(100 / 36))
