@@ -84,8 +84,7 @@ def scoring_name(scoring: Any) -> str | None:
     if isinstance(scoring, functools.partial):
         return (f"partial({scoring_name(scoring.func)}, {scoring.args!r}, "
                 f"{sorted(scoring.keywords.items())!r})")
-    fn = scoring if hasattr(scoring, "__code__") else getattr(
-        type(scoring), "__call__", scoring)
+    fn = scoring if hasattr(scoring, "__code__") else type(scoring).__call__
     name = (f"{getattr(scoring, '__module__', '')}."
             f"{getattr(scoring, '__qualname__', type(scoring).__qualname__)}")
     code = getattr(fn, "__code__", None)
