@@ -66,7 +66,15 @@ def export_mlp(module: QuantMLP) -> Circuit:
             raise ValueError(f"layer {i}: asymmetric weight quantization is not supported")
         qb = linear.bias_quant(linear.bias, h, qw)
         w_int = qw.int().detach().cpu().long().numpy()
-        b_int = qb.int().detach().cpu().long().reshape(-1).numpy()
+        try:
+            b_int = qb.int().detach().cpu().long().reshape(-1).numpy()
+        except RuntimeError as exc:  # brevitas' "QuantTensor not valid."
+            bias_scale = _scale(h.scale).max() * _scale(qw.scale).max()
+            raise ValueError(
+                f"layer {i}: the bias cannot be represented on its integer grid (scale "
+                f"{bias_scale:.3g}, the input scale times the weights' scale: below "
+                f"float32's resolution of the bias).  The inputs are too small "
+                f"(input scale {_scale(h.scale).max():.3g}): standardise X.") from exc
         nodes.append(Gemm(f"fc{i}", (prev,), weight=w_int, bias=b_int,
                           input_zero_point=_scalar_int(h.zero_point, f"input of layer {i}")))
         acc_scale = _scale(h.scale) * _scale(qw.scale)

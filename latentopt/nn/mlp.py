@@ -87,8 +87,9 @@ def per_layer(value: int | Sequence[int], n: int, name: str) -> list[int]:
         raise ValueError(f"n_w_bits values must be in [2, 16], got {values} (binary weights "
                          f"are not supported: a signed 1-bit weight quantizer has the single "
                          f"level 0, so the network cannot train)")
-    if any(v < 1 or v > 16 for v in values):
-        raise ValueError(f"{name} values must be in [1, 16], got {values}")
+    lo = 2 if name == "n_w_bits" else 1
+    if any(v < lo or v > 16 for v in values):
+        raise ValueError(f"{name} values must be in [{lo}, 16], got {values}")
     return values
 
 

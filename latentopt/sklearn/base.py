@@ -107,7 +107,8 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
     def _check_fhe(self, fhe: str | None) -> str:
         mode = self.fhe_mode if fhe is None else fhe
         if mode not in FHE_MODES:
-            raise ValueError(f"fhe must be one of {FHE_MODES}, got {mode!r}")
+            name = "fhe_mode" if fhe is None else "fhe"
+            raise ValueError(f"{name} must be one of {FHE_MODES}, got {mode!r}")
         return mode
 
     @property

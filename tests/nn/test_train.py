@@ -70,8 +70,10 @@ def test_per_layer_validation():
     assert per_layer(4, 3, "b") == [4, 4, 4]
     with pytest.raises(ValueError, match="expected 2"):
         per_layer([3], 2, "n_a_bits")
-    with pytest.raises(ValueError, match=r"\[1, 16\]"):
+    with pytest.raises(ValueError, match=r"\[2, 16\]"):  # as for n_w_bits=1
         per_layer(0, 1, "n_w_bits")
+    with pytest.raises(ValueError, match=r"\[1, 16\]"):
+        per_layer(0, 1, "n_a_bits")
     with pytest.raises(ValueError, match="activation"):
         QuantMLP(3, (2,), 2, activation="nope")
 

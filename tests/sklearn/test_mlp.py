@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -251,3 +252,30 @@ def test_targets_too_large_to_standardise_are_named():
     X = np.random.RandomState(0).randn(40, 3)
     with pytest.raises(ValueError, match=r"y is too large to standardise.*rescale"):
         QuantizedMLPRegressor(max_epochs=1, verbose=0).fit(X, X[:, 0] * 1e160)
+
+
+def test_inputs_the_quantizer_or_training_cannot_use_are_named():
+    """Standardised data shifted by +1000 fell on one input level (the grid starts at 0;
+    the check measured X's span instead) and predicted one class without a warning; data
+    scaled to a 0.01 spread trained to chance silently; at 1e-6 brevitas raised
+    "QuantTensor not valid"; n_input_bits=0 divided by zero."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=200, n_features=5, n_informative=4,
+                               n_redundant=0, random_state=1)
+    X = StandardScaler().fit_transform(X)
+    kw = dict(hidden_layer_sizes=(8,), max_epochs=2, verbose=0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        QuantizedMLPClassifier(**kw).fit(X, y)  # standardised: nothing to say
+    with pytest.warns(UserWarning, match=r"grid spans 0 to 1e\+03.*one or two values"):
+        QuantizedMLPClassifier(**kw).fit(X + 1000, y)
+    with pytest.warns(UserWarning, match="median standard deviation is 0.01"):
+        QuantizedMLPClassifier(**kw).fit(X * 0.01, y)
+    X3, y3 = make_classification(n_samples=300, n_features=5, n_informative=4,
+                                 n_redundant=0, random_state=1)  # (the helper's repro)
+    X3 = StandardScaler().fit_transform(X3) * 1e-6
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="standardise X"):
+        QuantizedMLPClassifier(**{**kw, "max_epochs": 20, "lr": 1e-2}).fit(X3, y3)
+    with pytest.raises(ValueError, match="n_input_bits"):
+        QuantizedMLPClassifier(**kw, n_input_bits=0).fit(X, y)
