@@ -219,6 +219,9 @@ class FHECircuit:
                       security_level=security_level, range_mode=range_mode,
                       range_margin=range_margin, on_overflow=on_overflow,
                       batch_size=batch_size, parameter_strategy=parameter_strategy)
+        p_error = None if p_error is None else float(p_error)
+        global_p_error = None if global_p_error is None else float(global_p_error)
+        security_level = int(security_level)
         t0 = time.perf_counter()
         plan, rows = lower(circuit, inputset_q, range_mode, float(range_margin))
         batch_size = int(auto_batch_size(plan) if batch_size is None else batch_size)

@@ -24,6 +24,7 @@ ValueError: set at most one of p_error and global_p_error
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -60,16 +61,21 @@ def check_options(*, p_error: float | None, global_p_error: float | None,
     if p_error is not None and global_p_error is not None:
         raise ValueError("set at most one of p_error and global_p_error")
     for name, value in (("p_error", p_error), ("global_p_error", global_p_error)):
-        if value is not None and not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+        if value is not None and not (isinstance(value, numbers.Real)  # numpy floats too
+                                      and not isinstance(value, bool) and 0.0 < value < 1.0):
             raise ValueError(f"{name} must be a probability in (0, 1), got {value!r}")
-    if security_level not in SECURITY_LEVELS:
-        raise ValueError(f"security_level must be one of {SECURITY_LEVELS}")
+    if (isinstance(security_level, bool) or not isinstance(security_level, numbers.Integral)
+            or security_level not in SECURITY_LEVELS):
+        raise ValueError(f"security_level must be one of {SECURITY_LEVELS}, got "
+                         f"{security_level!r}")
     if range_mode not in RANGE_MODES:
         raise ValueError(f"range_mode must be one of {RANGE_MODES}, got {range_mode!r}")
     if on_overflow not in ON_OVERFLOW:
         raise ValueError(f"on_overflow must be one of {ON_OVERFLOW}, got {on_overflow!r}")
-    if batch_size is not None and int(batch_size) < 1:
-        raise ValueError("batch_size must be >= 1")
+    if batch_size is not None and (isinstance(batch_size, bool)  # 2.7 was taken as 2
+                                   or not isinstance(batch_size, numbers.Integral)
+                                   or batch_size < 1):
+        raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
     if parameter_strategy not in PARAMETER_STRATEGIES:
         raise ValueError(f"parameter_strategy must be one of {PARAMETER_STRATEGIES}, "
                          f"got {parameter_strategy!r}")

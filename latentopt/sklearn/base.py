@@ -339,6 +339,8 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         """
         check_is_fitted(self, "circuit_")
         _check_rounding_bits(rounding_bits)
+        if not isinstance(equalize, (bool, np.bool_)):  # equalize="no" was taken as True
+            raise ValueError(f"equalize must be a bool, got {equalize!r}")
         if isinstance(rounding_bits, str) or isinstance(p_error, str):
             if rounding_bits not in ("auto", None) and isinstance(rounding_bits, str):
                 raise ValueError("rounding_bits must be an int, a list, None or 'auto'")

@@ -168,12 +168,23 @@ def test_random_circuits_are_exact(seed, sample_q):
     ({"security_level": 100}, "security_level"),
     ({"range_mode": "optimistic"}, "range_mode"),
     ({"batch_size": 0}, "batch_size"),
+    # silently coerced before: 2.7 -> 2, True -> 1, "4" -> 4
+    ({"batch_size": 2.7}, "batch_size must be None or an int"),
+    ({"batch_size": True}, "batch_size must be None or an int"),
+    ({"batch_size": "4"}, "batch_size must be None or an int"),
+    ({"security_level": 128.0}, "security_level"),
     ({"parameter_strategy": "norm2"}, "parameter_strategy"),
 ])
 def test_invalid_options(make_mlp, sample_q, kwargs, match):
     circuit = make_mlp()
     with pytest.raises(ValueError, match=match):
         FHECircuit.compile(circuit, sample_q(circuit, 10), **kwargs)
+
+
+def test_numpy_probabilities_are_taken(make_mlp, sample_q):
+    circuit = make_mlp()  # np.float32(0.01) was "not a probability in (0, 1)"
+    fc = FHECircuit.compile(circuit, sample_q(circuit, 10), p_error=np.float32(0.01))
+    assert 0 < fc.report["p_error"] <= 0.01  # (what concrete reached)
 
 
 def test_invalid_inputset(make_mlp):

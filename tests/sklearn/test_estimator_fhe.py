@@ -116,6 +116,8 @@ def test_p_error_options_are_validated(tiny_clf):
         clf.compile(range_mode="optimistic")
     with pytest.raises(ValueError, match="parameter_strategy"):
         clf.compile(parameter_strategy="fastest")
+    with pytest.raises(ValueError, match="equalize must be a bool"):  # "no" was True
+        clf.compile(equalize="no")
 
 
 def test_parameter_strategy_reaches_the_compiler(tiny_clf):
