@@ -29,28 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["SUPPORTED", "Op", "UnsupportedOpError", "maxpool_to_avgpool", "read_graph"]
+from .trace_checks import check_in_place, check_trace
+from .unsupported import SUPPORTED, UnsupportedOpError
 
-#: Human-readable list of what the importers support (used in error messages).
-SUPPORTED = (
-    "nn.Linear, nn.Conv1d, nn.Conv2d (zero padding; native integer convolutions), "
-    "nn.BatchNorm1d/2d (folded into the layer before it, else a per-channel affine), "
-    "activations (nn.ReLU, ReLU6, LeakyReLU, Sigmoid, Tanh, GELU, SiLU, ELU, SELU, CELU, "
-    "Softplus, Hardtanh, Hardswish, Hardsigmoid, Mish, Softsign, LogSigmoid, Tanhshrink, "
-    "Softshrink, Hardshrink, Threshold, their torch.nn.functional forms, and torch.relu/"
-    "sigmoid/tanh/exp and those tensor methods: one table lookup each), "
-    "nn.AvgPool1d/2d, nn.AdaptiveAvgPool1d/2d, torch.mean / Tensor.mean over non-batch "
-    "dims, "
-    "nn.MaxPool1d/2d and F.max_pool1d/2d (window PBS per output), "
-    "multiplication and division by a constant number, permute/transpose (free when "
-    "the flat order is unchanged, else a permutation gemm), "
-    "nn.Flatten, nn.Unflatten, torch.flatten, Tensor.view/reshape/flatten/unflatten, "
-    "nn.Dropout, nn.Identity, "
-    "residual `a + b` / torch.add of two tensors of one shape, torch.cat along the "
-    "channels; "
-    "brevitas QuantIdentity, QuantLinear, "
-    "QuantConv1d/2d, QuantReLU, QuantSigmoid, QuantTanh, QuantHardTanh"
-)
+__all__ = ["SUPPORTED", "Op", "UnsupportedOpError", "maxpool_to_avgpool", "read_graph"]
 
 #: torch activation modules -> IR activation name (parametric table) or None (explicit
 #: table evaluated with the module itself).
@@ -85,15 +67,6 @@ _SCALE_FUNCTIONS = {operator.mul: False, torch.mul: False, operator.truediv: Tru
                     torch.div: True}
 _SCALE_METHODS = {"mul": False, "div": True}
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
-
-
-class UnsupportedOpError(TypeError):
-    """A model uses an operation the importers cannot lower."""
-
-    def __init__(self, what: str, node: str) -> None:
-        super().__init__(
-            f"unsupported operation {what} (graph node {node!r}). Supported: {SUPPORTED}."
-        )
 
 
 @dataclass
@@ -200,54 +173,6 @@ def _fold_batch_norms(gm: fx.GraphModule, example: torch.Tensor | None = None) -
     gm.graph.lint()
     gm.recompile()
     return folded
-
-
-def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        return bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
-    if node.op in ("call_function", "call_method"):
-        return node.kwargs.get("inplace") is True
-    return False
-
-
-def _check_in_place(gm: fx.GraphModule) -> None:
-    """An in-place operation overwrites its input: where another operation reads that
-    input too, it reads the overwritten values in torch, the graph's own value here."""
-    for node in gm.graph.nodes:
-        if not _in_place(gm, node) or not node.args or not isinstance(node.args[0], fx.Node):
-            continue
-        src = node.args[0]
-        others = sorted(u.name for u in src.users if u is not node)
-        if others:
-            raise UnsupportedOpError(
-                f"an in-place operation (inplace=True) on {src.name!r}, which {others} "
-                f"also read (torch overwrites it for them; use inplace=False)", node.name)
-
-
-def _check_trace(model: nn.Module, gm: fx.GraphModule, example: torch.Tensor) -> None:
-    """The traced graph must compute what the model does: torch.fx records ``h += a`` as
-    ``h + a`` (other references to ``h`` keep the old values) and drops Python-side
-    state, so a model relying on either would be imported silently wrong."""
-    def value(out: Any) -> torch.Tensor | None:
-        out = getattr(out, "value", out)  # a brevitas QuantTensor
-        return out if isinstance(out, torch.Tensor) else None
-
-    try:
-        with torch.no_grad():
-            ref, got = value(model(example.clone())), value(gm(example.clone()))
-    except Exception:  # noqa: BLE001 - the callers' own runs report bad inputs clearly
-        return
-    if ref is None or got is None or ref.shape != got.shape:
-        return
-    scale = float(ref.abs().max()) if ref.numel() else 0.0
-    if not torch.allclose(got, ref, rtol=1e-4, atol=1e-5 * max(scale, 1.0), equal_nan=True):
-        err = float((got - ref).abs().max())
-        raise UnsupportedOpError(
-            f"an operation torch.fx does not record as the model computes it: the traced "
-            f"graph's outputs differ from the model's by up to {err:.3g} (scale "
-            f"{scale:.3g}) on the example inputs. In-place updates of a tensor that "
-            f"another variable still refers to (h += a, x.relu_()) and state kept outside "
-            f"tensors are the usual causes; write them out of place", "forward")
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
@@ -532,10 +457,10 @@ def read_graph(model: nn.Module, maxpool: str = "exact", example: Any = None,
     if _Tracer().is_leaf_module(model, ""):  # a bare layer: trace it as a one-layer model
         model = nn.Sequential(model)
     gm = _trace(model)
-    _check_in_place(gm)
+    check_in_place(gm)
     if example is not None:
         example = torch.as_tensor(np.asarray(example[:16], dtype=np.float32))
-        _check_trace(model, gm, example)
+        check_trace(model, gm, example)
     folded = _fold_batch_norms(gm, example)
     if maxpool == "avg":
         maxpool_to_avgpool(gm)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from .unsupported import UnsupportedOpError
+
 __all__ = ["record_values", "run_on_samples", "samples_error"]
 
 
@@ -33,8 +35,6 @@ def record_values(gm: fx.GraphModule, X: np.ndarray) -> dict[str, np.ndarray]:
     n = len(X)
     for name, v in values.items():  # a circuit computes one sample at a time
         if v.ndim == 0 or v.shape[0] != n:
-            from .fx_import import UnsupportedOpError
-
             raise UnsupportedOpError(
                 f"a value that mixes samples: {n} samples give shape {v.shape} (the "
                 f"batch axis must stay first and keep its size: reshape with "
