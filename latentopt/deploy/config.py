@@ -149,7 +149,7 @@ def load_model(name: str, path: str | Path) -> ModelEntry:
             # same architecture, another export: the client would label results wrong
             raise FHEArtifactError(f"{client_zip} and {server_zip} come from different "
                                    f"exports (model ids differ); deploy the pair that "
-                                   f"save_deployment / export_deployment wrote together")
+                                   f"save_deployment wrote together")
     else:
         client_zip = None
     pbs = manifest.get("programmable_bootstrap_count")
