@@ -358,6 +358,9 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
                 verbose=verbose, equalize=equalize, range_mode=range_mode,
                 range_margin=range_margin, on_overflow=on_overflow, security_level=security_level,
                 batch_size=batch_size, parameter_strategy=parameter_strategy)
+        if y is not None:  # held-out labels serve the "auto" search only
+            warnings.warn("compile: y is used only with rounding_bits='auto' or "
+                          "p_error='auto'; it is ignored here", UserWarning, stacklevel=2)
         if rounding_method not in ("approximate", "exact"):
             raise ValueError(
                 f"rounding_method must be 'approximate' or 'exact', got {rounding_method!r}"

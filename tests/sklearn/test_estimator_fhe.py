@@ -118,6 +118,11 @@ def test_p_error_options_are_validated(tiny_clf):
         clf.compile(parameter_strategy="fastest")
     with pytest.raises(ValueError, match="equalize must be a bool"):  # "no" was True
         clf.compile(equalize="no")
+    import copy
+
+    _, Xtr, Xte, yte = tiny_clf  # labels without "auto" were ignored without a word
+    with pytest.warns(UserWarning, match="y is used only with rounding_bits='auto'"):
+        copy.deepcopy(clf).compile(Xte, yte, rounding_bits=3)
 
 
 def test_parameter_strategy_reaches_the_compiler(tiny_clf):
