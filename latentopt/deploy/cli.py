@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
                              f"use DIR or NAME=DIR")
         if name in models:
             raise SystemExit(f"latentopt serve: two models named {name!r}; use NAME=DIR")
+        if name in (".", "..") or any(c in name for c in "/\\%?#") or not name.isprintable():
+            # served under /v1/models/{name}: such a name was listed but never reached
+            raise SystemExit(f"latentopt serve: model name {name!r} cannot be part of a URL "
+                             f"path (no '/', '\\', '%', '?' or '#'; not '.' or '..'); "
+                             f"use NAME=DIR")
         models[name] = path
     for flag, path in (("--ssl-certfile", args.ssl_certfile),
                        ("--ssl-keyfile", args.ssl_keyfile)):

@@ -77,7 +77,10 @@ def test_bad_numbers_and_levels_are_usage_errors(args, text, capsys):
 def test_missing_tls_files_and_empty_names_end_in_one_line(tmp_path):
     for args, text in ([["=" + str(tmp_path)], "names no model"],
                        [[str(tmp_path), "--ssl-certfile", "/missing.pem"],
-                        "--ssl-certfile /missing.pem: no such file"]):
+                        "--ssl-certfile /missing.pem: no such file"],
+                       # listed by /v1/models but never reached under /v1/models/{name}
+                       [["x%2Fy=" + str(tmp_path)], "cannot be part of a URL path"],
+                       [["..=" + str(tmp_path)], "cannot be part of a URL path"]):
         with pytest.raises(SystemExit) as exc:
             main(args)
         assert str(exc.value.code).startswith("latentopt serve: ") and text in str(
