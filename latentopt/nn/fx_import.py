@@ -459,7 +459,8 @@ def read_graph(model: nn.Module, maxpool: str = "exact", example: Any = None,
     gm = _trace(model)
     check_in_place(gm)
     if example is not None:
-        example = torch.as_tensor(np.asarray(example[:16], dtype=np.float32))
+        # a copy: an in-place operation on the input would write into the caller's array
+        example = torch.tensor(np.asarray(example[:16], dtype=np.float32))
         check_trace(model, gm, example)
     folded = _fold_batch_norms(gm, example)
     if maxpool == "avg":

@@ -29,7 +29,8 @@ def record_values(gm: fx.GraphModule, X: np.ndarray) -> dict[str, np.ndarray]:
             return out
 
     try:
-        _Recorder(gm).run(torch.as_tensor(np.asarray(X), dtype=torch.float32))
+        # (a copy: an in-place operation on the input would write into the caller's X)
+        _Recorder(gm).run(torch.tensor(np.asarray(X), dtype=torch.float32))
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise samples_error(X, err) from err
     n = len(X)

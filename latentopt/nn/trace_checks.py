@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from .unsupported import UnsupportedOpError
@@ -19,26 +20,64 @@ from .unsupported import UnsupportedOpError
 __all__ = ["check_in_place", "check_trace"]
 
 
+#: Operations whose output shares its input's memory (an in-place write through one is a
+#: write to all of them), by method name, function and module type.
+_VIEW_METHODS = {"view", "reshape", "flatten", "unflatten", "permute", "transpose",
+                 "swapaxes", "t", "contiguous", "view_as", "squeeze", "unsqueeze"}
+_VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.permute, torch.transpose,
+                   torch.swapaxes, torch.t, torch.unflatten, torch.squeeze, torch.unsqueeze}
+_VIEW_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d,
+                 nn.Dropout2d, nn.AlphaDropout)
+_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout}
+
+
 def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """An operation that writes into its input (not a dropout: in eval mode it writes
+    nothing)."""
     if node.op == "call_module":
-        return bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
+        m = gm.get_submodule(str(node.target))
+        return bool(getattr(m, "inplace", False)) and not isinstance(m, _VIEW_MODULES)
     if node.op in ("call_function", "call_method"):
-        return node.kwargs.get("inplace") is True
+        return node.kwargs.get("inplace") is True and node.target not in _DROPOUT_FUNCTIONS
     return False
 
 
+def _is_view(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return str(node.target) in _VIEW_METHODS
+    if node.op == "call_function":
+        return node.target in _VIEW_FUNCTIONS or node.target in _DROPOUT_FUNCTIONS
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(str(node.target)), _VIEW_MODULES)
+    return False
+
+
+def _base(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
+    """The tensor whose memory ``node`` shares (itself, or what it is a view of)."""
+    while _is_view(gm, node) and node.args and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
+
+
 def check_in_place(gm: fx.GraphModule) -> None:
-    """An in-place operation overwrites its input: where another operation reads that
-    input too, it reads the overwritten values in torch, the graph's own value here."""
-    for node in gm.graph.nodes:
+    """An in-place operation overwrites its input, and every view of the same memory:
+    where another operation reads them after it, it reads the overwritten values in
+    torch, the graph's own value here.  (Readers before it are unaffected.)"""
+    nodes = list(gm.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    base = {n: _base(gm, n) for n in nodes}
+    for node in nodes:
         if not _in_place(gm, node) or not node.args or not isinstance(node.args[0], fx.Node):
             continue
         src = node.args[0]
-        others = sorted(u.name for u in src.users if u is not node)
-        if others:
+        group = {n for n in nodes if base[n] is base[src]}  # the memory it writes into
+        later = sorted({u.name for n in group for u in n.users
+                        if u is not node and u not in group and order[u] > order[node]})
+        if later:
             raise UnsupportedOpError(
-                f"an in-place operation (inplace=True) on {src.name!r}, which {others} "
-                f"also read (torch overwrites it for them; use inplace=False)", node.name)
+                f"an in-place operation (inplace=True) on {src.name!r}, whose values "
+                f"{later} read afterwards (torch overwrites them for those; use "
+                f"inplace=False)", node.name)
 
 
 def check_trace(model: nn.Module, gm: fx.GraphModule, example: torch.Tensor) -> None:

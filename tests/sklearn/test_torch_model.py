@@ -311,6 +311,25 @@ def test_a_concatenation_compiles_without_per_norm_partitions():
     np.testing.assert_array_equal(q.forward(X[:8], fhe="simulate"), q.forward(X[:8]))
 
 
+@pytest.mark.parametrize("name, body", [
+    # readers before the in-place operation see the old values in torch too
+    ("reader_first", lambda L, x: (lambda h: (lambda g: L[1](F.relu(h, inplace=True) + g))(
+        h * 2.0))(L[0](x))),
+    # a dropout writes nothing in eval mode
+    ("dropout", lambda L, x: (lambda h: L[1](F.dropout(h, 0.5, False, inplace=True) + h))(
+        L[0](x))),
+])
+def test_harmless_in_place_operations_are_imported(name, body):
+    model = Fn(body, nn.Linear(6, 4), nn.Linear(4, 2)).eval()
+    X = _data(VEC)
+    before = X.copy()
+    q = compile_torch_model(model, X, n_bits=8, fhe=False, verbose=0)
+    np.testing.assert_array_equal(X, before)  # the caller's array is never written
+    with torch.no_grad():
+        ref = model(torch.as_tensor(X)).numpy()
+    assert np.abs(q.forward(X) - ref).max() < 0.06 * np.abs(ref).max(), name
+
+
 def test_a_single_logit_classifier_is_binary():
     """One output (a BCEWithLogitsLoss model): classes [0, 1], class 1 where the logit is
     positive (argmax of one column said 0 for every sample)."""
@@ -421,6 +440,10 @@ class _AliasedUpdate(nn.Module):
     (Fn(lambda L, x: (lambda h: L[1](F.relu(h, inplace=True) + h))(L[0](x)),
         nn.Linear(6, 4), nn.Linear(4, 2)), "in-place operation"),
     (_AliasedUpdate(), "traced graph's outputs differ from the model's"),
+    # in place through a view: torch overwrites the viewed tensor too
+    (Fn(lambda L, x: (lambda h: L[2](torch.cat([h, L[1](h.view(h.size(0), 4))], 1)))(
+        L[0](x)), nn.Linear(6, 4), nn.LeakyReLU(0.5, inplace=True), nn.Linear(8, 2)),
+     r"in-place operation \(inplace=True\) on 'view', whose values \['cat'\]"),
     # reshapes that move values across the batch axis: each sample is computed alone
     (Fn(lambda L, x: L[1](F.relu(L[0](x)).view(-1, 2)), nn.Linear(6, 4), nn.Linear(2, 2)),
      r"mixes samples: 200 samples give shape \(400, 2\)"),
