@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,13 @@ class Client:
                 raise FHEArtifactError(f"{self._id_path}: key id does not match "
                                        f"{self._keys_path}")
             return
+        old = self._keys_path.with_name(f"{self.fhe.circuit_id[:32]}.keys")
+        if old.exists():  # named by circuit only, before keys were kept per served model
+            warnings.warn(
+                f"{old}: a key set of an earlier latentopt (named by its circuit only) is "
+                f"not used; a new one is generated for model {self.model!r}.  Delete the "
+                f"old file (an unencrypted secret key) once no older client needs it.",
+                UserWarning, stacklevel=3)
         self.fhe.keygen()
         tmp = self._keys_path.with_suffix(".tmp")
         tmp.touch(mode=0o600)

@@ -333,3 +333,17 @@ def test_a_client_artefact_of_another_export_is_refused(server, deployed, tmp_pa
     with pytest.raises(FHEArtifactError, match="another export"):
         Client(server.url, "wine", artifact=other, key_dir=tmp_path / "k",
                token=TOKENS["alice"], insecure_key_cache=key_cache)
+
+
+def test_key_files_of_an_earlier_version_are_named_not_used(server, deployed, tmp_path,
+                                                           key_cache):
+    """Keys were named by circuit only before they were kept per served model: such a
+    file is left alone, with a warning that says so."""
+    key_dir = tmp_path / "upgraded"
+    with client(server, tmp_path, key_cache, key_dir=key_dir) as c:
+        old = key_dir / f"{c.fhe.circuit_id[:32]}.keys"
+        old.write_bytes(b"an earlier version's secret key")
+        with pytest.warns(UserWarning, match="a key set of an earlier latentopt"):
+            c.register()
+        assert old.read_bytes() == b"an earlier version's secret key"
+        assert (key_dir / f"wine-{c.fhe.circuit_id[:32]}.keys").exists()
