@@ -54,7 +54,12 @@ COMPILED_ATTRIBUTES = ("fhe_circuit_", "rounded_circuit_", "fhe_report_", "compi
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax (class probabilities from logits), computed in the clear."""
+    """Row-wise softmax (class probabilities from logits), computed in the clear.  A
+    single column is one binary logit (``BCEWithLogitsLoss``): ``[1 - sigmoid,
+    sigmoid]`` (its softmax would be 1 for every row)."""
+    if logits.shape[1] == 1:
+        p1 = 1.0 / (1.0 + np.exp(-np.clip(logits[:, 0], -500, 500)))
+        return np.stack([1.0 - p1, p1], axis=1)
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     return np.asarray(z / z.sum(axis=1, keepdims=True))
 

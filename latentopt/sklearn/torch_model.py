@@ -159,11 +159,7 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
         binary logit: ``[1 - sigmoid, sigmoid]``)."""
         if self.task != "classification":
             raise AttributeError("predict_proba needs task='classification'")
-        out = self._raw_output(X, fhe)
-        if out.shape[1] == 1:
-            p1 = 1.0 / (1.0 + np.exp(-np.clip(out[:, 0], -500, 500)))
-            return np.stack([1.0 - p1, p1], axis=1)
-        return softmax(out)
+        return softmax(self._raw_output(X, fhe))
 
 
 def flat_samples(X: Any, input_shape: tuple[int, ...], n_features: int) -> np.ndarray:

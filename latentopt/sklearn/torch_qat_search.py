@@ -257,15 +257,15 @@ class FloatReference(BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         if not self.classifier:
             raise AttributeError("predict_proba: the float model is a regressor")
-        z = self._out(X).reshape(len(X), -1).astype(np.float64)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return np.asarray(z / z.sum(axis=1, keepdims=True))
+        from .base import softmax
+
+        return softmax(self._out(X).reshape(len(X), -1).astype(np.float64))
 
     def score(self, X: Any, y: Any) -> float:
         from sklearn.metrics import accuracy_score, r2_score
 
-        out = self._out(X)
         if self.classifier:
-            return float(accuracy_score(y, self.classes_[out.reshape(len(out), -1).argmax(1)]))
+            return float(accuracy_score(y, self.predict(X)))
+        out = self._out(X)
         y = np.asarray(y)
         return float(r2_score(y.reshape(len(y), -1), out.reshape(len(out), -1)))
