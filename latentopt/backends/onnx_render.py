@@ -17,7 +17,6 @@ import numpy as np
 from ..ir import Circuit, ExplicitTable
 from ..ir.schedule import (
     CARRIERS,
-    MAX_TABLE_ENTRIES,
     AddStep,
     AffineShortcut,
     ConcatStep,
@@ -104,7 +103,7 @@ def _lookup(g: GraphBuilder, step: LookupStep, xs: list[str]) -> str:
         start = np.arange(fn.n_channels or 1, dtype=np.int64) * size
         table, offset, end, stride = fn.table.reshape(-1), start - fn.offset, start + size - 1, 1
     else:
-        _check_table_size(step)
+        step.check_table_size(remedy=_TABLE_REMEDY)
         affine = step.affine(dt) if g.affine else None
         if affine is not None:
             return _affine_lookup(g, n, x, affine)
@@ -143,16 +142,10 @@ def _lookup(g: GraphBuilder, step: LookupStep, xs: list[str]) -> str:
     return g.op("Reshape", [y, shape], n)
 
 
-def _check_table_size(step: LookupStep) -> None:
-    """A ``ValueError`` with the user's remedy when the table would be too large."""
-    if not step.fits:
-        raise ValueError(
-            f"table lookup {step.name!r} (layer {step.layer!r}) would need a table of "
-            f"{step.domain.entries} entries; the ONNX export writes at most "
-            f"{MAX_TABLE_ENTRIES} (2**22) entries per lookup.  Export a model compiled with "
-            f"rounding (compile(rounding_bits=...): fewer bits, smaller tables), or train "
-            f"it with fewer bits"
-        )
+#: What to do about a table over :data:`MAX_TABLE_ENTRIES`, in the estimators' terms.
+_TABLE_REMEDY = ("the ONNX export writes at most 2**22 entries per lookup: export a model "
+                 "compiled with rounding (compile(rounding_bits=...): fewer bits, smaller "
+                 "tables), or train it with fewer bits")
 
 
 def _affine_lookup(g: GraphBuilder, n: str, x: str, affine: AffineShortcut) -> str:

@@ -248,13 +248,15 @@ class LookupStep(Step[TableLookup]):
         """Whether the table fits :data:`MAX_TABLE_ENTRIES`."""
         return self.domain.entries <= MAX_TABLE_ENTRIES
 
-    def check_table_size(self, limit: int = MAX_TABLE_ENTRIES) -> None:
-        """Raise a ``ValueError`` with the remedy if the table exceeds ``limit``."""
+    def check_table_size(self, limit: int = MAX_TABLE_ENTRIES,
+                         remedy: str = "round its input (Circuit.with_rounding) to shrink "
+                                       "the domain") -> None:
+        """Raise a ``ValueError`` with ``remedy`` if the table exceeds ``limit`` (callers
+        facing users name the estimators' option instead of the IR's)."""
         if self.domain.entries > limit:
             raise ValueError(
                 f"table lookup {self.name!r} (layer {self.layer!r}) would need a table of "
-                f"{self.domain.entries} entries (limit {limit}); round its input "
-                f"(Circuit.with_rounding) to shrink the domain"
+                f"{self.domain.entries} entries (limit {limit}); {remedy}"
             )
 
     def values(self) -> np.ndarray:
