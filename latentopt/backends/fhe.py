@@ -408,9 +408,10 @@ class FHECircuit:
                   if name != self.plan.input_name}
         return outside | IntegerBackend(self.circuit).overflows(q, widths)
 
-    def save_deployment(self, directory: str | Path, via_mlir: bool = False) -> dict[str, Path]:
+    def save_deployment(self, directory: str | Path, via_mlir: bool = False,
+                        client_extra: dict[str, bytes] | None = None) -> dict[str, Path]:
         """Write the server and client artefacts, see :mod:`.fhe_deploy`."""
-        return save_deployment(self, directory, via_mlir=via_mlir)
+        return save_deployment(self, directory, via_mlir=via_mlir, client_extra=client_extra)
 
     def check_inputs(self, q: np.ndarray) -> np.ndarray:
         """Validate quantized inputs against what the compiled circuit can encrypt."""

@@ -162,13 +162,18 @@ def _read_artifact(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, 
     return manifest, members
 
 
-def save_deployment(fc: CompiledCircuit, directory: PathLike,
-                    via_mlir: bool = False) -> dict[str, Path]:
+def save_deployment(fc: CompiledCircuit, directory: PathLike, via_mlir: bool = False,
+                    client_extra: dict[str, bytes] | None = None) -> dict[str, Path]:
     """Write ``server.zip`` and ``client.zip`` for ``fc`` into ``directory``.
 
     ``via_mlir=True`` stores the MLIR program instead of the compiled library: portable
-    across machines, recompiled when the server loads it.
+    across machines, recompiled when the server loads it.  ``client_extra`` are more
+    members of the client artefact (the estimator's labels and output units); the model
+    id covers them.
     """
+    extra = dict(client_extra or {})
+    if {"manifest.json", "client.specs", "arrays.npz"} & set(extra):
+        raise ValueError(f"client_extra may not replace the artefact's members: {sorted(extra)}")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     server = fc.module.server
@@ -192,14 +197,19 @@ def save_deployment(fc: CompiledCircuit, directory: PathLike,
     # models of one architecture share a circuit id (the key parameters); the model id
     # names this export (program, client arrays): a client of another model's export
     # would decrypt and dequantize right and label wrong
-    meta["model_id"] = hashlib.sha256(program + specs + buf.getvalue()).hexdigest()
+    # (and the estimator's labels and units: an export that differs only in its labels
+    # is another model, not a cached one)
+    digest = hashlib.sha256(program + specs + buf.getvalue())
+    for name in sorted(extra):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(extra[name]).digest())
+    meta["model_id"] = digest.hexdigest()
     _write_artifact(out / "server.zip", SERVER_FORMAT, meta, {"program.zip": program})
     client_meta = dict(meta, nodes=node_meta, input_range=list(fc.report["input_range"]),
                        input_box=fc.report.get("input_box"),
                        range_mode=fc.report.get("range_mode", "worst_case"),
                        on_overflow=fc.report.get("on_overflow", "warn"))
     _write_artifact(out / "client.zip", CLIENT_FORMAT, client_meta,
-                    {"client.specs": specs, "arrays.npz": buf.getvalue()})
+                    {"client.specs": specs, "arrays.npz": buf.getvalue(), **extra})
     return {"server": out / "server.zip", "client": out / "client.zip"}
 
 

@@ -1,7 +1,7 @@
 """What the deployment client needs to return the estimator's own outputs.
 
-:func:`write_estimator_info` adds ``estimator.json`` and ``estimator.npz`` to a client
-artefact written by :func:`latentopt.backends.fhe_deploy.save_deployment`: the task, the
+:func:`estimator_members` gives ``estimator.json`` and ``estimator.npz``, written into the
+client artefact by :func:`latentopt.backends.fhe_deploy.save_deployment`: the task, the
 class labels (classifiers), and the affine map from the circuit's dequantized outputs to
 ``predict``'s units (regressors; the identity once the transform is folded into the
 circuit's ``Dequantize``).  :class:`OutputTransform` applies them on the client, so a
@@ -26,7 +26,8 @@ import numpy as np
 
 from ..backends.fhe_deploy import FHEArtifactError
 
-__all__ = ["OutputTransform", "estimator_info", "read_estimator_info", "write_estimator_info"]
+__all__ = ["OutputTransform", "estimator_info", "estimator_members", "read_estimator_info",
+           "write_estimator_info"]
 
 TASKS = ("classifier", "regressor", "outputs")
 
@@ -113,8 +114,12 @@ def estimator_info(est: Any, n_probe: int = 64) -> OutputTransform:
     return OutputTransform("regressor", scale=a, offset=b, output_shape=tuple(pred.shape[1:]))
 
 
-def write_estimator_info(client_zip: str | Path, info: OutputTransform) -> None:
-    """Add ``info`` to a client artefact (its manifest checksums are updated)."""
+def estimator_members(info: OutputTransform) -> dict[str, bytes]:
+    """``info`` as the client artefact's members ``estimator.json`` and ``estimator.npz``.
+
+    ``save_deployment(..., client_extra=estimator_members(info))`` writes them with the
+    artefact, and its model id covers them.
+    """
     arrays = {k: v for k, v in (("classes", info.classes), ("scale", info.scale),
                                 ("offset", info.offset)) if v is not None}
     if info.classes is not None and info.classes.dtype.kind == "O":
@@ -123,7 +128,16 @@ def write_estimator_info(client_zip: str | Path, info: OutputTransform) -> None:
     np.savez(buf, **arrays)
     meta = {"task": info.task, "output_shape": None if info.output_shape is None
             else list(info.output_shape)}
-    extra = {"estimator.json": json.dumps(meta).encode(), "estimator.npz": buf.getvalue()}
+    return {"estimator.json": json.dumps(meta).encode(), "estimator.npz": buf.getvalue()}
+
+
+def write_estimator_info(client_zip: str | Path, info: OutputTransform) -> None:
+    """Add ``info`` to a client artefact written without it (checksums are updated).
+
+    The model id is not: it does not cover ``info``.  Estimators write it with the
+    artefact instead (:func:`estimator_members`).
+    """
+    extra = estimator_members(info)
     path = Path(client_zip)
     with zipfile.ZipFile(path) as zf:
         members = {n: zf.read(n) for n in zf.namelist()}

@@ -424,7 +424,7 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         ``via_mlir`` stores the MLIR program instead of the compiled library (portable,
         recompiled on load).  Returns ``{"server": path, "client": path}``.
         """
-        from ..deploy.artifacts import estimator_info, write_estimator_info
+        from ..deploy.artifacts import estimator_info, estimator_members
 
         fc = self._fhe("save_deployment()")
         if fc.report.get("range_mode") == "calibrated":
@@ -435,9 +435,8 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
                 "result without a warning (predict(fhe=...) checks it exactly); compile "
                 "with range_mode='worst_case' for a deployment exact on every input",
                 UserWarning, stacklevel=2)
-        paths = fc.save_deployment(directory, via_mlir=via_mlir)
-        write_estimator_info(paths["client"], estimator_info(self))
-        return dict(paths)
+        extra = estimator_members(estimator_info(self))
+        return dict(fc.save_deployment(directory, via_mlir=via_mlir, client_extra=extra))
 
     def to_onnx(self, path: str | Path, **options: Any) -> str:
         """Write the integer network as a standard ONNX model (run it with onnxruntime).

@@ -335,6 +335,30 @@ def test_a_client_artefact_of_another_export_is_refused(server, deployed, tmp_pa
                token=TOKENS["alice"], insecure_key_cache=key_cache)
 
 
+def test_an_export_that_differs_only_in_its_labels_is_another_model(deployed, tmp_path):
+    """The model id covers the estimator's labels: a client artefact cached for a model
+    with other class names would otherwise be reused and label every answer wrong."""
+    import copy
+    import zipfile
+
+    from latentopt.deploy.artifacts import read_estimator_info
+
+    clf = deployed["clf"]
+    relabelled = copy.copy(clf)
+    relabelled.classes_ = np.array(["nebbiolo", "freisa", "dolcetto"])
+    relabelled.save_deployment(tmp_path / "relabelled")
+    ids = []
+    for root in (deployed["root"] / "wine", tmp_path / "relabelled"):
+        with zipfile.ZipFile(root / "client.zip") as zf:
+            client_id = json.loads(zf.read("manifest.json"))["model_id"]
+        with zipfile.ZipFile(root / "server.zip") as zf:
+            assert json.loads(zf.read("manifest.json"))["model_id"] == client_id
+        ids.append(client_id)
+    assert ids[0] != ids[1]
+    info = read_estimator_info(tmp_path / "relabelled" / "client.zip")
+    assert list(info.classes) == ["nebbiolo", "freisa", "dolcetto"]
+
+
 def test_key_files_of_an_earlier_version_are_named_not_used(server, deployed, tmp_path,
                                                            key_cache):
     """Keys were named by circuit only before they were kept per served model: such a
