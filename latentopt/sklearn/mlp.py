@@ -31,6 +31,7 @@ from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
+from .atomic import atomic_fit
 from .base import QuantizedEstimatorBase, softmax
 from .distillation import DistillationMixin, teacher_inputs
 from .targets import fold_target_scaling, target_scaling
@@ -262,6 +263,7 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
     def _score_fn(out: Any, target: Any) -> float:
         return float((out.argmax(1) == target).float().mean().item())
 
+    @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Train the quantized network on ``X`` (n_samples, n_features) and labels ``y``."""
         hidden = check_mlp_params(self)
@@ -343,6 +345,7 @@ class QuantizedMLPRegressor(RegressorMixin, _QuantizedMLPBase):
     def _score_fn(out: Any, target: Any) -> float:
         return -float(((out - target) ** 2).mean().item())
 
+    @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Train the quantized network on ``X`` and real targets ``y`` (1-D or 2-D)."""
         hidden = check_mlp_params(self)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .atomic import atomic_fit
 from .base import FHE_MODES, QuantizedEstimatorBase, softmax
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
             tags.estimator_type = "regressor"
         return tags
 
+    @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Re-calibrate the circuit's value ranges (FHE bit-widths) on ``X``.
 

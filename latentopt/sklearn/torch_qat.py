@@ -42,6 +42,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, validate_data
 
+from .atomic import atomic_fit
 from .base import QuantizedEstimatorBase, softmax
 from .distillation import DistillationMixin
 from .targets import fold_target_scaling, standardise_head, target_scaling, trained_scaling
@@ -370,6 +371,7 @@ class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
     def _score_fn(out: Any, target: Any) -> float:
         return float((_rows(out).argmax(1) == target).float().mean().item())
 
+    @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Fine-tune a copy of ``module`` on ``X`` (n_samples, *input_shape) and labels."""
         X_arr, y_arr = self._validate_fit(X, y)
@@ -418,6 +420,7 @@ class QuantizedTorchRegressor(RegressorMixin, _TorchQATBase):
     def _score_fn(out: Any, target: Any) -> float:
         return -float(((out.reshape(target.shape) - target) ** 2).mean().item())
 
+    @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Fine-tune a copy of ``module`` on ``X`` and real targets ``y`` (1-D or 2-D)."""
         X_arr, y_arr = self._validate_fit(X, y)

@@ -68,6 +68,8 @@ class MLPTrainingMixin:
     _forget_compilation: Callable[[], None]
     _exact_runtime: Callable[[], Any]
     _encode_for_pruning: Callable[[Any, Any], tuple[np.ndarray, np.ndarray]]
+    get_params: Callable[..., dict[str, Any]]  # scikit-learn's BaseEstimator
+    set_params: Callable[..., Any]
     # fitted state
     module_: QuantMLP
     circuit_: Circuit
@@ -154,6 +156,9 @@ class MLPTrainingMixin:
     def _fit_network(self, X: np.ndarray, y: np.ndarray, hidden: tuple[int, ...],
                      n_outputs: int, stratify: bool, soft: np.ndarray | None = None) -> None:
         """Build, train, prune and export the network; sets the fitted attributes."""
+        # the parameters this network was trained with: prune() reads them, not what
+        # set_params changed since (pruning_ratio=0.5 set after the fit counted twice)
+        self._fitted_params = self.get_params(deep=False)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         warn_feature_scales(X, self.n_input_bits)
@@ -223,24 +228,28 @@ class MLPTrainingMixin:
         from .validation import check_pruning
 
         check_is_fitted(self, "circuit_")
-        importance = self.prune_importance if importance is None else importance
-        epochs = self.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs
+        new: Self = pickle.loads(pickle.dumps(self))
+        # the new estimator describes this network: the parameters it was fitted with
+        # (set_params after the fit changed self's, not the network)
+        new.set_params(**getattr(self, "_fitted_params", {}))
+        importance = new.prune_importance if importance is None else importance
+        epochs = new.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs
         check_pruning(ratio, n_accum_bits, importance, epochs)  # as fit's (a str was taken)
         X_user = X
         X, y_enc = self._encode_for_pruning(X, y)
-        new: Self = pickle.loads(pickle.dumps(self))
-        rng = check_random_state(self.random_state)
+        rng = check_random_state(new.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         soft = new._distill_targets(teacher_inputs(X_user, X), None)  # as fit's teacher
         data = new._split(X, y_enc, hasattr(self, "classes_"), seed, soft)
         # the model's own budget holds after a ratio too: structured pruning and its
         # fine-tuning move the weights, and a 9-bit budget ended at a 10-bit accumulator
-        budgets = [b for b in (self.n_accum_bits, n_accum_bits) if b is not None]
+        budgets = [b for b in (new.n_accum_bits, n_accum_bits) if b is not None]
         budget = min(budgets) if budgets else None
         new.pruning_reports_ = list(self.pruning_reports_) + new._prune(
             new.module_, data, seed, float(ratio), budget, importance, epochs)
-        kept = (1.0 - float(self.pruning_ratio)) * (1.0 - float(ratio))
+        kept = (1.0 - float(new.pruning_ratio)) * (1.0 - float(ratio))
         new.pruning_ratio = 1.0 - kept
         new.n_accum_bits = budget
+        new._fitted_params = new.get_params(deep=False)
         new._set_module(new.module_, X, rng)
         return new

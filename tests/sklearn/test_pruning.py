@@ -128,3 +128,16 @@ def test_pruning_in_gridsearch(wine):
     grid.fit(Xtr, ytr)
     best = grid.best_estimator_[-1]
     assert best.bit_width_report().tlu_count == int(20 * (1 - best.pruning_ratio))
+
+
+def test_prune_reads_the_parameters_the_network_was_fitted_with(wine):
+    """set_params after a fit changes the hyper-parameters, not the network: prune()
+    counted a pruning_ratio set afterwards as if the network had been pruned by it."""
+    Xtr, _, ytr, _ = wine
+    clf = QuantizedMLPClassifier(**dict(BASE, max_epochs=5, fine_tune_epochs=1)).fit(Xtr, ytr)
+    clf.set_params(pruning_ratio=0.5, hidden_layer_sizes=(40,))  # no refit
+    pruned = clf.prune(Xtr, ytr, ratio=0.5)
+    assert pruned.hidden_layer_sizes_ == (10,)
+    assert pruned.pruning_ratio == pytest.approx(0.5)  # not 0.75
+    assert pruned.hidden_layer_sizes == (20,)  # the network's, not the one set later
+    assert clone(pruned).fit(Xtr, ytr).hidden_layer_sizes_ == (10,)
