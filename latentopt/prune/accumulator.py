@@ -20,8 +20,9 @@ The guarantee loop
 2. ``fine_tune(module)`` (masks fixed: masked weights get no gradient).
 3. Tighten and verify: export to the IR, take each layer's accumulator range (worst
    case from :meth:`~latentopt.ir.Circuit.worst_case_ranges`, or calibrated on ``X``);
-   in the first layer that violates the budget, clamp any bias that alone is out of
-   range, then remove, neuron by neuron, the smallest-magnitude weights that push the
+   in the first layer that violates the budget, limit the bias of each violating neuron
+   to half the budget (a bias at the edge leaves its weights no room: a neuron constant
+   in its input), then remove, neuron by neuron, the smallest-magnitude weights that push the
    violated bound until the neuron fits; re-export (a removed weight can change the
    layer's weight scale and the ranges of later layers) and repeat until every layer
    fits.  Each pass removes a weight or clamps a bias, so the loop terminates.
@@ -120,6 +121,18 @@ def _pick(w_row: np.ndarray, tiebreak: np.ndarray, removable: np.ndarray) -> int
     return int(cand[order[0]])
 
 
+def _clamp_bias(b: int, lim: tuple[int, int]) -> int:
+    """The bias of a neuron that violates ``lim``, limited to half of it.
+
+    A bias at the edge of the budget leaves its weights no room: with signed inputs every
+    weight pushes the violated bound, and all of them were removed (a neuron constant in
+    its input; a classifier on small-scale inputs became a constant predictor).  Half
+    the budget stays for the weights.
+    """
+    lo_lim, hi_lim = lim
+    return int(np.clip(b, lo_lim // 2, hi_lim // 2))
+
+
 def _fix_worst_case(
     gemm: Gemm, x: Interval, lim: tuple[int, int], tiebreak: np.ndarray
 ) -> tuple[list[tuple[int, int]], dict[int, int]]:
@@ -138,7 +151,7 @@ def _fix_worst_case(
         lo, hi = int(b[i] + plo[i].sum()), int(b[i] + phi[i].sum())
         if lo_lim <= lo and hi <= hi_lim:
             continue
-        nb = int(np.clip(b[i], lo_lim, hi_lim))
+        nb = _clamp_bias(int(b[i]), lim)
         if nb != b[i]:
             biases[i] = nb
             lo, hi = lo + nb - int(b[i]), hi + nb - int(b[i])
@@ -166,7 +179,7 @@ def _fix_calibrated(
         acc = xs @ w[i] + b[i]
         if acc.min() >= lo_lim and acc.max() <= hi_lim:
             continue
-        nb = int(np.clip(b[i], lo_lim, hi_lim))
+        nb = _clamp_bias(int(b[i]), lim)
         if nb != b[i]:
             biases[i] = nb
             acc = acc + (nb - int(b[i]))
@@ -259,6 +272,24 @@ def _keep_top_k(module: Any, n_bits: int) -> int:
     return removed
 
 
+def _warn_constant_neurons(before: list[np.ndarray], after: list[np.ndarray],
+                           n_bits: int) -> None:
+    """Warn when the budget left neurons without any weight (constant in the input)."""
+    lost = [(i, int(((b > 0) & (a == 0)).sum()), len(a))
+            for i, (b, a) in enumerate(zip(before, after, strict=True))]
+    lost = [t for t in lost if t[1]]
+    if lost:
+        import warnings
+
+        which = ", ".join(f"{k} of {n} neurons of layer {i}" for i, k, n in lost)
+        warnings.warn(
+            f"n_accum_bits={n_bits} left {which} without any weight: their outputs no "
+            "longer depend on the input (a model can become a constant predictor). The "
+            "integer biases fill the budget, typically because the inputs are on a small "
+            "scale (standardise them) or the budget is tight: raise n_accum_bits",
+            UserWarning, stacklevel=3)
+
+
 def prune_accumulator(
     module: Any,
     n_accum_bits: int,
@@ -274,8 +305,8 @@ def prune_accumulator(
     Parameters
     ----------
     module : QuantMLP
-        Trained module, modified in place: weight masks are added or tightened (and, if
-        a bias alone exceeds the budget, that bias is clamped).  Works on structurally
+        Trained module, modified in place: weight masks are added or tightened (and the
+        bias of a neuron that violates the budget is limited to half of it).  Works on structurally
         pruned modules; run structured pruning *before* this (see
         :mod:`latentopt.prune.structured`).
     n_accum_bits : int >= 2
@@ -356,6 +387,7 @@ def prune_accumulator(
     final = after["accumulator_bits_calibrated"] if cal is not None else after["accumulator_bits"]
     if max(final) > n_bits:  # independent check of the loop's result
         raise RuntimeError(f"internal error: accumulators need {final} bits > {n_bits}")
+    _warn_constant_neurons(before["active_inputs"], after["active_inputs"], n_bits)
     details = dict(stats, n_accum_bits=n_bits, ranges=ranges, strategy=strategy,
                    active_weights=int(sum(int(a.sum()) for a in after["active_inputs"])))
     return PruneReport("accumulator", before, after, details)

@@ -105,8 +105,27 @@ def test_oversized_bias_is_clamped(trained_one, task):
     assert export_mlp(trained_one)["fc0"].bias[3] == 500
     rep = prune_accumulator(trained_one, 7)
     assert rep.details["biases_clamped"] >= 1
-    assert -64 <= export_mlp(trained_one)["fc0"].bias[3] <= 63
+    # limited to half the budget: the neuron keeps weights (at the edge, 63, its inputs
+    # were all removed and its output was a constant)
+    assert -32 <= export_mlp(trained_one)["fc0"].bias[3] <= 31
+    assert rep.active_inputs[0][3] > 0
     assert_budget(trained_one, 7)
+
+
+def test_neurons_left_without_weights_are_named_in_a_warning(trained_one):
+    """Biases that fill the budget leave neurons constant in their input; a model of such
+    neurons predicted one class, silently."""
+    layer = trained_one.linears[0]
+    with torch.no_grad():  # every weight at the quantizer's extreme: a product is 3 * 8
+        layer.weight.copy_(layer.weight.sign() * layer.weight.abs().max())
+    scale = np.ravel(export_mlp(trained_one)["act0"].fn.input_scale)[0]
+    with torch.no_grad():
+        layer.bias[:] = float(15 * scale)  # half a 6-bit budget: 16 left, < 24
+    assert min_accumulator_bits(trained_one)[0] <= 6
+    with pytest.warns(UserWarning, match=r"12 of 12 neurons of layer 0 without any weight"):
+        rep = prune_accumulator(trained_one, 6)
+    assert (rep.active_inputs[0] == 0).all()
+    assert_budget(trained_one, 6)
 
 
 def test_calibrated_budget(trained, task):

@@ -110,6 +110,18 @@ def test_impossible_pruning_is_refused(wine, params, match):
         QuantizedMLPClassifier(**{**BASE, **params}).fit(Xtr, ytr)
 
 
+def test_an_impossible_budget_is_refused_before_training(wine, monkeypatch):
+    from latentopt.sklearn.training import MLPTrainingMixin
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the budget was checked")
+
+    monkeypatch.setattr(MLPTrainingMixin, "_train", no_training)
+    Xtr, _, ytr, _ = wine
+    with pytest.raises(ValueError, match=r"n_accum_bits=4 is impossible .* needs 8 bits"):
+        QuantizedMLPClassifier(**BASE, n_accum_bits=4).fit(Xtr, ytr)
+
+
 def test_prune_errors(wine):
     Xtr, _, ytr, _ = wine
     clf = QuantizedMLPClassifier(**BASE).fit(Xtr, ytr)
