@@ -261,7 +261,9 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
 
     @staticmethod
     def _score_fn(out: Any, target: Any) -> float:
-        return float((out.argmax(1) == target).float().mean().item())
+        from ..nn.train import first_argmax
+
+        return float((first_argmax(out) == target).float().mean().item())
 
     @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:

@@ -369,7 +369,9 @@ class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
 
     @staticmethod
     def _score_fn(out: Any, target: Any) -> float:
-        return float((_rows(out).argmax(1) == target).float().mean().item())
+        from ..nn.train import first_argmax
+
+        return float((first_argmax(_rows(out)) == target).float().mean().item())
 
     @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:

@@ -83,3 +83,14 @@ def test_float_copy_same_shapes():
     f = m.float_copy()
     assert f(torch.zeros(4, 5)).shape == (4, 2)
     assert sum(isinstance(x, torch.nn.Linear) for x in f) == 3
+
+
+def test_first_argmax_breaks_ties_as_the_circuit_does():
+    """The circuit's exact logits tie; the float module's differ by rounding error. The
+    validation score of early stopping must pick the first class, as np.argmax does."""
+    from latentopt.nn.train import first_argmax
+
+    out = torch.tensor([[-0.538, -0.1537001, -0.1537], [1.0, 3.0, 2.0], [0.0, 0.0, 0.0],
+                        [-5.0, -4.9999, -6.0]])
+    assert first_argmax(out).tolist() == [1, 1, 0, 1]
+    assert out.argmax(1).tolist()[0] == 2  # what the plain argmax picked

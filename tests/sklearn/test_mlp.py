@@ -279,3 +279,20 @@ def test_inputs_the_quantizer_or_training_cannot_use_are_named():
         QuantizedMLPClassifier(**{**kw, "max_epochs": 20, "lr": 1e-2}).fit(X3, y3)
     with pytest.raises(ValueError, match="n_input_bits"):
         QuantizedMLPClassifier(**kw, n_input_bits=0).fit(X, y)
+
+
+def test_validation_score_is_the_fitted_models_score():
+    """history_.val_score, which early stopping selects on, is the score of the fitted
+    model on its validation rows (tied logits were broken by float error in training)."""
+    from sklearn.datasets import make_classification
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils import check_random_state
+
+    X, y = make_classification(500, 8, n_informative=5, n_classes=3, random_state=6)
+    clf = QuantizedMLPClassifier(hidden_layer_sizes=(12,), max_epochs=40, patience=10,
+                                 early_stopping=True,
+                                 verbose=0, random_state=3).fit(X, y)
+    seed = int(check_random_state(3).randint(np.iinfo(np.int32).max))  # as fit's split
+    _, Xv, _, yv = train_test_split(X, y, test_size=50, stratify=y, random_state=seed)
+    h = clf.history_
+    assert h.val_score[h.best_epoch] == pytest.approx(clf.score(Xv, yv))
