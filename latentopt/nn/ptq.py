@@ -5,7 +5,9 @@ each quantizer comes from those values (min/max, percentiles, or an MSE search o
 clipping range, see :mod:`.ptq_ranges`).  Then:
 
 * inputs: ``n_bits["inputs"]`` bits, asymmetric (with a zero point) when only layers
-  with weights or pooling read them, symmetric otherwise;
+  with weights or pooling read them, symmetric otherwise; never-negative inputs are
+  quantized on ``[0, max]`` (a warning names inputs so far from zero that they use less
+  than a quarter of the levels: subtract their offset);
 * weights: symmetric, narrow, one scale per output channel (with ``calibration="mse"``
   the clipping of each channel is searched too);
 * activations: one scale per tensor; unsigned when the tensor is never negative,
@@ -29,6 +31,21 @@ from .graph_lowering import QParams
 from .ptq_ranges import CALIBRATIONS, mse_weight_scales, observed_range
 
 __all__ = ["CALIBRATIONS", "BitSpec", "PTQPolicy", "activation_params", "parse_bits"]
+
+
+def _warn_offset_inputs(name: str, lo: float, hi: float, n_bits: int) -> None:
+    """Non-negative inputs are quantized on ``[0, max]``: inputs far from zero (all in
+    [100, 101]) used 4 of 256 levels, and the model's error grew a hundredfold."""
+    levels = (hi - lo) / (hi if hi > 0 else 1.0) * (2**n_bits - 1)
+    if hi > 0 and levels < 2 ** (n_bits - 2):  # two bits or more lost
+        import warnings
+
+        warnings.warn(
+            f"the calibration inputs of {name!r} lie in [{lo:.4g}, {hi:.4g}]: the "
+            f"{n_bits}-bit input grid starts at 0, so they use about {max(levels, 1):.0f} "
+            f"of its {2**n_bits} levels; subtract their offset (standardise the inputs, "
+            "and train the float model on them) to keep their precision",
+            UserWarning, stacklevel=2)
 
 
 class BitSpec:
@@ -177,6 +194,7 @@ class PTQPolicy:
             return activation_params(*self._range([op.name], n), n)
         lo, hi = self._range([op.name], n, asymmetric=True)
         if lo >= 0:
+            _warn_offset_inputs(op.name, lo, hi, n)
             return QParams((hi if hi > 0 else 1.0) / (2**n - 1), 0, n, signed=False)
         hi = max(hi, 0.0)
         scale = (hi - lo) / (2**n - 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,17 @@ def test_maxpool_rewrite_refuses_dilated_windows():
         compile_torch_model(model, X, maxpool="avg", fhe=False, verbose=0)
     exact = compile_torch_model(model, X, fhe=False, verbose=0)  # exact max pooling is fine
     assert "max_pool" in _ops(exact)
+
+
+def test_inputs_far_from_zero_are_named_in_a_warning():
+    """Non-negative inputs are quantized on [0, max]: inputs in [100, 101] used 4 of 256
+    levels, silently; inputs that use the grid do not warn."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2).eval()
+    Z = np.random.RandomState(0).rand(200, 4).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"lie in \[100, 101\].*about 3 of its 256 levels"):
+        compile_torch_model(model, Z + 100.0, n_bits=8, fhe=False, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compile_torch_model(model, Z, n_bits=8, fhe=False, verbose=0)
+        compile_torch_model(model, Z + 0.3, n_bits=8, fhe=False, verbose=0)
