@@ -127,10 +127,14 @@ class _Builder(SpatialOps):
         size = hi - lo + 1
         channels = 1 if src.uniform else width
         if size * channels > MAX_TABLE_ENTRIES:
+            per = (f"{channels} tables, one per element of a tensor whose scale differs "
+                   f"per element, x {size} input values" if channels > 1
+                   else f"its input spans {size} integer steps")
             raise ValueError(
-                f"the table of {fns[0][0]!r} would need {size * channels} entries "
-                f"({channels} channels x {size} inputs): use fewer bits, or an activation "
-                f"with a parametric table (relu, sigmoid, tanh, gelu, silu, relu6)")
+                f"the table of {fns[0][0]!r} would need {size * channels} entries ({per}): "
+                f"lower n_bits, put inputs on a scale of about 1 (a tiny input step makes "
+                f"later values span many steps), or use an activation with a parametric "
+                f"table (relu, sigmoid, tanh, gelu, silu, relu6)")
         v = np.arange(lo, hi + 1, dtype=np.float64) - src.zero_point
         x = v[None, :] * (src.scale[:channels, None] if channels > 1 else src.scale[0])
         t = torch.as_tensor(x, dtype=torch.float64)

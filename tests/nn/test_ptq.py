@@ -201,3 +201,14 @@ def test_inputs_far_from_zero_are_named_in_a_warning():
         warnings.simplefilter("error")
         compile_torch_model(model, Z, n_bits=8, fhe=False, verbose=0)
         compile_torch_model(model, Z + 0.3, n_bits=8, fhe=False, verbose=0)
+
+
+def test_a_table_too_large_says_what_it_is_made_of():
+    """The refusal named "256 channels" for a tensor of 8 channels x 32 positions."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(3, 8, 3, padding="same"), nn.ELU(), nn.Flatten(),
+                          nn.Linear(256, 4)).eval()
+    X = np.random.default_rng(0).standard_normal((200, 3, 32)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"256 tables, one per element .* lower n_bits"):
+        compile_torch_model(model, X, n_bits=8, fhe=False, verbose=0)
+    compile_torch_model(model, X, n_bits=6, fhe=False, verbose=0)  # fits
