@@ -154,7 +154,11 @@ def write_estimator_info(client_zip: str | Path, info: OutputTransform) -> None:
 
 def read_estimator_info(client_zip: str | Path) -> OutputTransform:
     """The :class:`OutputTransform` of a client artefact (identity when it has none)."""
-    with zipfile.ZipFile(client_zip) as zf:
+    try:
+        zf = zipfile.ZipFile(client_zip)
+    except zipfile.BadZipFile as exc:
+        raise FHEArtifactError(f"{client_zip}: not a readable client artefact ({exc})") from exc
+    with zf:
         names = set(zf.namelist())
         if "estimator.json" not in names:
             return OutputTransform()

@@ -165,9 +165,12 @@ def _as_2d(out: Any, n: int, what: str) -> np.ndarray:
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2 or arr.shape[0] != n:
+        hint = ("; an array teacher holds outputs for the rows of one X: under "
+                "cross-validation, where each fold fits other rows, pass a teacher estimator "
+                "or module instead" if arr.ndim == 2 and what == "array values" else "")
         raise ValueError(
             f"teacher {what} have shape {np.shape(out)}; expected {n} rows (one per sample "
-            f"of X) and 1 or 2 dimensions"
+            f"of X), as (n_samples, n_outputs) or, for a single output, (n_samples,){hint}"
         )
     if not np.all(np.isfinite(arr)):
         bad = int(np.sum(~np.all(np.isfinite(arr), axis=1)))

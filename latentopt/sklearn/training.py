@@ -176,6 +176,11 @@ class MLPTrainingMixin:
 
         with seeded(seed):
             module = self._build_module(config)
+        if float(self.pruning_ratio) > 0 and not hidden:  # refused now, not after training
+            raise ValueError(
+                f"pruning_ratio={self.pruning_ratio} removes hidden neurons, but "
+                "hidden_layer_sizes=() has no hidden layer: use pruning_ratio=0, or "
+                "n_accum_bits to prune weights")
         if self.n_accum_bits is not None:  # refused now, not after the training
             from ..prune import min_accumulator_bits
 

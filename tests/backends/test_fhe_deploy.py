@@ -204,3 +204,12 @@ def test_round_trip_with_per_norm_partitions(make_two_lookup_layers, sample_q, k
     backend = IntegerBackend(circuit)
     np.testing.assert_array_equal(client.decrypt_integers(result),
                                   backend.run_integers(backend.quantize(X)))
+
+
+def test_a_corrupt_client_artefact_names_its_path_in_the_estimator_info(tmp_path):
+    from latentopt.deploy.artifacts import read_estimator_info
+
+    bad = tmp_path / "client.zip"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(FHEArtifactError, match="client.zip: not a readable client artefact"):
+        read_estimator_info(bad)

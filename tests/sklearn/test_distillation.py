@@ -117,7 +117,7 @@ def test_soft_target_errors(wine):
     lr = LogisticRegression(max_iter=500).fit(Xtr, ytr)
     with pytest.raises(ValueError, match="differ from the student's classes"):
         teacher_targets(lr, Xtr, classes=np.array([0, 1]))
-    with pytest.raises(ValueError, match="expected 5 rows"):
+    with pytest.raises(ValueError, match="expected 5 rows.*under cross-validation"):
         teacher_targets(np.zeros((4, 3)), Xtr[:5], classes=np.arange(3))
     with pytest.raises(ValueError, match="2 columns, the student has 3"):
         teacher_targets(np.zeros((5, 2)), Xtr[:5], classes=np.arange(3))

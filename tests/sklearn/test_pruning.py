@@ -102,6 +102,7 @@ def test_prune_regressor(diabetes):
         ({"n_accum_bits": 4}, "impossible"),   # smaller than one product
         ({"prune_importance": "vibes", "pruning_ratio": 0.5}, "importance"),
         ({"fine_tune_epochs": -1}, "fine_tune_epochs"),
+        ({"hidden_layer_sizes": (), "pruning_ratio": 0.5}, r"hidden_layer_sizes=\(\) has no"),
     ],
 )
 def test_impossible_pruning_is_refused(wine, params, match):
