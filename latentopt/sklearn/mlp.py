@@ -31,7 +31,7 @@ from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
-from .atomic import atomic_fit
+from .atomic import restored_on_error
 from .base import QuantizedEstimatorBase, softmax
 from .distillation import DistillationMixin, teacher_inputs
 from .targets import fold_target_scaling, target_scaling
@@ -138,6 +138,10 @@ _FITTED_DOC = """
     pruning_reports_ : list of latentopt.prune.PruneReport
         One report per pruning step (structured, then accumulator budget; :meth:`prune`
         appends its steps).
+    fitted_params_ : dict
+        The hyper-parameters the network was trained with (``get_params(deep=False)`` at
+        fit; :meth:`prune` keeps those that shape the network -- widths, bit-widths,
+        activation, pruning -- not ones ``set_params`` changed since).
 """
 
 # The circuit and FHE attributes, the same for every estimator (QuantizedTorchModel
@@ -265,23 +269,23 @@ class QuantizedMLPClassifier(ClassifierMixin, _QuantizedMLPBase):
 
         return float((first_argmax(out) == target).float().mean().item())
 
-    @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Train the quantized network on ``X`` (n_samples, n_features) and labels ``y``."""
-        hidden = check_mlp_params(self)
-        X_arr, y_arr = validate_data(self, X, y, dtype=np.float64, ensure_all_finite=True)
-        y_arr = column_or_1d(y_arr, warn=True)
-        check_classification_targets(y_arr)
-        self.classes_, y_enc = np.unique(y_arr, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(
-                f"{type(self).__name__} needs samples of at least 2 classes in the data, "
-                f"but the data contains only one class: {self.classes_[0]!r}"
-            )
-        soft = self._distill_targets(teacher_inputs(X, X_arr), y_arr)
-        self._fit_network(X_arr, y_enc.astype(np.int64), hidden, len(self.classes_),
-                          stratify=True, soft=soft)
-        return self
+        with restored_on_error(self):
+            hidden = check_mlp_params(self)
+            X_arr, y_arr = validate_data(self, X, y, dtype=np.float64, ensure_all_finite=True)
+            y_arr = column_or_1d(y_arr, warn=True)
+            check_classification_targets(y_arr)
+            self.classes_, y_enc = np.unique(y_arr, return_inverse=True)
+            if len(self.classes_) < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs samples of at least 2 classes in the data, "
+                    f"but the data contains only one class: {self.classes_[0]!r}"
+                )
+            soft = self._distill_targets(teacher_inputs(X, X_arr), y_arr)
+            self._fit_network(X_arr, y_enc.astype(np.int64), hidden, len(self.classes_),
+                              stratify=True, soft=soft)
+            return self
 
     def _encode_for_pruning(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(self, X, y, reset=False, dtype=np.float64, ensure_all_finite=True)
@@ -347,22 +351,22 @@ class QuantizedMLPRegressor(RegressorMixin, _QuantizedMLPBase):
     def _score_fn(out: Any, target: Any) -> float:
         return -float(((out - target) ** 2).mean().item())
 
-    @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Train the quantized network on ``X`` and real targets ``y`` (1-D or 2-D)."""
-        hidden = check_mlp_params(self)
-        X_arr, y_arr = validate_data(
-            self, X, y, dtype=np.float64, ensure_all_finite=True, multi_output=True,
-            y_numeric=True,
-        )
-        self.y_ndim_ = int(y_arr.ndim)
-        y2 = y_arr.reshape(len(y_arr), -1).astype(np.float64)
-        self.n_outputs_ = y2.shape[1]
-        self.y_mean_, self.y_scale_ = target_scaling(y2)
-        y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
-        soft = self._distill_targets(teacher_inputs(X, X_arr), y_arr)
-        self._fit_network(X_arr, y_std, hidden, self.n_outputs_, stratify=False, soft=soft)
-        return self
+        with restored_on_error(self):
+            hidden = check_mlp_params(self)
+            X_arr, y_arr = validate_data(
+                self, X, y, dtype=np.float64, ensure_all_finite=True, multi_output=True,
+                y_numeric=True,
+            )
+            self.y_ndim_ = int(y_arr.ndim)
+            y2 = y_arr.reshape(len(y_arr), -1).astype(np.float64)
+            self.n_outputs_ = y2.shape[1]
+            self.y_mean_, self.y_scale_ = target_scaling(y2)
+            y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
+            soft = self._distill_targets(teacher_inputs(X, X_arr), y_arr)
+            self._fit_network(X_arr, y_std, hidden, self.n_outputs_, stratify=False, soft=soft)
+            return self
 
     def _output_circuit(self, circuit: Circuit) -> Circuit:
         return fold_target_scaling(circuit, self.y_mean_, self.y_scale_)

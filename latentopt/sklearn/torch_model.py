@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .atomic import atomic_fit
+from .atomic import restored_on_error
 from .base import FHE_MODES, QuantizedEstimatorBase, softmax
 
 if TYPE_CHECKING:
@@ -107,7 +107,6 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
             tags.estimator_type = "regressor"
         return tags
 
-    @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Re-calibrate the circuit's value ranges (FHE bit-widths) on ``X``.
 
@@ -115,14 +114,15 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
         data that :meth:`compile` uses by default (``y`` is ignored).  Drops what
         :meth:`compile` produced.
         """
-        from ..backends.integer import IntegerBackend
+        with restored_on_error(self):
+            from ..backends.integer import IntegerBackend
 
-        X_cal = self._validate_X(X, reset=False)
-        self.circuit_ = IntegerBackend(self.circuit_).calibrate(X_cal)
-        self.calibration_set_ = X_cal
-        self.__dict__.pop("_backend", None)
-        self._forget_compilation()
-        return self
+            X_cal = self._validate_X(X, reset=False)
+            self.circuit_ = IntegerBackend(self.circuit_).calibrate(X_cal)
+            self.calibration_set_ = X_cal
+            self.__dict__.pop("_backend", None)
+            self._forget_compilation()
+            return self
 
     # ------------------------------------------------------------- validation
     def _check_built(self) -> None:

@@ -42,7 +42,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y, validate_data
 
-from .atomic import atomic_fit
+from .atomic import restored_on_error
 from .base import QuantizedEstimatorBase, softmax
 from .distillation import DistillationMixin
 from .targets import fold_target_scaling, standardise_head, target_scaling, trained_scaling
@@ -373,18 +373,18 @@ class QuantizedTorchClassifier(ClassifierMixin, _TorchQATBase):
 
         return float((first_argmax(_rows(out)) == target).float().mean().item())
 
-    @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Fine-tune a copy of ``module`` on ``X`` (n_samples, *input_shape) and labels."""
-        X_arr, y_arr = self._validate_fit(X, y)
-        check_classification_targets(y_arr)
-        self.classes_, y_enc = np.unique(y_arr, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in "
-                             f"the data, but the data contains only one class: "
-                             f"{self.classes_[0]!r}")
-        self._fit(X_arr, y_enc.astype(np.int64), len(self.classes_))
-        return self
+        with restored_on_error(self):
+            X_arr, y_arr = self._validate_fit(X, y)
+            check_classification_targets(y_arr)
+            self.classes_, y_enc = np.unique(y_arr, return_inverse=True)
+            if len(self.classes_) < 2:
+                raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in "
+                                 f"the data, but the data contains only one class: "
+                                 f"{self.classes_[0]!r}")
+            self._fit(X_arr, y_enc.astype(np.int64), len(self.classes_))
+            return self
 
     def predict(self, X: ArrayLike, fhe: str | None = None) -> np.ndarray:
         """Predicted class labels; ``fhe`` overrides ``fhe_mode``."""
@@ -422,24 +422,24 @@ class QuantizedTorchRegressor(RegressorMixin, _TorchQATBase):
     def _score_fn(out: Any, target: Any) -> float:
         return -float(((out.reshape(target.shape) - target) ** 2).mean().item())
 
-    @atomic_fit
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Self:
         """Fine-tune a copy of ``module`` on ``X`` and real targets ``y`` (1-D or 2-D)."""
-        X_arr, y_arr = self._validate_fit(X, y)
-        self.y_ndim_ = int(y_arr.ndim)
-        # float64: in float32 targets offset by 1e8 all rounded to one value
-        y2 = np.asarray(y_arr, dtype=np.float64).reshape(len(y_arr), -1)
-        self.n_outputs_ = int(y2.shape[1])
-        import torch
+        with restored_on_error(self):
+            X_arr, y_arr = self._validate_fit(X, y)
+            self.y_ndim_ = int(y_arr.ndim)
+            # float64: in float32 targets offset by 1e8 all rounded to one value
+            y2 = np.asarray(y_arr, dtype=np.float64).reshape(len(y_arr), -1)
+            self.n_outputs_ = int(y2.shape[1])
+            import torch
 
-        if isinstance(self.module, torch.nn.Module):  # trained: through its head, if any
-            self.target_head_, self.y_mean_, self.y_scale_ = trained_scaling(self.module, y2)
-        else:  # a factory's fresh model
-            self.target_head_ = None
-            self.y_mean_, self.y_scale_ = target_scaling(y2)
-        y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
-        self._fit(X_arr, y_std, self.n_outputs_)
-        return self
+            if isinstance(self.module, torch.nn.Module):  # trained: through its head, if any
+                self.target_head_, self.y_mean_, self.y_scale_ = trained_scaling(self.module, y2)
+            else:  # a factory's fresh model
+                self.target_head_ = None
+                self.y_mean_, self.y_scale_ = target_scaling(y2)
+            y_std = ((y2 - self.y_mean_) / self.y_scale_).astype(np.float32)
+            self._fit(X_arr, y_std, self.n_outputs_)
+            return self
 
     def _training_module(self, model: Any) -> Any:
         """A trained model's copy with its Linear head standardised

@@ -39,6 +39,13 @@ Split = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None",
               "np.ndarray | None"]
 
 
+#: Hyper-parameters that shape the fitted network (:meth:`MLPTrainingMixin.prune` keeps
+#: the fitted values of these)
+NETWORK_PARAMS = frozenset({
+    "hidden_layer_sizes", "n_w_bits", "n_a_bits", "n_input_bits", "activation",
+    "power_of_two_scales", "pruning_ratio", "n_accum_bits"})
+
+
 class MLPTrainingMixin:
     """Fit, prune and export of the MLP estimators (hyper-parameters: see the estimators)."""
 
@@ -71,6 +78,7 @@ class MLPTrainingMixin:
     get_params: Callable[..., dict[str, Any]]  # scikit-learn's BaseEstimator
     set_params: Callable[..., Any]
     # fitted state
+    fitted_params_: dict[str, Any]
     module_: QuantMLP
     circuit_: Circuit
     history_: TrainingHistory
@@ -158,7 +166,7 @@ class MLPTrainingMixin:
         """Build, train, prune and export the network; sets the fitted attributes."""
         # the parameters this network was trained with: prune() reads them, not what
         # set_params changed since (pruning_ratio=0.5 set after the fit counted twice)
-        self._fitted_params = self.get_params(deep=False)
+        self.fitted_params_ = self.get_params(deep=False)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         warn_feature_scales(X, self.n_input_bits)
@@ -245,9 +253,11 @@ class MLPTrainingMixin:
 
         check_is_fitted(self, "circuit_")
         new: Self = pickle.loads(pickle.dumps(self))
-        # the new estimator describes this network: the parameters it was fitted with
-        # (set_params after the fit changed self's, not the network)
-        new.set_params(**getattr(self, "_fitted_params", {}))
+        # the new estimator describes this network: the parameters that shaped it are the
+        # ones it was fitted with (set_params after the fit changed self's, not the
+        # network); how to fine-tune (distill_alpha, lr, ...) is read as set now
+        fitted = getattr(self, "fitted_params_", {})
+        new.set_params(**{k: v for k, v in fitted.items() if k in NETWORK_PARAMS})
         importance = new.prune_importance if importance is None else importance
         epochs = new.fine_tune_epochs if fine_tune_epochs is None else fine_tune_epochs
         check_pruning(ratio, n_accum_bits, importance, epochs)  # as fit's (a str was taken)
@@ -266,6 +276,6 @@ class MLPTrainingMixin:
         kept = (1.0 - float(new.pruning_ratio)) * (1.0 - float(ratio))
         new.pruning_ratio = 1.0 - kept
         new.n_accum_bits = budget
-        new._fitted_params = new.get_params(deep=False)
+        new.fitted_params_ = new.get_params(deep=False)
         new._set_module(new.module_, X, rng)
         return new

@@ -276,7 +276,7 @@ def test_inputs_the_quantizer_or_training_cannot_use_are_named():
                                  n_redundant=0, random_state=1)  # (the helper's repro)
     X3 = StandardScaler().fit_transform(X3) * 1e-6
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="standardise X"):
-        QuantizedMLPClassifier(**{**kw, "max_epochs": 20, "lr": 1e-2}).fit(X3, y3)
+        QuantizedMLPClassifier(**{**kw, "max_epochs": 5, "lr": 1e-2}).fit(X3, y3)
     with pytest.raises(ValueError, match="n_input_bits"):
         QuantizedMLPClassifier(**kw, n_input_bits=0).fit(X, y)
 

@@ -186,6 +186,9 @@ def test_samples_inside_the_box_that_overflow_are_named_as_such(fitted):
     lo, hi = (np.asarray(b) for b in clf.fhe_report_["input_box"])
     q = IntegerBackend(clf.rounded_circuit_).quantize(np.vstack([Xtr, Xte]))
     inside = q[~((q < lo) | (q > hi)).any(axis=1)]
+    # and combinations of in-box values no sample has (each feature in range)
+    corners = np.random.default_rng(0).integers(lo, hi + 1, size=(2000, len(lo)))
+    inside = np.vstack([inside, corners])
     over = inside[clf.fhe_circuit_.overflows(inside)]
     assert len(over) > 0  # a 10-row calibration at margin 0
     with pytest.warns(UserWarning, match=f"{len(over)} inside it overflow an accumulator"):
