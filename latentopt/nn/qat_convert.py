@@ -17,7 +17,9 @@ into exactly the pattern :mod:`latentopt.nn.brevitas_import` imports:
   addition; a concatenation whose result stays quantized, with no lookup before the
   next layer).  A float activation feeding only the addition / concatenation is
   quantized by the shared quantizer directly (one lookup, not two); the shared
-  quantizer is unsigned when every operand is.
+  quantizer is unsigned when every operand is;
+* every unflatten (``nn.Unflatten``, ``torch.unflatten``, ``x.unflatten``) becomes a
+  reshape, which keeps a brevitas quantized tensor quantized.
 
 Activation quantizers use brevitas' statistics-initialised scales; :func:`calibrate_qat`
 initialises them from data before fine-tuning (a post-training calibration pass).
@@ -38,6 +40,7 @@ torch.Size([2, 3])
 from __future__ import annotations
 
 import copy
+import operator
 from typing import Any
 
 import numpy as np
@@ -265,9 +268,11 @@ def convert_to_qat(model: nn.Module, bits: BitSpec, *, input_signed: bool = True
            for op in ops):
         raise ValueError("the model already holds brevitas layers: import it with "
                          "compile_brevitas_qat_model, or pass its float version")
+    unflattened = _unflatten_shapes(gm, example)  # of the float graph, before the swaps
     info = _Rewriter(gm, ops, bits).run(input_signed)
     info["folded_batch_norms"] = folded
     _spell_out_avg_pools(gm)
+    _unflattens_as_reshapes(gm, unflattened)
     _methods_as_functions(gm)
     gm.eval()
     return gm, info
@@ -308,8 +313,105 @@ def _spell_out_avg_pools(gm: fx.GraphModule) -> None:
 _METHOD_FUNCTIONS: dict[str, Any] = {
     "mean": torch.mean, "mul": torch.mul, "div": torch.div, "relu": torch.relu,
     "sigmoid": torch.sigmoid, "tanh": torch.tanh, "exp": torch.exp,
-    "unflatten": torch.unflatten, "swapaxes": torch.swapaxes, "t": torch.t,
+    "swapaxes": torch.swapaxes, "t": torch.t,
 }
+
+
+def _unflatten(x: Any, dim: int, sizes: Any) -> Any:
+    """``torch.unflatten(x, dim, sizes)``, as a reshape on a brevitas quantized tensor
+    (the fallback of :func:`_unflattens_as_reshapes` where no example showed the shape).
+
+    Brevitas' quantized tensors have no ``unflatten``, and ``torch.unflatten`` on one
+    returns a float tensor; the reshape keeps it quantized.  Its shape is taken from the
+    tensor itself, by torch's rules (any batch size, negative ``dim``, a ``-1`` size)."""
+    from brevitas.quant_tensor import QuantTensor
+
+    if not isinstance(x, QuantTensor):
+        return torch.unflatten(x, dim, sizes)
+    return x.reshape(torch.empty(tuple(x.shape), device="meta").unflatten(dim, sizes).shape)
+
+
+def _unflatten_call(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, int, Any] | None:
+    """``(input, dim, sizes)`` of an unflatten node (an ``nn.Unflatten`` module,
+    ``torch.unflatten`` or the tensor method), else None."""
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        if type(m) is not nn.Unflatten or len(node.args) != 1 or node.kwargs:
+            return None
+        if not isinstance(m.dim, int):  # named tensors (dim a name): left as they are
+            return None
+        return node.args[0], m.dim, tuple(m.unflattened_size)
+    if not ((node.op == "call_method" and node.target == "unflatten")
+            or (node.op == "call_function" and node.target is torch.unflatten)):
+        return None
+    names = ("input" if node.op == "call_function" else "self", "dim", "sizes")
+    if len(node.args) > len(names) or any(k not in names for k in node.kwargs):
+        return None
+    bound = dict(zip(names, node.args))
+    bound.update(node.kwargs)
+    if any(k not in bound for k in names) or not isinstance(bound["dim"], int):
+        return None
+    return bound[names[0]], bound["dim"], bound["sizes"]
+
+
+def _unflatten_shapes(gm: fx.GraphModule, example: Any) -> dict[str, tuple[int, ...]]:
+    """The output shape of every unflatten of the float graph that keeps the batch axis
+    first, on a batch of ``example`` (none without an example)."""
+    nodes = {n.name: call for n in gm.graph.nodes
+             if (call := _unflatten_call(gm, n)) is not None}
+    if example is None or not nodes:
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    class _Record(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            out = super().run_node(n)
+            if n.name in nodes:
+                rank = len(out.shape) - len(tuple(nodes[n.name][2])) + 1  # input's rank
+                dim = nodes[n.name][1]
+                if (dim % rank if -rank <= dim < rank else 0) != 0:  # not the batch axis
+                    shapes[n.name] = tuple(int(d) for d in out.shape)
+            return out
+
+    batch = torch.tensor(np.asarray(example[:2], dtype=np.float32))
+    with torch.no_grad():
+        _Record(gm).run(batch)
+    return shapes
+
+
+def _unflattens_as_reshapes(gm: fx.GraphModule, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Rewrite every unflatten (``nn.Unflatten``, ``torch.unflatten``, ``x.unflatten``)
+    as a reshape, which brevitas' quantized tensors support: ``nn.Unflatten`` failed in
+    training ("'IntQuantTensor' object has no attribute 'unflatten'") and
+    ``torch.unflatten`` returned a float tensor ("Input scale required" in the next layer).
+
+    Where ``shapes`` holds the node's output shape, it becomes ``x.reshape(x.shape[0],
+    *shape[1:])``: any batch size, and read back by the graph importer as a reshape.
+    Otherwise (no example, or the batch axis unflattened) it calls :func:`_unflatten`."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        call = _unflatten_call(gm, node)
+        if call is None:
+            continue
+        x, dim, sizes = call
+        module = str(node.target) if node.op == "call_module" else None
+        shape = shapes.get(node.name)
+        if shape is not None:
+            with gm.graph.inserting_before(node):
+                size = gm.graph.call_function(getattr, (x, "shape"))
+                batch = gm.graph.call_function(operator.getitem, (size, 0))
+            node.op, node.target = "call_method", "reshape"
+            node.args, node.kwargs = (x, batch, *shape[1:]), {}
+        else:
+            node.op, node.target = "call_function", _unflatten
+            node.args, node.kwargs = (x, dim, sizes), {}
+        if module is not None and not any(
+                n.op == "call_module" and n.target == module for n in gm.graph.nodes):
+            gm.delete_submodule(module)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
 
 
 def _methods_as_functions(gm: fx.GraphModule) -> None:
