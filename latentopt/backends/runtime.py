@@ -20,6 +20,7 @@ numpy's output integers and floats on the probe rows, or it is not used.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -34,6 +35,8 @@ __all__ = ["MIN_MEASURE_ROWS", "ExactRuntime"]
 MIN_MEASURE_ROWS = 64
 #: Rows timed when choosing.
 PROBE_ROWS = 2048
+#: One measurement at a time (threads predicting at once on a new runtime)
+_CHOOSE_LOCK = threading.Lock()
 
 
 def _best_of(fn: Any, repeats: int = 3) -> float:
@@ -86,7 +89,9 @@ class ExactRuntime:
         if len(q) < MIN_MEASURE_ROWS:
             return self.numpy.run_integers(q)
         if self.chosen is None:
-            self._choose(q[:PROBE_ROWS])
+            with _CHOOSE_LOCK:
+                if self.chosen is None:
+                    self._choose(q[:PROBE_ROWS])
         if self.chosen == "onnxruntime":
             return np.asarray(self.onnx.run_integers(q), dtype=np.int64)
         return self.numpy.run_integers(q)
@@ -97,14 +102,16 @@ class ExactRuntime:
         if len(X) < MIN_MEASURE_ROWS:
             return self.numpy.predict(X)
         if self.chosen_predict is None:
-            self._choose_predict(X[:PROBE_ROWS])
+            with _CHOOSE_LOCK:  # threads predicting at once: one measures, the rest wait
+                if self.chosen_predict is None:
+                    self._choose_predict(X[:PROBE_ROWS])
         assert self.chosen_predict is not None
         return np.asarray(self._predictors[self.chosen_predict](X))
 
     def _choose_predict(self, probe: np.ndarray) -> None:
         ref = self.numpy.predict(probe)
         ref_int = self.numpy.run_integers(self.numpy.quantize(probe))
-        self._predictors = {"numpy": self.numpy.predict}
+        predictors: dict[str, Any] = {"numpy": self.numpy.predict}
         for name, make in (("onnxruntime", self._onnx_predictor),
                            ("onnxruntime-int8", self._int8_predictor)):
             try:
@@ -113,11 +120,12 @@ class ExactRuntime:
                     continue
                 out, ints = pair(probe)
                 if np.array_equal(ints, ref_int) and np.array_equal(out, ref):
-                    self._predictors[name] = lambda X, pair=pair: pair(X)[0]
+                    predictors[name] = lambda X, pair=pair: pair(X)[0]
             except Exception:  # no onnxruntime, or an operator it cannot run
                 continue
         self.predict_timings = {name: _best_of(lambda fn=fn: fn(probe))
-                                for name, fn in self._predictors.items()}
+                                for name, fn in predictors.items()}
+        self._predictors = predictors  # complete before a name is chosen from it
         self.chosen_predict = min(self.predict_timings, key=self.predict_timings.__getitem__)
 
     def _onnx_predictor(self) -> Any:
@@ -143,18 +151,19 @@ class ExactRuntime:
         return OnnxRunner(model, intra_op_num_threads=self.intra_op_num_threads).run
 
     def _choose(self, probe: np.ndarray) -> None:
-        self.chosen = "numpy"
+        self.chosen = self._measure(probe)  # set once, when complete (threads read it)
+
+    def _measure(self, probe: np.ndarray) -> str:
         try:
             from .onnx_runner import OnnxRunner
 
             onnx = OnnxRunner(self.circuit, intra_op_num_threads=self.intra_op_num_threads)
             ref = self.numpy.run_integers(probe)
             if not np.array_equal(np.asarray(onnx.run_integers(probe), np.int64), ref):
-                return
+                return "numpy"
         except Exception:  # no onnxruntime, or an operator it cannot run: keep numpy
-            return
+            return "numpy"
         self.onnx = onnx
         self.timings = {"numpy": _best_of(lambda: self.numpy.run_integers(probe)),
                         "onnxruntime": _best_of(lambda: onnx.run_integers(probe))}
-        if self.timings["onnxruntime"] < self.timings["numpy"]:
-            self.chosen = "onnxruntime"
+        return "onnxruntime" if self.timings["onnxruntime"] < self.timings["numpy"] else "numpy"

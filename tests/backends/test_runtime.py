@@ -82,3 +82,46 @@ def test_int8_model_is_exact_or_absent(make_mlp, make_table_circuit):
     out, ints = session.run(None, {"input": X.astype(np.float32)})
     np.testing.assert_array_equal(ints, backend.run_integers(backend.quantize(X)))
     np.testing.assert_array_equal(out, backend.predict(X))
+
+
+def test_threads_predicting_at_once_on_a_new_runtime_all_get_the_answer(make_mlp,
+                                                                        monkeypatch):
+    """Each thread measured the runtimes and reset the predictors another one was
+    reading: KeyError 'onnxruntime', or "dictionary changed size during iteration".
+    One thread measures now; the others wait for its choice."""
+    import threading
+    import time
+
+    circuit = make_mlp(seed=5, n_features=16, hidden=32)
+    backend = IntegerBackend(circuit)
+    X = np.random.default_rng(2).normal(size=(300, 16))
+    for kind, method in (("predict", "_choose_predict"), ("run_integers", "_choose")):
+        real = getattr(ExactRuntime, method)
+        calls: list[int] = []
+
+        def slow(self, probe, real=real, calls=calls) -> None:
+            calls.append(1)
+            time.sleep(0.05)  # every other thread arrives while this one measures
+            real(self, probe)
+
+        monkeypatch.setattr(ExactRuntime, method, slow)
+        run = ExactRuntime(circuit)
+        args = X if kind == "predict" else backend.quantize(X)
+        results: list[object] = []
+
+        def call(run=run, kind=kind, args=args, results=results) -> None:
+            try:
+                results.append(getattr(run, kind)(args))
+            except Exception as exc:  # noqa: BLE001 - the failure under test
+                results.append(exc)
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(calls) == 1, kind
+        ref = backend.predict(X) if kind == "predict" else backend.run_integers(args)
+        for r in results:
+            assert isinstance(r, np.ndarray), r
+            np.testing.assert_array_equal(r, ref)
