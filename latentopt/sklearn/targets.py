@@ -33,19 +33,25 @@ __all__ = ["fold_target_scaling", "linear_head", "standardise_head", "target_sca
 
 def target_scaling(y2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-target mean and scale: the standard deviation, or for a constant target
-    ``1e-6 * max(|mean|, 1)`` (a scale of 1 left the network's output noise, about 0.02,
-    in the target's units: a constant 2**-10 came out between -0.0099 and 0.0215)."""
+    ``1e-6 * |mean|`` (``1e-6`` for zeros).  A scale of 1 left the network's output noise,
+    about 0.02, in the target's units: a constant 2**-10 came out between -0.0099 and
+    0.0215; ``1e-6 * max(|mean|, 1)`` still gave 1e-9 out as 1e-7.  The deviation is
+    taken on ``y / max|y|``: squares of targets below ~1e-154 underflow to 0, and such a
+    target was read as constant (predictions 1e163 times too large)."""
     y2 = np.asarray(y2, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         mean = y2.mean(axis=0)
-        std = y2.std(axis=0)
+        top = np.abs(y2).max(axis=0) if len(y2) else np.zeros(y2.shape[1:])
+        unit = np.where((top > 0) & np.isfinite(top), top, 1.0)
+        std = (y2 / unit).std(axis=0) * unit
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
         # squares of targets above ~1e154 overflow float64: no scale to train with
         raise ValueError(
             f"y is too large to standardise (max |y| = {np.abs(y2).max():.3g}: its "
             f"variance overflows float64); rescale the targets, e.g. y / "
             f"{10.0 ** np.floor(np.log10(np.abs(y2).max())):.0e}")
-    return mean, np.where(std > 0, std, 1e-6 * np.maximum(np.abs(mean), 1.0))
+    constant = np.where(mean != 0, 1e-6 * np.abs(mean), 1e-6)
+    return mean, np.where(std > 0, std, constant)
 
 
 def fold_target_scaling(circuit: Circuit, mean: np.ndarray, scale: np.ndarray) -> Circuit:
@@ -112,6 +118,13 @@ def standardise_head(model: Any, head: str, mean: np.ndarray, scale: np.ndarray)
         if layer.bias is None:
             layer.bias = torch.nn.Parameter(torch.zeros_like(m))
         layer.bias.sub_(m).div_(s)
+        finite = bool(torch.isfinite(layer.weight).all() and torch.isfinite(layer.bias).all())
+    if not finite or not bool((s > 0).all()):
+        raise ValueError(
+            f"the targets' scale ({np.min(scale):.3g}) is beyond the range of the model's "
+            f"{layer.weight.dtype} head: standardising it overflows.  Rescale y (e.g. "
+            f"y / {10.0 ** np.floor(np.log10(np.max(scale))):.0e}) and the model's head "
+            "with it, or fit a factory's fresh model")
     return model
 
 

@@ -296,3 +296,17 @@ def test_validation_score_is_the_fitted_models_score():
     _, Xv, _, yv = train_test_split(X, y, test_size=50, stratify=y, random_state=seed)
     h = clf.history_
     assert h.val_score[h.best_epoch] == pytest.approx(clf.score(Xv, yv))
+
+
+def test_targets_of_any_magnitude_are_scaled_not_read_as_constant():
+    """Squares of targets below ~1e-154 underflowed: the target was read as constant
+    and predictions came out 1e163 times too large; a constant 1e-9 came out at 1e-7."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    y = X[:, 0] * 2 + 0.1 * rng.normal(size=300)
+    kw = dict(hidden_layer_sizes=(8,), max_epochs=8, lr=1e-2, random_state=0, verbose=0)
+    ref = QuantizedMLPRegressor(**kw).fit(X, y).predict(X[:20])
+    tiny = QuantizedMLPRegressor(**kw).fit(X, y * 1e-170)
+    np.testing.assert_allclose(tiny.predict(X[:20]), ref * 1e-170, rtol=1e-9)
+    const = QuantizedMLPRegressor(**kw).fit(X, np.full(300, 1e-9)).predict(X)
+    np.testing.assert_allclose(const, 1e-9, rtol=1e-3)

@@ -354,3 +354,15 @@ def test_tensor_methods_train_and_the_circuit_equals_brevitas(form):
         qat = clf.qat_module_(torch.as_tensor(X)).numpy()
     np.testing.assert_array_equal(clf.predict_proba(X).argmax(1), qat.argmax(1))
     assert clf.score(X, y) > 0.65  # chance: 0.5
+
+
+def test_targets_beyond_the_heads_float32_range_are_refused():
+    """A trained module's head is standardised by y's scale: at 1e-170 it overflowed
+    float32 and the fit failed in the trace check on NaN outputs."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 4))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    est = QuantizedTorchRegressor(model, n_bits=4, max_epochs=1, verbose=0, random_state=0)
+    with pytest.raises(ValueError, match=r"targets' scale \(.*e-17[01]\) is beyond"):
+        est.fit(X, X[:, 0] * 1e-170)
