@@ -45,10 +45,10 @@ def target_scaling(y2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         unit = np.where((top > 0) & np.isfinite(top), top, 1.0)
         std = (y2 / unit).std(axis=0) * unit
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
-        # squares of targets above ~1e154 overflow float64: no scale to train with
+        # the mean of targets near float64's limit overflows: no scale to train with
         raise ValueError(
             f"y is too large to standardise (max |y| = {np.abs(y2).max():.3g}: its "
-            f"variance overflows float64); rescale the targets, e.g. y / "
+            f"mean or deviation overflows float64); rescale the targets, e.g. y / "
             f"{10.0 ** np.floor(np.log10(np.abs(y2).max())):.0e}")
     constant = np.where(mean != 0, 1e-6 * np.abs(mean), 1e-6)
     return mean, np.where(std > 0, std, constant)
