@@ -147,7 +147,7 @@ class BrevitasPolicy:
 
     def _producer_params(self, name: str) -> QParams | None:
         op = self.ops[name]
-        while op.kind == "reshape":
+        while op.kind in ("reshape", "maxpool"):  # both keep the quantizer's values
             op = self.ops[op.inputs[0]]
         if op.kind != "quant":
             return None

@@ -167,9 +167,17 @@ class QuantizedTorchModel(QuantizedEstimatorBase):
 def flat_samples(X: Any, input_shape: tuple[int, ...], n_features: int) -> np.ndarray:
     """``X`` (array or torch tensor, image-shaped ``(n, *input_shape)`` or flat
     ``(n, n_features)``) as finite float64 rows ``(n, n_features)``; ValueError else."""
-    if hasattr(X, "detach"):  # torch tensor
-        X = X.detach().cpu().numpy()
+    if hasattr(X, "detach"):  # torch tensor (bfloat16 and the like have no numpy dtype)
+        X = X.detach().cpu()
+        X = (X.float() if X.is_floating_point() and X.dtype.itemsize < 4 else X).numpy()
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):  # scipy sparse
+        raise TypeError("X is a sparse matrix: pass a dense array (X.toarray())")
     X = np.asarray(X)
+    if X.dtype == object:  # numbers held as objects: as scikit-learn's check_array does
+        try:
+            X = X.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"X must be numeric, got dtype object ({exc})") from exc
     if X.dtype.kind not in "fiub":
         raise ValueError(f"X must be numeric, got dtype {X.dtype}")
     if X.ndim >= 1 and len(X) == 0:  # (a reshape of 0 rows to (0, -1) is ambiguous)

@@ -180,3 +180,35 @@ def test_a_float_model_is_redirected_to_ptq():
     X = np.zeros((4, 3), np.float32)
     with pytest.raises(ValueError, match="compile_torch_model"):
         compile_brevitas_qat_model(nn.Linear(3, 2), X, fhe=False)
+
+
+def test_max_pooled_operands_of_one_quantizer_can_be_added():
+    """Max pooling keeps its input's quantized values: an addition of two max-pooled
+    outputs of one QuantReLU was refused as "not quantized with identical parameters"."""
+
+    class Residual(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = qnn.QuantIdentity(bit_width=5, return_quant_tensor=True)
+            self.c1 = qnn.QuantConv2d(2, 2, 3, padding=1, weight_bit_width=4, bias=False)
+            self.c2 = qnn.QuantConv2d(2, 2, 3, padding=1, weight_bit_width=4, bias=False)
+            self.r = qnn.QuantReLU(bit_width=4, return_quant_tensor=True)
+            self.fc = qnn.QuantLinear(2 * 4 * 4, 3, weight_bit_width=4, bias=False)
+
+        def forward(self, x):
+            h = self.r(self.c1(self.q(x)))
+            pool = torch.nn.functional.max_pool2d
+            h = pool(h, 2) + pool(self.r(self.c2(h)), 2)
+            return self.fc(torch.flatten(h, 1))
+
+    torch.manual_seed(0)
+    X = np.random.default_rng(0).normal(size=(64, 2, 8, 8)).astype(np.float32)
+    m = Residual()
+    m.train()
+    m(torch.as_tensor(X))  # initialises the activation scales
+    m.eval()
+    q = compile_brevitas_qat_model(m, X, fhe=False, verbose=0)
+    with torch.no_grad():
+        ref = m(torch.as_tensor(X))
+    ref = getattr(ref, "value", ref).numpy()
+    np.testing.assert_allclose(q.forward(X), ref, atol=1e-5)

@@ -622,3 +622,21 @@ def test_lookup_errors_at_a_values_lowest_bound_stay_neighbours():
     # two neighbouring errors may add up (exactly 2 steps in one CI run); without the
     # room: 10-11 steps
     assert worst <= 3 * step, f"{worst / step:.1f} steps"
+
+
+def test_inputs_as_objects_bfloat16_or_sparse():
+    """Numbers held as objects and bfloat16 tensors are read as the other estimators
+    read them; a sparse matrix is named (all three said "got dtype object" or crashed
+    in numpy's conversion)."""
+    import scipy.sparse as sp
+
+    X = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
+    q = compile_torch_model(torch.nn.Linear(4, 3).eval(), X, n_bits=6, fhe=False, verbose=0)
+    ref = q.predict(X[:5])
+    np.testing.assert_array_equal(q.predict(X[:5].astype(object)), ref)
+    bf = torch.tensor(X[:5]).bfloat16()
+    np.testing.assert_array_equal(q.predict(bf), q.predict(bf.float().numpy()))
+    with pytest.raises(TypeError, match=r"sparse matrix.*toarray"):
+        q.predict(sp.csr_matrix(X[:5]))
+    with pytest.raises(ValueError, match="must be numeric"):
+        q.predict(np.array([["a"] * 4] * 2, dtype=object))
