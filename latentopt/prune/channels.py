@@ -159,12 +159,20 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
     width = {n: int(getattr(m, "out_features", 0) or getattr(m, "out_channels", 0))
              for n, m in named.items()}
     before = dict(width)
+    kept = []
     for n, r in list(ratios.items()):
         if n not in ignored_names and int(width[n] * (1.0 - r)) < 1:
             if not isinstance(ratio, Mapping):  # one ratio for all: too narrow, kept
                 ratios[n] = 0.0
+                if width[n] > 1:  # (one channel: no ratio can prune it, nothing to say)
+                    kept.append(f"{n} ({width[n]})")
                 continue
             raise ValueError(f"ratio {r} would remove every channel of {n!r} ({width[n]})")
+    if kept:
+        warnings.warn(
+            f"pruning ratio {float(ratio):g} would remove every channel of {', '.join(kept)}: "
+            "left unpruned (a dict of ratios per layer prunes them less)",
+            UserWarning, stacklevel=2)
     todo: dict[nn.Module, float] = {named[n]: r for n, r in ratios.items()
                                     if r > 0 and n not in ignored_names}
     if todo:

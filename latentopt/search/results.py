@@ -229,7 +229,8 @@ def summary_footer(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                       "configurations checked before it")
     if any(r.get("capped") and not r["feasible"] for r in rows):
         footer.append("slower: no point of it as fast as the best feasible trial met the "
-                      "budget (slower points not tried; the score is its fastest point's)")
+                      "budget (slower points not tried; its rounding, p_error, pbs, cost "
+                      "and score are those of its fastest point, not of a usable model)")
     if failures:
         footer.append(f"{len(failures)} failed trial(s): "
                       + "; ".join(f"trial {f['trial']}: {f['error']}" for f in failures[:3]))

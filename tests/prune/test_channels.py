@@ -113,3 +113,5 @@ def test_unmet_ratios_of_grouped_convolutions_are_reported_and_narrow_layers_kep
     m = Grouped()
     assert prune_channels(m, x, 0.5)["after"] == {"a": 4, "g": 4, "one": 1, "head": 3}
     assert m(x).shape == (1, 3)
+    with pytest.warns(UserWarning, match=r"would remove every channel of a \(8\), g \(8\)"):
+        assert prune_channels(Grouped(), x, 0.9)["after"]["a"] == 8  # left, and said so
