@@ -170,7 +170,7 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float | Mappi
             raise ValueError(f"ratio {r} would remove every channel of {n!r} ({width[n]})")
     if kept:
         warnings.warn(
-            f"pruning ratio {float(ratio):g} would remove every channel of {', '.join(kept)}: "
+            f"pruning ratio {ratio!r} would remove every channel of {', '.join(kept)}: "
             "left unpruned (a dict of ratios per layer prunes them less)",
             UserWarning, stacklevel=2)
     todo: dict[nn.Module, float] = {named[n]: r for n, r in ratios.items()

@@ -152,6 +152,15 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
             drop = (f"allow a larger drop (max_accuracy_drop >= {gap:.3g} would have "
                     f"accepted trial {closest['trial']} as the first configuration checked; "
                     f"each later one needs the margin on top)")
+            threshold = held_out["threshold"]
+            needed = closest.get("holdout_threshold")
+            if needed is not None and closest["holdout_min"] >= threshold:
+                # only the margin refused it: a drop of ``gap`` is already allowed
+                drop = (f"allow a larger drop (trial {closest['trial']} met the plain "
+                        f"threshold {threshold:.4f}; only the margin of the configurations "
+                        f"checked before it refused it, {needed:.4f} needed; "
+                        f"max_accuracy_drop >= {gap + needed - threshold:.3g} would accept "
+                        f"it, and more check rows narrow the margin)")
         lines.append("To find a model: give the search more rows (the check split is "
                      f"holdout_fraction of X), {drop}, or run more trials "
                      f"({_more_trials(n_trials)}).")

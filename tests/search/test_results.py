@@ -224,6 +224,32 @@ def test_a_point_searched_again_at_refit_is_what_the_search_reports():
     assert "searched again: rounding_bits=4, p_error=0.03, 0.069 s" in outcome.message
 
 
+def test_a_retrained_model_at_the_trials_point_reports_its_own_cost():
+    """The retrained model is another circuit at the same point: it was delivered at
+    1.41 s per sample while best_trial_ and the outcome said 0.78 (the trial's)."""
+    from types import SimpleNamespace
+
+    from latentopt.search.refit import _report_delivered_cost
+    from latentopt.search.results import Outcome
+
+    outcome = Outcome(budget_met=True, threshold=0.9, reference_score=0.91, best_score=0.95,
+                      best_score_latency=0.78, best_score_trial=1, n_evaluated=3,
+                      n_failed=0, message="Budget met: ... 0.7777 s per sample (predicted).")
+    row = {"trial": 1, "cost": 0.7777, "seconds": 0.7777, "pbs": 32, "max_tlu_bits": 5}
+    search = SimpleNamespace(best_trial_=row, outcome_=outcome, cost_model_=object(),
+                             refit_={})
+    best = SimpleNamespace(fhe_circuit_="circuit", fhe_report_={
+        "programmable_bootstrap_count": 32, "max_tlu_input_bits": 5})
+    cost_model = SimpleNamespace(predict=lambda circuit: 1.4112)
+    _report_delivered_cost(search, best, cost_model)
+    chosen = search.best_trial_
+    assert (chosen["seconds"], chosen["cost"], chosen["trial_seconds"]) == (
+        1.4112, 1.4112, 0.7777)
+    assert search.refit_["latency"] == 1.4112
+    assert "delivered model's circuit costs 1.411 s per sample" in outcome.message
+    assert "(the trial's: 0.7777 s" in outcome.message
+
+
 def test_a_chosen_model_that_predicts_one_value_is_reported():
     """A budget at or below a constant predictor's score (max_accuracy_drop=1.0, or a
     reference that scores below zero R^2) was met by a 0-PBS circuit predicting one
@@ -249,3 +275,19 @@ def test_a_chosen_model_that_predicts_one_value_is_reported():
     fake.outcome_ = Outcome(**{**outcome.__dict__, "message": "Budget met."})
     LatencySearch._warn_if_constant(fake, X)  # varied predictions: nothing added
     assert fake.outcome_.message == "Budget met."
+
+
+def test_a_trial_refused_by_the_margin_only_gets_advice_above_the_drop_in_use():
+    """The advice named max_accuracy_drop >= 0.0034 (the gap to the reference) to a
+    search already at 0.03, whose closest trial failed only the multiple-check margin."""
+    from latentopt.search.results import make_outcome
+
+    rows = [{"trial": 4, "score": 0.6429, "cost": 2.865, "feasible": False, "refuted": True}]
+    closest = {"trial": 4, "cost": 2.865, "holdout_min": 0.6293, "holdout_threshold": 0.6392}
+    out = make_outcome(rows, [], None, reference_score=0.5893, threshold=0.5593,
+                       max_accuracy_drop=0.03, n_trials=5,
+                       held_out={"n_checked": 5, "n_samples": 294, "threshold": 0.6027,
+                                 "reference_score": 0.6327, "max_threshold": 0.6392,
+                                 "closest": closest, "rows": "rows cross-validated"})
+    assert "max_accuracy_drop >= 0.0034" not in out.message
+    assert "only the margin" in out.message and "max_accuracy_drop >= 0.0399" in out.message

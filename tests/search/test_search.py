@@ -242,6 +242,13 @@ def test_search_results_front_and_refit(data, tmp_path):
         assert info["point"] == r.best_compile_kwargs_
         assert r.best_estimator_.fhe_report_["max_tlu_input_bits"] <= (
             r.best_compile_kwargs_["rounding_bits"] or 99)
+        # and the cost reported is the delivered circuit's, not the trial model's
+        from latentopt.search.inner import _latency
+
+        delivered = _latency(r.best_estimator_, r.cost_model_)
+        assert r.best_trial_["cost"] == pytest.approx(delivered) == info["latency"]
+        assert r.best_trial_["pbs"] == r.best_estimator_.fhe_report_[
+            "programmable_bootstrap_count"]
     # a retrained model differs from the trial's (trained on all rows, not a part)
     trial_model = r.trial_estimator(r.best_trial_["trial"])
     assert not np.array_equal(trial_model.predict_proba(Xtr),
