@@ -146,9 +146,9 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
         if closest is not None:
             gap = held_out["reference_score"] - closest["holdout_min"]
             lines.append(f"Closest: trial {closest['trial']} "
-                         f"({_latency_words(closest['cost'], seconds)}), worst check score "
-                         f"{closest['holdout_min']:.4f}, {gap:.4f} below the float reference "
-                         f"there.")
+                         f"({_latency_words(closest['cost'], seconds)}{_constant(closest)}), "
+                         f"worst check score {closest['holdout_min']:.4f}, {gap:.4f} below "
+                         f"the float reference there.")
             drop = (f"allow a larger drop (max_accuracy_drop >= {gap:.3g} would have "
                     f"accepted trial {closest['trial']} as the first configuration checked; "
                     f"each later one needs the margin on top)")
@@ -169,7 +169,7 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
     lines = [f"Budget NOT met: none of the {n_eval} evaluated trials reached {budget}."]
     if top is not None:
         lines.append(f"Best validation score reached: {top['score']:.4f} (trial {top['trial']}, "
-                     f"{_latency_words(top['cost'], seconds)}).")
+                     f"{_latency_words(top['cost'], seconds)}{_constant(top)}).")
     else:
         lines.append("No trial completed.")
     if failures:
@@ -189,6 +189,13 @@ def make_outcome(rows: list[dict[str, Any]], failures: list[dict[str, Any]],
                       "activation bits, less pruning, more training epochs in the template)")
     lines.append("To find a model: " + "; or ".join(advice) + ".")
     return Outcome(budget_met=False, message="\n".join(lines), **common)  # type: ignore[arg-type]
+
+
+def _constant(row: dict[str, Any]) -> str:
+    """Words for a point with no lookup left: every lookup rounded to a constant, so the
+    circuit predicts one value (on imbalanced data such a point was advised without a
+    word about it)."""
+    return "; 0 PBS: it predicts one value for every row" if row.get("pbs") == 0 else ""
 
 
 def _margin_words(held_out: dict[str, Any]) -> str:

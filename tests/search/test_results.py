@@ -291,3 +291,23 @@ def test_a_trial_refused_by_the_margin_only_gets_advice_above_the_drop_in_use():
                                  "closest": closest, "rows": "rows cross-validated"})
     assert "max_accuracy_drop >= 0.0034" not in out.message
     assert "only the margin" in out.message and "max_accuracy_drop >= 0.0399" in out.message
+
+
+def test_a_closest_point_with_no_lookup_is_called_a_constant_predictor():
+    """On an imbalanced set the not-met advice named a 0-PBS trial (every lookup rounded
+    to a constant) as the one a larger drop would accept, without saying what it is."""
+    from latentopt.search.results import make_outcome
+
+    rows = [{"trial": 1, "score": 0.7778, "cost": 0.0025, "pbs": 0, "feasible": False,
+             "refuted": True}]
+    closest = {"trial": 1, "cost": 0.0025, "pbs": 0, "holdout_min": 0.70,
+               "holdout_threshold": 0.72}
+    out = make_outcome(rows, [], None, reference_score=0.733, threshold=0.683,
+                       max_accuracy_drop=0.05, n_trials=5,
+                       held_out={"n_checked": 2, "n_samples": 150, "threshold": 0.71,
+                                 "reference_score": 0.76, "max_threshold": 0.72,
+                                 "closest": closest})
+    assert "0 PBS: it predicts one value for every row" in out.message
+    plain = make_outcome(rows, [], None, reference_score=0.9, threshold=0.85,
+                         max_accuracy_drop=0.05, n_trials=5)
+    assert "0 PBS: it predicts one value" in plain.message
