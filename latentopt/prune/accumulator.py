@@ -46,7 +46,8 @@ from ..ir import Gemm, Interval, QuantActivation, QuantizeInput, TableLookup, bi
 from .masks import ensure_masks
 from .report import PruneReport, check_quant_mlp, module_summary, preserved_mode
 
-__all__ = ["accumulator_limits", "min_accumulator_bits", "prune_accumulator"]
+__all__ = ["accumulator_limits", "check_accumulator_budget", "min_accumulator_bits",
+           "prune_accumulator"]
 
 RANGES = ("worst_case", "calibrated")
 STRATEGIES = ("fit", "count")
@@ -102,6 +103,18 @@ def min_accumulator_bits(module: Any) -> list[int]:
             p = _weight_max(layer) * _input_magnitude(circuit, circuit[f"fc{i}"])
             out.append(bit_width(-p, p))
     return out
+
+
+def check_accumulator_budget(module: Any, n_bits: int, remedy: str = "") -> None:
+    """ValueError when ``n_bits`` is below :func:`min_accumulator_bits` in some layer
+    (``remedy``, if given, ends the message)."""
+    floor = min_accumulator_bits(module)
+    too_small = [i for i, b in enumerate(floor) if b > n_bits]
+    if too_small:
+        raise ValueError(
+            f"n_accum_bits={n_bits} is impossible in layer(s) {too_small}: a single product "
+            f"max|w| * max|x| already needs {max(floor)} bits (minimum per layer: {floor})"
+            + (f"; {remedy}" if remedy else ""))
 
 
 def _acc_scale(circuit: Any, i: int, n_layers: int) -> np.ndarray:
@@ -363,13 +376,7 @@ def prune_accumulator(
         if X.ndim != 2 or len(X) == 0 or X.shape[1] != module.config["n_features"]:
             raise ValueError(f"X must have shape (n_samples>0, {module.config['n_features']})")
     cal = X if ranges == "calibrated" else None
-    floor = min_accumulator_bits(module)
-    too_small = [i for i, b in enumerate(floor) if b > n_bits]
-    if too_small:
-        raise ValueError(
-            f"n_accum_bits={n_bits} is impossible: in layer(s) {too_small} a single product "
-            f"max|w| * max|x| already needs {max(floor)} bits (minimum per layer: {floor})"
-        )
+    check_accumulator_budget(module, n_bits)
 
     before = module_summary(module, cal)
     stats = {"weights_removed": 0, "biases_clamped": 0, "passes": 0}

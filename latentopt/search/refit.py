@@ -70,6 +70,22 @@ def final_estimator(search: Any, objective: Any, X: np.ndarray, y: np.ndarray) -
     return best.compile(**inner.compile_kwargs, verbose=0)
 
 
+def _follow_delivered(search: Any, latency: float, pbs: int, max_tlu_bits: int,
+                      point: dict[str, Any] | None = None) -> None:
+    """``best_trial_`` describes the delivered model: its cost (and ``point``, when it
+    was searched again), the trial's own values kept under ``trial_*``."""
+    if search.best_trial_ is None:
+        return
+    unit = "seconds" if search.cost_model_ is not None else "complexity"
+    point = dict(point or {})
+    row = dict(search.best_trial_)
+    row.update({f"trial_{k}": row[k] for k in ("cost", unit, "pbs", "max_tlu_bits", *point)
+                if k in row})
+    row.update(cost=latency, pbs=pbs, max_tlu_bits=max_tlu_bits, **point)
+    row[unit] = latency
+    search.best_trial_ = row
+
+
 def _report_delivered_cost(search: Any, best: Any, cost_model: Any) -> None:
     """The retrained model at the trial's point is another circuit (other weights, other
     accumulator ranges): what the search reports is its cost, not the trial's.  (A
@@ -83,13 +99,8 @@ def _report_delivered_cost(search: Any, best: Any, cost_model: Any) -> None:
         return
     seconds = search.cost_model_ is not None
     trial_cost = row["cost"]
-    new = dict(row)
-    keys = ("cost", "seconds" if seconds else "complexity", "pbs", "max_tlu_bits")
-    new.update({f"trial_{k}": row[k] for k in keys if k in row})
-    new.update(cost=latency, pbs=int(best.fhe_report_["programmable_bootstrap_count"]),
-               max_tlu_bits=int(best.fhe_report_["max_tlu_input_bits"]))
-    new["seconds" if seconds else "complexity"] = latency
-    search.best_trial_ = new
+    _follow_delivered(search, latency, int(best.fhe_report_["programmable_bootstrap_count"]),
+                      int(best.fhe_report_["max_tlu_input_bits"]))
     outcome = getattr(search, "outcome_", None)
     if outcome is not None:
         outcome.message += (
@@ -106,15 +117,7 @@ def _report_new_point(search: Any, cand: Any) -> None:
 
     search.best_compile_kwargs_ = dict(cand.compile_kwargs)
     seconds = search.cost_model_ is not None
-    if search.best_trial_ is not None:
-        row = dict(search.best_trial_)
-        keys = ("cost", "seconds" if seconds else "complexity", "pbs", "max_tlu_bits",
-                *cand.compile_kwargs)
-        row.update({f"trial_{k}": row[k] for k in keys if k in row})
-        row.update(cost=cand.latency, pbs=cand.pbs, max_tlu_bits=cand.max_tlu_bits,
-                   **cand.compile_kwargs)
-        row["seconds" if seconds else "complexity"] = cand.latency
-        search.best_trial_ = row
+    _follow_delivered(search, cand.latency, cand.pbs, cand.max_tlu_bits, cand.compile_kwargs)
     outcome = getattr(search, "outcome_", None)
     if outcome is not None:
         outcome.message += (

@@ -190,16 +190,12 @@ class MLPTrainingMixin:
                 "hidden_layer_sizes=() has no hidden layer: use pruning_ratio=0, or "
                 "n_accum_bits to prune weights")
         if self.n_accum_bits is not None:  # refused now, not after the training
-            from ..prune import min_accumulator_bits
+            from ..prune.accumulator import check_accumulator_budget
 
-            floor = min_accumulator_bits(module)
-            if max(floor) > int(self.n_accum_bits):
-                raise ValueError(
-                    f"n_accum_bits={self.n_accum_bits} is impossible with n_w_bits="
-                    f"{self.n_w_bits}, n_a_bits={self.n_a_bits}, n_input_bits="
-                    f"{self.n_input_bits}: a single product max|w| * max|x| already needs "
-                    f"{max(floor)} bits (minimum per layer: {floor}); raise n_accum_bits "
-                    "or lower the bit-widths")
+            check_accumulator_budget(
+                module, int(self.n_accum_bits),
+                remedy=f"raise n_accum_bits or lower the bit-widths (n_w_bits={self.n_w_bits}"
+                       f", n_a_bits={self.n_a_bits}, n_input_bits={self.n_input_bits})")
         self.history_ = self._train(module, data, seed, int(self.max_epochs), float(self.lr),
                                     "QAT")
         self.n_iter_ = self.history_.n_epochs
