@@ -99,8 +99,10 @@ def _exact(values: Any, dt: Any) -> bool:
 def _lookup(g: GraphBuilder, step: LookupStep, xs: list[str]) -> str:
     fn, n, dt, x = step.node.fn, step.name, g.carrier, xs[0]
     if isinstance(fn, ExplicitTable):  # its own table, clipped at its ends
-        size = fn.table.shape[-1]
-        start = np.arange(fn.n_channels or 1, dtype=np.int64) * size
+        size = fn.table.shape[-1]  # each channel reads its row of the flat table
+        row = (np.zeros(1) if fn.table.ndim == 1 else np.arange(fn.table.shape[0])
+               if fn.rows is None else fn.rows)
+        start = np.asarray(row, np.int64) * size
         table, offset, end, stride = fn.table.reshape(-1), start - fn.offset, start + size - 1, 1
     else:
         step.check_table_size(remedy=_TABLE_REMEDY)

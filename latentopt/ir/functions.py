@@ -161,7 +161,8 @@ class UnivariateFunction:
                 narrow=bool(meta["narrow"]),
             )
         if kind == ExplicitTable.kind:
-            return ExplicitTable(arrays["table"], offset=int(meta["offset"]))
+            return ExplicitTable(arrays["table"], offset=int(meta["offset"]),
+                                 rows=arrays.get("rows"))
         raise ValueError(f"unknown univariate function kind {kind!r}")
 
     def same_as(self, other: UnivariateFunction) -> bool:
@@ -262,17 +263,24 @@ class QuantActivation(UnivariateFunction):
 class ExplicitTable(UnivariateFunction):
     """Any integer function given by its values on ``[offset, offset + size)``.
 
-    ``table`` has shape ``(size,)`` (shared) or ``(n_channels, size)``.  Inputs outside
-    the covered interval are clipped to its ends.
+    ``table`` has shape ``(size,)`` (shared) or ``(n_rows, size)``.  A 2-D table serves
+    one channel per row, or, with ``rows`` (one row index per channel), channels that
+    share rows: a tensor whose scale differs per channel but repeats over positions
+    keeps one row per distinct scale instead of one per element.  Inputs outside the
+    covered interval are clipped to its ends.
 
     >>> t = ExplicitTable(np.array([5, 6, 7]), offset=-1)
     >>> t(np.array([-3, -1, 0, 1, 8])).tolist()
     [5, 5, 6, 7, 7]
+    >>> s = ExplicitTable(np.array([[0, 1], [0, 2]]), rows=np.array([0, 1, 1]))
+    >>> s.n_channels, s(np.array([1, 1, 0])).tolist()
+    (3, [1, 2, 0])
     """
 
     kind: ClassVar[str] = "explicit_table"
     table: np.ndarray
     offset: int = 0
+    rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         arr = np.asarray(self.table)
@@ -283,10 +291,27 @@ class ExplicitTable(UnivariateFunction):
                 raise ValueError("table values must be integers")
         object.__setattr__(self, "table", _frozen(arr, np.int64))
         object.__setattr__(self, "offset", int(self.offset))
+        if self.rows is not None:
+            rows = np.asarray(self.rows)
+            if (arr.ndim != 2 or rows.ndim != 1 or rows.size == 0
+                    or not np.issubdtype(rows.dtype, np.integer)
+                    or rows.min() < 0 or rows.max() >= arr.shape[0]):
+                raise ValueError(
+                    f"rows must be a non-empty 1-D array of integer row indices into a "
+                    f"2-D table ({arr.shape[0] if arr.ndim == 2 else 0} rows)")
+            object.__setattr__(self, "rows", _frozen(rows, np.int64))
 
     @property
     def n_channels(self) -> int | None:
-        return None if self.table.ndim == 1 else int(self.table.shape[0])
+        if self.table.ndim == 1:
+            return None
+        return int(self.table.shape[0] if self.rows is None else self.rows.size)
+
+    def _row_of(self) -> np.ndarray:
+        """Each channel's row of ``table``."""
+        if self.rows is None:
+            return np.arange(self.table.shape[0])
+        return self.rows
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         v = np.asarray(v, dtype=np.int64)
@@ -294,22 +319,30 @@ class ExplicitTable(UnivariateFunction):
         idx = np.clip(v - self.offset, 0, size - 1)
         if self.table.ndim == 1:
             return self.table[idx]
-        if v.ndim == 0 or v.shape[-1] != self.table.shape[0]:
+        channels = self.n_channels
+        if v.ndim == 0 or v.shape[-1] != channels:
             raise ValueError(
-                f"per-channel table has {self.table.shape[0]} channels, input last axis is "
+                f"per-channel table has {channels} channels, input last axis is "
                 f"{v.shape[-1] if v.ndim else 0}"
             )
-        return self.table[np.arange(v.shape[-1]), idx]
+        return self.table[self._row_of(), idx]
 
     def output_bounds(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
         size = self.table.shape[-1]
         a = np.clip(lo - self.offset, 0, size - 1)
         b = np.clip(hi - self.offset, 0, size - 1)
-        rows = self.table if self.table.ndim == 2 else np.broadcast_to(self.table, (lo.size, size))
-        out_lo = np.array([rows[c, a[c] : b[c] + 1].min() for c in range(lo.size)], np.int64)
-        out_hi = np.array([rows[c, a[c] : b[c] + 1].max() for c in range(lo.size)], np.int64)
+        row_of = (np.zeros(lo.size, np.int64) if self.table.ndim == 1
+                  else np.broadcast_to(self._row_of(), lo.shape))
+        rows = self.table if self.table.ndim == 2 else self.table[None, :]
+        out_lo = np.array([rows[row_of[c], a[c] : b[c] + 1].min() for c in range(lo.size)],
+                          np.int64)
+        out_hi = np.array([rows[row_of[c], a[c] : b[c] + 1].max() for c in range(lo.size)],
+                          np.int64)
         return out_lo, out_hi
 
     def to_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        return {"kind": self.kind, "offset": self.offset}, {"table": self.table}
+        arrays = {"table": self.table}
+        if self.rows is not None:
+            arrays["rows"] = self.rows
+        return {"kind": self.kind, "offset": self.offset}, arrays

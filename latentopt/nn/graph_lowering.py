@@ -125,10 +125,14 @@ class _Builder(SpatialOps):
         rng = self.ranges[src.name]
         lo, hi = rng.min, rng.max
         size = hi - lo + 1
-        channels = 1 if src.uniform else width
+        # one table row per distinct input scale (a convolution's per-channel scales
+        # repeat over positions), and each element's row
+        scales, rows = np.unique(np.asarray(src.scale[:width], np.float64),
+                                 return_inverse=True)
+        channels = 1 if src.uniform else scales.size
         if size * channels > MAX_TABLE_ENTRIES:
-            per = (f"{channels} tables, one per element of a tensor whose scale differs "
-                   f"per element, x {size} input values" if channels > 1
+            per = (f"{channels} tables, one per distinct scale of its input, "
+                   f"x {size} input values" if channels > 1
                    else f"its input spans {size} integer steps")
             raise ValueError(
                 f"the table of {fns[0][0]!r} would need {size * channels} entries ({per}): "
@@ -136,7 +140,7 @@ class _Builder(SpatialOps):
                 f"later values span many steps), or use an activation with a parametric "
                 f"table (relu, sigmoid, tanh, gelu, silu, relu6)")
         v = np.arange(lo, hi + 1, dtype=np.float64) - src.zero_point
-        x = v[None, :] * (src.scale[:channels, None] if channels > 1 else src.scale[0])
+        x = v[None, :] * (scales[:, None] if channels > 1 else src.scale[0])
         t = torch.as_tensor(x, dtype=torch.float64)
         with torch.no_grad():
             for f, _ in fns:
@@ -144,7 +148,9 @@ class _Builder(SpatialOps):
         qmin, qmax = int_range(params.n_bits, params.signed, params.narrow)
         q = np.clip(np.rint(t.numpy() / params.scale) + params.zero_point, qmin, qmax)
         table = q.astype(np.int64)
-        return ExplicitTable(table[0] if channels == 1 else table, offset=lo)
+        if channels == 1:
+            return ExplicitTable(table[0], offset=lo)
+        return ExplicitTable(table, offset=lo, rows=rows.reshape(-1))
 
     def _materialise(self, v: QValue | Pending, params: QParams, name: str) -> QValue:
         if isinstance(v, Pending):

@@ -203,12 +203,51 @@ def test_inputs_far_from_zero_are_named_in_a_warning():
         compile_torch_model(model, Z + 0.3, n_bits=8, fhe=False, verbose=0)
 
 
-def test_a_table_too_large_says_what_it_is_made_of():
-    """The refusal named "256 channels" for a tensor of 8 channels x 32 positions."""
+def test_an_explicit_table_after_a_convolution_keeps_one_row_per_channel(tmp_path):
+    """An ELU after a convolution has one scale per channel, repeated over positions.
+
+    Its table kept a row per element (256 for 8 channels x 32 positions) and was refused
+    at 8 bits; it keeps one row per channel, exact on every backend and through save.
+    """
+    from latentopt.backends.integer import IntegerBackend
+    from latentopt.ir import ExplicitTable, load, save
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv1d(3, 8, 3, padding="same"), nn.ELU(), nn.Flatten(),
                           nn.Linear(256, 4)).eval()
     X = np.random.default_rng(0).standard_normal((200, 3, 32)).astype(np.float32)
-    with pytest.raises(ValueError, match=r"256 tables, one per element .* lower n_bits"):
-        compile_torch_model(model, X, n_bits=8, fhe=False, verbose=0)
-    compile_torch_model(model, X, n_bits=6, fhe=False, verbose=0)  # fits
+    q = compile_torch_model(model, X, n_bits=8, fhe=False, verbose=0)
+    (tlu,) = [n for n in q.circuit_.nodes if isinstance(getattr(n, "fn", None), ExplicitTable)]
+    assert tlu.fn.table.shape[0] == 8 and tlu.fn.n_channels == 256
+    per_channel = tlu.fn.rows.reshape(8, 32)  # channel-major, one row per channel
+    assert (per_channel == per_channel[:, :1]).all()
+    assert sorted(per_channel[:, 0].tolist()) == list(range(8))
+    with torch.no_grad():
+        ref = model(torch.as_tensor(X)).numpy()
+    assert np.abs(q.forward(X) - ref).max() < 0.05 * np.abs(ref).max()
+    # each element's value is its channel's row of the table
+    xq = q.circuit_.input_quantizer.apply(X.reshape(len(X), -1))
+    _, values = IntegerBackend(q.circuit_).run_integers(xq, return_all=True)
+    src = values[tlu.inputs[0]]
+    expect = np.stack([tlu.fn.table[tlu.fn.rows[e], np.clip(src[:, e] - tlu.fn.offset, 0,
+                                                       tlu.fn.table.shape[1] - 1)]
+                       for e in range(256)], axis=1)
+    np.testing.assert_array_equal(values[tlu.name], expect)
+    save(q.circuit_, tmp_path / "c.zip")
+    assert load(tmp_path / "c.zip").same_as(q.circuit_)
+    pytest.importorskip("onnxruntime")
+    from latentopt.backends.onnx_export import OnnxRunner
+
+    path = q.to_onnx(tmp_path / "elu.onnx")
+    np.testing.assert_array_equal(OnnxRunner(path).predict(X.reshape(len(X), -1)),
+                                  q.forward(X).reshape(len(X), -1))
+
+
+def test_a_table_too_large_says_what_it_is_made_of():
+    """The refusal names the tables (one per distinct scale) and the input's span."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(3, 8, 3, padding="same"), nn.ELU(), nn.Flatten(),
+                          nn.Linear(256, 4)).eval()
+    X = np.random.default_rng(0).standard_normal((200, 3, 32)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"8 tables, one per distinct scale .* lower n_bits"):
+        compile_torch_model(model, X, n_bits=12, fhe=False, verbose=0)
