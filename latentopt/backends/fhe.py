@@ -93,7 +93,8 @@ class FHECircuit:
         Offsets and widths of every encrypted value.
     report : dict
         ``layers`` (per layer: ``accumulator_bits`` and ``tlu_input_bits`` as lowered,
-        ``rounding_lsbs``, ``tlu_count``, ``pbs``), ``max_tlu_input_bits``,
+        ``rounding_lsbs``, ``tlu_count``, ``pbs``, ``compiled_bits``: the widest encrypted
+        integer concrete assigned in the layer), ``max_tlu_input_bits``,
         ``max_bit_width`` (widest encrypted integer), ``programmable_bootstrap_count``
         and ``complexity`` (per sample, known before keygen), ``size_of_*`` (bytes:
         secret, bootstrap, keyswitch, evaluation keys, one input ciphertext),

@@ -112,6 +112,21 @@ def shares_lookup_width(layers: list[dict[str, Any]]) -> bool:
     return len(set(widths)) < len(widths)
 
 
+def compiled_widths(graph: Any) -> dict[str, int]:
+    """Widest encrypted integer concrete assigned in each tagged layer of ``graph``.
+
+    It can exceed the plan's ``accumulator_bits`` by a bit: concrete gives a gemm's
+    product (before its bias, signed) and the sum after it one width, and approximate
+    rounding keeps a bit for its overflow.
+    """
+    out: dict[str, int] = {}
+    for node in graph.query_nodes(ordered=True):
+        if node.output.is_encrypted and node.tag:
+            bits = int(node.output.dtype.bit_width)
+            out[node.tag] = max(out.get(node.tag, 0), bits)
+    return out
+
+
 def module_report(module: Any, layers: list[dict[str, Any]], max_tlu_bits: int,
                   circuit: Circuit, batch_size: int, n_calls: int) -> dict[str, Any]:
     """Statistics of a compiled concrete module (duck-typed: no concrete import here).
@@ -121,6 +136,7 @@ def module_report(module: Any, layers: list[dict[str, Any]], max_tlu_bits: int,
     """
     single = module.functions()["single"]
     per_tag = single.programmable_bootstrap_count_per_tag
+    widths = compiled_widths(single.graph)
     bsk, ksk = int(module.size_of_bootstrap_keys), int(module.size_of_keyswitch_keys)
     in_type = single.graph.ordered_inputs()[0].output.dtype
     qlo, qhi = circuit.input_quantizer.qrange
@@ -130,7 +146,8 @@ def module_report(module: Any, layers: list[dict[str, Any]], max_tlu_bits: int,
         "n_features": circuit.n_features,
         "n_outputs": circuit.n_outputs,
         "input_range": (max(qlo, int(in_type.min())), min(qhi, int(in_type.max()))),
-        "layers": [dict(row, pbs=int(per_tag.get(row["name"], 0))) for row in layers],
+        "layers": [dict(row, pbs=int(per_tag.get(row["name"], 0)),
+                        compiled_bits=widths.get(row["name"])) for row in layers],
         "max_tlu_input_bits": max_tlu_bits,
         "max_bit_width": int(single.graph.maximum_integer_bit_width()),
         "programmable_bootstrap_count": int(single.programmable_bootstrap_count),

@@ -93,7 +93,8 @@ _COMMON_DOC = """
     n_accum_bits : int, optional
         After training (and structured pruning), mask the smallest weights of every
         neuron until every accumulator provably fits in this many bits (IR worst-case
-        analysis), then fine-tune with the mask fixed.
+        analysis), then fine-tune with the mask fixed.  Concrete may carry one more bit
+        in a layer's linear part (``fhe_report_["layers"][i]["compiled_bits"]``).
     prune_importance : {"l1", "l2", "taylor", "random"}, default="l1"
         How neurons are ranked for structured pruning.
     fine_tune_epochs : int, default=20

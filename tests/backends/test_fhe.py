@@ -102,6 +102,25 @@ def test_centring_saves_bits_and_stays_exact():
     np.testing.assert_array_equal(fc.simulate(q), IntegerBackend(circuit).run_integers(q))
 
 
+def test_the_report_says_what_concrete_allocates_per_layer():
+    """A lopsided product: x0 * 30 - x1 * 10 in [-30, 90] needs 8 signed bits before the
+    bias that centres it to [0, 120] (7 bits); concrete gives both one width."""
+    circuit = Circuit([
+        QuantizeInput("q", ("input",), 1.0, 0, n_bits=2, signed=False),
+        Gemm("fc1", ("q",), [[30, -10]], bias=[-30]),
+        TableLookup("act", ("fc1",), QuantActivation("relu", 0.1, 1.0, n_bits=3)),
+        Gemm("fc2", ("act",), [[1]]),
+        Dequantize("out", ("fc2",), 1.0, 0),
+    ], n_features=2)
+    q = np.array([[a, b] for a in range(4) for b in range(4)])
+    fc = compile_(circuit, q, range_mode="worst_case", batch_size=4)
+    first, last = fc.report["layers"]
+    assert first["accumulator_bits"] == 7
+    assert first["compiled_bits"] == 8 == fc.report["max_bit_width"]
+    assert last["compiled_bits"] <= 8
+    np.testing.assert_array_equal(fc.simulate(q), IntegerBackend(circuit).run_integers(q))
+
+
 def test_calibrated_bounds_follow_the_centred_values():
     """Raw extremes at one sample, centred extremes at another: both must be traced.
 
