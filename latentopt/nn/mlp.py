@@ -75,6 +75,8 @@ def per_layer(value: int | Sequence[int], n: int, name: str) -> list[int]:
     if isinstance(value, (int, np.integer)):
         values = [int(value)] * n
     else:
+        if isinstance(value, np.ndarray) and value.ndim == 1:  # as hidden_layer_sizes
+            value = value.tolist()
         if not isinstance(value, Sequence) or isinstance(value, str) or not all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
             raise ValueError(f"{name} must be an int or a sequence of ints, got {value!r}")

@@ -66,10 +66,18 @@ def check_pruning(ratio: Any, n_accum_bits: Any, importance: Any, epochs: Any) -
         not isinstance(n_accum_bits, (int, np.integer)) or n_accum_bits < 2
     ):
         raise ValueError(f"n_accum_bits must be an int >= 2 or None, got {n_accum_bits!r}")
-    if isinstance(importance, str) and importance not in IMPORTANCES:
-        raise ValueError(f"prune_importance must be one of {IMPORTANCES}, got {importance!r}")
+    if isinstance(importance, str) and importance not in IMPORTANCES or not isinstance(
+            importance, str) and not _is_tp_importance(importance):
+        raise ValueError(f"prune_importance must be one of {IMPORTANCES} or a "
+                         f"torch_pruning.importance.Importance, got {importance!r}")
     if not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"fine_tune_epochs must be an int >= 0, got {epochs!r}")
+
+
+def _is_tp_importance(importance: Any) -> bool:
+    import torch_pruning as tp
+
+    return isinstance(importance, tp.importance.Importance)
 
 
 def _check_int(est: Any, name: str, lo: int) -> None:
@@ -81,11 +89,25 @@ def _check_int(est: Any, name: str, lo: int) -> None:
         raise ValueError(f"{name} must be an int >= {lo}{why}, got {v!r}")
 
 
+def _check_flags(est: Any, names: tuple[str, ...]) -> None:
+    """Yes/no options are bools (``"no"`` and ``"False"`` were taken as true) and
+    ``verbose`` an int >= 0 (``"x"`` failed after training began)."""
+    for name in names:
+        v = getattr(est, name)
+        if not isinstance(v, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {v!r}")
+    _check_int(est, "verbose", 0)
+
+
 def check_mlp_params(est: Any) -> tuple[int, ...]:
     """Validate an MLP estimator's hyper-parameters; returns its hidden layer sizes."""
     hidden = check_hidden_layer_sizes(est.hidden_layer_sizes)
     for name, lo in (("max_epochs", 1), ("batch_size", 2), ("patience", 1)):
         _check_int(est, name, lo)
+    _check_flags(est, ("early_stopping", "power_of_two_scales"))
+    if est.n_input_bits is None:  # QuantMLP's None (the first activation's bits) is
+        # not the estimators' documented int
+        raise ValueError("n_input_bits must be an int >= 1, got None")
     _check_numbers(est)
     est._check_fhe(None)
     from ..nn.distill import check_distill_params, teacher_kind
@@ -145,6 +167,7 @@ def check_torch_qat_params(est: Any, model: Any = None) -> Any:
                          f"{est.prune_importance!r}")
     for name, lo in (("max_epochs", 0), ("batch_size", 2), ("patience", 1)):
         _check_int(est, name, lo)
+    _check_flags(est, ("early_stopping",))
     _check_numbers(est)
     if est.fhe_mode not in FHE_MODES:
         raise ValueError(f"fhe_mode must be one of {FHE_MODES}, got {est.fhe_mode!r}")

@@ -68,6 +68,9 @@ def test_divergence_is_reported():
 
 def test_per_layer_validation():
     assert per_layer(4, 3, "b") == [4, 4, 4]
+    assert per_layer(np.array([3, 4]), 2, "n_w_bits") == [3, 4]  # as hidden_layer_sizes
+    with pytest.raises(ValueError, match="sequence of ints"):
+        per_layer(np.array([3.0, 4.0]), 2, "n_w_bits")
     with pytest.raises(ValueError, match="expected 2"):
         per_layer([3], 2, "n_a_bits")
     with pytest.raises(ValueError, match=r"\[2, 16\]"):  # as for n_w_bits=1

@@ -186,6 +186,15 @@ def test_bad_inputs(fitted_wine_clf, wine):
         ({"max_epochs": True}, "max_epochs must be an int"),
         ({"n_w_bits": 3.0}, "n_w_bits must be an int or a sequence of ints"),
         ({"n_input_bits": np.float64(6)}, "n_input_bits must be an int or a sequence"),
+        # "no" was taken as True (a model bit for bit that of True), None as the first
+        # activation's bits, a non-string importance failed after training, a bad
+        # verbose after the teacher's fit
+        ({"power_of_two_scales": "no"}, "power_of_two_scales must be True or False"),
+        ({"early_stopping": "False"}, "early_stopping must be True or False"),
+        ({"n_input_bits": None}, "n_input_bits must be an int >= 1, got None"),
+        ({"prune_importance": 3, "pruning_ratio": 0.5}, "prune_importance must be one of"),
+        ({"prune_importance": 3}, "prune_importance must be one of"),
+        ({"verbose": "x"}, "verbose must be an int >= 0"),
     ],
 )
 def test_invalid_hyperparameters(wine, params, match):

@@ -183,6 +183,8 @@ def test_regressor_targets_far_from_zero_and_constant_targets():
     (dict(batch_size=1), "one-sample batches are not trained on"),
     (dict(distill_alpha=1.5), "distill_alpha"),
     (dict(distill_alpha=0.5, distill_temperature=0.0), "distill_temperature"),
+    (dict(early_stopping="no"), "early_stopping must be True or False"),
+    (dict(verbose=-1), "verbose must be an int >= 0"),
 ])
 def test_bad_parameters_are_refused_before_training(params, match):
     X, y = digits_images()
