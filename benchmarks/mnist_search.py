@@ -26,6 +26,11 @@ training digits scores 1.0 and makes any budget meaningless):
         [--reference R --drop 0]   # aim at accuracy R (a peer's) instead of the float model's
         [--cml-only | --cml-nn-only]   # only the Concrete ML peers (run beside a search)
 
+``--models mlp_distilled``: ``QuantizedMLPClassifier`` searched on all 4,000 training
+digits (the NeuralNetClassifier peer's), each trial distilled from the float CNN
+``cnn_ref`` trained on the same digits; ``--reference`` (the peer's accuracy) and
+``--drop`` set the budget.
+
 ``--quick``: fewer trials, shorter fine-tuning, test accuracy on 300 digits (minutes).
 """
 
@@ -163,6 +168,49 @@ def run_search(name: str, model, Xtr, ytr, Xte, yte, args) -> tuple[list[dict], 
     return rows, info
 
 
+def run_mlp_distilled(Xtr, ytr, Xte, yte, args) -> tuple[list[dict], dict]:
+    """``QuantizedMLPClassifier`` searched on all training digits (the NeuralNetClassifier
+    peer's data), every trial distilled from the float CNN ``cnn_ref`` trained on the
+    same digits (``mnist_models.float_model``), with a budget of ``--reference`` (the
+    peer's accuracy) minus ``--drop``."""
+    import torch
+
+    from latentopt import QuantizedMLPClassifier
+    from latentopt.search import LatencySearch
+
+    teacher = mnist_models.float_model("cnn_ref")
+    with torch.no_grad():  # the teacher's logits, one row per training digit
+        logits = torch.cat([teacher(torch.as_tensor(Xtr[i:i + 500]))
+                            for i in range(0, len(Xtr), 500)]).numpy()
+    X, X_test = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
+    est = QuantizedMLPClassifier(max_epochs=args.epochs, distill_alpha=0.9,
+                                 distill_temperature=4.0, random_state=0, verbose=0)
+    space = {"width": ("log", 16, 64), "n_layers": [1], "n_w_bits": (2, 4),
+             "n_a_bits": (2, 4), "n_input_bits": (3, 5), "lr": [1e-3, 3e-3]}
+    t0 = time.perf_counter()
+    search = LatencySearch(est, param_space=space, teacher=logits,
+                           max_accuracy_drop=args.drop, reference_score=args.reference,
+                           n_trials=args.trials, timeout=args.timeout, n_repeats=1,
+                           random_state=args.seed, verbose=1)
+    search.fit(X, ytr)
+    info = {"model": "mlp_distilled", "teacher_acc": mnist_models.accuracy(teacher, Xte, yte),
+            "search_s": time.perf_counter() - t0, "reference": search.reference_score_,
+            "threshold": search.threshold_, "budget_met": search.budget_met_,
+            "n_results": len(search.results_), "load_after_search": load()}
+    print(search.summary(), flush=True)
+    best_trial = None if search.best_trial_ is None else search.best_trial_["trial"]
+    rows = []
+    for r in sorted(search.pareto_front_, key=lambda r: r["cost"])[:args.max_points]:
+        attrs = search.study_.trials[r["trial"]].user_attrs
+        row = {"model": "mlp_distilled", "trial": r["trial"], "chosen": r["trial"] == best_trial,
+               "params": dict(attrs["params"]), "compile": dict(attrs["compile"]),
+               "predicted_s": r["cost"], "val_score": r["score"]}
+        row.update(measure(search.trial_estimator(r["trial"]), X_test, yte, args.n_execute))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows, info
+
+
 def cifar_row(args) -> dict:
     """The fastest CNN the search builds for 32x32x3 inputs, and its time per image."""
     import torch
@@ -257,7 +305,13 @@ def main() -> None:
         if args.cml_nn_only:
             out.close()
             return
-    for name in args.models:
+    if "mlp_distilled" in args.models:
+        rows, info = run_mlp_distilled(np.concatenate([Xf, Xtr]), np.concatenate([yf, ytr]),
+                                       Xte, yte, args)
+        for r in [info, *rows]:
+            out.write(json.dumps(r) + "\n")
+        out.flush()
+    for name in [m for m in args.models if m != "mlp_distilled"]:
         model = float_model(name, Xf, yf)
         if not args.cml_only:
             rows, info = run_search(name, model, Xtr, ytr, Xte, yte, args)

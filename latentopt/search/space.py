@@ -73,6 +73,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 __all__ = ["DEFAULT_SPACE", "FAST_TRAINING", "MLP_PSEUDO", "TORCH_SPACE", "default_space",
            "resolve_space", "sample_params", "search_space", "torch_space", "validate_space"]
 
@@ -159,6 +161,11 @@ def _pseudo(estimator: Any, name: str) -> bool:
     return name in MLP_PSEUDO
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+        v, (bool, np.bool_)) and bool(np.isfinite(v))
+
+
 def validate_space(space: Mapping[str, Any], estimator: Any) -> None:
     """Raise ``ValueError`` for malformed entries or parameters the estimator lacks."""
     params = set(estimator.get_params())
@@ -170,11 +177,17 @@ def validate_space(space: Mapping[str, Any], estimator: Any) -> None:
             if not spec:
                 raise ValueError(f"search space entry {name!r} is an empty list")
         elif isinstance(spec, tuple):
-            if spec and spec[0] in ("log", "step"):
-                if len(spec) != (3 if spec[0] == "log" else 4) or spec[1] > spec[2]:
-                    raise ValueError(f"malformed search space entry {name!r}: {spec!r}")
-            elif len(spec) != 2 or spec[0] > spec[1]:
-                raise ValueError(f"malformed search space entry {name!r}: {spec!r}")
+            kind = spec[0] if spec and spec[0] in ("log", "step") else None
+            bounds = spec[1:] if kind is not None else spec
+            # ("relu", "tanh") compared as strings, a step of 0 failed every trial
+            # while it was sampled: the search never ended
+            if (len(spec) != {"log": 3, "step": 4, None: 2}[kind]
+                    or not all(_is_number(b) for b in bounds) or bounds[0] > bounds[1]
+                    or (kind == "step" and not bounds[2] > 0)):
+                raise ValueError(
+                    f"malformed search space entry {name!r}: {spec!r} (a tuple is a range: "
+                    f"(low, high), ('log', low, high) or ('step', low, high, step > 0) of "
+                    f"numbers; a list is a set of choices)")
         else:
             raise ValueError(f"search space entry {name!r} must be a list or a tuple")
     if "output_w_bits" in space:

@@ -42,7 +42,7 @@ from .storage import recover_stale_trials
 
 __all__ = ["ModelCache", "StudyMismatchError", "bind_identity", "canonical", "check_main_guard",
            "make_sampler", "model_key", "n_evaluated", "optimize", "run_trials",
-           "study_identity"]
+           "space_identity", "study_identity"]
 
 ERROR_ATTR = "error"
 SKIPPED_ATTR = "skipped"
@@ -106,14 +106,25 @@ def _template_params(estimator: Any) -> dict[str, Any]:
             if k not in ("verbose", "teacher")}
 
 
+def space_identity(space: Mapping[str, Any]) -> dict[str, Any]:
+    """A space as JSON, ranges (tuples) told apart from choices (lists): ``[4, 8]`` and
+    ``(4, 8)`` shared one study, whose trials then failed to resume forever.
+
+    >>> space_identity({"n_a_bits": [4, 8], "n_w_bits": (4, 8)})
+    {'n_a_bits': [4, 8], 'n_w_bits': {'range': [4, 8]}}
+    """
+    return {str(k): {"range": canonical(v)} if isinstance(v, tuple) else canonical(v)
+            for k, v in sorted(space.items(), key=lambda kv: str(kv[0]))}
+
+
 def study_identity(search: Any, data_key: str, teacher_key: str) -> dict[str, Any]:
     """What a :class:`~latentopt.search.LatencySearch` study searches (``fit`` state)."""
     cm = search.cost_model_
     scoring = scoring_name(getattr(search, "scoring", None))
-    identity = {
+    identity: dict[str, Any] = {
         "estimator": {"class": type(search.estimator).__qualname__,
                       "params": canonical(_template_params(search.estimator))},
-        "space": canonical(search_space(search.param_space, search.estimator)),
+        "space": space_identity(search_space(search.param_space, search.estimator)),
         "data": {"hash": data_key, "validation_fraction": search.validation_fraction,
                  "holdout_fraction": search.holdout_fraction,
                  "random_state": search.random_state},
@@ -285,7 +296,11 @@ class _Guarded:
         self.skipped = None
         if _claimed_before(study, trial.number) >= self.n_trials:
             self._skip(trial, "surplus")
-        _presample(self.objective, trial)
+        try:  # a failure while sampling is a failed trial too (uncounted, it looped)
+            _presample(self.objective, trial)
+        except Exception as exc:
+            trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:2000])
+            raise
         dup = find_duplicate(study, trial)
         if dup is not None:
             self._skip(trial, f"duplicate of trial {dup}")

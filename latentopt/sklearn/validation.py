@@ -105,6 +105,12 @@ def check_mlp_params(est: Any) -> tuple[int, ...]:
     for name, lo in (("max_epochs", 1), ("batch_size", 2), ("patience", 1)):
         _check_int(est, name, lo)
     _check_flags(est, ("early_stopping", "power_of_two_scales"))
+    from ..nn.mlp import TORCH_ACTIVATIONS
+
+    if not isinstance(est.activation, str) or est.activation not in TORCH_ACTIVATIONS:
+        # (checked here, the search's check of its space sees it before any training)
+        raise ValueError(f"unknown activation {est.activation!r}; known: "
+                         f"{sorted(TORCH_ACTIVATIONS)}")
     if est.n_input_bits is None:  # QuantMLP's None (the first activation's bits) is
         # not the estimators' documented int
         raise ValueError("n_input_bits must be an int >= 1, got None")

@@ -154,6 +154,33 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on():
     assert n_evaluated(study) == 8  # failures count; their configurations are not retried
 
 
+class FailsWhileSampling(Stub):
+    """Samples ``a`` as a float where earlier trials stored an int distribution."""
+
+    def sample(self, trial):
+        return {"a": trial.suggest_float("a", 0.0, 3.0)}
+
+
+def test_a_trial_failing_while_sampled_counts():
+    """A failure in the presampling (an Optuna distribution clash) was a FAIL without an
+    error record, never counted: the loop started new trials forever."""
+    study = _study(seed=1)
+    run_trials(study, Stub(), 2)
+    run_trials(study, FailsWhileSampling(), 4)
+    failed = [t for t in study.trials if t.state == FAIL]
+    assert n_evaluated(study) == 4 and len(failed) == 2
+    assert all("error" in t.user_attrs for t in failed)
+
+
+def test_ranges_and_choices_are_different_studies(data, tmp_path):
+    """``[2, 3]`` and ``(2, 3)`` had one identity: a resume failed every trial, forever."""
+    X, y = data
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    _search(storage=storage, study_name="s", param_space={"n_w_bits": [2, 3]}).fit(X, y)
+    with pytest.raises(StudyMismatchError, match="space"):
+        _search(storage=storage, study_name="s", param_space={"n_w_bits": (2, 3)}).fit(X, y)
+
+
 class Rejecting(Stub):
     """Prunes a == 0 (as a cost-based early rejection would)."""
 
@@ -282,6 +309,11 @@ def test_a_resume_right_after_a_kill_waits_for_the_dead_trial(tmp_path):
     (dict(param_space={"width": (0, 4), "n_layers": (1, 2)}), "width"),
     (dict(estimator=QuantizedMLPClassifier(n_w_bits=1)), "binary weights"),
     (dict(storage="no-such-kind-of-storage"), "storage"),
+    # accepted, then every trial failed while it was sampled, uncounted: fit never ended
+    (dict(param_space={"activation": ("relu", "tanh")}), "a tuple is a range"),
+    (dict(param_space={"lr": ("step", 0.001, 0.01, 0.0)}), "step > 0"),
+    # accepted, then every trial failed in training
+    (dict(param_space={"activation": ["relu", "bogus"]}), "unknown activation 'bogus'"),
 ])
 def test_every_argument_is_checked_before_any_training(data, kw, match, tmp_path):
     X, y = data
