@@ -17,7 +17,8 @@ concrete.  Each key set also gets an unguessable *key id* at keygen
 carry it, so ciphertexts run with another client's evaluation keys, or results
 decrypted with another key set, raise instead of decrypting to garbage.  Loading another
 format, a newer version or a damaged file raises :class:`FHEArtifactError` (the
-checksums detect damage, not a deliberate edit that rewrites them too).
+checksums, the manifest's own included, detect damage, not a deliberate edit that
+rewrites them too).
 
 A round trip::
 
@@ -104,6 +105,8 @@ def _versions() -> dict[str, str]:
 def _write_artifact(path: Path, fmt: str, meta: dict[str, Any], members: dict[str, bytes]) -> None:
     manifest = dict(meta, format=fmt, format_version=FORMAT_VERSION, versions=_versions(),
                     sha256={k: hashlib.sha256(v).hexdigest() for k, v in members.items()})
+    manifest = json.loads(json.dumps(manifest))  # as it is read back (str keys)
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
         for name, data in members.items():
@@ -117,6 +120,24 @@ _MANIFEST_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     CLIENT_FORMAT: {"circuit_id": str, "batch_size": int, "n_features": int,
                     "n_outputs": int, "nodes": list, "input_range": list},
 }
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of ``manifest`` without its ``manifest_sha256``
+    field: the manifest's own checksum (the ``sha256`` field covers the other members)."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def verify_manifest(path: PathLike, manifest: dict[str, Any]) -> None:
+    """Refuse an edited manifest.  Artefacts written before manifests carried their own
+    checksum (no ``manifest_sha256`` field) are still read."""
+    if "manifest_sha256" not in manifest:
+        return
+    if manifest["manifest_sha256"] != manifest_digest(manifest):
+        raise FHEArtifactError(f"{path}: artefact is corrupt or was modified (manifest.json "
+                               f"checksum mismatch); use the files save_deployment wrote")
 
 
 def _check_manifest(path: PathLike, fmt: str, manifest: dict[str, Any]) -> None:
@@ -133,7 +154,11 @@ def _check_manifest(path: PathLike, fmt: str, manifest: dict[str, Any]) -> None:
         raise FHEArtifactError(f"{path}: manifest sizes must be positive; re-export the model")
 
 
-def _read_artifact(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+def _read_artifact(path: PathLike, fmt: str, verify: bool = True
+                   ) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Manifest and members of an artefact, checked (``verify=False``: all but the
+    manifest's own checksum, for a caller that checks it later with
+    :func:`verify_manifest`)."""
     try:
         with zipfile.ZipFile(path) as zf:
             manifest = json.loads(zf.read("manifest.json"))
@@ -159,6 +184,8 @@ def _read_artifact(path: PathLike, fmt: str) -> tuple[dict[str, Any], dict[str, 
         raise FHEArtifactError(
             f"{path}: built with concrete-python {built}, this environment has "
             f"{_versions()['concrete-python']}; re-export the circuit with this version")
+    if verify:
+        verify_manifest(path, manifest)
     return manifest, members
 
 

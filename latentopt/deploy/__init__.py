@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..backends.fhe_deploy import FHEArtifactError, FHEClient, FHEServer, save_deployment
-from .client import Client, ServerError
+from .client import Client, ModelChangedError, ServerError
 
-__all__ = ["Client", "FHEArtifactError", "FHEClient", "FHEServer", "ServerError",
-           "save_deployment", "serve"]
+__all__ = ["Client", "FHEArtifactError", "FHEClient", "FHEServer", "ModelChangedError",
+           "ServerError", "save_deployment", "serve"]
 
 
 def serve(argv: list[str] | None = None) -> Any:

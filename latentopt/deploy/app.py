@@ -35,63 +35,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from ..backends.fhe_blobs import FHEArtifactError, _unpack, check_calls
+from ._http import ApiError, _json_error, _read_body, _same
+from .client import MODEL_ID_HEADER
 from .config import ServeConfig, load_model
-from .store import KeyConflictError, KeyRecord, ReplayGuard, open_store, valid_key_id
+from .store import (
+    KeyConflictError,
+    KeyRecord,
+    ReplayGuard,
+    open_store,
+    store_errors,
+    valid_key_id,
+)
 from .worker import WorkerCrashed, WorkerPool
 
 __all__ = ["ApiError", "create_app"]
 
 log = logging.getLogger("latentopt.serve")
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": message}`` with ``status``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _json_error(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": code, "message": message}, status_code=status,
-                        headers=headers)
-
-
-async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, "bad_request", "invalid Content-Length")
-        if int(declared) > limit:
-            raise ApiError(413, "too_large", f"request body of {declared} bytes exceeds the "
-                                             f"limit of {limit} bytes")
-    chunks: list[bytes] = []
-
-    async def receive() -> None:
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "too_large",
-                               f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-
-    try:
-        await asyncio.wait_for(receive(), timeout)
-    except asyncio.TimeoutError:
-        raise ApiError(408, "timeout", f"the request body did not arrive within "
-                                       f"{timeout:.0f} s") from None
-    except ClientDisconnect:
-        raise ApiError(400, "truncated", "the client disconnected before the end of the "
-                                         "request body") from None
-    body = b"".join(chunks)
-    if declared is not None and len(body) != int(declared):
-        raise ApiError(400, "truncated", "request body is shorter than its Content-Length")
-    return body
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -190,6 +151,15 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _json_error(422, "invalid_request", str(exc.errors()))
 
+    async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("key store unavailable on %s: %s: %s", request.url.path,
+                    type(exc).__name__, exc)
+        return _json_error(503, "store_unavailable", f"the key store cannot be reached "
+                                                     f"({type(exc).__name__}); retry later")
+
+    for error in store_errors():  # Redis down: 503, not 500 internal
+        app.add_exception_handler(error, _store_error)
+
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s", request.url.path)
@@ -249,7 +219,15 @@ def create_app(config: ServeConfig) -> FastAPI:
         return record
 
     def update_store_gauges() -> None:
-        count, size = state["store"].usage()
+        try:
+            count, size = state["store"].usage()
+        except Exception as exc:  # noqa: BLE001 - the other metrics are served regardless
+            if not state.get("gauges_failing"):
+                log.warning("metrics: key store gauges skipped, the store cannot be read "
+                            "(%s: %s)", type(exc).__name__, exc)
+            state["gauges_failing"] = True
+            return
+        state["gauges_failing"] = False
         metrics.store_keys.set(count)
         metrics.store_bytes.set(size)
 
@@ -262,6 +240,11 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def readyz() -> JSONResponse:
         if not state["ready"]:
             return _json_error(503, "not_ready", "starting: workers or key warm-up pending")
+        try:  # a replica whose (shared) key store is down cannot serve anyone
+            await asyncio.get_running_loop().run_in_executor(None, state["store"].ping)
+        except Exception as exc:  # noqa: BLE001 - redis' errors are not OSErrors
+            return _json_error(503, "store_unavailable", f"the key store cannot be reached "
+                                                         f"({type(exc).__name__}: {exc})")
         pool: WorkerPool = state["pool"]
         return JSONResponse({"status": "ready", "workers": pool.n_workers,
                              "worker_pids": pool.pids()})
@@ -371,6 +354,13 @@ def create_app(config: ServeConfig) -> FastAPI:
         if not valid_key_id(key_id):
             raise ApiError(400, "bad_key_id", "malformed key id")
         body = await _read_body(request, config.max_request_bytes, config.request_timeout)
+        sent = request.headers.get(MODEL_ID_HEADER)  # absent from earlier clients
+        if sent is not None and sent != m.model_id:
+            # a client of an earlier export (same circuit): it would decrypt these results
+            # right and label them with the old export's dequantizer and classes
+            raise ApiError(409, "model_changed", f"{model!r} was redeployed: the server "
+                                                 f"serves model id {m.model_id[:12]}..., the "
+                                                 f"client was made for {sent[:12]}...")
         try:
             head, frames = _unpack(body, "ciphertexts", m.circuit_id)
         except FHEArtifactError as exc:
@@ -420,9 +410,3 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.state.serve = state
     app.state.metrics = metrics
     return app
-
-
-def _same(a: str, b: str) -> bool:
-    import secrets
-
-    return secrets.compare_digest(a.encode(), b.encode())

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # bad artefacts, token files, stores: one line, not a traceback
         config.tokens()
+        _check_directory_store(str(config.store))
         app = create_app(config)
     except (FHEArtifactError, OSError, ValueError) as exc:
         raise SystemExit(f"latentopt serve: {exc}") from None
@@ -132,6 +133,20 @@ def main(argv: list[str] | None = None) -> int:
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                 timeout_graceful_shutdown=int(args.graceful_timeout), access_log=False)
     return 0
+
+
+def _check_directory_store(location: str) -> None:
+    """Create a directory key store before serving: one that cannot be made (a file in
+    the way, no permission) failed inside uvicorn's start-up with a traceback."""
+    if location.startswith(("redis://", "rediss://", "unix://")):
+        return
+    from .store import DirectoryKeyStore
+
+    try:
+        DirectoryKeyStore(location).ping()
+    except OSError as exc:
+        raise OSError(f"key store {location}: cannot use it as a directory "
+                      f"({exc.strerror or exc})") from None
 
 
 def _check_shared_store(location: str) -> None:

@@ -12,9 +12,13 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,13 @@ from ..backends.fhe_blobs import _pack
 from ..backends.fhe_deploy import FHEArtifactError, FHEClient
 from .artifacts import OutputTransform, read_estimator_info
 
-__all__ = ["Client", "ServerError"]
+__all__ = ["Client", "ModelChangedError", "ServerError"]
+
+#: The HTTP header that carries the client's model id with every prediction.
+MODEL_ID_HEADER = "X-Latentopt-Model-Id"
+
+# one key generation at a time per process (threads); a lock file in key_dir for processes
+_KEY_LOCK = threading.Lock()
 
 
 class ServerError(RuntimeError):
@@ -33,6 +43,44 @@ class ServerError(RuntimeError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
+
+
+class ModelChangedError(ServerError):
+    """The server now serves another export of the model (redeployed, retrained): this
+    client's quantizer, dequantizer and labels are the old export's.  Create a new
+    :class:`Client`."""
+
+
+@contextlib.contextmanager
+def _key_dir_lock(key_dir: Path) -> Iterator[None]:
+    """Exclusive use of ``key_dir``: threads of this process, then other processes."""
+    with _KEY_LOCK:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: the thread lock only
+            yield
+            return
+        fd = os.open(key_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _publish(path: Path, write: Any) -> None:
+    """``write(tmp)`` into a new temporary file beside ``path`` (mode 0600), then
+    atomically renamed to ``path``: a reader sees the old file or the whole new one."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _default_key_dir() -> Path:
@@ -98,6 +146,7 @@ class Client:
         # one export of the model (a redeployed model of the same architecture keeps its
         # circuit id and gets a new model id: a cached copy of the old one is not used)
         model_id = str(self.info.get("model_id") or circuit_id)
+        self.model_id = model_id
         if artifact is None:  # downloaded once, kept in key_dir
             artifact = self.key_dir / f"{model}-{model_id[:16]}-client.zip"
             if not artifact.exists():
@@ -126,9 +175,7 @@ class Client:
     def _download(self, path: Path) -> None:
         """The model's client artefact from the server, written atomically to ``path``."""
         data = self._request("GET", f"/v1/models/{self.model}/client").content
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        _publish(path, lambda tmp: tmp.write_bytes(data))
 
     # ------------------------------------------------------------------ http
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -158,6 +205,13 @@ class Client:
     def _load_or_generate(self) -> None:
         if self.fhe.key_id is not None:
             return
+        # concurrent first uses (threads sharing this client, two clients or processes on
+        # one key_dir) generate one key set: the others load it
+        with _key_dir_lock(self.key_dir):
+            if self.fhe.key_id is None:
+                self._load_or_generate_locked()
+
+    def _load_or_generate_locked(self) -> None:
         if self._keys_path.exists():
             self.fhe.load_keys(self._keys_path)  # refuses another circuit's keys
             meta = json.loads(self._id_path.read_text()) if self._id_path.exists() else {}
@@ -173,13 +227,12 @@ class Client:
                 f"old file (an unencrypted secret key) once no older client needs it.",
                 UserWarning, stacklevel=3)
         self.fhe.keygen()
-        tmp = self._keys_path.with_suffix(".tmp")
-        tmp.touch(mode=0o600)
-        self.fhe.save_keys(tmp)
-        tmp.replace(self._keys_path)
-        self._id_path.write_text(json.dumps({"key_id": self.fhe.key_id,
-                                             "circuit_id": self.fhe.circuit_id,
-                                             "model": self.model}))
+        meta = json.dumps({"key_id": self.fhe.key_id, "circuit_id": self.fhe.circuit_id,
+                           "model": self.model})
+        # the key id first, then the keys: whenever the .keys file exists, the .json
+        # beside it is its own (a crash in between leaves no keys: generated again)
+        _publish(self._id_path, lambda tmp: tmp.write_text(meta))
+        _publish(self._keys_path, self.fhe.save_keys)
 
     def register(self, force: bool = False) -> str:
         """Make sure the server holds this client's evaluation keys; returns the key id.
@@ -219,14 +272,26 @@ class Client:
         """Send one ciphertext blob; returns the encrypted results."""
         key_id = self.register()
         path = f"/v1/models/{self.model}/keys/{key_id}/predict"
-        headers = {"Content-Type": "application/octet-stream"}
+        # the server refuses the request when it serves another export now: this client
+        # would decrypt right and label wrong with the old export's dequantizer/classes
+        headers = {"Content-Type": "application/octet-stream",
+                   MODEL_ID_HEADER: self.model_id}
         try:
-            response = self._request("POST", path, content=ciphertexts, headers=headers)
+            try:
+                response = self._request("POST", path, content=ciphertexts, headers=headers)
+            except ServerError as exc:
+                if exc.code != "unknown_key":
+                    raise
+                self.register(force=True)  # evicted from the server's store: upload again
+                response = self._request("POST", path, content=ciphertexts, headers=headers)
         except ServerError as exc:
-            if exc.code != "unknown_key":
+            if exc.code != "model_changed":
                 raise
-            self.register(force=True)  # evicted from the server's store: upload again
-            response = self._request("POST", path, content=ciphertexts, headers=headers)
+            raise ModelChangedError(
+                exc.status, exc.code,
+                f"{exc.message}.  This Client holds the artefact of the export it was "
+                f"created for (model id {self.model_id[:12]}...); create a new Client for "
+                f"{self.model!r} to use the model served now") from None
         return bytes(response.content)
 
     def outputs(self, X: Any) -> np.ndarray:

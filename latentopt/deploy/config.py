@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..backends.fhe_deploy import CLIENT_FORMAT, SERVER_FORMAT, FHEArtifactError, _read_artifact
+from ..backends.fhe_deploy import (
+    CLIENT_FORMAT,
+    SERVER_FORMAT,
+    FHEArtifactError,
+    _read_artifact,
+    verify_manifest,
+)
 
 __all__ = ["ModelEntry", "ServeConfig", "load_model", "read_token_file"]
 
@@ -72,13 +78,19 @@ class ServeConfig:
                 raise ValueError("the shared token must have at least 16 characters")
             out[self.token] = ""
         if self.token_file is not None:
-            out.update({tok: name for name, tok in read_token_file(self.token_file).items()})
+            for name, tok in read_token_file(self.token_file).items():
+                if tok in out:
+                    raise ValueError(f"{self.token_file}: the token of {name!r} is the "
+                                     f"shared --token too; give every client its own")
+                out[tok] = name
         return out
 
 
 def read_token_file(path: str | Path) -> dict[str, str]:
     """``{client name: token}`` from a file of ``name token`` lines."""
     out: dict[str, str] = {}
+    seen: dict[str, int] = {}  # token -> line
+    names: dict[str, int] = {}  # name -> line
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -87,7 +99,17 @@ def read_token_file(path: str | Path) -> dict[str, str]:
         if len(parts) != 2 or len(parts[1]) < 16:
             raise ValueError(f"{path}:{i}: expected 'name token' with a token of at least "
                              f"16 characters")
-        out[parts[0]] = parts[1]
+        name, token = parts
+        # one line per client, one client per token: a second line silently replaced
+        # the first (a rotated-out token answered 401, a shared one named one client)
+        if name in names:
+            raise ValueError(f"{path}:{i}: client {name!r} is named twice (first on line "
+                             f"{names[name]}); one token per client")
+        if token in seen:
+            raise ValueError(f"{path}:{i}: this token is given to two clients (first on "
+                             f"line {seen[token]}); every client needs its own token")
+        names[name], seen[token] = i, i
+        out[name] = token
     return out
 
 
@@ -139,10 +161,12 @@ def load_model(name: str, path: str | Path) -> ModelEntry:
     client_zip: Path | None = server_zip.with_name("client.zip")
     if not server_zip.exists():
         raise FHEArtifactError(f"{path}: no server.zip (write it with save_deployment)")
-    manifest, _ = _read_artifact(server_zip, SERVER_FORMAT)
+    # manifests' own checksums are checked after the pair: a client artefact of another
+    # export is named as such, not as a modified file
+    manifest, _ = _read_artifact(server_zip, SERVER_FORMAT, verify=False)
     client_manifest = None
     if client_zip is not None and client_zip.exists():
-        client_manifest, _ = _read_artifact(client_zip, CLIENT_FORMAT)
+        client_manifest, _ = _read_artifact(client_zip, CLIENT_FORMAT, verify=False)
         if client_manifest["circuit_id"] != manifest["circuit_id"]:
             raise FHEArtifactError(f"{client_zip} belongs to another circuit than {server_zip}")
         if client_manifest.get("model_id") != manifest.get("model_id"):
@@ -150,8 +174,10 @@ def load_model(name: str, path: str | Path) -> ModelEntry:
             raise FHEArtifactError(f"{client_zip} and {server_zip} come from different "
                                    f"exports (model ids differ); deploy the pair that "
                                    f"save_deployment wrote together")
+        verify_manifest(client_zip, client_manifest)
     else:
         client_zip = None
+    verify_manifest(server_zip, manifest)
     pbs = manifest.get("programmable_bootstrap_count")
     return ModelEntry(name, server_zip, client_zip, manifest, client_manifest,
                       None if pbs is None else int(pbs))

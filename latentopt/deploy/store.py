@@ -18,6 +18,7 @@ ciphertexts (in memory, or in Redis for replicas) to refuse replayed requests.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DirectoryKeyStore", "KeyConflictError", "KeyRecord", "KeyStore",
-           "RedisKeyStore", "ReplayGuard", "open_store", "valid_key_id"]
+           "RedisKeyStore", "ReplayGuard", "open_store", "store_errors", "valid_key_id"]
+
+log = logging.getLogger("latentopt.serve")
 
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{32,128}$")
 
@@ -42,6 +45,15 @@ def valid_key_id(key_id: str) -> bool:
 
 class KeyConflictError(ValueError):
     """A record with this key id exists already (with other keys)."""
+
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """The errors of an unreachable store (Redis down): answered 503, not 500."""
+    try:
+        import redis
+    except ImportError:
+        return ()
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 @dataclass
@@ -95,6 +107,9 @@ class KeyStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, not every store holds connections
         """Release connections."""
 
+    def ping(self) -> None:  # noqa: B027 - optional hook, a local store is always there
+        """Raise when the store cannot be reached (``/readyz``)."""
+
     def _over(self, count: int, size: int) -> bool:
         return ((self.max_keys is not None and count > self.max_keys)
                 or (self.max_bytes is not None and size > self.max_bytes))
@@ -127,16 +142,33 @@ class DirectoryKeyStore(KeyStore):
         (tmp / "warmup.bin").write_bytes(warmup)
         (tmp / "meta.json").write_text(json.dumps(asdict(record)))
         try:
-            os.rename(tmp, d)  # atomic; fails when the id exists
-        except OSError:
+            for attempt in range(2):
+                try:
+                    os.rename(tmp, d)  # atomic; fails when the id exists
+                    break
+                except OSError:
+                    old = self.meta(record.key_id, touch=False)
+                    if old is not None or attempt or not self._set_aside(record.key_id):
+                        if old is not None and old.fingerprint == record.fingerprint \
+                                and old.owner == record.owner:
+                            return False
+                        raise KeyConflictError(
+                            f"key id {record.key_id[:8]}... is taken") from None
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            old = self.meta(record.key_id, touch=False)
-            if old is not None and old.fingerprint == record.fingerprint \
-                    and old.owner == record.owner:
-                return False
-            raise KeyConflictError(f"key id {record.key_id[:8]}... is taken") from None
         self._evict()
         return True
+
+    def _set_aside(self, key_id: str) -> bool:
+        """Remove a record whose metadata cannot be read (a damaged or truncated copy):
+        it answered 404 and refused every new upload as a conflict, locking its owner
+        out.  ``False`` when there is nothing to remove."""
+        d = self._dir(key_id)
+        if not d.is_dir():
+            return False
+        log.warning("key store: record %s... has unreadable metadata; replaced by the "
+                    "new upload", key_id[:8])
+        return self.delete(key_id)
 
     def meta(self, key_id: str, touch: bool = True) -> KeyRecord | None:
         path = self._dir(key_id) / "meta.json"
@@ -201,6 +233,10 @@ class DirectoryKeyStore(KeyStore):
 
     def describe(self) -> str:
         return f"directory {self.root}"
+
+    def ping(self) -> None:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"key store {self.root} is gone")
 
 
 class RedisKeyStore(KeyStore):
@@ -288,18 +324,14 @@ class RedisKeyStore(KeyStore):
 
     def listen(self, callback: Any) -> Any:
         """Call ``callback(model, key_id)`` for every announced registration (in a
-        background thread); returns the thread (``.stop()`` ends it)."""
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        background thread that subscribes again after a lost connection); returns the
+        listener (``.stop()`` ends it)."""
+        from .listener import Listener
 
-        def handle(message: dict[str, Any]) -> None:
-            try:
-                model, key_id = json.loads(message["data"])
-            except (ValueError, TypeError):
-                return
-            callback(str(model), str(key_id))
+        return Listener(self.client, f"{self.prefix}:registered", callback)
 
-        pubsub.subscribe(**{f"{self.prefix}:registered": handle})
-        return pubsub.run_in_thread(sleep_time=0.5, daemon=True)
+    def ping(self) -> None:
+        self.client.ping()
 
     def describe(self) -> str:
         return f"redis {self.url.split('@')[-1]}"  # no password in logs

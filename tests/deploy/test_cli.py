@@ -49,6 +49,9 @@ def test_a_program_concrete_cannot_load_is_named_at_start_up(deployed, tmp_path)
     members["program.zip"] = b"not a zip archive"
     manifest = json.loads(members.pop("manifest.json"))
     manifest["sha256"] = {k: hashlib.sha256(v).hexdigest() for k, v in members.items()}
+    from latentopt.backends.fhe_deploy import manifest_digest
+
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     with zipfile.ZipFile(bad / "server.zip", "w") as zf:
         for name, data in members.items():
             zf.writestr(name, data)
@@ -112,3 +115,16 @@ def test_an_unreachable_redis_store_ends_in_one_line(deployed):
     message = str(exc.value.code)
     assert message.startswith("latentopt serve: key store redis://127.0.0.1:1/0") and (
         "\n" not in message)
+
+
+def test_a_key_store_that_cannot_be_a_directory_ends_in_one_line(deployed, tmp_path):
+    """A path under a regular file failed inside uvicorn's start-up (22 lines)."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for store in (afile / "keys", afile):
+        with pytest.raises(SystemExit) as exc:
+            main([str(deployed["root"] / "wine"), "--key-store", str(store),
+                  "--workers", "1"])
+        message = str(exc.value.code)
+        assert message.startswith(f"latentopt serve: key store {store}") and (
+            "\n" not in message), message

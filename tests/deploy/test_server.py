@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from deploy_support import TOKENS, Server
 
-from latentopt.backends.fhe_deploy import FHEArtifactError, _pack
+from latentopt.backends.fhe_deploy import FHEArtifactError, _pack, manifest_digest
 from latentopt.deploy import Client, ServerError
 
 pytestmark = pytest.mark.fhe
@@ -327,7 +327,8 @@ def test_a_client_artefact_of_another_export_is_refused(server, deployed, tmp_pa
             data = zin.read(name)
             if name == "manifest.json":
                 manifest = json.loads(data)
-                manifest["model_id"] = "f" * 64
+                manifest["model_id"] = "f" * 64  # a re-signed artefact of another export
+                manifest["manifest_sha256"] = manifest_digest(manifest)
                 data = json.dumps(manifest).encode()
             zout.writestr(name, data)
     with pytest.raises(FHEArtifactError, match="another export"):

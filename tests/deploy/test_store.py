@@ -153,3 +153,80 @@ def test_queued_requests_of_one_client_are_batched():
     # alice: the first request alone, then the queued ones 3 at a time; bob concurrently
     assert [n for k, n in calls if k == "alice"] == [1, 3, 2]
     assert [n for k, n in calls if k == "bob"] == [1]
+
+
+def test_a_record_with_unreadable_metadata_is_replaced(tmp_path):
+    """A damaged meta.json answered 404 (unknown key) and refused the owner's re-upload
+    as a conflict forever: the record is replaced instead."""
+    store = DirectoryKeyStore(tmp_path / "store")
+    kid = new_key_id()
+    assert store.put(record(kid), b"K" * 90, b"W" * 10)
+    (tmp_path / "store" / kid / "meta.json").write_text('{"key_id": "trunc')
+    assert store.meta(kid) is None
+    again = record(kid)
+    again.fingerprint = "the owner's keys, uploaded again"
+    assert store.put(again, b"N" * 90, b"w" * 10) is True
+    assert store.load(kid) == (b"N" * 90, b"w" * 10)
+    assert store.meta(kid).fingerprint == again.fingerprint
+    assert not [p for p in (tmp_path / "store").iterdir() if p.name.startswith(".")]
+    with pytest.raises(KeyConflictError):  # a readable record is still never overwritten
+        store.put(record(kid), b"X" * 90, b"")
+
+
+def test_the_announcement_listener_survives_a_redis_restart(tmp_path):
+    """redis' run_in_thread ended on the first lost connection: after a Redis restart a
+    replica no longer warmed the keys registered through the others."""
+    from deploy_support import Redis
+
+    server = Redis(tmp_path)
+    try:
+        store = RedisKeyStore(server.url, prefix="t")
+        heard: list[tuple[str, str]] = []
+        listener = store.listen(lambda model, key_id: heard.append((model, key_id)))
+        try:
+            def announced(key_id: str) -> bool:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    try:
+                        store.announce("m", key_id)
+                    except Exception:  # noqa: BLE001 - Redis coming back
+                        pass
+                    time.sleep(0.2)
+                    if ("m", key_id) in heard:
+                        return True
+                return False
+
+            first, second = new_key_id(), new_key_id()
+            assert announced(first)
+            server.stop()
+            time.sleep(1.0)
+            server.start()
+            assert announced(second), "the listener did not subscribe again"
+        finally:
+            listener.stop()
+            store.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("alice old-token-0123456789abcdef\nalice new-token-0123456789abcdef\n",
+     ":2: client 'alice' is named twice"),
+    ("alice same-token-0123456789abcdef\n# bob\n\nbob same-token-0123456789abcdef\n",
+     ":4: this token is given to two clients"),
+])
+def test_a_token_file_with_duplicates_is_refused(tmp_path, text, message):
+    """Only the last line of a name counted (a rotated-out token answered 401), and one
+    token for two clients named one of them."""
+    from latentopt.deploy.config import ServeConfig, read_token_file
+
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_token_file(path)
+    with pytest.raises(ValueError, match=message):
+        ServeConfig(models={}, token_file=path).tokens()
+    path.write_text("alice alice-token-0123456789abcdef\n")
+    with pytest.raises(ValueError, match="shared --token"):
+        ServeConfig(models={}, token="alice-token-0123456789abcdef",
+                    token_file=path).tokens()
