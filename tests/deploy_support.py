@@ -108,6 +108,7 @@ class Redis:
                     time.sleep(0.05)
         finally:
             client.close()
+        self.stop()
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:

@@ -100,9 +100,8 @@ def _lookup(g: GraphBuilder, step: LookupStep, xs: list[str]) -> str:
     fn, n, dt, x = step.node.fn, step.name, g.carrier, xs[0]
     if isinstance(fn, ExplicitTable):  # its own table, clipped at its ends
         size = fn.table.shape[-1]  # each channel reads its row of the flat table
-        row = (np.zeros(1) if fn.table.ndim == 1 else np.arange(fn.table.shape[0])
-               if fn.rows is None else fn.rows)
-        start = np.asarray(row, np.int64) * size
+        row = np.zeros(1, np.int64) if fn.table.ndim == 1 else fn.channel_rows
+        start = row.astype(np.int64) * size
         table, offset, end, stride = fn.table.reshape(-1), start - fn.offset, start + size - 1, 1
     else:
         step.check_table_size(remedy=_TABLE_REMEDY)

@@ -124,44 +124,33 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # bad artefacts, token files, stores: one line, not a traceback
         config.tokens()
-        _check_directory_store(str(config.store))
         app = create_app(config)
     except (FHEArtifactError, OSError, ValueError) as exc:
         raise SystemExit(f"latentopt serve: {exc}") from None
-    _check_shared_store(str(config.store))
+    _check_store(str(config.store))
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                 timeout_graceful_shutdown=int(args.graceful_timeout), access_log=False)
     return 0
 
 
-def _check_directory_store(location: str) -> None:
-    """Create a directory key store before serving: one that cannot be made (a file in
-    the way, no permission) failed inside uvicorn's start-up with a traceback."""
-    if location.startswith(("redis://", "rediss://", "unix://")):
-        return
-    from .store import DirectoryKeyStore
+def _check_store(location: str) -> None:
+    """Open the key store once before serving (a directory store is created): one that
+    cannot be used failed inside uvicorn's start-up, with 22 (a file in a directory's
+    way) to 57 (Redis unreachable) lines of traceback."""
+    from .store import open_store
 
     try:
-        DirectoryKeyStore(location).ping()
-    except OSError as exc:
-        raise OSError(f"key store {location}: cannot use it as a directory "
-                      f"({exc.strerror or exc})") from None
-
-
-def _check_shared_store(location: str) -> None:
-    """Reach a Redis key store once before serving: an unreachable one failed inside
-    uvicorn's start-up, 57 lines of traceback after "Waiting for application startup"."""
-    if not location.startswith(("redis://", "rediss://", "unix://")):
-        return
-    from .store import RedisKeyStore
-
-    try:
-        RedisKeyStore(location).client.close()
+        store = open_store(location)
+        store.ping()
+        store.close()
     except Exception as exc:  # noqa: BLE001 - redis' errors are not OSErrors
         where = location.split("@")[-1]  # no password on the screen
-        raise SystemExit(f"latentopt serve: key store {where}: {type(exc).__name__}: "
-                         f"{exc}") from None
+        if isinstance(exc, OSError):  # a directory store (redis' errors are not OSErrors)
+            why = f"cannot use it as a directory ({exc.strerror or exc})"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
+        raise SystemExit(f"latentopt serve: key store {where}: {why}") from None
 
 
 if __name__ == "__main__":

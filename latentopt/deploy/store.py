@@ -148,12 +148,13 @@ class DirectoryKeyStore(KeyStore):
                     break
                 except OSError:
                     old = self.meta(record.key_id, touch=False)
-                    if old is not None or attempt or not self._set_aside(record.key_id):
-                        if old is not None and old.fingerprint == record.fingerprint \
-                                and old.owner == record.owner:
-                            return False
-                        raise KeyConflictError(
-                            f"key id {record.key_id[:8]}... is taken") from None
+                    if old is None and attempt == 0 and self._set_aside(record.key_id):
+                        continue  # a record with unreadable metadata was removed
+                    if old is not None and old.fingerprint == record.fingerprint \
+                            and old.owner == record.owner:
+                        return False
+                    raise KeyConflictError(
+                        f"key id {record.key_id[:8]}... is taken") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self._evict()

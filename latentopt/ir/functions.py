@@ -307,8 +307,9 @@ class ExplicitTable(UnivariateFunction):
             return None
         return int(self.table.shape[0] if self.rows is None else self.rows.size)
 
-    def _row_of(self) -> np.ndarray:
-        """Each channel's row of ``table``."""
+    @property
+    def channel_rows(self) -> np.ndarray:
+        """Each channel's row of a 2-D ``table``."""
         if self.rows is None:
             return np.arange(self.table.shape[0])
         return self.rows
@@ -325,7 +326,7 @@ class ExplicitTable(UnivariateFunction):
                 f"per-channel table has {channels} channels, input last axis is "
                 f"{v.shape[-1] if v.ndim else 0}"
             )
-        return self.table[self._row_of(), idx]
+        return self.table[self.channel_rows, idx]
 
     def output_bounds(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
@@ -333,7 +334,7 @@ class ExplicitTable(UnivariateFunction):
         a = np.clip(lo - self.offset, 0, size - 1)
         b = np.clip(hi - self.offset, 0, size - 1)
         row_of = (np.zeros(lo.size, np.int64) if self.table.ndim == 1
-                  else np.broadcast_to(self._row_of(), lo.shape))
+                  else np.broadcast_to(self.channel_rows, lo.shape))
         rows = self.table if self.table.ndim == 2 else self.table[None, :]
         out_lo = np.array([rows[row_of[c], a[c] : b[c] + 1].min() for c in range(lo.size)],
                           np.int64)
