@@ -29,7 +29,8 @@ training digits scores 1.0 and makes any budget meaningless):
 ``--models mlp_distilled``: ``QuantizedMLPClassifier`` searched on all 4,000 training
 digits (the NeuralNetClassifier peer's), each trial distilled from the float CNN
 ``cnn_ref`` trained on the same digits; ``--reference`` (the peer's accuracy) and
-``--drop`` set the budget.
+``--drop`` set the budget; ``--output-w-bits 2`` adds 2-bit output-layer weights to its
+space (``output_w_bits``).
 
 ``--quick``: fewer trials, shorter fine-tuning, test accuracy on 300 digits (minutes).
 """
@@ -187,6 +188,8 @@ def run_mlp_distilled(Xtr, ytr, Xte, yte, args) -> tuple[list[dict], dict]:
                                  distill_temperature=4.0, random_state=0, verbose=0)
     space = {"width": ("log", 16, 64), "n_layers": [1], "n_w_bits": (2, 4),
              "n_a_bits": (2, 4), "n_input_bits": (3, 5), "lr": [1e-3, 3e-3]}
+    if args.output_w_bits:  # narrower output-layer weights (latentopt.search.space)
+        space["output_w_bits"] = [None, *args.output_w_bits]
     t0 = time.perf_counter()
     search = LatencySearch(est, param_space=space, teacher=logits,
                            max_accuracy_drop=args.drop, reference_score=args.reference,
@@ -268,6 +271,8 @@ def main() -> None:
                     help="the search's reference_score (default: the float model's "
                          "validation accuracy); with --drop 0, aim at a peer's accuracy")
     ap.add_argument("--n-execute", type=int, default=2)
+    ap.add_argument("--output-w-bits", type=int, nargs="*", default=[],
+                    help="mlp_distilled: also search these output-layer weight bits")
     ap.add_argument("--max-points", type=int, default=4, help="front points measured")
     ap.add_argument("--cifar-trials", type=int, default=3)
     ap.add_argument("--cml-venv", type=Path, default=Path("/work/wt/cml-venv"))

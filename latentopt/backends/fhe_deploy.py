@@ -51,6 +51,7 @@ import numpy as np
 
 from ..ir import Circuit
 from ..ir.archive import _ZIP_ERRORS
+from ..ir.inputs import warn_far_outside
 from ..ir.nodes import Dequantize, Node, QuantizeInput
 from ..ir.schedule import check_features, check_quantized
 from .batching import pad_batch, plan_calls
@@ -390,6 +391,7 @@ class FHEClient:
         X = check_features(np.asarray(X, dtype=np.float64), self.n_features)
         if not np.all(np.isfinite(X)):  # as the estimators' predict; quantized, an inf
             raise ValueError("X contains NaN or infinity")  # was clipped to a valid input
+        warn_far_outside(X, self.quantizer, stacklevel=3)  # clipped by the quantizer
         return self.quantizer.apply(X)
 
     def encrypt(self, X: np.ndarray) -> bytes:

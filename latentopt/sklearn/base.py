@@ -29,6 +29,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..ir.inputs import warn_far_outside
 from .deprecated import DeprecatedNamesMixin, upgrade_state
 
 if TYPE_CHECKING:
@@ -152,9 +153,10 @@ class QuantizedEstimatorBase(DeprecatedNamesMixin, BaseEstimator):
         check_is_fitted(self, "circuit_")
         mode = self._check_fhe(fhe)
         X = self._validate_X(X, reset=False)
+        backend = self._integer_backend()
+        warn_far_outside(X, backend.circuit.input_quantizer)  # clipped in every mode
         if mode == "disable":  # the fastest exact pipeline, quantizer included
             return np.asarray(self._exact_runtime().predict(X))
-        backend = self._integer_backend()
         out = self._run_fhe(backend.quantize(X), mode)
         return np.asarray(backend.dequantize(out))
 

@@ -230,4 +230,3 @@ def warn_feature_scales(X: np.ndarray, n_input_bits: Any) -> None:
             f"features reach the network as one or two values.  Standardise X (e.g. a "
             f"Pipeline with sklearn.preprocessing.StandardScaler) if it is not, clip "
             f"outlying values, or raise n_input_bits.", UserWarning, stacklevel=4)
-

@@ -48,7 +48,9 @@ def test_worst_case_is_exact_out_of_distribution(fitted):
     assert report["input_box"] == [[qlo] * Xte.shape[1], [qhi] * Xte.shape[1]]
     for name, X in _ood(Xte).items():
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # nothing to warn about
+            warnings.simplefilter("error")  # no overflow to warn about (the inputs are
+            # clipped to the quantizer's range, which the disable mode does alike)
+            warnings.filterwarnings("ignore", "[0-9]+ of [0-9]+ samples have features further")
             sim = clf.predict(X, fhe="simulate")
         np.testing.assert_array_equal(sim, clf.predict(X, fhe="disable"), err_msg=name)
         q = clf._integer_backend().quantize(X)
@@ -144,10 +146,11 @@ def test_deployed_client_checks_the_calibrated_box(fitted, tmp_path):
         client = FHEClient.load(clf.save_deployment(tmp_path / "raise")["client"])
     with pytest.raises(FHEOverflowError):
         client.clip_to_box(client.quantize(Xte + 8))
-    clf.compile(Xtr[:10], range_mode="worst_case", **EXACT)  # nothing to clip, nothing to say
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    clf.compile(Xtr[:10], range_mode="worst_case", **EXACT)  # no box to clip to, no word
+    with warnings.catch_warnings():  # (but +8 standard deviations is far outside the
+        warnings.simplefilter("error")  # quantizer's range: that is said, below)
         client = FHEClient.load(clf.save_deployment(tmp_path / "wc")["client"])
+        warnings.filterwarnings("ignore", "[0-9]+ of [0-9]+ samples have features further")
         np.testing.assert_array_equal(client.clip_to_box(client.quantize(Xte + 8)),
                                       client.quantize(Xte + 8))
 
@@ -193,3 +196,56 @@ def test_samples_inside_the_box_that_overflow_are_named_as_such(fitted):
     assert len(over) > 0  # a 10-row calibration at margin 0
     with pytest.warns(UserWarning, match=f"{len(over)} inside it overflow an accumulator"):
         clf._run_fhe(over, "simulate")
+
+
+def test_inputs_far_outside_the_quantizer_range_warn_in_every_mode(fitted):
+    """Features clipped by more than the quantizer's range is wide reached the network as
+    other inputs without a word in ``fhe="disable"`` (the FHE modes warned only about the
+    compiled box, and not at all under ``range_mode="worst_case"``)."""
+    clf, _, Xte = fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # test rows a little past the training extremes
+        clf.predict(np.vstack([Xte, Xte * 1.5]), fhe="disable")
+    X = Xte.copy()
+    X[:7, 3] *= 50  # 7 rows: one feature fifty times its spread
+    with pytest.warns(UserWarning, match=r"7 of \d+ samples have features further outside "
+                                         r"the range .* feature 3: range"):
+        clf.predict(X, fhe="disable")
+    with pytest.warns(UserWarning, match="further outside the range"):
+        clf.predict_proba(Xte * 50)
+    clf.compile(Xte[:10], range_mode="worst_case", **EXACT)  # FHE: no box warning here
+    with pytest.warns(UserWarning, match="7 of .* further outside the range"):
+        clf.predict(X, fhe="simulate")
+
+
+def test_the_deployed_client_warns_about_inputs_far_outside_too(fitted, tmp_path):
+    from latentopt.backends.fhe_deploy import FHEClient
+
+    clf, Xtr, Xte = fitted
+    clf.compile(Xtr[:10], range_mode="worst_case", **EXACT)
+    client = FHEClient.load(clf.save_deployment(tmp_path / "wc")["client"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.quantize(Xte)
+    with pytest.warns(UserWarning, match=f"{len(Xte)} of {len(Xte)} samples have features "
+                                         "further outside"):
+        client.encrypt(Xte * 50)
+
+
+def test_a_torch_model_calibrated_on_other_units_warns():
+    """The helper's case: calibrated on ``X * 0.1`` and asked about ``X``, the outputs
+    were off by two thirds of their span, silently."""
+    import torch
+    from torch import nn
+
+    from latentopt import compile_torch_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    X = np.random.default_rng(0).normal(size=(100, 5)).astype(np.float32)
+    q = compile_torch_model(model, X * 0.1, n_bits=6, fhe=False, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q.forward(X * 0.1)
+    with pytest.warns(UserWarning, match=r"\d+ of 100 samples have features further"):
+        q.forward(X)
