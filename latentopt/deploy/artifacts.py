@@ -45,6 +45,10 @@ class OutputTransform:
         ``predict = outputs * scale + offset`` per output (regressors).
     output_shape : tuple of int
         Shape of one prediction (``()`` for a 1-d target).
+    input_shape : tuple of int or None
+        Shape of one sample that the estimator accepts besides flat rows (a torch
+        model's image shape); the deployment :class:`~latentopt.deploy.client.Client`
+        accepts it too.
     """
 
     task: str = "outputs"
@@ -52,6 +56,15 @@ class OutputTransform:
     scale: np.ndarray | None = None
     offset: np.ndarray | None = None
     output_shape: tuple[int, ...] | None = None
+    input_shape: tuple[int, ...] | None = None
+
+    def flat(self, X: np.ndarray) -> np.ndarray:
+        """``X`` as rows: samples of shape ``input_shape`` are flattened (C order, as
+        the estimators do); other arrays are returned as they are."""
+        if self.input_shape is not None and X.ndim == len(self.input_shape) + 1 and len(
+                self.input_shape) > 1 and X.shape[1:] == self.input_shape:
+            return X.reshape(len(X), -1)
+        return X
 
     def predict(self, outputs: np.ndarray) -> np.ndarray:
         """What ``estimator.predict`` returns for these dequantized outputs."""
@@ -99,19 +112,24 @@ def estimator_info(est: Any, n_probe: int = 64) -> OutputTransform:
     import warnings
 
     circuit = est.active_circuit_
+    shape = getattr(est, "input_shape_", None)
+    input_shape = None if shape is None else tuple(int(d) for d in shape)
     rng = np.random.default_rng(0)
     X = rng.normal(0.0, 2.0, (n_probe, circuit.n_features))
     with warnings.catch_warnings():  # probe rows: an array, whatever the model was fitted on
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        warnings.filterwarnings("ignore", message=r"\d+ of \d+ samples have features further")
         raw = np.asarray(est._raw_output(X, "disable"), dtype=np.float64)
         classes = getattr(est, "classes_", None)
         if classes is not None or getattr(est, "task", None) == "classification":
             if classes is None:
                 classes = np.arange(max(2, raw.shape[1]))
-            return OutputTransform("classifier", classes=np.asarray(classes))
+            return OutputTransform("classifier", classes=np.asarray(classes),
+                                   input_shape=input_shape)
         pred = np.asarray(est.predict(X, fhe="disable"), dtype=np.float64)
     a, b = _affine(raw, pred.reshape(len(pred), -1))
-    return OutputTransform("regressor", scale=a, offset=b, output_shape=tuple(pred.shape[1:]))
+    return OutputTransform("regressor", scale=a, offset=b, output_shape=tuple(pred.shape[1:]),
+                           input_shape=input_shape)
 
 
 def estimator_members(info: OutputTransform) -> dict[str, bytes]:
@@ -127,7 +145,8 @@ def estimator_members(info: OutputTransform) -> dict[str, bytes]:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     meta = {"task": info.task, "output_shape": None if info.output_shape is None
-            else list(info.output_shape)}
+            else list(info.output_shape),
+            "input_shape": None if info.input_shape is None else list(info.input_shape)}
     return {"estimator.json": json.dumps(meta).encode(), "estimator.npz": buf.getvalue()}
 
 
@@ -167,6 +186,7 @@ def read_estimator_info(client_zip: str | Path) -> OutputTransform:
             arrays = {k: npz[k] for k in npz.files}
     if meta.get("task") not in TASKS:
         raise FHEArtifactError(f"{client_zip}: unknown task {meta.get('task')!r}")
-    shape = meta.get("output_shape")
+    shape, in_shape = meta.get("output_shape"), meta.get("input_shape")
     return OutputTransform(meta["task"], arrays.get("classes"), arrays.get("scale"),
-                           arrays.get("offset"), None if shape is None else tuple(shape))
+                           arrays.get("offset"), None if shape is None else tuple(shape),
+                           None if in_shape is None else tuple(int(d) for d in in_shape))

@@ -295,8 +295,9 @@ class Client:
         return bytes(response.content)
 
     def outputs(self, X: Any) -> np.ndarray:
-        """The circuit's dequantized outputs for float features ``X``."""
-        X = np.asarray(X, dtype=np.float64)
+        """The circuit's dequantized outputs for float features ``X`` (rows, or samples
+        of the torch model's input shape)."""
+        X = self.transform.flat(np.asarray(X, dtype=np.float64))
         if X.ndim == 1:
             raise ValueError("X must be 2-d (n_samples, n_features)")
         self.register()
