@@ -154,9 +154,10 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
     refit : bool, default=True
         ``True``: retrain the chosen configuration on all of ``X`` (the trials train on
         64% of it) and compile it at the point the check validated, verified on the
-        retrained model and searched again if it costs more than ``max_accuracy_drop``
-        there (:mod:`latentopt.search.refit`).  ``False``: ``best_estimator_`` is the
-        fastest checked trial's own model, compiled at its chosen point.
+        retrained model and searched again if rounding costs it more there than the
+        search allowed the trial (:mod:`latentopt.search.refit`).  ``False``:
+        ``best_estimator_`` is the fastest checked trial's own model, compiled at its
+        chosen point.
     random_state : int, optional
         Seeds the split, the reference and the samplers (each worker and each resume
         gets its own stream derived from it).
@@ -177,8 +178,8 @@ class LatencySearch(MetaEstimatorMixin, BaseEstimator):
     reference_score_, threshold_ : float
     refit_ : dict or None
         With ``refit=True`` and a chosen model: the retrained model's unrounded and
-        simulated scores on the rows that verified its compile point, the point, and
-        whether it was searched again.
+        simulated scores on the rows that verified its compile point, the loss allowed
+        there, the point, and whether it was searched again.
     study_ : optuna.Study
     """
 
