@@ -17,6 +17,7 @@ ciphertexts (in memory, or in Redis for replicas) to refuse replayed requests.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -124,6 +125,8 @@ class DirectoryKeyStore(KeyStore):
     def __init__(self, root: str | Path, max_keys: int | None = None,
                  max_bytes: int | None = None) -> None:
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():  # mkdir said "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way", str(self.root))
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_keys, self.max_bytes = max_keys, max_bytes
         self._lock = threading.Lock()
@@ -236,8 +239,14 @@ class DirectoryKeyStore(KeyStore):
         return f"directory {self.root}"
 
     def ping(self) -> None:
+        """Raise when the directory is gone or this process cannot write keys into it
+        (a read-only store passed the start-up check and the first key upload failed
+        with a 500 and a 40-line traceback, /readyz still "ready")."""
         if not self.root.is_dir():
             raise FileNotFoundError(f"key store {self.root} is gone")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable by this process",
+                                  str(self.root))
 
 
 class RedisKeyStore(KeyStore):

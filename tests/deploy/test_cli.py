@@ -128,3 +128,68 @@ def test_a_key_store_that_cannot_be_a_directory_ends_in_one_line(deployed, tmp_p
         message = str(exc.value.code)
         assert message.startswith(f"latentopt serve: key store {store}") and (
             "\n" not in message), message
+
+
+def _check_as(uid: int | None, store: str) -> str:
+    """``_check_store(store)`` in this process, or (``uid``) in a forked child that drops
+    to that user: its one-line message, or "" when the store is usable."""
+    import os
+
+    from latentopt.deploy import store as _store  # noqa: F401 - imported before the fork
+    from latentopt.deploy.cli import _check_store
+
+    def run() -> str:
+        try:
+            _check_store(store)
+        except SystemExit as exc:
+            return str(exc.code)
+        return ""
+
+    if uid is None:
+        return run()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: another user, the modules already loaded
+        os.close(r)
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            os.write(w, run().encode() or b"-")
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    return "" if out == "-" else out or "the child failed"
+
+
+def test_a_key_store_this_process_cannot_write_ends_in_one_line():
+    """A read-only store directory passed the start-up check; the first key upload then
+    failed with a 500 and a 40-line traceback, and /readyz still said "ready"."""
+    import os
+    import shutil
+    import tempfile
+
+    uid = None if os.geteuid() != 0 else 65534  # as root: a forked child as nobody
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp(prefix="latentopt-store-"))
+    try:
+        base.chmod(0o755)
+        readonly, writable = base / "ro", base / "rw"
+        readonly.mkdir(mode=0o755)
+        writable.mkdir()
+        if uid is None:
+            readonly.chmod(0o555)
+        else:
+            os.chown(writable, uid, uid)
+        assert _check_as(uid, str(writable)) == ""
+        message = _check_as(uid, str(readonly))
+        assert message.startswith(f"latentopt serve: key store {readonly}: cannot use it as "
+                                  f"a directory") and "not writable" in message, message
+        assert "\n" not in message
+    finally:
+        for p in base.rglob("*"):
+            p.chmod(0o755)
+        shutil.rmtree(base)
