@@ -162,9 +162,17 @@ def bind_identity(study: Any, identity: Mapping[str, Any]) -> None:
         return
     if fingerprint(stored) == fingerprint(ident):
         return
-    diff = sorted(k for k in set(ident) | set(stored)
-                  if json.dumps(stored.get(k), sort_keys=True)
-                  != json.dumps(ident.get(k), sort_keys=True))
+    def differ(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True)
+
+    diff = []  # named down to the setting where a part is a dict ("budget (scoring)")
+    for k in sorted(set(ident) | set(stored)):
+        a, b = stored.get(k), ident.get(k)
+        if not differ(a, b):
+            continue
+        subs = (sorted(s for s in set(a) | set(b) if differ(a.get(s), b.get(s)))
+                if isinstance(a, dict) and isinstance(b, dict) else [])
+        diff.append(f"{k} ({', '.join(subs)})" if subs else k)
     raise StudyMismatchError(
         f"study {name!r} in this storage was created for another search: its "
         f"{', '.join(diff)} differ(s) from this one's. Resuming would mix trials of "

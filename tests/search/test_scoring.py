@@ -88,7 +88,7 @@ def test_scoring_is_checked_and_part_of_the_study(imbalanced, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5, **kw).fit(X, y)
-        with pytest.raises(StudyMismatchError, match="budget"):
+        with pytest.raises(StudyMismatchError, match=r"budget \(scoring\) differ"):
             LatencySearch(QuantizedMLPClassifier(**TINY), max_accuracy_drop=0.5,
                           scoring="f1_macro", **kw).fit(X, y)
 
