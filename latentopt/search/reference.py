@@ -17,7 +17,11 @@ diabetes 0.30 (raw targets) / -0.13 (standardised) / 0.22 (with the chosen penal
 Friedman #1 plus 10,000: -153 / 0.90 / 0.90; 20 features of which 5 informative, noise
 30: 0.85 / 0.76 / 0.86.
 
->>> import numpy as np
+>>> import contextlib
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
 >>> from latentopt import QuantizedMLPClassifier
 >>> X = np.random.default_rng(0).normal(size=(40, 3)); y = (X[:, 0] > 0).astype(int)
 >>> ref = fit_reference(QuantizedMLPClassifier(), X, y, random_state=0)
@@ -27,12 +31,15 @@ Friedman #1 plus 10,000: -153 / 0.90 / 0.90; 20 features of which 5 informative,
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from sklearn.base import is_classifier
 
-__all__ = ["REGRESSOR_ALPHAS", "fit_reference"]
+__all__ = ["REGRESSOR_ALPHAS", "fit_reference", "quiet_targets"]
 
 #: L2 penalties the regressors' reference chooses from (3-fold cross-validation).
 REGRESSOR_ALPHAS = (1e-4, 1e-2, 1.0, 10.0)
@@ -62,7 +69,20 @@ def fit_reference(estimator: Any, X_tr: np.ndarray, y_tr: np.ndarray,
         from sklearn.preprocessing import FunctionTransformer
 
         mlp = make_pipeline(FunctionTransformer(_flatten), mlp)
-    return mlp.fit(X_tr, y_tr)
+    with quiet_targets():
+        return mlp.fit(X_tr, y_tr)
+
+
+@contextlib.contextmanager
+def quiet_targets() -> Iterator[None]:
+    """Fits of the float reference without scikit-learn's ``DataConversionWarning``: with
+    one target as a column ``(n, 1)`` (the estimators take it) its ``MLPRegressor`` warned
+    on every fit of the penalty's grid and of the check's folds, about 50 times a search."""
+    from sklearn.exceptions import DataConversionWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataConversionWarning)
+        yield
 
 
 def _regressor_reference(n_rows: int, random_state: Any) -> Any:

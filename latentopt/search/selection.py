@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from .reference import quiet_targets
 from .scoring import ACCURACY_LIKE, score_in_mode
 
 __all__ = ["MAX_CHECKS", "MAX_CV_CHECKS", "MAX_REOPEN", "Check", "check_on_holdout",
@@ -160,7 +161,8 @@ def _cv_reference(reference: Any, X: np.ndarray, y: np.ndarray,
 
     total = 0.0
     for tr, te in folds:
-        ref = clone(reference).fit(X[tr], y[tr])
+        with quiet_targets():
+            ref = clone(reference).fit(X[tr], y[tr])
         total += score_in_mode(ref, X[te], y[te], None, scoring) * len(te)
     return total / len(y)
 

@@ -64,3 +64,18 @@ def test_a_regression_search_measures_its_budget_from_a_fitted_reference(offset_
         assert pred.shape == yte.shape and np.std(pred) > 0.2 * np.std(yte)
     else:
         assert "Budget NOT met" in s.outcome_.message
+
+
+def test_one_target_as_a_column_fits_the_reference_without_a_warning_per_fit(offset_targets):
+    """y of shape (n, 1): scikit-learn's MLPRegressor warned on every fit of the
+    reference's penalty grid and of the check's folds, about 50 times a search."""
+    from latentopt.search.selection import _cv_reference
+
+    Xtr, ytr, Xte, yte = offset_targets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("error", UserWarning)  # DataConversionWarning is one
+        ref = fit_reference(QuantizedMLPRegressor(), Xtr, ytr[:, None], random_state=0)
+        folds = [(np.arange(0, 240, 2), np.arange(1, 240, 2))]
+        score = _cv_reference(ref, Xtr, ytr[:, None], folds)
+    assert ref.score(Xte, yte[:, None]) > 0.7 and score > 0.3  # (120 training rows)
