@@ -134,6 +134,7 @@ def _check_as(uid: int | None, store: str) -> str:
     """``_check_store(store)`` in this process, or (``uid``) in a forked child that drops
     to that user: its one-line message, or "" when the store is usable."""
     import os
+    import signal
 
     from latentopt.deploy import store as _store  # noqa: F401 - imported before the fork
     from latentopt.deploy.cli import _check_store
@@ -151,6 +152,7 @@ def _check_as(uid: int | None, store: str) -> str:
     pid = os.fork()
     if pid == 0:  # the child: another user, the modules already loaded
         os.close(r)
+        signal.alarm(30)  # a child stuck on a lock inherited from a thread ends, not hangs
         try:
             os.setgid(uid)
             os.setuid(uid)
