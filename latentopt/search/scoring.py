@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -116,10 +117,18 @@ class _InMode:
 def score_in_mode(est: Any, X: np.ndarray, y: np.ndarray, mode: str | None,
                   scoring: Any = None) -> float:
     """``est``'s score on ``(X, y)``: its own ``score`` or ``scoring``, predictions under
-    FHE ``mode`` (``None``: an estimator without FHE modes, such as the float reference)."""
-    if scoring is None:
-        return float(est.score(X, y) if mode is None else est.score(X, y, fhe=mode))
-    from sklearn.metrics import get_scorer
+    FHE ``mode`` (``None``: an estimator without FHE modes, such as the float reference).
 
-    scorer = get_scorer(scoring) if isinstance(scoring, str) else scoring
-    return float(scorer(est if mode is None else _InMode(est, mode), X, y))
+    Without the warning about features far outside the input quantizer's range
+    (:func:`~latentopt.ir.inputs.warn_far_outside`): on heavy-tailed data a few
+    validation rows can be, and every trial's every score repeated it; the chosen
+    model's ``predict`` still warns.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\d+ of \d+ samples have features further")
+        if scoring is None:
+            return float(est.score(X, y) if mode is None else est.score(X, y, fhe=mode))
+        from sklearn.metrics import get_scorer
+
+        scorer = get_scorer(scoring) if isinstance(scoring, str) else scoring
+        return float(scorer(est if mode is None else _InMode(est, mode), X, y))

@@ -141,3 +141,18 @@ def test_the_check_margin_of_balanced_accuracy_counts_the_rare_class():
     bal = Check(X, y, None, 0.8, 0.75, 1, classification=True, scoring="balanced_accuracy")
     # effective rows 4 / (1/90 + 1/10) = 36 instead of 100
     assert bal.margin(5) == pytest.approx(acc.margin(5) * np.sqrt(100 / 36))
+
+
+def test_the_search_scores_quietly_on_rows_far_outside_the_input_range(imbalanced):
+    """On heavy-tailed data a few validation rows lie far outside the input quantizer's
+    range: every trial's every score repeated the warning; the estimator still warns."""
+    X, y = imbalanced
+    clf = QuantizedMLPClassifier(**TINY).fit(X, y)
+    far = X.copy()
+    far[:3, 0] = 1e3 * np.abs(X).max()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        score_in_mode(clf, far, y, "disable")
+        score_in_mode(clf, far, y, "disable", "balanced_accuracy")
+    with pytest.warns(UserWarning, match="3 of .* samples have features further"):
+        clf.predict(far)
