@@ -17,11 +17,7 @@ diabetes 0.30 (raw targets) / -0.13 (standardised) / 0.22 (with the chosen penal
 Friedman #1 plus 10,000: -153 / 0.90 / 0.90; 20 features of which 5 informative, noise
 30: 0.85 / 0.76 / 0.86.
 
->>> import contextlib
-import warnings
-from collections.abc import Iterator
-
-import numpy as np
+>>> import numpy as np
 >>> from latentopt import QuantizedMLPClassifier
 >>> X = np.random.default_rng(0).normal(size=(40, 3)); y = (X[:, 0] > 0).astype(int)
 >>> ref = fit_reference(QuantizedMLPClassifier(), X, y, random_state=0)
