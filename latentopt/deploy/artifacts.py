@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..backends.fhe_deploy import FHEArtifactError
+from ..ir.inputs import InputRangeWarning
 
 __all__ = ["OutputTransform", "estimator_info", "estimator_members", "read_estimator_info",
            "write_estimator_info"]
@@ -118,7 +119,7 @@ def estimator_info(est: Any, n_probe: int = 64) -> OutputTransform:
     X = rng.normal(0.0, 2.0, (n_probe, circuit.n_features))
     with warnings.catch_warnings():  # probe rows: an array, whatever the model was fitted on
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
-        warnings.filterwarnings("ignore", message=r"\d+ of \d+ samples have features further")
+        warnings.simplefilter("ignore", InputRangeWarning)
         raw = np.asarray(est._raw_output(X, "disable"), dtype=np.float64)
         classes = getattr(est, "classes_", None)
         if classes is not None or getattr(est, "task", None) == "classification":

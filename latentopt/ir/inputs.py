@@ -14,11 +14,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["InputTypeError", "check_features", "check_quantized", "warn_far_outside"]
+__all__ = ["InputRangeWarning", "InputTypeError", "check_features", "check_quantized",
+           "warn_far_outside"]
 
 
 class InputTypeError(TypeError, ValueError):
     """Quantized inputs that are not integers (both a ``TypeError`` and a ``ValueError``)."""
+
+
+class InputRangeWarning(UserWarning):
+    """Samples far outside the input quantizer's range (:func:`warn_far_outside`); its
+    own category, so that internal probe and scoring rows can silence it by class."""
 
 
 def check_features(X: Any, n_features: int, name: str = "X") -> np.ndarray:
@@ -89,4 +95,4 @@ def warn_far_outside(X: np.ndarray, quantizer: Any, stacklevel: int = 4) -> None
         f"{feature}: range {f_lo:.3g} to {f_hi:.3g}, values from {float(X[:, feature].min()):.3g} "
         f"to {float(X[:, feature].max()):.3g}); they are clipped to it, so their predictions "
         f"are those of other inputs.  Scale X as at fit/calibration, or calibrate on data "
-        f"that covers it.", UserWarning, stacklevel=stacklevel)
+        f"that covers it.", InputRangeWarning, stacklevel=stacklevel)

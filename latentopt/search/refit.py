@@ -47,9 +47,8 @@ def allowed_loss(search: Any) -> float:
     threshold = getattr(search, "threshold_", None)
     if row is None or study is None or threshold is None:
         return drop
-    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == row["trial"]),
-                 None)
-    unrounded = None if trial is None else trial.user_attrs.get("unrounded_score")
+    trial = study.get_trials(deepcopy=False)[row["trial"]]  # numbers index the trials
+    unrounded = trial.user_attrs.get("unrounded_score")
     if unrounded is None or not np.isfinite(unrounded):
         return drop
     return max(drop, float(unrounded) - float(threshold))

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ..ir.inputs import InputRangeWarning
+
 __all__ = ["check_scoring", "score_in_mode", "scoring_name", "unit_interval"]
 
 #: Scorers whose value is a share of rows right: the check's binomial margin applies.
@@ -125,7 +127,7 @@ def score_in_mode(est: Any, X: np.ndarray, y: np.ndarray, mode: str | None,
     model's ``predict`` still warns.
     """
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"\d+ of \d+ samples have features further")
+        warnings.simplefilter("ignore", InputRangeWarning)
         if scoring is None:
             return float(est.score(X, y) if mode is None else est.score(X, y, fhe=mode))
         from sklearn.metrics import get_scorer
