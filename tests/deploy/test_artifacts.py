@@ -68,7 +68,8 @@ def test_artefacts_written_before_manifest_checksums_still_load(deployed, tmp_pa
     assert FHEClient.load(d / "client.zip").circuit_id == load_model("w", d).circuit_id
 
 
-def test_a_torch_models_deployment_takes_image_shaped_samples_and_warns_nothing(tmp_path):
+def test_a_torch_models_deployment_takes_image_shaped_samples_and_warns_nothing(tmp_path,
+                                                                               monkeypatch):
     """The deployment's Client refused (n, 1, 6, 6) images that the estimator accepts, and
     ``save_deployment`` warned that its own N(0, 2) probe rows were far outside the range
     of a model calibrated on pixels in [0, 1]."""
@@ -84,16 +85,13 @@ def test_a_torch_models_deployment_takes_image_shaped_samples_and_warns_nothing(
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2)).eval()
     X = np.random.default_rng(0).uniform(0, 1, (40, 1, 6, 6)).astype(np.float32)
-    old = getattr(QuantizedTorchModel, "_insecure_key_cache", None)
-    QuantizedTorchModel._insecure_key_cache = str(tmp_path / "keys")  # type: ignore[attr-defined]
-    try:
-        q = compile_torch_model(model, X, n_bits=3, rounding_bits=3, range_mode="worst_case",
-                                verbose=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            paths = q.save_deployment(tmp_path / "cnn")
-    finally:
-        QuantizedTorchModel._insecure_key_cache = old  # type: ignore[attr-defined]
+    monkeypatch.setattr(QuantizedTorchModel, "_insecure_key_cache", str(tmp_path / "keys"),
+                        raising=False)
+    q = compile_torch_model(model, X, n_bits=3, rounding_bits=3, range_mode="worst_case",
+                            verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = q.save_deployment(tmp_path / "cnn")
     info = read_estimator_info(paths["client"])
     assert info.input_shape == (1, 6, 6)
     np.testing.assert_array_equal(info.flat(X), X.reshape(40, 36))
